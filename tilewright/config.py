@@ -1,0 +1,58 @@
+"""Global settings for tilewright, read from the environment once and changeable at run time.
+
+Usage::
+
+    import tilewright
+    tilewright.config.verify = True        # check every kernel against its reference once
+    tilewright.config.autotune = True      # tune database misses at compile time
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _env_flag(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() not in ("0", "false", "no", "off")
+
+
+def _default_cache_dir() -> Path:
+    env = os.environ.get("TILEWRIGHT_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tilewright"
+
+
+@dataclass
+class Config:
+    """Process-wide tilewright settings (see module docstring)."""
+
+    interpret: bool = field(default_factory=lambda: _env_flag("TILEWRIGHT_INTERPRET"))
+    verify: bool = field(default_factory=lambda: _env_flag("TILEWRIGHT_VERIFY"))
+    debug_dir: str | None = field(default_factory=lambda: os.environ.get("TILEWRIGHT_DEBUG_DIR") or None)
+    cache_dir: Path = field(default_factory=_default_cache_dir)
+    #: SQLAlchemy URL of the tuning database; None means ``sqlite:///<cache_dir>/tuning.db``.
+    tuning_db_url: str | None = field(default_factory=lambda: os.environ.get("TILEWRIGHT_TUNING_DB") or None)
+    autotune: bool = field(default_factory=lambda: _env_flag("TILEWRIGHT_AUTOTUNE"))
+    #: Trials per kernel when tuning at compile time.
+    autotune_trials: int = 20
+    #: Fuse pointwise epilogues into matmul templates.
+    epilogue_fusion: bool = True
+    #: Rewrite attention patterns into the fused attention op.
+    fuse_attention: bool = True
+    #: Relative/absolute tolerances used by ``verify`` for float32 (scaled up for half types).
+    verify_rtol: float = 1e-4
+    verify_atol: float = 1e-5
+
+    def tuning_url(self) -> str:
+        """The SQLAlchemy URL of the tuning database in use."""
+        if self.tuning_db_url:
+            return self.tuning_db_url
+        return f"sqlite:///{self.cache_dir / 'tuning.db'}"
+
+
+config = Config()
