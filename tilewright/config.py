@@ -20,6 +20,12 @@ def _env_flag(name: str, default: bool = False) -> bool:
     return value.strip().lower() not in ("0", "false", "no", "off")
 
 
+# NOTE: Triton decides at import time whether its own helper functions (tl.sum, tl.sigmoid...)
+# are interpreted; the interpreter must therefore be switched on before triton is imported.
+if _env_flag("TILEWRIGHT_INTERPRET") and not os.environ.get("TRITON_INTERPRET"):
+    os.environ["TRITON_INTERPRET"] = "1"
+
+
 def _default_cache_dir() -> Path:
     env = os.environ.get("TILEWRIGHT_CACHE_DIR")
     if env:

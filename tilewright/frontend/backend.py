@@ -1,0 +1,166 @@
+"""The ``tilewright`` torch.compile backend: Dynamo graph -> AOTAutograd -> tilewright.
+
+Forward graphs (inference) and forward+backward graphs (training) are captured by
+AOTAutograd with tilewright's decomposition table. Each captured graph is compiled lazily,
+once per concrete input signature (shapes, strides, dtypes, devices and int arguments): a
+graph Dynamo made dynamic is thereby specialised per shape, which ``explain`` reports.
+Whatever goes wrong inside the compiler, the user's program keeps running: the graph then
+runs eagerly and the reason is logged once and reported.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import warnings
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.fx as fx
+
+from ..codegen.jit import interpret_mode
+from ..config import config
+from ..report import GraphReport, publish
+from .decompositions import decomposition_table
+
+log = logging.getLogger(__name__)
+
+_graph_counter = itertools.count()
+_warned_cpu = False
+
+
+def _signature(args: Sequence[Any]) -> tuple[Any, ...]:
+    sig: list[Any] = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            sig.append((tuple(a.shape), tuple(a.stride()), a.dtype, a.device.type, a.device.index,
+                        a.storage_offset()))
+        elif isinstance(a, (int, float, bool)) or a is None:
+            sig.append(("scalar", a))
+        else:
+            sig.append(("other", type(a).__name__))
+    return tuple(sig)
+
+
+def _has_symbolic(gm: fx.GraphModule) -> bool:
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            val = node.meta.get("val")
+            if isinstance(val, torch.SymInt):
+                return True
+            if isinstance(val, torch.Tensor) and any(isinstance(s, torch.SymInt) for s in val.shape):
+                return True
+    return False
+
+
+class LazyCompiledGraph:
+    """Boxed callable for AOTAutograd: compiles ``gm`` per input signature on first use."""
+
+    _boxed_call = True
+
+    def __init__(self, gm: fx.GraphModule, kind: str) -> None:
+        self.gm = gm
+        self.kind = kind
+        self.name = f"graph{next(_graph_counter)}_{kind}"
+        self.cache: dict[tuple[Any, ...], Callable[[Sequence[Any]], Any]] = {}
+        self.symbolic = _has_symbolic(gm)
+        self.attention_blocks: list[dict[str, Any]] = []
+
+    def __call__(self, args: list[Any]) -> Any:
+        inputs = list(args)
+        args.clear()
+        sig = _signature(inputs)
+        fn = self.cache.get(sig)
+        if fn is None:
+            fn = self._compile(inputs)
+            self.cache[sig] = fn
+        return fn(inputs)
+
+    def _eager(self) -> Callable[[Sequence[Any]], Any]:
+        gm = self.gm
+        return lambda inputs: gm(*inputs)
+
+    def _compile(self, inputs: Sequence[Any]) -> Callable[[Sequence[Any]], Any]:
+        from .compile import compile_graph_for_inputs
+
+        global _warned_cpu
+        report = GraphReport(self.name)
+        report.attention_fused = len(self.attention_blocks) if self.kind != "backward" else 0
+        report.attention_blocks = list(self.attention_blocks) if self.kind != "backward" else []
+        if self.symbolic:
+            report.specialized = True
+            report.notes.append(f"dynamic shapes: specialised for {len(self.cache) + 1} concrete signature(s)")
+        devices = {a.device.type for a in inputs if isinstance(a, torch.Tensor)}
+        if "cuda" not in devices and not interpret_mode():
+            if not _warned_cpu:
+                warnings.warn("tilewright: tensors are on CPU and TILEWRIGHT_INTERPRET is not set, so graphs run "
+                              "eagerly; use CUDA tensors, or set TILEWRIGHT_INTERPRET=1 to run the generated "
+                              "kernels in Triton's interpreter", stacklevel=2)
+                _warned_cpu = True
+            report.mode = "eager (cpu)"
+            report.notes.append("ran eagerly: CPU tensors without TILEWRIGHT_INTERPRET=1")
+            publish(report)
+            return self._eager()
+        report.mode = "cuda" if "cuda" in devices else "interpreter"
+        try:
+            compiled = compile_graph_for_inputs(self.gm, inputs, report)
+        except Exception as exc:
+            log.warning("tilewright could not compile %s (%s: %s); it runs eagerly", self.name,
+                        type(exc).__name__, exc)
+            report.mode = "eager (compile failed)"
+            report.add_fallback(f"graph {self.name}", f"compile failed: {type(exc).__name__}: {exc}")
+            publish(report)
+            return self._eager()
+        publish(report)
+        return compiled
+
+
+def tilewright_backend(gm: fx.GraphModule, example_inputs: list[Any], **options: Any) -> Callable[..., Any]:
+    """The torch.compile backend (``backend="tilewright"``).
+
+    Options (``torch.compile(..., options={...})``): ``mode="max-autotune"`` or
+    ``autotune=True`` tunes schedule misses at compile time.
+    """
+    from torch._dynamo.backends.common import aot_autograd
+
+    if options.get("mode") == "max-autotune" or options.get("autotune"):
+        config.autotune = True
+    attention_blocks: list[dict[str, Any]] = []
+    if config.fuse_attention:
+        gm, attention_blocks = _rewrite_attention(gm, example_inputs)
+
+    def fw_compiler(g: fx.GraphModule, ex: list[Any]) -> LazyCompiledGraph:
+        lazy = LazyCompiledGraph(g, "forward")
+        lazy.attention_blocks = attention_blocks
+        return lazy
+
+    def inference_compiler(g: fx.GraphModule, ex: list[Any]) -> LazyCompiledGraph:
+        lazy = LazyCompiledGraph(g, "inference")
+        lazy.attention_blocks = attention_blocks
+        return lazy
+
+    def bw_compiler(g: fx.GraphModule, ex: list[Any]) -> LazyCompiledGraph:
+        return LazyCompiledGraph(g, "backward")
+
+    compiler = aot_autograd(fw_compiler=fw_compiler, bw_compiler=bw_compiler, inference_compiler=inference_compiler,
+                            decompositions=decomposition_table(), keep_inference_input_mutations=True)
+    return compiler(gm, example_inputs)
+
+
+def _rewrite_attention(gm: fx.GraphModule, example_inputs: list[Any]) -> tuple[fx.GraphModule, list[dict[str, Any]]]:
+    try:
+        from ..passes.attention_rewrite import rewrite_attention
+    except ImportError:
+        return gm, []
+    try:
+        return rewrite_attention(gm, example_inputs)
+    except Exception as exc:  # an optimisation must never break the program
+        log.warning("attention rewrite skipped (%s: %s)", type(exc).__name__, exc)
+        return gm, []
+
+
+def register_backend() -> None:
+    """Register ``"tilewright"`` with Dynamo (also done by the package entry point)."""
+    from torch._dynamo.backends.registry import _BACKENDS, register_backend as _register
+
+    if "tilewright" not in _BACKENDS or _BACKENDS.get("tilewright") is None:
+        _register(name="tilewright")(tilewright_backend)

@@ -1,0 +1,137 @@
+"""The compile pipeline for one graph specialisation: FX -> IR -> passes -> fusion -> kernels.
+
+::
+
+    graph  = import_fx(gm, inputs)            # typed IR, concrete shapes
+    graph  = PassManager(...).run(graph)      # dce, cse, constant folding, canonicalize
+    groups = fuse(graph, can_build)           # kernel groups, cycle-free, traffic-saving
+    kernels = build + choose schedule         # Triton source per group, config from tuning db
+    return CompiledGraph(graph, plan)         # ordered steps with buffer reuse
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Sequence
+
+import torch.fx as fx
+
+from ..codegen.emitter import CodegenError
+from ..codegen.fused import FusedKernelBuilder, KernelSource
+from ..codegen.kernel import GeneratedKernel
+from ..codegen.matmul import MatmulKernelBuilder
+from ..codegen.runtime import CompiledGraph, ExternStep, KernelStep, make_plan
+from ..ir.graph import Graph
+from ..ir.registry import lookup
+from ..passes.canonicalize import canonicalize
+from ..passes.cleanup import common_subexpression_elimination, constant_folding, dead_code_elimination
+from ..passes.fusion import FusionResult, Group, fuse
+from ..passes.manager import PassManager
+from ..report import GraphReport
+from .fx_import import import_fx
+
+log = logging.getLogger(__name__)
+
+
+def default_passes() -> PassManager:
+    """The standard pass pipeline run before fusion."""
+    return PassManager([
+        ("dce", dead_code_elimination),        # drop unused pure nodes
+        ("cse", common_subexpression_elimination),  # merge identical pure nodes
+        ("constant_folding", constant_folding),  # evaluate small all-constant subgraphs
+        ("canonicalize", canonicalize),        # addmm -> mm + add, identity views bypassed
+        ("dce_final", dead_code_elimination),
+    ])
+
+
+def build_source(group: Group, materialize: set[int], name: str) -> KernelSource:
+    """Generate the kernel source of ``group`` (raises CodegenError when not expressible)."""
+    if group.kind == "matmul":
+        assert group.anchor is not None
+        return MatmulKernelBuilder(name, group.anchor, group.nodes, materialize).build()
+    return FusedKernelBuilder(name, group.nodes, materialize).build()
+
+
+def _can_build(group: Group, materialize: set[int]) -> str | None:
+    try:
+        build_source(group, materialize, "probe")
+    except CodegenError as exc:
+        return str(exc)
+    except (NotImplementedError, ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _kernel_name(group: Group, index: int) -> str:
+    ops = [n.op.split(".")[1] for n in group.nodes]
+    tag = {"matmul": "mm", "reduction": "red", "pointwise": "pw"}.get(group.kind, group.kind)
+    interesting = [o for o in dict.fromkeys(ops) if o not in ("view", "_unsafe_view", "clone")]
+    return f"tw_{tag}{index}_" + "_".join(interesting[:3])[:40]
+
+
+def choose_schedule(kernel: GeneratedKernel) -> None:
+    """Pick the kernel's config: tuning database, cost model, or the heuristic default."""
+    try:
+        from ..autotune.tuner import choose_config
+    except ImportError:
+        return
+    try:
+        config, source = choose_config(kernel)
+    except Exception as exc:  # the tuner must never break a compile
+        log.warning("schedule selection failed for %s (%s); using the default config", kernel.name, exc)
+        return
+    if kernel.space.is_feasible(config):
+        kernel.config, kernel.config_source = dict(config), source
+
+
+def compile_graph_for_inputs(gm: fx.GraphModule, inputs: Sequence[Any], report: GraphReport) -> CompiledGraph:
+    """Compile ``gm`` specialised to ``inputs`` into a :class:`CompiledGraph`."""
+    t0 = time.perf_counter()
+    graph = import_fx(gm, inputs)
+    t1 = time.perf_counter()
+    default_passes().run(graph)
+    fusion = fuse(graph, _can_build)
+    t2 = time.perf_counter()
+    steps = _build_steps(graph, fusion, report)
+    plan = make_plan(graph, steps)
+    t3 = time.perf_counter()
+    report.timings["import"] = report.timings.get("import", 0.0) + t1 - t0
+    report.timings["passes"] = report.timings.get("passes", 0.0) + t2 - t1
+    report.timings["codegen"] = report.timings.get("codegen", 0.0) + t3 - t2
+    return CompiledGraph(graph, plan, report)
+
+
+def _build_steps(graph: Graph, fusion: FusionResult, report: GraphReport) -> list[Any]:
+    steps: list[Any] = []
+    compute_ops = kernel_ops = 0
+    for index, group in enumerate(fusion.groups):
+        n_ops = len(group.nodes)
+        compute_ops += n_ops
+        if group.kind in ("pointwise", "reduction", "matmul"):
+            name = _kernel_name(group, index)
+            try:
+                spec = build_source(group, fusion.materialize, name)
+            except Exception as exc:  # should not happen after fusion's probe; fall back per node
+                log.warning("kernel %s could not be generated (%s); its ops run as ATen calls", name, exc)
+                report.add_fallback(f"kernel {name}", f"codegen failed: {exc}")
+                steps.extend(ExternStep(n) for n in group.nodes)
+                continue
+            kernel = GeneratedKernel(spec, group.nodes)
+            choose_schedule(kernel)
+            steps.append(KernelStep(kernel, spec.inputs, spec.outputs, []))
+            report.kernels.append(kernel.describe())
+            kernel_ops += n_ops
+            continue
+        node = group.nodes[0]
+        steps.append(ExternStep(node))
+        if group.kind == "template":
+            kernel_ops += n_ops
+            report.kernels.append({"name": node.op, "kind": "template", "ops": [node.op],
+                                   "schedule": node.meta.get("schedule", {}), "schedule_source": "template"})
+        else:
+            reason = group.reason or ("no Triton lowering for this op; runs as an ATen call"
+                                      if lookup(node.target).kind == "extern" else "not lowered")
+            report.add_fallback(node.op, reason)
+    report.compute_ops += compute_ops
+    report.kernel_ops += kernel_ops
+    return steps

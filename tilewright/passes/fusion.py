@@ -1,0 +1,223 @@
+"""Fusion: partition the graph's compute nodes into kernel groups.
+
+Every non-view node starts as its own group; views belong to no group (inside a kernel they
+are index transforms, between kernels they are free aliases). Producer/consumer pairs are
+then merged greedily, the pair that saves the most memory traffic first, when
+
+- their iteration spaces are compatible (same element count; a reduction's rows or elements;
+  a matmul's output for an epilogue),
+- merging creates no cycle between groups (no other path from producer to consumer), and
+- the merged group still generates a valid kernel (the builder is asked; anything it cannot
+  express, e.g. a reduction result read at another row, is kept apart).
+
+No node is ever duplicated into two groups, so heavy work (matmuls, reductions) is never
+recomputed; inside a kernel only cheap pointwise values may be evaluated at several indices.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import networkx as nx
+
+from ..ir.graph import Graph, Node, Value
+from ..ir.registry import lookup
+from .classify import classify
+
+log = logging.getLogger(__name__)
+
+FUSABLE = ("pointwise", "reduction", "matmul")
+
+
+@dataclass(eq=False)
+class Group:
+    """One future kernel (or extern call)."""
+
+    id: int
+    kind: str
+    nodes: list[Node]
+    anchor: Node | None = None
+    reason: str = ""
+
+    def numel(self) -> int:
+        """Element count of the group's iteration space (elements for reductions)."""
+        if self.kind == "matmul" and self.anchor is not None:
+            return self.anchor.outputs[0].type.numel
+        if self.kind == "reduction":
+            red = next(n for n in self.nodes if lookup(n.target).kind == "reduction")
+            return red.args[0].type.numel
+        return self.nodes[0].outputs[0].type.numel if self.nodes[0].outputs else 0
+
+    def row_numel(self) -> int:
+        """Rows of a reduction group (0 for other kinds)."""
+        if self.kind != "reduction":
+            return 0
+        red = next(n for n in self.nodes if lookup(n.target).kind == "reduction")
+        return red.outputs[0].type.numel
+
+
+@dataclass
+class FusionResult:
+    """Groups in execution order and the values that must be written to memory."""
+
+    groups: list[Group]
+    materialize: set[int]
+    node_group: dict[int, Group] = field(default_factory=dict)
+
+
+def producer_node(v: Value) -> Node | None:
+    """The non-view node whose output ``v`` is, looking through views."""
+    node = v.producer
+    while node is not None and lookup(node.target).kind == "view":
+        src = node.args[0]
+        node = src.producer if isinstance(src, Value) else None
+    return node
+
+
+def _non_view_users(v: Value, out_ids: set[int]) -> tuple[list[Node], bool]:
+    """Non-view users of ``v`` through view chains, and whether a view chain escapes as output."""
+    users: list[Node] = []
+    escapes = v.id in out_ids
+    stack = [v]
+    seen: set[int] = set()
+    while stack:
+        cur = stack.pop()
+        if cur.id in seen:
+            continue
+        seen.add(cur.id)
+        for u in cur.users:
+            if lookup(u.target).kind == "view":
+                for o in u.outputs:
+                    if o.id in out_ids:
+                        escapes = True
+                    stack.append(o)
+            else:
+                users.append(u)
+    return users, escapes
+
+
+def materialized(nodes: list[Node], members: set[int], out_ids: set[int]) -> set[int]:
+    """Outputs of ``nodes`` that are read outside the group or returned by the graph."""
+    result: set[int] = set()
+    for n in nodes:
+        for o in n.outputs:
+            users, escapes = _non_view_users(o, out_ids)
+            if escapes or any(u.id not in members for u in users):
+                result.add(o.id)
+    return result
+
+
+BuildCheck = Callable[[Group, set[int]], str | None]
+
+
+def fuse(graph: Graph, can_build: BuildCheck) -> FusionResult:
+    """Partition ``graph`` into groups; ``can_build(group, materialize)`` returns None or a reason."""
+    out_ids = {v.id for v in graph.output_values()}
+    order = {n.id: i for i, n in enumerate(graph.nodes)}
+    groups: dict[int, Group] = {}
+    node_group: dict[int, Group] = {}
+    next_id = 0
+    for n in graph.nodes:
+        kind = classify(n)
+        if kind == "view":
+            continue
+        g = Group(next_id, kind, [n], anchor=n if kind == "matmul" else None)
+        next_id += 1
+        if kind in FUSABLE:
+            reason = can_build(g, materialized(g.nodes, {n.id}, out_ids))
+            if reason:
+                g.kind, g.reason = "extern", reason
+                g.anchor = None
+        groups[g.id] = g
+        node_group[n.id] = g
+
+    def edges() -> nx.DiGraph:
+        dag = nx.DiGraph()
+        dag.add_nodes_from(groups)
+        for g in groups.values():
+            for n in g.nodes:
+                for v in n.inputs:
+                    p = producer_node(v)
+                    if p is not None and p.id in node_group and node_group[p.id] is not g:
+                        dag.add_edge(node_group[p.id].id, g.id)
+        return dag
+
+    def compatible(p: Group, c: Group) -> str | None:
+        if p.kind not in FUSABLE or c.kind not in FUSABLE:
+            return None
+        if c.kind == "matmul":
+            return None  # no prologue fusion
+        if p.kind == "matmul":
+            if c.kind != "pointwise" or c.numel() != p.numel():
+                return None
+            return "matmul"
+        if p.kind == "pointwise" and c.kind == "pointwise":
+            return "pointwise" if p.numel() == c.numel() else None
+        if p.kind == "pointwise" and c.kind == "reduction":
+            return "reduction" if p.numel() in (c.numel(), c.row_numel()) else None
+        if p.kind == "reduction" and c.kind == "pointwise":
+            return "reduction" if c.numel() in (p.numel(), p.row_numel()) else None
+        if p.kind == "reduction" and c.kind == "reduction":
+            return "reduction" if (p.numel(), p.row_numel()) == (c.numel(), c.row_numel()) else None
+        return None
+
+    def saved_bytes(p: Group, c: Group) -> int:
+        members = {n.id for n in p.nodes}
+        cmembers = {n.id for n in c.nodes}
+        total = 0
+        for n in p.nodes:
+            for o in n.outputs:
+                users, escapes = _non_view_users(o, out_ids)
+                if not any(u.id in cmembers for u in users):
+                    continue
+                outside = escapes or any(u.id not in members | cmembers for u in users)
+                total += o.type.numel * o.type.dtype.itemsize * (1 if outside else 2)
+        return total
+
+    rejected: set[tuple[int, int]] = set()
+    changed = True
+    while changed:
+        changed = False
+        dag = edges()
+        candidates = []
+        for pid, cid in dag.edges:
+            if (pid, cid) in rejected:
+                continue
+            kind = compatible(groups[pid], groups[cid])
+            if kind:
+                candidates.append((saved_bytes(groups[pid], groups[cid]), pid, cid, kind))
+        candidates.sort(key=lambda t: -t[0])
+        dirty: set[int] = set()
+        for _, pid, cid, kind in candidates:
+            if pid in dirty or cid in dirty:
+                continue  # contracting an edge only changes reachability around its ends
+            p, c = groups[pid], groups[cid]
+            # a cycle would appear if another path leads from p to c
+            others = [s for s in dag.successors(pid) if s != cid]
+            if any(nx.has_path(dag, s, cid) for s in others):
+                rejected.add((pid, cid))
+                continue
+            nodes = sorted(p.nodes + c.nodes, key=lambda n: order[n.id])
+            anchor = p.anchor if kind == "matmul" else None
+            merged = Group(p.id, kind, nodes, anchor)
+            members = {n.id for n in nodes}
+            reason = can_build(merged, materialized(nodes, members, out_ids))
+            if reason:
+                log.debug("not fusing groups %d and %d: %s", pid, cid, reason)
+                rejected.add((pid, cid))
+                continue
+            groups[pid] = merged
+            del groups[cid]
+            for n in nodes:
+                node_group[n.id] = merged
+            dirty |= {pid, cid}
+            changed = True
+    dag = edges()
+    ordered_ids = list(nx.lexicographical_topological_sort(
+        dag, key=lambda gid: min(order[n.id] for n in groups[gid].nodes)))
+    ordered = [groups[i] for i in ordered_ids]
+    materialize: set[int] = set()
+    for g in ordered:
+        materialize |= materialized(g.nodes, {n.id for n in g.nodes}, out_ids)
+    return FusionResult(ordered, materialize, node_group)

@@ -1,0 +1,139 @@
+"""Compile reports: what each compiled graph became (kernels, fallbacks, coverage, timings).
+
+The backend appends a :class:`GraphReport` for every graph it compiles to the active
+:class:`Report` (see :func:`collect`); ``tilewright.explain`` returns the merged report.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GraphReport:
+    """Facts about one compiled graph (one specialisation of one forward/backward graph)."""
+
+    name: str
+    kernels: list[dict[str, Any]] = field(default_factory=list)
+    fallbacks: list[dict[str, str]] = field(default_factory=list)
+    compute_ops: int = 0
+    kernel_ops: int = 0
+    attention_fused: int = 0
+    attention_blocks: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    mode: str = ""
+    specialized: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def add_fallback(self, op: str, reason: str) -> None:
+        """Record an op (or kernel) that runs by its ATen reference, and why."""
+        entry = {"op": op, "reason": reason}
+        if entry not in self.fallbacks:
+            self.fallbacks.append(entry)
+
+
+@dataclass
+class Report:
+    """The merged explain report over every graph compiled in one session."""
+
+    graphs: list[GraphReport] = field(default_factory=list)
+
+    @property
+    def kernels(self) -> list[dict[str, Any]]:
+        """Every generated kernel."""
+        return [k for g in self.graphs for k in g.kernels]
+
+    @property
+    def fallbacks(self) -> list[dict[str, str]]:
+        """Every op that runs as an extern/eager call, with its reason."""
+        seen: list[dict[str, str]] = []
+        for g in self.graphs:
+            for f in g.fallbacks:
+                if f not in seen:
+                    seen.append(f)
+        return seen
+
+    @property
+    def coverage(self) -> float:
+        """Fraction of compute ops (views excluded) that run inside generated kernels."""
+        total = sum(g.compute_ops for g in self.graphs)
+        return (sum(g.kernel_ops for g in self.graphs) / total) if total else 0.0
+
+    @property
+    def attention_fused(self) -> int:
+        """Attention blocks rewritten into the fused attention op (forward graphs)."""
+        return sum(g.attention_fused for g in self.graphs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (JSON-serialisable)."""
+        timings: dict[str, float] = {}
+        for g in self.graphs:
+            for k, v in g.timings.items():
+                timings[k] = timings.get(k, 0.0) + v
+        return {
+            "kernels": self.kernels,
+            "fallbacks": self.fallbacks,
+            "coverage": round(self.coverage, 4),
+            "attention_fused": self.attention_fused,
+            "attention_blocks": [b for g in self.graphs for b in g.attention_blocks],
+            "timings": timings,
+            "graphs": [{"name": g.name, "mode": g.mode, "kernels": len(g.kernels), "compute_ops": g.compute_ops,
+                        "kernel_ops": g.kernel_ops, "specialized": g.specialized, "notes": g.notes}
+                       for g in self.graphs],
+        }
+
+    def to_json(self) -> str:
+        """JSON text of :meth:`to_dict`."""
+        return json.dumps(self.to_dict(), indent=2, default=str)
+
+    def __str__(self) -> str:
+        lines = [f"tilewright report: {len(self.graphs)} graph(s), {len(self.kernels)} kernel(s), "
+                 f"coverage {self.coverage:.1%}, attention blocks fused {self.attention_fused}"]
+        for g in self.graphs:
+            lines.append(f"  graph {g.name} [{g.mode}]: {len(g.kernels)} kernels, "
+                         f"{g.kernel_ops}/{g.compute_ops} compute ops in kernels")
+            for note in g.notes:
+                lines.append(f"    note: {note}")
+        if self.kernels:
+            lines.append("")
+            lines.append(f"  {'kernel':<34} {'kind':<10} {'ops':>4}  schedule")
+            for k in self.kernels:
+                sched = " ".join(f"{a}={b}" for a, b in k.get("schedule", {}).items())
+                lines.append(f"  {k['name'][:34]:<34} {k['kind']:<10} {len(k.get('ops', [])):>4}  {sched}")
+        if self.fallbacks:
+            lines.append("")
+            lines.append("  fallbacks (run as ATen calls):")
+            for f in self.fallbacks:
+                lines.append(f"    {f['op']}: {f['reason']}")
+        return "\n".join(lines)
+
+
+_active: list[Report] = []
+
+
+@contextlib.contextmanager
+def collect() -> Iterator[Report]:
+    """Collect reports of every graph compiled inside the ``with`` block."""
+    report = Report()
+    _active.append(report)
+    try:
+        yield report
+    finally:
+        _active.remove(report)
+
+
+#: reports of every graph compiled in this process (most recent last)
+history: list[GraphReport] = []
+
+
+def publish(graph_report: GraphReport) -> None:
+    """Hand a finished graph report to active collectors and the process history."""
+    history.append(graph_report)
+    del history[:-256]
+    for r in _active:
+        r.graphs.append(graph_report)
