@@ -54,6 +54,11 @@ class Config:
     verify_rtol: float = 1e-4
     verify_atol: float = 1e-5
 
+    @property
+    def config(self) -> "Config":
+        """``import tilewright.config as c`` yields this object; ``c.config`` is it too."""
+        return self
+
     def tuning_url(self) -> str:
         """The SQLAlchemy URL of the tuning database in use."""
         if self.tuning_db_url:

@@ -58,6 +58,8 @@ class LazyCompiledGraph:
     _boxed_call = True
 
     def __init__(self, gm: fx.GraphModule, kind: str) -> None:
+        # NOTE: an instance attribute, so wrappers made with functools.wraps keep it
+        self._boxed_call = True
         self.gm = gm
         self.kind = kind
         self.name = f"graph{next(_graph_counter)}_{kind}"

@@ -106,6 +106,9 @@ def _build_steps(graph: Graph, fusion: FusionResult, report: GraphReport) -> lis
     compute_ops = kernel_ops = 0
     for index, group in enumerate(fusion.groups):
         n_ops = len(group.nodes)
+        if all(o.type.numel == 0 for n in group.nodes for o in n.outputs) and group.kind == "extern":
+            steps.extend(ExternStep(n) for n in group.nodes)  # empty tensors: nothing to compute
+            continue
         compute_ops += n_ops
         if group.kind in ("pointwise", "reduction", "matmul"):
             name = _kernel_name(group, index)

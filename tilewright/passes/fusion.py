@@ -212,6 +212,8 @@ def fuse(graph: Graph, can_build: BuildCheck) -> FusionResult:
             for n in nodes:
                 node_group[n.id] = merged
             dirty |= {pid, cid}
+            # earlier verdicts about the two groups no longer hold for the merged one
+            rejected = {pair for pair in rejected if not ({pair[0], pair[1]} & {pid, cid})}
             changed = True
     dag = edges()
     ordered_ids = list(nx.lexicographical_topological_sort(
