@@ -228,15 +228,20 @@ class Emitter:
             result_dtype = torch.bool
         return self._assign(code, result_dtype, deps)
 
-    def store(self, v: Value, idx: tuple[Atom, ...], expr: Expr, scope: Scope, tile: str) -> None:
+    def store(self, v: Value, idx: tuple[Atom, ...], expr: Expr, scope: Scope, tile: str,
+              domain: frozenset[str]) -> None:
         """Emit the masked store of ``expr`` into output buffer ``v`` at ``idx``.
 
-        ``tile`` is the kernel's full tile shape, used to broadcast values that depend on
-        fewer index variables than the store (a row value written across a row).
+        ``tile`` is the kernel's full tile shape and ``domain`` the index variables spanning
+        it: the store is always masked by the whole domain (lanes outside the problem must
+        never write, even when the index ignores them, e.g. a size-1 dimension), and values
+        that depend on fewer variables are broadcast to the tile.
         """
         ptr = self.arg_name(v, "out")
-        deps = depends(idx)
+        deps = depends(idx) | domain
         off = offset_code(idx, v.type.strides)
+        for missing in sorted(deps - depends(idx)):
+            off = f"{off} + 0 * {missing}"
         mask = self.mask_for(deps)
         dtype = v.type.dtype
         val = f"({expr.code} != 0)" if dtype == torch.bool else cast_code(expr, dtype)

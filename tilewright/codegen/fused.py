@@ -222,7 +222,7 @@ class FusedKernelBuilder:
             idx = self.canonical(v, x, None)
             expr = emitter.value(v, idx) if v.producer.id in self.ids else None
             assert expr is not None
-            emitter.store(v, idx, expr, outer, "[XBLOCK]")
+            emitter.store(v, idx, expr, outer, "[XBLOCK]", frozenset(["xindex"]))
         inputs = list(emitter.inputs.values())
         body = [
             "xoffset = tl.program_id(0) * XBLOCK",
@@ -273,7 +273,7 @@ class FusedKernelBuilder:
             for v in element_outputs:
                 idx = self.canonical(v, x, r)
                 expr = emitter.value(v, idx)
-                emitter.store(v, idx, expr, scope, "[XBLOCK, RBLOCK]")
+                emitter.store(v, idx, expr, scope, "[XBLOCK, RBLOCK]", frozenset(["xindex", "rindex"]))
             if not persistent:
                 body_scope.pop()
                 outer.lines.append(f"for roff in range(0, {rnumel}, RBLOCK):")
@@ -283,7 +283,7 @@ class FusedKernelBuilder:
         for v in row_outputs:
             idx = self.canonical(v, x, r)
             expr = emitter.value(v, idx)
-            emitter.store(v, idx, expr, outer, "[XBLOCK, 1]")
+            emitter.store(v, idx, expr, outer, "[XBLOCK, 1]", frozenset(["xindex"]))
         head = [
             "xoffset = tl.program_id(0) * XBLOCK",
             "xindex = xoffset + tl.arange(0, XBLOCK)[:, None]",

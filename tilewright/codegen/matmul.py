@@ -67,6 +67,7 @@ class MatmulKernelBuilder:
             raise CodegenError("empty matmul")
         rm, rn, bid = Var("rm"), Var("rn"), Var("bid")
         canon: tuple[Atom, ...] = (bid, rm, rn) if batched else (rm, rn)
+        canon = reshape_index(canon, out.type.shape, out.type.shape)  # size-1 dims index as 0
         acc = Expr("acc", torch.float32, frozenset(["rm", "rn"]))
         special: dict[int, Callable[[tuple[Atom, ...]], Expr | None]] = {
             out.id: lambda idx: acc if tuple(idx) == canon else None}
@@ -76,7 +77,7 @@ class MatmulKernelBuilder:
         for v in self.outputs:
             idx = reshape_index(canon, out.type.shape, v.type.shape)
             expr = emitter.value(v, idx)
-            emitter.store(v, idx, expr, scope, "[BLOCK_M, BLOCK_N]")
+            emitter.store(v, idx, expr, scope, "[BLOCK_M, BLOCK_N]", frozenset(["rm", "rn"]))
         sa, sb = a.type.strides, b.type.strides
         if batched:
             sab, sam, sak = sa

@@ -26,7 +26,8 @@ _EXTRA = [
     aten.logit, aten.lerp, aten.std, aten.std_mean, aten.rms_norm, aten.layer_norm, aten.group_norm,
     aten.native_group_norm, aten.native_group_norm_backward, aten.native_batch_norm,
     aten._native_batch_norm_legit_functional, aten._native_batch_norm_legit,
-    aten._native_batch_norm_legit_no_training, aten.addmv, aten.baddbmm,
+    aten._native_batch_norm_legit_no_training, aten.addmv, aten.baddbmm, aten.full_like, aten.zeros_like,
+    aten.ones_like, aten.new_zeros, aten.new_ones, aten.new_full, aten.round.decimals,
 ]
 
 #: ops kept whole even if a table above would decompose them
@@ -67,6 +68,12 @@ def _var(x: torch.Tensor, dim: Any = None, *, correction: Any = None, keepdim: b
     return _var_mean(x, dim, correction=correction, keepdim=keepdim)[0]
 
 
+def _full_like(x: torch.Tensor, fill_value: Any, *, dtype: Any = None, layout: Any = None, device: Any = None,
+               pin_memory: Any = None, memory_format: Any = None) -> torch.Tensor:
+    """``full_like`` as a ``full`` generator the fusion pass can inline (layout: contiguous)."""
+    return aten.full.default(list(x.shape), fill_value, dtype=dtype or x.dtype, device=device or x.device)
+
+
 @functools.lru_cache(maxsize=1)
 def decomposition_table() -> dict[Any, Callable[..., Any]]:
     """The table of decompositions tilewright's AOTAutograd capture uses."""
@@ -76,4 +83,5 @@ def decomposition_table() -> dict[Any, Callable[..., Any]]:
         table.pop(op, None)
     table[aten.var_mean.correction] = _var_mean
     table[aten.var.correction] = _var
+    table[aten.full_like.default] = _full_like
     return table

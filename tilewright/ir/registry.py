@@ -102,6 +102,10 @@ _pw("aten.silu", lambda a, k: f"({a[0]} * tl.sigmoid({a[0]}))", flops=5)
 _pw("aten.erf", lambda a, k: f"tl.erf({a[0]})", flops=8)
 _pw("aten.floor", lambda a, k: f"tl.floor({a[0]})")
 _pw("aten.ceil", lambda a, k: f"tl.ceil({a[0]})")
+_pw("aten.round", lambda a, k: (f"tl.where((tl.floor({a[0]}) + 0.5 == {a[0]}) & "
+                                f"(tl.floor({a[0]} * 0.5) * 2.0 == tl.floor({a[0]})), tl.floor({a[0]}), "
+                                f"tl.floor({a[0]} + 0.5))"))  # round half to even, like torch
+_pw("aten.trunc", lambda a, k: f"tl.where({a[0]} < 0, tl.ceil({a[0]}), tl.floor({a[0]}))")
 _pw("aten.sign", lambda a, k: f"tl.where({a[0]} > 0, 1.0, tl.where({a[0]} < 0, -1.0, 0.0))")
 
 

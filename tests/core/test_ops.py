@@ -1,0 +1,234 @@
+"""Every lowered op against its eager reference: odd sizes, non-contiguous inputs, broadcasting."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from .helpers import assert_close, compile_and_run, kernel_ops
+
+
+def _pos(*shape: int) -> torch.Tensor:
+    return torch.rand(*shape) + 0.1
+
+
+UNARY: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "exp": torch.exp, "log": lambda x: torch.log(x.abs() + 0.1), "sqrt": lambda x: torch.sqrt(x.abs()),
+    "rsqrt": lambda x: torch.rsqrt(x.abs() + 0.1), "tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": F.relu,
+    "gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "silu": F.silu, "erf": torch.erf,
+    "abs": torch.abs, "neg": torch.neg, "reciprocal": lambda x: torch.reciprocal(x.abs() + 0.5), "sin": torch.sin,
+    "cos": torch.cos, "floor": torch.floor, "ceil": torch.ceil, "sign": torch.sign, "expm1": torch.expm1,
+    "log1p": lambda x: torch.log1p(x.abs()), "square": lambda x: x ** 2, "pow_half": lambda x: x.abs() ** 0.5,
+    "pow_frac": lambda x: (x.abs() + 0.1) ** 3.3, "pow_neg": lambda x: (x.abs() + 0.5) ** -2,
+    "clamp": lambda x: torch.clamp(x, -0.5, 0.7), "clamp_min": lambda x: torch.clamp(x, min=0.2),
+    "leaky_relu": lambda x: F.leaky_relu(x, 0.1), "hardtanh": F.hardtanh, "mish": F.mish, "elu": F.elu,
+    "softplus": F.softplus, "hardswish": F.hardswish,
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNARY))
+def test_unary(name: str) -> None:
+    x = torch.randn(5, 37)
+    fn = UNARY[name]
+    out, report = compile_and_run(fn, x)
+    assert_close(out, fn(x), rtol=2e-5, atol=2e-5)
+    assert report.coverage == 1.0, str(report)
+
+
+BINARY: dict[str, Callable[[torch.Tensor, torch.Tensor], Any]] = {
+    "add": torch.add, "add_alpha": lambda a, b: torch.add(a, b, alpha=0.5), "sub": torch.sub, "mul": torch.mul,
+    "div": lambda a, b: a / (b.abs() + 0.5), "floor_div": lambda a, b: torch.div(a, b.abs() + 0.5, rounding_mode="floor"),
+    "trunc_div": lambda a, b: torch.div(a, b.abs() + 0.5, rounding_mode="trunc"), "maximum": torch.maximum,
+    "minimum": torch.minimum, "eq": lambda a, b: a.round() == b.round(), "lt": torch.lt, "ge": torch.ge,
+    "where": lambda a, b: torch.where(a > b, a, b * 2), "masked_fill": lambda a, b: a.masked_fill(b > 0, -3.5),
+    "logical": lambda a, b: torch.logical_and(a > 0, torch.logical_not(b > 0)), "rsub": lambda a, b: 1.5 - a,
+    "scalar_ops": lambda a, b: (a * 3 + 1) / 7 - b,
+}
+
+
+@pytest.mark.parametrize("name", sorted(BINARY))
+def test_binary_with_broadcasting(name: str) -> None:
+    a = torch.randn(3, 1, 37)
+    b = torch.randn(5, 1)  # broadcasts to [3, 5, 37]
+    fn = BINARY[name]
+    out, report = compile_and_run(fn, a, b)
+    assert_close(out, fn(a, b))
+    assert report.coverage == 1.0, str(report)
+
+
+@pytest.mark.parametrize("layout", ["transposed", "sliced", "permuted", "expanded", "offset"])
+def test_non_contiguous_inputs(layout: str) -> None:
+    base = torch.randn(13, 22)
+    views = {
+        "transposed": lambda t: t.t(),
+        "sliced": lambda t: t[1:, ::3],
+        "permuted": lambda t: t.view(13, 2, 11).permute(2, 0, 1),
+        "expanded": lambda t: t[:, :1].expand(13, 9),
+        "offset": lambda t: t[5:, 7:],
+    }
+    x = views[layout](base)
+    fn = lambda t: torch.sigmoid(t) * 2 + t  # noqa: E731
+    out, _ = compile_and_run(fn, x)
+    assert_close(out, fn(x))
+
+
+def test_views_inside_a_kernel() -> None:
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        y = (x * 2).view(3, 5, 7).permute(2, 0, 1)
+        return y.reshape(7, 15).t() + 1
+
+    x = torch.randn(15, 7)
+    out, report = compile_and_run(fn, x)
+    assert_close(out, fn(x))
+    assert len(report.kernels) == 1, str(report)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.int64, torch.bool, torch.float64])
+def test_casts(dtype: torch.dtype) -> None:
+    def fn(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = (x * 3).to(dtype)
+        return y, y.to(torch.float32) + 1
+
+    x = torch.randn(7, 9)
+    out, _ = compile_and_run(fn, x)
+    assert_close(out, fn(x))
+
+
+def test_generators_arange_full_and_causal_mask() -> None:
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[-1]
+        i = torch.arange(n)
+        causal = i[None, :] <= i[:, None]
+        return torch.where(causal, x, torch.full_like(x, -1e4)) + torch.arange(0.5, n + 0.5)
+
+    x = torch.randn(11, 11)
+    out, report = compile_and_run(fn, x)
+    assert_close(out, fn(x))
+    assert report.coverage == 1.0
+
+
+def test_embedding_and_cat() -> None:
+    weight = torch.randn(17, 6)
+    idx = torch.randint(0, 17, (3, 5))
+
+    def fn(w: torch.Tensor, i: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        e = F.embedding(i, w)
+        return torch.cat([e, x, e * 2], dim=-1).relu()
+
+    x = torch.randn(3, 5, 4)
+    out, report = compile_and_run(fn, weight, idx, x)
+    assert_close(out, fn(weight, idx, x))
+    assert "aten.embedding.default" in kernel_ops(report)
+    assert "aten.cat.default" in kernel_ops(report)
+
+
+REDUCTIONS: dict[str, Callable[[torch.Tensor], Any]] = {
+    "sum_last": lambda x: x.sum(-1), "sum_all": lambda x: x.sum(), "sum_first": lambda x: x.sum(0),
+    "sum_middle": lambda x: x.sum(1, keepdim=True), "mean": lambda x: x.mean(-1, keepdim=True),
+    "amax": lambda x: x.amax(-1), "amin": lambda x: x.amin((0, 2)), "var": lambda x: x.var(-1),
+    "var_biased": lambda x: x.var(-1, correction=0), "std": lambda x: x.std(1),
+    "softmax": lambda x: torch.softmax(x, -1), "log_softmax": lambda x: F.log_softmax(x, 1),
+    "layer_norm": lambda x: F.layer_norm(x, (x.shape[-1],)),
+    "rms_norm": lambda x: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6),
+    "sum_int": lambda x: (x > 0).sum(-1), "max_int": lambda x: (x * 10).long().amax(-1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REDUCTIONS))
+def test_reductions(name: str) -> None:
+    x = torch.randn(3, 19, 37)
+    fn = REDUCTIONS[name]
+    out, report = compile_and_run(fn, x)
+    assert_close(out, fn(x), rtol=1e-5, atol=1e-5)
+    assert report.coverage == 1.0, str(report)
+
+
+@pytest.mark.parametrize("fused", ["softmax", "layer_norm"])
+def test_normalizations_are_single_kernels(fused: str) -> None:
+    x = torch.randn(6, 45)
+    w, b = torch.randn(45), torch.randn(45)
+    fns = {"softmax": lambda x, w, b: torch.softmax(x * 0.3, -1),
+           "layer_norm": lambda x, w, b: F.layer_norm(x, (45,), w, b)}
+    out, report = compile_and_run(fns[fused], x, w, b)
+    assert_close(out, fns[fused](x, w, b))
+    assert len(report.kernels) == 1, str(report)
+    assert report.kernels[0]["kind"] == "reduction"
+
+
+def test_persistent_and_looped_reductions_agree() -> None:
+    from tilewright.frontend.api import tunable_kernels
+
+    x = torch.randn(3, 501)
+    fn = lambda x: torch.softmax(x, -1) * x.sum(-1, keepdim=True)  # noqa: E731
+    (kernel,) = tunable_kernels(fn, (x,))
+    assert kernel.problem.kind == "reduction"
+    results = []
+    for rblock in (32, 512):  # looped (three passes over the row) and persistent
+        config = dict(kernel.space.default_config(), RBLOCK=rblock, XBLOCK=2, num_warps=4)
+        assert kernel.space.is_feasible(config), kernel.space.check(config)
+        tensors = [x] + [torch.full(v.type.shape, float("nan")) for v in kernel.spec.outputs]
+        kernel.runner(config)(tensors)
+        results.append(tensors[1])
+    want = fn(x)
+    for got in results:
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(13, 17, 19), (1, 33, 7), (40, 3, 50)])
+def test_matmul_odd_sizes(shape: tuple[int, int, int]) -> None:
+    m, k, n = shape
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    out, report = compile_and_run(torch.mm, a, b)
+    assert_close(out, a @ b, rtol=1e-4, atol=1e-4)
+    assert report.kernels[0]["kind"] == "matmul"
+
+
+def test_bmm_with_transposed_operand() -> None:
+    a, b = torch.randn(3, 9, 13), torch.randn(3, 11, 13)
+    fn = lambda a, b: torch.bmm(a, b.transpose(1, 2)) * 0.5  # noqa: E731
+    out, report = compile_and_run(fn, a, b)
+    assert_close(out, fn(a, b), rtol=1e-4, atol=1e-4)
+    assert len(report.kernels) == 1 and report.kernels[0]["kind"] == "matmul"
+
+
+def test_addmm_with_alpha_beta() -> None:
+    bias, a, b = torch.randn(19), torch.randn(13, 17), torch.randn(17, 19)
+    fn = lambda bias, a, b: torch.addmm(bias, a, b, beta=0.5, alpha=2.0)  # noqa: E731
+    out, _ = compile_and_run(fn, bias, a, b)
+    assert_close(out, fn(bias, a, b), rtol=1e-4, atol=1e-4)
+
+
+def test_linear_epilogue_through_views() -> None:
+    lin = torch.nn.Linear(24, 40)
+
+    def fn(x: torch.Tensor, res: torch.Tensor) -> torch.Tensor:
+        return F.gelu(lin(x)) * 0.5 + res
+
+    x, res = torch.randn(2, 7, 24), torch.randn(2, 7, 40)
+    with torch.no_grad():
+        out, report = compile_and_run(fn, x, res)
+        want = fn(x, res)
+    assert_close(out, want, rtol=1e-4, atol=1e-4)
+    mm = [k for k in report.kernels if k["kind"] == "matmul"]
+    assert len(mm) == 1 and len(report.kernels) == 1, str(report)
+    assert {"aten.gelu.default", "aten.add.Tensor"} <= set(mm[0]["ops"])
+
+
+def test_matmul_float16() -> None:
+    a, b = torch.randn(33, 40).half(), torch.randn(40, 21).half()
+    out, _ = compile_and_run(lambda a, b: torch.relu(a @ b), a, b)
+    want = torch.relu(a.float() @ b.float())
+    torch.testing.assert_close(out.float(), want, rtol=2e-2, atol=2e-2)
+
+
+def test_multiple_outputs_from_one_kernel() -> None:
+    def fn(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        y = torch.exp(x)
+        return y, y * 2, torch.sin(y)
+
+    x = torch.randn(9, 31)
+    out, report = compile_and_run(fn, x)
+    assert_close(out, fn(x))
+    assert len(report.kernels) == 1
