@@ -314,6 +314,14 @@ class ConvKernel:
                    [args[p] for p in self.epilogue.params])
         return run
 
+    def source(self, config: Mapping[str, ConfigValue]) -> tuple[str, str]:
+        """(kernel source, function name) for ``config`` (the text a kernel cache stores)."""
+        return kernel_source(self.conv, config, self.epilogue)
+
+    def grid(self, config: Mapping[str, ConfigValue]) -> tuple[int, int]:
+        """Launch grid for ``config``."""
+        return grid(self.conv, config)
+
     def describe(self, config: Mapping[str, ConfigValue] | None = None) -> str:
         """Explain line: shape, what was fused, and the schedule."""
         cfg = dict(config) if config is not None else self.space.default_config()

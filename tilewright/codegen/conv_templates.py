@@ -24,6 +24,9 @@ Names an epilogue may read (all computed before it runs):
 - ``offs_m``, ``mask_m``: ``[BLOCK_M]`` output-pixel index ``((n*OD+od)*OH+oh)*OW+ow`` and mask
 - ``offs_n``, ``mask_n``: ``[BLOCK_N]`` global output-channel index and mask
 - ``n_idx, od_idx, oh_idx, ow_idx``: ``[BLOCK_M]`` decomposition of ``offs_m``
+- 2-D aliases, as in the matmul template: ``rm``/``rmask`` (``[BLOCK_M, 1]``), ``rn``/``rnmask``
+  (``[1, BLOCK_N]``), ``n_i, od_i, oh_i, ow_i`` (``[BLOCK_M, 1]``); an output element
+  ``y[n, c, (d,) (h,) w]`` of the tile is at index ``(n_i, rn, (od_i,) (oh_i,) ow_i)``
 
 The epilogue must store its results itself (see :func:`default_epilogue`).
 """
@@ -131,6 +134,19 @@ _PIXELS = """
 """
 
 
+_ALIASES = """
+    # -- 2-D aliases for registry-emitted epilogues (the matmul template's names)
+    rm = offs_m[:, None]
+    rn = offs_n[None, :]
+    rmask = mask_m[:, None]
+    rnmask = mask_n[None, :]
+    n_i = n_idx[:, None]
+    od_i = od_idx[:, None]
+    oh_i = oh_idx[:, None]
+    ow_i = ow_idx[:, None]
+"""
+
+
 def igemm_source(epilogue: Epilogue, k_order: str = "tap", allow_tf32: bool = False) -> str:
     """Source of the implicit-GEMM convolution kernel ``tw_conv_igemm``.
 
@@ -219,7 +235,7 @@ def igemm_source(epilogue: Epilogue, k_order: str = "tap", allow_tf32: bool = Fa
     w_base = w_ptr + offs_n.to(tl.int64) * stride_wk
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     # -- reduction over K, gathering the input tile on the fly{loop}
-    # -- epilogue
+{_ALIASES}    # -- epilogue
 {_indent(epilogue.lines, 4)}
 """
     return f"import triton\nimport triton.language as tl\n\n\n{head}{body}"
@@ -264,7 +280,7 @@ def direct_source(epilogue: Epilogue) -> str:
                     wv = tl.load(w_c + kd * stride_wd + kh * stride_wh + kw * stride_ww,
                                  mask=mask_n, other=0.0)
                     acc += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
-    # -- epilogue
+{_ALIASES}    # -- epilogue
 {_indent(epilogue.lines, 4)}
 """
     return f"import triton\nimport triton.language as tl\n\n\n{head}{body}"

@@ -207,6 +207,10 @@ class Emitter:
             return self._gather(node, out, idx, guard)
         if op.extra.get("concat"):
             return self._concat(node, out, idx, guard)
+        if name in ("aten.full", "aten.scalar_tensor"):
+            fill = node.args[1] if name == "aten.full" else node.args[0]
+            return Expr(self._typed_literal(literal(fill), out_dtype),
+                        torch.bool if out_dtype == torch.bool else cdt, frozenset())
         shape = out.type.shape
         operands = [self._operand(a, shape, idx, guard) for a in node.args]
         deps = frozenset().union(*(o.deps for o in operands)) if operands else frozenset()
@@ -221,8 +225,6 @@ class Emitter:
                     "aten.lift_fresh_copy"):
             src = operands[1] if name == "aten.copy" else operands[0]
             code = self._convert(src, out_dtype)
-        elif name in ("aten.full", "aten.scalar_tensor"):
-            return Expr(self._typed_literal(code, out_dtype), result_dtype, frozenset())
         elif op.cast == "promote" or name in ("aten.logical_not", "aten.logical_and", "aten.logical_or",
                                               "aten.isnan"):
             result_dtype = torch.bool
