@@ -126,8 +126,8 @@ class CompiledGraph:
 
     def __call__(self, inputs: Sequence[Any]) -> Any:
         env: dict[int, torch.Tensor] = {}
-        for v, t in zip(self.graph.inputs, inputs):
-            env[v.id] = t
+        for v, position in zip(self.graph.inputs, self.graph.input_positions):
+            env[v.id] = inputs[position]
         for v in self.graph.constants:
             env[v.id] = v.constant  # type: ignore[assignment]
         slots: dict[int, torch.Tensor] = {}
@@ -184,6 +184,9 @@ class CompiledGraph:
             ref = self._reference(step, env)
             for o, v in zip(outs, step.outputs):
                 self._check(kernel, v, o, ref[v.id])
+            if kernel.broken is not None:  # mismatch: this call uses the reference results too
+                for o, v in zip(outs, step.outputs):
+                    o.copy_(ref[v.id])
         for o, v in zip(outs, step.outputs):
             env[v.id] = o
 

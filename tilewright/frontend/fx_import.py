@@ -40,7 +40,7 @@ def import_fx(gm: fx.GraphModule, inputs: Sequence[Any]) -> Graph:
         raise ImportError_(f"graph has {len(placeholders)} inputs, got {len(inputs)}")
     with fake_mode:
         pass
-    input_iter = iter(inputs)
+    input_iter = iter(enumerate(inputs))
 
     def ir_of(a: Any) -> Any:
         return fx.node.map_arg(a, lambda n: ir_env[n])
@@ -50,9 +50,10 @@ def import_fx(gm: fx.GraphModule, inputs: Sequence[Any]) -> Graph:
 
     for node in gm.graph.nodes:
         if node.op == "placeholder":
-            real = next(input_iter)
+            position, real = next(input_iter)
             if _is_tensor(real):
                 ir_env[node] = graph.add_input(node.name, TensorType.of(real))
+                graph.input_positions.append(position)
                 fake_env[node] = fake_mode.from_tensor(real)
             else:
                 ir_env[node] = real

@@ -100,6 +100,9 @@ class Graph:
 
     def __init__(self) -> None:
         self.inputs: list[Value] = []
+        #: position of each tensor input among the caller's arguments (non-tensor arguments,
+        #: such as sizes of a dynamic graph, are baked into the specialised graph)
+        self.input_positions: list[int] = []
         self.constants: list[Value] = []
         self.nodes: list[Node] = []
         self.outputs: Any = ()

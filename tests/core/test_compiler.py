@@ -1,0 +1,190 @@
+"""Compiler behaviour beyond single ops: fallbacks, dynamic shapes, verification, buffers, IR."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.fx.experimental.proxy_tensor import make_fx
+
+import tilewright
+from tilewright.codegen import kernel as kernel_mod
+from tilewright.codegen.runtime import KernelStep
+from tilewright.frontend.compile import compile_graph_for_inputs, default_passes
+from tilewright.frontend.fx_import import import_fx
+from tilewright.ir.verify import VerificationError, verify
+from tilewright.passes.fusion import fuse
+from tilewright.frontend.compile import _can_build
+from tilewright.report import GraphReport, collect
+
+from .helpers import assert_close, compile_and_run
+
+
+class WithUnsupportedOp(torch.nn.Module):
+    """A block with an op tilewright has no lowering for (cumsum) between lowered ones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(12, 12)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.gelu(self.lin(x))
+        return torch.cumsum(h, dim=-1).softmax(-1)
+
+
+def test_unsupported_op_falls_back_and_is_reported() -> None:
+    model = WithUnsupportedOp().eval()
+    x = torch.randn(3, 5, 12)
+    with torch.no_grad():
+        out, report = compile_and_run(model, x)
+        want = model(x)
+    assert_close(out, want, rtol=1e-5, atol=1e-5)
+    fallbacks = report.to_dict()["fallbacks"]
+    assert any(f["op"] == "aten.cumsum.default" for f in fallbacks), fallbacks
+    assert report.kernels, "the lowered parts still run as kernels"
+    text = str(tilewright.explain(model, x))
+    assert "aten.cumsum.default" in text
+
+
+def test_dynamic_shapes_are_specialised_per_shape() -> None:
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(x * 2, -1) + x.mean(-1, keepdim=True)
+
+    compiled = torch.compile(fn, backend="tilewright")
+    with collect() as report:
+        for n in (7, 9, 12):
+            x = torch.randn(3, n)
+            assert_close(compiled(x), fn(x))
+    notes = [n for g in report.graphs for n in g.notes]
+    assert any("dynamic shapes" in n for n in notes), notes
+
+
+def test_kernel_failure_falls_back_once(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("simulated compile error")
+
+    monkeypatch.setattr(kernel_mod, "load_kernel", broken)
+    fn = lambda x: torch.tanh(x) * 3  # noqa: E731
+    compiled = torch.compile(fn, backend="tilewright")
+    x = torch.randn(4, 9)
+    with caplog.at_level(logging.WARNING), collect() as report:
+        assert_close(compiled(x), fn(x))
+        assert_close(compiled(x), fn(x))
+    failures = [r for r in caplog.records if "simulated compile error" in r.getMessage()]
+    assert len(failures) == 1, "logged once"
+    assert any("simulated compile error" in f["reason"] for f in report.fallbacks)
+
+
+def test_verify_reports_a_wrong_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = kernel_mod.GeneratedKernel.launch
+
+    def wrong(self: kernel_mod.GeneratedKernel, tensors: list, config: dict | None = None) -> None:
+        original(self, tensors, config)
+        tensors[-1].add_(1.0)  # corrupt the output
+
+    monkeypatch.setattr(kernel_mod.GeneratedKernel, "launch", wrong)
+    monkeypatch.setattr(tilewright.config, "verify", True)
+    fn = lambda x: torch.exp(x) + 1  # noqa: E731
+    x = torch.randn(5, 6)
+    out, report = compile_and_run(fn, x)
+    assert_close(out, fn(x))  # the reference result is used after a mismatch
+    reasons = [f["reason"] for f in report.fallbacks]
+    assert any("verify mismatch" in r and "aten.exp.default" in r for r in reasons), reasons
+
+
+def test_debug_dir_dumps_kernel_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tilewright.config, "debug_dir", str(tmp_path))
+    fn = lambda x: torch.sigmoid(x) * x  # noqa: E731
+    compile_and_run(fn, torch.randn(3, 17))
+    files = list(tmp_path.glob("*.py"))
+    assert files and "tl.sigmoid" in files[0].read_text()
+
+
+def test_cpu_without_interpreter_runs_eagerly_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tilewright.frontend import backend
+
+    monkeypatch.setattr(backend, "interpret_mode", lambda: False)
+    monkeypatch.setattr(backend, "_warned_cpu", False)
+    fn = lambda x: x.relu() + 1  # noqa: E731
+    x = torch.randn(6)
+    with pytest.warns(UserWarning, match="TILEWRIGHT_INTERPRET"):
+        out, report = compile_and_run(fn, x)
+    assert_close(out, fn(x))
+    assert report.graphs[0].mode == "eager (cpu)"
+
+
+def _graph(fn: object, *inputs: torch.Tensor):  # type: ignore[no-untyped-def]
+    from tilewright.frontend.decompositions import decomposition_table
+
+    gm = make_fx(fn, decomposition_table=decomposition_table())(*inputs)
+    return gm, import_fx(gm, list(inputs))
+
+
+def test_intermediate_buffers_are_reused() -> None:
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        for i in range(4):  # softmaxes over alternating dims cannot share a kernel
+            x = torch.softmax(x * 1.5, i % 2)
+        return x
+
+    x = torch.randn(16, 8)
+    gm, _ = _graph(fn, x)
+    compiled = compile_graph_for_inputs(gm, [x], GraphReport("t"))
+    kernels = [s for s in compiled.plan.steps if isinstance(s, KernelStep)]
+    intermediates = sum(1 for s in kernels for slot in s.slots if slot >= 0)
+    assert intermediates >= 3
+    assert len(compiled.plan.slot_bytes) < intermediates, "slots are shared between dead intermediates"
+    assert_close(compiled([x]), fn(x))
+
+
+def test_printer_and_verifier() -> None:
+    _, graph = _graph(lambda x, y: (x + y).relu().sum(0), torch.randn(3, 4), torch.randn(4))
+    text = str(graph)
+    assert "aten.add.Tensor" in text and "float32[3x4]" in text and "return" in text
+    verify(graph)
+    graph.nodes.reverse()  # uses before definitions
+    with pytest.raises(VerificationError, match="before it is defined"):
+        verify(graph)
+
+
+def test_dce_cse_and_constant_folding() -> None:
+    const = torch.randn(4)
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        unused = torch.exp(x)  # noqa: F841 - dead code
+        a = torch.sin(x) + torch.sin(x)  # duplicated subexpression
+        return a * (const * 2 + 1)  # constant subgraph
+
+    _, graph = _graph(fn, torch.randn(3, 4))
+    pm = default_passes()
+    pm.run(graph)
+    ops = [n.op for n in graph.nodes]
+    assert "aten.exp.default" not in ops
+    assert ops.count("aten.sin.default") == 1
+    assert pm.stats["constant_folding"] >= 1
+
+
+def test_fusion_never_creates_cycles() -> None:
+    # x -> a (pointwise) -> r = sum(a) (reduction) -> b = a * r (pointwise); a second path
+    # a -> mm (matmul) -> c. Fusing a with c directly would need mm inside the group.
+    w = torch.randn(6, 6)
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        a = torch.exp(x)
+        m = a @ w
+        return (a + m).relu()
+
+    x = torch.randn(6, 6)
+    gm, graph = _graph(fn, x)
+    default_passes().run(graph)
+    result = fuse(graph, _can_build)
+    index = {g.id: i for i, g in enumerate(result.groups)}
+    for g in result.groups:
+        for n in g.nodes:
+            for v in n.inputs:
+                p = v.producer
+                if p is not None and p.id in result.node_group and result.node_group[p.id] is not g:
+                    assert index[result.node_group[p.id].id] < index[g.id], "producer group runs first"
+    compiled = compile_graph_for_inputs(gm, [x], GraphReport("t"))
+    assert_close(compiled([x]), fn(x), rtol=1e-4, atol=1e-4)
