@@ -35,8 +35,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _select_interpreter_on_cpu() -> None:
+    """Without a GPU, run generated kernels in Triton's interpreter (must precede importing triton)."""
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TILEWRIGHT_INTERPRET", "1")
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tilewright`` script; returns the process exit code."""
+    _select_interpreter_on_cpu()
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)

@@ -9,6 +9,7 @@ Usage::
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,8 +21,20 @@ def _env_flag(name: str, default: bool = False) -> bool:
     return value.strip().lower() not in ("0", "false", "no", "off")
 
 
+def _running_cli_without_gpu() -> bool:
+    if os.path.basename(sys.argv[0] if sys.argv else "") != "tilewright" or "TILEWRIGHT_INTERPRET" in os.environ:
+        return False
+    import torch
+
+    return not torch.cuda.is_available()
+
+
 # NOTE: Triton decides at import time whether its own helper functions (tl.sum, tl.sigmoid...)
-# are interpreted; the interpreter must therefore be switched on before triton is imported.
+# are interpreted, and importing torch._dynamo imports triton; so the interpreter must be
+# switched on here, before anything else, when it is requested (or when the `tilewright`
+# command runs on a machine without a GPU).
+if _running_cli_without_gpu():
+    os.environ["TILEWRIGHT_INTERPRET"] = "1"
 if _env_flag("TILEWRIGHT_INTERPRET") and not os.environ.get("TRITON_INTERPRET"):
     os.environ["TRITON_INTERPRET"] = "1"
 

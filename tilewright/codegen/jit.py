@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
-import triton
+# NOTE: triton is imported lazily: whether its own helpers are interpreted is fixed when it is
+# first imported, so ``import tilewright`` must not import it before the CLI picks a mode.
 
 
 def interpret_mode() -> bool:
@@ -51,4 +52,4 @@ def can_run_kernels(device: Any) -> bool:
 
 def cdiv(a: int, b: int) -> int:
     """Ceiling division."""
-    return triton.cdiv(a, b)
+    return -(-a // b)

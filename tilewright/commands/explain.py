@@ -1,0 +1,33 @@
+"""``tilewright explain MODULE:FACTORY``: compile a model and print what it became."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ._factory import FactoryError, load_factory
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``explain`` sub-command."""
+    p = sub.add_parser("explain", help="compile a model and report kernels, fallbacks and coverage",
+                       description="Compile the model returned by FACTORY (a function returning "
+                                   "(model, example_inputs)) and print the explain report.")
+    p.add_argument("spec", help="MODULE:FACTORY, FILE.py:FACTORY, or a .mlir file")
+    p.add_argument("--input-shapes", help="for .mlir files with dynamic dims, e.g. 1x16,1x16")
+    p.add_argument("--training", action="store_true", help="also compile and report the backward graph")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the command; returns the exit code."""
+    import tilewright
+
+    try:
+        model, inputs = load_factory(args.spec, args.input_shapes)
+    except FactoryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report = tilewright.explain(model, *inputs, training=args.training or None)
+    print(report.to_json() if args.json else str(report))
+    return 0
