@@ -41,8 +41,9 @@ from .loader import load_kernel
 log = logging.getLogger(__name__)
 
 __all__ = ["ConvProblem", "ConvKernel", "Epilogue", "default_epilogue", "conv_schedule_space",
-           "conv_forward", "prepare_conv", "pack_input", "pack_weight", "supports", "kernel_source", "as_5d", "epilogue_tensor_args",
-           "SPACE_VERSION", "DEFAULT_SMEM_BYTES"]
+           "conv_forward", "prepare_conv", "pack_input", "pack_weight", "supports",
+           "kernel_source", "as_5d", "epilogue_tensor_args", "SPACE_VERSION",
+           "DEFAULT_SMEM_BYTES"]
 
 
 # -- source and launch -----------------------------------------------------------------------

@@ -5,14 +5,16 @@
   input tile is gathered from ``x`` on the fly.
 - ``grad_input``: for stride 1 it *is* a forward convolution of ``grad_out`` with the
   flipped, group-transposed weight and padding ``dil*(k-1) - pad``, run by
-  :func:`tilewright.codegen.conv.conv_forward`. Strided convolutions use an extern ATen call
-  by default (``strided="aten"``) or the same forward kernel over a zero-inserted
-  ``grad_out`` (``strided="zero_insert"``, exact but ``stride**dims`` times the FLOPs).
+  :func:`tilewright.codegen.conv.conv_forward`. Strided convolutions (or padding beyond
+  ``dil*(k-1)``) use the ``tw_conv_dgrad`` kernel, an implicit GEMM over input pixels that
+  masks taps off the stride lattice (``strided="triton"``, default); ``"zero_insert"`` runs
+  the forward kernel over a zero-inserted ``grad_out`` and ``"aten"`` an extern call.
 - ``grad_bias``: a sum over all but the channel dim (ATen).
 
 :func:`conv_backward` has the signature and results of ``aten.convolution_backward``.
 
-Weight-gradient kernel arguments, in order: ``dy_ptr, x_ptr, gw_ptr``; sizes
+Input-gradient kernel arguments: ``dy_ptr, w_ptr, dx_ptr``, the same sizes, then strides of
+``dy``, ``w``, ``dx``. Weight-gradient kernel arguments, in order: ``dy_ptr, x_ptr, gw_ptr``; sizes
 ``N, C, D, H, W, K_OUT, OD, OH, OW, KD, KH, KW, CG, KG, stride_*, pad_*, dil_*``; strides of
 ``dy``, ``x``, ``gw`` (5 each, N/C/D/H/W order); constexprs ``BLOCK_M, BLOCK_N, BLOCK_K``.
 """
@@ -141,6 +143,138 @@ def conv_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, w_shape: Sequence[
                  num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]))
     return gw
 
+KERNEL_DGRAD = "tw_conv_dgrad"
+
+_DGRAD_BODY = """
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    g = tl.program_id(2)
+    # -- input pixels (rows): m = ((n*D + id)*H + ih)*W + iw
+    M = N * D * H * W
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    iw = offs_m % W
+    t_m = offs_m // W
+    ih = t_m % H
+    t_m = t_m // H
+    id_ = t_m % D
+    n = (t_m // D).to(tl.int64)
+    # -- input channels of group g (columns)
+    offs_c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_c = offs_c < CG
+    c_glob = g * CG + offs_c
+    K_TOT = KG * KD * KH * KW
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    # -- reduction over (output channel, tap): dx[i] += dy[(i + pad - r*dil) / s] * w[r]
+    for k0 in range(0, K_TOT, BLOCK_K):
+        kk = k0 + offs_k
+        m_k = kk < K_TOT
+        kw_k = kk % KW
+        t_k = kk // KW
+        kh_k = t_k % KH
+        t_k = t_k // KH
+        kd_k = t_k % KD
+        co = g * KG + t_k // KD
+        td = (id_ + pad_d)[:, None] - (kd_k * dil_d)[None, :]
+        th = (ih + pad_h)[:, None] - (kh_k * dil_h)[None, :]
+        tw = (iw + pad_w)[:, None] - (kw_k * dil_w)[None, :]
+        # NOTE: clamp before // and % so floor (interpreter) and C (GPU) semantics agree
+        td0 = tl.where(td >= 0, td, 0)
+        th0 = tl.where(th >= 0, th, 0)
+        tw0 = tl.where(tw >= 0, tw, 0)
+        od = td0 // stride_d
+        oh = th0 // stride_h
+        ow = tw0 // stride_w
+        valid = ((td >= 0) & (th >= 0) & (tw >= 0) & (td0 % stride_d == 0) & (th0 % stride_h == 0)
+                 & (tw0 % stride_w == 0) & (od < OD) & (oh < OH) & (ow < OW))
+        m_a = mask_m[:, None] & m_k[None, :] & valid
+        dy_off = (n * stride_dn)[:, None] + (co.to(tl.int64) * stride_dc)[None, :]
+        a = tl.load(dy_ptr + dy_off + od * stride_dd + oh * stride_dh + ow * stride_dw,
+                    mask=m_a, other=0.0)
+        w_off = (co.to(tl.int64) * stride_wk + kd_k * stride_wd + kh_k * stride_wh
+                 + kw_k * stride_ww)
+        b = tl.load(w_ptr + w_off[:, None] + (offs_c * stride_wc)[None, :],
+                    mask=m_k[:, None] & mask_c[None, :], other=0.0)
+        acc += tl.dot(a, b{precision})
+    # -- store grad_input[n, c, id, ih, iw]
+    dx_off = n * stride_xn + id_ * stride_xd + ih * stride_xh + iw * stride_xw
+    dx_tile = dx_ptr + dx_off[:, None] + (c_glob.to(tl.int64) * stride_xc)[None, :]
+    tl.store(dx_tile, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_c[None, :])
+"""
+
+
+def dgrad_source(allow_tf32: bool = False) -> str:
+    """Source of the input-gradient kernel ``tw_conv_dgrad`` (any stride, no zero insertion).
+
+    GEMM per group: ``M`` = input pixels, ``N`` = input channels of the group,
+    ``K`` = output channels of the group x taps; taps that do not land on the stride lattice
+    are masked out.
+    """
+    precision = "" if allow_tf32 else ', input_precision="ieee"'
+    head = (f"def {KERNEL_DGRAD}(\n    dy_ptr, w_ptr, dx_ptr,\n"
+            "    N, C, D, H, W, K_OUT, OD, OH, OW, KD, KH, KW, CG, KG,\n"
+            "    stride_d, stride_h, stride_w, pad_d, pad_h, pad_w, dil_d, dil_h, dil_w,\n"
+            "    stride_dn, stride_dc, stride_dd, stride_dh, stride_dw,\n"
+            "    stride_wk, stride_wc, stride_wd, stride_wh, stride_ww,\n"
+            "    stride_xn, stride_xc, stride_xd, stride_xh, stride_xw,\n"
+            "    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,\n):")
+    body = _DGRAD_BODY.replace("{precision}", precision)
+    return f"import triton\nimport triton.language as tl\n\n\n{head}{body}"
+
+
+def dgrad_schedule_space(problem: ConvProblem) -> ScheduleSpace:
+    """Schedule space of the input-gradient GEMM (M=input pixels, N=CG, K=KG*taps)."""
+    pixels = problem.n * problem.in_size[0] * problem.in_size[1] * problem.in_size[2]
+    cap_m = max(16, 1 << max(0, (pixels - 1).bit_length()))
+    cap_n = max(16, 1 << max(0, (problem.cg - 1).bit_length()))
+
+    def fits(c: Mapping[str, ConfigValue]) -> str | None:
+        if int(c["BLOCK_M"]) > cap_m or int(c["BLOCK_N"]) > cap_n:
+            return "tile larger than the problem"
+        per_thread = int(c["BLOCK_M"]) * int(c["BLOCK_N"]) / (int(c["num_warps"]) * 32)
+        return None if 4 <= per_thread <= 128 else "accumulator per thread out of range"
+
+    space = ScheduleSpace(kind="conv_dgrad", params={
+        "BLOCK_M": [16, 32, 64, 128], "BLOCK_N": [16, 32, 64, 128], "BLOCK_K": [16, 32, 64],
+        "num_warps": [2, 4, 8], "num_stages": [2, 3, 4]}, constraints=[fits],
+        version=SPACE_VERSION)
+    want: Config = {"BLOCK_M": min(64, cap_m), "BLOCK_N": min(64, cap_n), "BLOCK_K": 32,
+                    "num_warps": 4, "num_stages": 3}
+    if not space.is_feasible(want):
+        want = min(space.enumerate(), key=lambda c: sum(c[k] != v for k, v in want.items()))
+    space.default = want
+    return space
+
+
+def conv_input_grad_direct(grad_out: torch.Tensor, x_shape: Sequence[int], w: torch.Tensor,
+                           stride: Any, padding: Any, dilation: Any, groups: int,
+                           config: Mapping[str, ConfigValue] | None = None) -> torch.Tensor:
+    """``grad_input`` by the ``tw_conv_dgrad`` kernel (any stride, padding, dilation)."""
+    problem = ConvProblem.from_shapes(tuple(x_shape), tuple(w.shape), False, stride, padding,
+                                      dilation, groups, str(w.dtype).removeprefix("torch."))
+    space = dgrad_schedule_space(problem)
+    cfg = space.validate(config) if config is not None else space.default_config()
+    if grad_out.stride(1) == 1 and grad_out.shape[1] > 1 and not grad_out.is_contiguous():
+        perm = [0] + list(range(2, len(x_shape))) + [1]  # channels-last like grad_out
+        dx = torch.empty([x_shape[i] for i in perm], dtype=w.dtype, device=w.device).permute(
+            [0, len(x_shape) - 1] + list(range(1, len(x_shape) - 1)))
+    else:
+        dx = torch.empty(list(x_shape), dtype=w.dtype, device=w.device)
+    tf32 = w.dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+    kernel = load_kernel(dgrad_source(tf32), KERNEL_DGRAD)
+    od, oh, ow = problem.out_size
+    d_, h_, w_ = problem.in_size
+    grid = (cdiv(problem.n * d_ * h_ * w_, int(cfg["BLOCK_M"])), cdiv(problem.cg, int(cfg["BLOCK_N"])),
+            groups)
+    kernel[grid](grad_out, w, dx, problem.n, problem.c_in, *problem.in_size, problem.c_out,
+                 od, oh, ow, *problem.kernel, problem.cg, problem.kg, *problem.stride,
+                 *problem.padding, *problem.dilation, *as_5d(grad_out).stride(),
+                 *as_5d(w).stride(), *as_5d(dx).stride(), BLOCK_M=int(cfg["BLOCK_M"]),
+                 BLOCK_N=int(cfg["BLOCK_N"]), BLOCK_K=int(cfg["BLOCK_K"]),
+                 num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]))
+    return dx
+
 
 def _transposed_weight(w: torch.Tensor, groups: int) -> torch.Tensor:
     """[K, CG, *k] -> [C, KG, *k], spatially flipped: the weight of the input gradient."""
@@ -152,15 +286,24 @@ def _transposed_weight(w: torch.Tensor, groups: int) -> torch.Tensor:
 
 def conv_input_grad(grad_out: torch.Tensor, x_shape: Sequence[int], w: torch.Tensor,
                     stride: Any, padding: Any, dilation: Any, groups: int,
-                    strided: str = "aten") -> torch.Tensor:
-    """``grad_input`` of a forward convolution (see the module docstring for the policy)."""
+                    strided: str = "triton") -> torch.Tensor:
+    """``grad_input`` of a forward convolution (see the module docstring for the policy).
+
+    Args:
+        strided: for stride > 1 (or padding > dil*(k-1)): ``"triton"`` (the ``tw_conv_dgrad``
+            kernel), ``"zero_insert"`` (forward kernel over a zero-inserted ``grad_out``;
+            stride 1 only otherwise) or ``"aten"`` (extern call).
+    """
     problem = ConvProblem.from_shapes(tuple(x_shape), tuple(w.shape), False, stride, padding,
                                       dilation, groups)
     keep = slice(3 - problem.dims, 3)
     dil, pad, ks = problem.dilation[keep], problem.padding[keep], problem.kernel[keep]
     strides = problem.stride[keep]
     new_pad = [d * (k - 1) - p for d, k, p in zip(dil, ks, pad)]
-    if min(new_pad) < 0 or (max(strides) > 1 and strided != "zero_insert"):
+    simple = min(new_pad) >= 0 and max(strides) == 1
+    if not simple and strided == "triton":
+        return conv_input_grad_direct(grad_out, x_shape, w, stride, padding, dilation, groups)
+    if min(new_pad) < 0 or (not simple and strided != "zero_insert"):
         return _aten_grads(grad_out, x_shape, w, stride, padding, dilation, groups,
                            (True, False, False))[0]
     dy = grad_out

@@ -225,7 +225,7 @@ class FusedKernelBuilder:
             emitter.store(v, idx, expr, outer, "[XBLOCK]", frozenset(["xindex"]))
         inputs = list(emitter.inputs.values())
         body = [
-            "xoffset = tl.program_id(0) * XBLOCK",
+            f"xoffset = tl.program_id(0){_wide(inputs + self.outputs, numel)} * XBLOCK",
             "xindex = xoffset + tl.arange(0, XBLOCK)",
             f"xmask = xindex < {numel}",
         ] + outer.lines
@@ -284,12 +284,15 @@ class FusedKernelBuilder:
             idx = self.canonical(v, x, r)
             expr = emitter.value(v, idx)
             emitter.store(v, idx, expr, outer, "[XBLOCK, 1]", frozenset(["xindex"]))
+        wide = _wide(list(emitter.inputs.values()) + self.outputs, xnumel * rnumel)
         head = [
-            "xoffset = tl.program_id(0) * XBLOCK",
+            f"xoffset = tl.program_id(0){wide} * XBLOCK",
             "xindex = xoffset + tl.arange(0, XBLOCK)[:, None]",
             f"xmask = xindex < {xnumel}",
             "rbase = tl.arange(0, RBLOCK)[None, :]",
         ]
+        if wide:
+            head[-1] = "rbase = tl.arange(0, RBLOCK)[None, :].to(tl.int64)"
         if persistent:
             head += ["rindex = rbase", f"rmask = rindex < {rnumel}"]
         sig = self._signature(emitter, ["XBLOCK: tl.constexpr", "RBLOCK: tl.constexpr"])
@@ -364,6 +367,15 @@ class FusedKernelBuilder:
             if out_cdt != acc_dtype:
                 outer.lines.append(f"{name} = {name}.to({triton_dtype(out_cdt)})")
             results[info.node.outputs[0].id] = Expr(name, out_cdt, frozenset(["xindex"]))
+
+
+INT32_LIMIT = 2**31 - 1
+
+
+def _wide(values: list[Value], numel: int) -> str:
+    """``.to(tl.int64)`` when any offset of the kernel may overflow 32-bit indexing."""
+    spans = [sum((sz - 1) * abs(st) for sz, st in zip(v.type.shape, v.type.strides)) for v in values]
+    return ".to(tl.int64)" if max(spans + [numel]) >= INT32_LIMIT else ""
 
 
 _HEADER = "import triton\nimport triton.language as tl\n\n\n"

@@ -17,7 +17,7 @@ from ..ir.graph import Node, Value
 from ..ir.registry import lookup, packet_name
 from ..ir.types import compute_dtype
 from .emitter import CodegenError, Emitter, Expr, Scope
-from .fused import _HEADER, KernelSource, _function, group_outputs, triton_cdiv
+from .fused import _HEADER, KernelSource, _function, _wide, group_outputs, triton_cdiv
 from .indexing import Atom, Var, depends, offset_code, reshape_index
 from .schedules import matmul_space
 
@@ -84,9 +84,10 @@ class MatmulKernelBuilder:
             sbb, sbk, sbn = sb
         else:
             (sam, sak), (sbk, sbn), sab, sbb = sa, sb, 0, 0
+        wide = _wide([a, b] + self.outputs + list(emitter.inputs.values()), nb * max(m * n, m * k, k * n))
         head = [
             "pid = tl.program_id(0)",
-            "bid = tl.program_id(1)",
+            f"bid = tl.program_id(1){wide}",
             f"num_pid_m = tl.cdiv({m}, BLOCK_M)",
             f"num_pid_n = tl.cdiv({n}, BLOCK_N)",
             "num_pid_in_group = GROUP_M * num_pid_n",
@@ -95,8 +96,8 @@ class MatmulKernelBuilder:
             "group_size_m = min(num_pid_m - first_pid_m, GROUP_M)",
             "pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)",
             "pid_n = (pid % num_pid_in_group) // group_size_m",
-            "rm = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]",
-            "rn = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N))[None, :]",
+            f"rm = (pid_m{wide} * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]",
+            f"rn = (pid_n{wide} * BLOCK_N + tl.arange(0, BLOCK_N))[None, :]",
             "rk = tl.arange(0, BLOCK_K)",
             f"mask_m = rm < {m}",
             f"mask_n = rn < {n}",
