@@ -232,3 +232,19 @@ def test_multiple_outputs_from_one_kernel() -> None:
     out, report = compile_and_run(fn, x)
     assert_close(out, fn(x))
     assert len(report.kernels) == 1
+
+
+@pytest.mark.parametrize("case", ["max3s2p1", "max2", "max_dilated", "avg3s2p1", "avg_no_pad_count", "max_ceil"])
+def test_pooling(case: str) -> None:
+    fns = {
+        "max3s2p1": lambda x: F.max_pool2d(x, 3, 2, 1),
+        "max2": lambda x: F.max_pool2d(x, 2),
+        "max_dilated": lambda x: F.max_pool2d(x, 2, 1, 0, dilation=2),
+        "avg3s2p1": lambda x: F.avg_pool2d(x, 3, 2, 1),
+        "avg_no_pad_count": lambda x: F.avg_pool2d(x, 3, 2, 1, count_include_pad=False),
+        "max_ceil": lambda x: F.max_pool2d(x, 3, 2, 0, ceil_mode=True),
+    }
+    x = torch.randn(2, 3, 11, 13)
+    out, report = compile_and_run(fns[case], x)
+    assert_close(out, fns[case](x))
+    assert report.coverage == 1.0, str(report)

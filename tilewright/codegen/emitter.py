@@ -207,6 +207,8 @@ class Emitter:
             return self._gather(node, out, idx, guard)
         if op.extra.get("concat"):
             return self._concat(node, out, idx, guard)
+        if op.extra.get("window"):
+            return self._window(node, out, idx, guard, op.extra["window"])
         if name in ("aten.full", "aten.scalar_tensor"):
             fill = node.args[1] if name == "aten.full" else node.args[0]
             return Expr(self._typed_literal(literal(fill), out_dtype),
@@ -324,6 +326,61 @@ class Emitter:
         index_expr = self.value(indices, idx[:-1], guard)
         row = Dyn(index_expr.code, index_expr.deps)
         return self.value(weight, (row, idx[-1]), guard)
+
+    def _window(self, node: Node, out: Value, idx: tuple[Atom, ...],
+                guard: tuple[str, frozenset[str]] | None, mode: str) -> Expr:
+        """2-D pooling: the window is unrolled; out-of-bounds taps are masked loads."""
+        if out.index != 0:
+            raise CodegenError("pooling indices are not generated in kernels")
+        x: Value = node.args[0]
+        args = list(node.args) + [None] * 7
+
+        def pair(v: Any, default: Any) -> tuple[int, int]:
+            if v is None or v == []:
+                v = default
+            v = [v] if isinstance(v, int) else list(v)
+            return (v[0], v[0]) if len(v) == 1 else (v[0], v[1])
+
+        kh, kw = pair(args[1], None)
+        sh, sw = pair(args[2], [kh, kw])
+        ph, pw = pair(args[3], 0)
+        if mode == "max":
+            dh, dw = pair(args[4], 1)
+            ceil_mode = bool(args[5])
+        else:
+            dh, dw = 1, 1
+            ceil_mode = bool(args[4])
+            count_include_pad = True if args[5] is None else bool(args[5])
+            if args[6] is not None:
+                raise CodegenError("avg_pool2d with divisor_override is not generated")
+        if ceil_mode and mode == "avg":
+            raise CodegenError("avg_pool2d with ceil_mode is not generated")
+        h, w = x.type.shape[-2], x.type.shape[-1]
+        oh, ow = idx[-2], idx[-1]
+        cdt = compute_dtype(x.type.dtype)
+        taps: list[tuple[Expr, str]] = []
+        for i in range(kh):
+            for j in range(kw):
+                ih = Affine(oh, sh, i * dh - ph)
+                iw = Affine(ow, sw, j * dw - pw)
+                cond = f"({ih.code()} >= 0) & ({ih.code()} < {h}) & ({iw.code()} >= 0) & ({iw.code()} < {w})"
+                full_cond = f"({guard[0]}) & {cond}" if guard else cond
+                deps = oh.vars() | ow.vars() | (guard[1] if guard else frozenset())
+                tap = self.value(x, tuple(idx[:-2]) + (ih, iw), (full_cond, deps))
+                taps.append((tap, cond))
+        deps = frozenset().union(*(t.deps for t, _ in taps))
+        if mode == "max":
+            acc = None
+            for tap, cond in taps:
+                term = f"tl.where({cond}, {cast_code(tap, cdt)}, float('-inf'))"
+                acc = term if acc is None else f"tl.maximum({acc}, {term})"
+            return self._assign(str(acc), cdt, deps)
+        total = " + ".join(f"tl.where({cond}, {cast_code(tap, cdt)}, 0.0)" for tap, cond in taps)
+        if count_include_pad:
+            divisor = str(float(kh * kw))
+        else:
+            divisor = "(" + " + ".join(f"tl.where({cond}, 1.0, 0.0)" for _, cond in taps) + ")"
+        return self._assign(f"({total}) / {divisor}", cdt, deps)
 
     def _concat(self, node: Node, out: Value, idx: tuple[Atom, ...],
                 guard: tuple[str, frozenset[str]] | None) -> Expr:

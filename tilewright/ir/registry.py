@@ -204,6 +204,12 @@ register(OpDef("aten.embedding", "pointwise", scalar=None, cast="none", flops_pe
 register(OpDef("aten.cat", "pointwise", scalar=None, cast="none", flops_per_element=0,
                extra={"concat": True}))
 
+# --- sliding windows (pooling): a small unrolled reduction per output element -------------
+register(OpDef("aten.max_pool2d_with_indices", "pointwise", scalar=None, cast="none", flops_per_element=9,
+               extra={"window": "max"}))
+register(OpDef("aten.avg_pool2d", "pointwise", scalar=None, cast="none", flops_per_element=9,
+               extra={"window": "avg"}))
+
 # --- reductions ----------------------------------------------------------------------------
 register(OpDef("aten.sum", "reduction", combine="sum"))
 register(OpDef("aten.mean", "reduction", combine="sum", extra={"mean": True}))
