@@ -211,7 +211,7 @@ class CompiledGraph:
     def _run_extern(self, node: Node, env: dict[int, torch.Tensor]) -> None:
         args = map_values(node.args, lambda a: evaluate_value(a, env))
         kwargs = map_values(node.kwargs, lambda a: evaluate_value(a, env))
-        result = node.target(*args, **kwargs)
+        result = implementation(node)(*args, **kwargs)
         if not node.outputs:
             return
         outs = [r for r in result if isinstance(r, torch.Tensor)] if isinstance(result, (list, tuple)) else [result]
@@ -222,6 +222,17 @@ class CompiledGraph:
                 fixed.copy_(t)
                 t = fixed
             env[v.id] = t
+
+
+def implementation(node: Node) -> Any:
+    """The callable that runs ``node``: a template's own implementation, else its torch op."""
+    impl = lookup(node.target).extra.get("impl")
+    if impl is None:
+        return node.target
+    module_name, attr = impl.split(":")
+    import importlib
+
+    return getattr(importlib.import_module(module_name), attr)
 
 
 def values_in(obj: Any) -> list[Value]:

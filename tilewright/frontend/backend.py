@@ -66,6 +66,7 @@ class LazyCompiledGraph:
         self.cache: dict[tuple[Any, ...], Callable[[Sequence[Any]], Any]] = {}
         self.symbolic = _has_symbolic(gm)
         self.attention_blocks: list[dict[str, Any]] = []
+        self._folded = False
 
     def __call__(self, args: list[Any]) -> Any:
         inputs = list(args)
@@ -103,6 +104,11 @@ class LazyCompiledGraph:
             publish(report)
             return self._eager()
         report.mode = "cuda" if "cuda" in devices else "interpreter"
+        if self.kind == "inference" and not self._folded:
+            self._folded = True
+            folded = _fold_batchnorm(self.gm)
+            if folded:
+                report.notes.append(f"folded {folded} batch norm(s) into convolutions")
         try:
             compiled = compile_graph_for_inputs(self.gm, inputs, report)
         except Exception as exc:
@@ -158,6 +164,17 @@ def _rewrite_attention(gm: fx.GraphModule, example_inputs: list[Any]) -> tuple[f
     except Exception as exc:  # an optimisation must never break the program
         log.warning("attention rewrite skipped (%s: %s)", type(exc).__name__, exc)
         return gm, []
+
+
+def _fold_batchnorm(gm: fx.GraphModule) -> int:
+    """Fold inference batch norms into the preceding convolutions (exact; 0 when none)."""
+    try:
+        from ..passes.conv_rewrite import fold_batchnorm
+
+        return fold_batchnorm(gm)
+    except Exception as exc:  # an optimisation must never break the program
+        log.warning("batch-norm folding skipped (%s: %s)", type(exc).__name__, exc)
+        return 0
 
 
 def register_backend() -> None:

@@ -44,8 +44,13 @@ def default_passes() -> PassManager:
     ])
 
 
-def build_source(group: Group, materialize: set[int], name: str) -> KernelSource:
+def build_source(group: Group, materialize: set[int], name: str) -> Any:
     """Generate the kernel source of ``group`` (raises CodegenError when not expressible)."""
+    if group.kind == "conv":
+        from ..codegen.conv_group import ConvGroupKernel
+
+        assert group.anchor is not None
+        return ConvGroupKernel(name, group.anchor, group.nodes, materialize)
     if group.kind == "matmul":
         assert group.anchor is not None
         return MatmulKernelBuilder(name, group.anchor, group.nodes, materialize).build()
@@ -64,7 +69,7 @@ def _can_build(group: Group, materialize: set[int]) -> str | None:
 
 def _kernel_name(group: Group, index: int) -> str:
     ops = [n.op.split(".")[1] for n in group.nodes]
-    tag = {"matmul": "mm", "reduction": "red", "pointwise": "pw"}.get(group.kind, group.kind)
+    tag = {"matmul": "mm", "reduction": "red", "pointwise": "pw", "conv": "conv"}.get(group.kind, group.kind)
     interesting = [o for o in dict.fromkeys(ops) if o not in ("view", "_unsafe_view", "clone")]
     return f"tw_{tag}{index}_" + "_".join(interesting[:3])[:40]
 
@@ -110,7 +115,7 @@ def _build_steps(graph: Graph, fusion: FusionResult, report: GraphReport) -> lis
             steps.extend(ExternStep(n) for n in group.nodes)  # empty tensors: nothing to compute
             continue
         compute_ops += n_ops
-        if group.kind in ("pointwise", "reduction", "matmul"):
+        if group.kind in ("pointwise", "reduction", "matmul", "conv"):
             name = _kernel_name(group, index)
             try:
                 spec = build_source(group, fusion.materialize, name)
@@ -119,9 +124,10 @@ def _build_steps(graph: Graph, fusion: FusionResult, report: GraphReport) -> lis
                 report.add_fallback(f"kernel {name}", f"codegen failed: {exc}")
                 steps.extend(ExternStep(n) for n in group.nodes)
                 continue
-            kernel = GeneratedKernel(spec, group.nodes)
+            kernel = spec if group.kind == "conv" else GeneratedKernel(spec, group.nodes)
             choose_schedule(kernel)
-            steps.append(KernelStep(kernel, spec.inputs, spec.outputs, []))
+            steps.append(KernelStep(kernel, kernel.spec_inputs if group.kind == "conv" else spec.inputs,
+                                    spec.outputs, []))
             report.kernels.append(kernel.describe())
             kernel_ops += n_ops
             continue

@@ -223,6 +223,11 @@ for _v in ["view", "_unsafe_view", "reshape", "permute", "transpose", "t", "expa
            "as_strided", "view_as", "expand_as", "numpy_T", "diagonal", "unfold"]:
     register(OpDef(f"aten.{_v}", "view", flops_per_element=0))
 
+# --- convolutions: implicit-GEMM / direct templates with fused epilogues ---------------------
+register(OpDef("aten.convolution", "conv"))
+register(OpDef("aten.convolution_backward", "template",
+               extra={"impl": "tilewright.codegen.conv_ops:convolution_backward"}))
+
 # --- matmul templates ----------------------------------------------------------------------
 register(OpDef("aten.mm", "matmul"))
 register(OpDef("aten.bmm", "matmul"))

@@ -22,6 +22,10 @@ def classify(node: Node) -> str:
     kind = lookup(node.target).kind
     if kind in ("view", "template", "extern"):
         return kind
+    if kind == "conv":
+        from ..codegen.conv_group import conv_support
+
+        return "extern" if conv_support(node) else "conv"
     if not _tensor_dtypes_ok(node) or any(o.type.numel == 0 for o in node.outputs):
         return "extern"
     name = packet_name(node.target)

@@ -27,7 +27,8 @@ from .classify import classify
 
 log = logging.getLogger(__name__)
 
-FUSABLE = ("pointwise", "reduction", "matmul")
+FUSABLE = ("pointwise", "reduction", "matmul", "conv")
+ANCHORED = ("matmul", "conv")
 
 
 @dataclass(eq=False)
@@ -42,7 +43,7 @@ class Group:
 
     def numel(self) -> int:
         """Element count of the group's iteration space (elements for reductions)."""
-        if self.kind == "matmul" and self.anchor is not None:
+        if self.kind in ANCHORED and self.anchor is not None:
             return self.anchor.outputs[0].type.numel
         if self.kind == "reduction":
             red = next(n for n in self.nodes if lookup(n.target).kind == "reduction")
@@ -122,7 +123,7 @@ def fuse(graph: Graph, can_build: BuildCheck) -> FusionResult:
         kind = classify(n)
         if kind == "view":
             continue
-        g = Group(next_id, kind, [n], anchor=n if kind == "matmul" else None)
+        g = Group(next_id, kind, [n], anchor=n if kind in ANCHORED else None)
         next_id += 1
         if kind in FUSABLE:
             reason = can_build(g, materialized(g.nodes, {n.id}, out_ids))
@@ -146,12 +147,12 @@ def fuse(graph: Graph, can_build: BuildCheck) -> FusionResult:
     def compatible(p: Group, c: Group) -> str | None:
         if p.kind not in FUSABLE or c.kind not in FUSABLE:
             return None
-        if c.kind == "matmul":
+        if c.kind in ANCHORED:
             return None  # no prologue fusion
-        if p.kind == "matmul":
+        if p.kind in ANCHORED:
             if c.kind != "pointwise" or c.numel() != p.numel():
                 return None
-            return "matmul"
+            return p.kind
         if p.kind == "pointwise" and c.kind == "pointwise":
             return "pointwise" if p.numel() == c.numel() else None
         if p.kind == "pointwise" and c.kind == "reduction":
@@ -199,7 +200,7 @@ def fuse(graph: Graph, can_build: BuildCheck) -> FusionResult:
                 rejected.add((pid, cid))
                 continue
             nodes = sorted(p.nodes + c.nodes, key=lambda n: order[n.id])
-            anchor = p.anchor if kind == "matmul" else None
+            anchor = p.anchor if kind in ANCHORED else None
             merged = Group(p.id, kind, nodes, anchor)
             members = {n.id for n in nodes}
             reason = can_build(merged, materialized(nodes, members, out_ids))
