@@ -67,8 +67,8 @@ def test_training_gradients_match_eager(name: str) -> None:
         _within(got_g[pname], eager_g[pname], ref_g[pname], f"{name} grad {pname}")
 
 
-@pytest.mark.parametrize("name", ["gpt2", "bert", "llama", "vit"])
-def test_transformer_coverage(name: str) -> None:
+@pytest.mark.parametrize("name", ["gpt2", "bert", "llama", "vit", "resnet"])
+def test_coverage(name: str) -> None:
     torch.manual_seed(0)
     model, inputs, _ = MODELS[name]()
     model.eval()
@@ -76,4 +76,6 @@ def test_transformer_coverage(name: str) -> None:
     data = report.to_dict()
     assert data["coverage"] >= 0.9, str(report)
     assert data["kernels"], "no kernels generated"
-    assert all(k["kind"] in ("pointwise", "reduction", "matmul", "template") for k in data["kernels"])
+    assert all(k["kind"] in ("pointwise", "reduction", "matmul", "conv", "template") for k in data["kernels"])
+    if name != "resnet":
+        assert data["attention_fused"] == MODELS[name]()[2], "every attention layer is fused"
