@@ -248,3 +248,17 @@ def test_pooling(case: str) -> None:
     out, report = compile_and_run(fns[case], x)
     assert_close(out, fns[case](x))
     assert report.coverage == 1.0, str(report)
+
+
+def test_any_all_and_safe_softmax() -> None:
+    def fn(x: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        s = x + m
+        return torch.ops.aten._safe_softmax(s, -1), (s > 1).any(-1), (s > -1).all(1)
+
+    x = torch.randn(2, 3, 5, 7)
+    m = torch.zeros(2, 1, 1, 7)
+    m[1, ..., 3:] = float("-inf")
+    m[0, ..., :] = float("-inf")  # fully masked rows give zeros, not NaN
+    out, report = compile_and_run(fn, x, m)
+    assert_close(out, fn(x, m))
+    assert report.coverage == 1.0, str(report)

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         model, inputs = load_factory(args.spec, args.input_shapes)
-    except FactoryError as exc:
+    except (FactoryError, ValueError, ImportError) as exc:  # includes the MLIR import errors
         print(f"error: {exc}", file=sys.stderr)
         return 2
     report = tilewright.explain(model, *inputs, training=args.training or None)

@@ -216,6 +216,8 @@ register(OpDef("aten.mean", "reduction", combine="sum", extra={"mean": True}))
 register(OpDef("aten.amax", "reduction", combine="max"))
 register(OpDef("aten.amin", "reduction", combine="min"))
 register(OpDef("aten.prod", "reduction", combine="prod"))
+register(OpDef("aten.any", "reduction", combine="max"))
+register(OpDef("aten.all", "reduction", combine="min"))
 
 # --- views (index transforms, or aliases of materialised buffers) -----------------------------
 for _v in ["view", "_unsafe_view", "reshape", "permute", "transpose", "t", "expand", "unsqueeze",
