@@ -104,7 +104,8 @@ _INIT = {"sum": "0", "max": 'float("-inf")', "min": 'float("inf")', "prod": "1"}
 def _init_value(combine: str, dtype: torch.dtype) -> str:
     if not dtype.is_floating_point:
         if combine == "max":
-            return str(torch.iinfo(dtype).min) if dtype != torch.bool else "0"
+            # NOTE: iinfo.min + 1 keeps the literal inside int64 (Triton parses -x as neg(x))
+            return str(torch.iinfo(dtype).min + 1) if dtype != torch.bool else "0"
         if combine == "min":
             return str(torch.iinfo(dtype).max) if dtype != torch.bool else "1"
         return _INIT[combine]

@@ -82,7 +82,7 @@ def matmul_space(m: int, n: int, k: int, elem_bytes: int) -> ScheduleSpace:
             return f"needs {smem} bytes of shared memory"
         if bm * bn // (32 * warps) > 256:
             return "accumulator exceeds 256 registers per thread"
-        if bm * bn < 16 * 32 * warps // 2:
+        if bm * bn < 64 * warps:
             return "tile too small for the warps"
         if bm > max(16, next_pow2(m)) or bn > max(16, next_pow2(n)) or bk > max(16, next_pow2(k)):
             return "tile larger than the problem"

@@ -1,0 +1,41 @@
+"""Schedule spaces of generated kernels: defaults feasible, constraints enforced, hashes stable."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from tilewright.autotune.space import config_hash
+from tilewright.codegen.schedules import matmul_space, pointwise_space, reduction_space
+
+SIZES = [1, 2, 7, 8, 16, 33, 100, 1000, 4097, 65536, 10**6]
+
+
+@pytest.mark.parametrize("numel", SIZES)
+def test_pointwise_default_is_feasible(numel: int) -> None:
+    space = pointwise_space(numel)
+    assert space.check(space.default_config()) is None
+    assert space.size() > 0
+
+
+@pytest.mark.parametrize("rows,rnumel", list(itertools.product([1, 3, 128, 4096], [1, 5, 64, 768, 5000, 50000])))
+def test_reduction_default_is_feasible(rows: int, rnumel: int) -> None:
+    space = reduction_space(rows, rnumel)
+    assert space.check(space.default_config()) is None
+
+
+@pytest.mark.parametrize("m,n,k,elem", [(1, 1, 1, 4), (8, 8, 8, 4), (13, 17, 19, 2), (4096, 4096, 4096, 2),
+                                        (1, 50257, 768, 2), (128, 96, 3072, 4)])
+def test_matmul_default_is_feasible_and_constraints_hold(m: int, n: int, k: int, elem: int) -> None:
+    space = matmul_space(m, n, k, elem)
+    assert space.check(space.default_config()) is None
+    for config in space.enumerate():
+        smem = (config["BLOCK_M"] * config["BLOCK_K"] + config["BLOCK_K"] * config["BLOCK_N"]) * elem * config["num_stages"]
+        assert smem <= 227 * 1024
+
+
+def test_infeasible_configs_are_reported() -> None:
+    space = matmul_space(4096, 4096, 4096, 4)
+    bad = dict(space.default_config(), BLOCK_M=256, BLOCK_N=256, BLOCK_K=128, num_stages=5)
+    assert "shared memory" in (space.check(bad) or "")
+    assert config_hash(bad) == config_hash(dict(reversed(list(bad.items()))))
