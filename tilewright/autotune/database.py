@@ -1,0 +1,478 @@
+"""The tuning database: best configs and measurement records, on any SQLAlchemy URL.
+
+A SQLite file (``config.cache_dir/tuning.db``) by default; any SQLAlchemy URL (PostgreSQL) to
+share one between machines. Entries are keyed by :class:`TuningKey`: the kernel problem key
+(fingerprint + shapes/dtypes/strides), GPU name and compute capability, Triton version and the
+schedule-space version. Only configs and measurements are stored, never code.
+
+Every entry read back is validated against the current :class:`ScheduleSpace`; a foreign entry
+(another space version or kind, another key) or a corrupt one (JSON that does not parse, wrong
+types, infeasible config) is ignored, logged and listed in :attr:`TuningDatabase.rejected`.
+
+Concurrency: SQLite runs in WAL mode with a busy timeout; best-config writes are single
+``INSERT ... ON CONFLICT DO UPDATE`` statements (SQLite, PostgreSQL) that keep the faster
+entry, so concurrent writers neither corrupt nor regress an entry. Instances are safe to use
+from several threads (SQLAlchemy pools connections); each process should make its own.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from .problem import KernelProblem
+from .space import Config, ScheduleSpace, config_hash
+
+log = logging.getLogger(__name__)
+
+metadata = sa.MetaData()
+
+#: Best config per key.
+best_configs = sa.Table(
+    "tw_best_configs", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("problem_key", sa.String(64), nullable=False),
+    sa.Column("device_name", sa.String(128), nullable=False),
+    sa.Column("capability", sa.String(32), nullable=False),
+    sa.Column("triton_version", sa.String(32), nullable=False),
+    sa.Column("space_version", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("kernel_name", sa.String(256), nullable=False, default=""),
+    sa.Column("config_json", sa.Text, nullable=False),
+    sa.Column("config_hash", sa.String(32), nullable=False),
+    sa.Column("time_s", sa.Float, nullable=True),
+    sa.Column("default_time_s", sa.Float, nullable=True),
+    sa.Column("trials", sa.Integer, nullable=False, default=0),
+    sa.Column("timing_label", sa.String(128), nullable=False, default=""),
+    sa.Column("problem_json", sa.Text, nullable=False, default="{}"),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.UniqueConstraint("problem_key", "device_name", "capability", "triton_version",
+                        "space_version", name="uq_tw_best_key"),
+)
+
+#: One row per measurement (successful or failed).
+measurements = sa.Table(
+    "tw_measurements", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("problem_key", sa.String(64), nullable=False, index=True),
+    sa.Column("device_name", sa.String(128), nullable=False),
+    sa.Column("capability", sa.String(32), nullable=False),
+    sa.Column("triton_version", sa.String(32), nullable=False),
+    sa.Column("space_version", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("config_json", sa.Text, nullable=False),
+    sa.Column("config_hash", sa.String(32), nullable=False),
+    sa.Column("time_s", sa.Float, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("timing_label", sa.String(128), nullable=False, default=""),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
+
+#: Which trial of a shared study measures a config (so two workers never measure the same one).
+claims = sa.Table(
+    "tw_claims", metadata,
+    sa.Column("study_name", sa.String(512), primary_key=True),
+    sa.Column("config_hash", sa.String(32), primary_key=True),
+    sa.Column("trial_number", sa.Integer, nullable=False),
+    sa.Column("claimed_at", sa.DateTime, nullable=False),
+)
+
+KEY_FIELDS = ("problem_key", "device_name", "capability", "triton_version", "space_version")
+
+
+def space_version(space: ScheduleSpace) -> str:
+    """The schedule-space version stored in keys: declared version + parameter fingerprint."""
+    return f"{space.kind}-v{space.version}-{space.fingerprint()[:8]}"
+
+
+@dataclass(frozen=True)
+class TuningKey:
+    """Everything a tuning entry is valid for."""
+
+    problem_key: str
+    device_name: str
+    capability: str
+    triton_version: str
+    space_version: str
+
+    @classmethod
+    def make(cls, problem: KernelProblem, space: ScheduleSpace,
+             device: Mapping[str, Any]) -> "TuningKey":
+        """The key of ``problem`` under ``space`` on ``device`` (a device-info dict)."""
+        return cls(problem.key(), str(device["name"]), str(device["capability"]),
+                   str(device["triton_version"]), space_version(space))
+
+    def as_dict(self) -> dict[str, str]:
+        """Column name -> value."""
+        return {f: getattr(self, f) for f in KEY_FIELDS}
+
+
+@dataclass(frozen=True)
+class BestEntry:
+    """A validated best-config entry."""
+
+    key: TuningKey
+    kind: str
+    kernel_name: str
+    config: Config
+    time_s: float | None
+    default_time_s: float | None
+    trials: int
+    timing_label: str
+    updated_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """An entry that was ignored, and why."""
+
+    row_id: int | None
+    problem_key: str
+    reason: str
+
+
+class CorruptEntry(ValueError):
+    """A stored entry whose fields do not parse or have the wrong types."""
+
+
+def parse_config(text: Any) -> Config:
+    """Parse a stored config; raises :class:`CorruptEntry` on bad JSON or wrong types."""
+    try:
+        value = json.loads(text) if isinstance(text, str) else text
+    except (TypeError, ValueError) as exc:
+        raise CorruptEntry(f"config is not JSON: {exc}") from exc
+    if not isinstance(value, dict) or not value:
+        raise CorruptEntry("config is not a non-empty object")
+    for name, item in value.items():
+        if not isinstance(name, str) or not isinstance(item, (int, str, bool)):
+            raise CorruptEntry(f"config field {name!r} has type {type(item).__name__}")
+    return value
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def make_engine(url: str) -> Engine:
+    """A SQLAlchemy engine for ``url``; SQLite gets WAL mode and a busy timeout."""
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 60})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.close()
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+class TuningDatabase:
+    """Best configs and measurements for tuning keys (see module docstring).
+
+    Args:
+        url: SQLAlchemy URL; None means ``tilewright.config.tuning_url()``.
+    """
+
+    def __init__(self, url: str | None = None):
+        if url is None:
+            from ..config import config
+
+            url = config.tuning_url()
+        self.url = url
+        self.engine = make_engine(url)
+        self.rejected: list[Rejection] = []
+        self._create_tables()
+
+    def _create_tables(self) -> None:
+        for attempt in range(3):
+            try:
+                metadata.create_all(self.engine, checkfirst=True)
+                return
+            except sa.exc.DBAPIError as exc:  # another process created them meanwhile
+                if attempt == 2:
+                    raise
+                log.debug("create_all raced (%s); retrying", exc)
+
+    # -- rejection bookkeeping ----------------------------------------------------------------
+
+    def _reject(self, row_id: int | None, problem_key: str, reason: str) -> None:
+        log.warning("ignoring tuning entry %s (%s): %s", row_id, problem_key, reason)
+        self.rejected.append(Rejection(row_id, problem_key, reason))
+
+    # -- best configs -------------------------------------------------------------------------
+
+    def lookup(self, problem: KernelProblem, space: ScheduleSpace,
+               device: Mapping[str, Any]) -> BestEntry | None:
+        """The validated best entry for ``problem`` on ``device``, or None.
+
+        Entries for the same problem and device with another space version, kind or an
+        infeasible/corrupt config are rejected (logged, added to :attr:`rejected`).
+        """
+        key = TuningKey.make(problem, space, device)
+        query = sa.select(best_configs).where(
+            best_configs.c.problem_key == key.problem_key,
+            best_configs.c.device_name == key.device_name,
+            best_configs.c.capability == key.capability,
+            best_configs.c.triton_version == key.triton_version)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        found = None
+        for row in rows:
+            entry = self._validate_row(row, space, problem)
+            if entry is not None and entry.key == key:
+                found = entry
+        return found
+
+    def _validate_row(self, row: Mapping[str, Any], space: ScheduleSpace,
+                      problem: KernelProblem | None = None) -> BestEntry | None:
+        pkey = str(row.get("problem_key"))
+        if row.get("space_version") != space_version(space):
+            self._reject(row.get("id"), pkey, f"foreign: space version {row.get('space_version')!r} "
+                                             f"!= current {space_version(space)!r}")
+            return None
+        if row.get("kind") != space.kind:
+            self._reject(row.get("id"), pkey, f"foreign: kind {row.get('kind')!r} != {space.kind!r}")
+            return None
+        if problem is not None and pkey != problem.key():
+            self._reject(row.get("id"), pkey, f"foreign: key {pkey} != {problem.key()}")
+            return None
+        try:
+            config = parse_config(row.get("config_json"))
+        except CorruptEntry as exc:
+            self._reject(row.get("id"), pkey, f"corrupt: {exc}")
+            return None
+        if row.get("config_hash") != config_hash(config):
+            self._reject(row.get("id"), pkey, "corrupt: config hash does not match config")
+            return None
+        reason = space.check(config)
+        if reason:
+            self._reject(row.get("id"), pkey, f"invalid in current space: {reason}")
+            return None
+        key = TuningKey(*(str(row[f]) for f in KEY_FIELDS))
+        return BestEntry(key, str(row["kind"]), str(row.get("kernel_name") or ""), config,
+                         row.get("time_s"), row.get("default_time_s"), int(row.get("trials") or 0),
+                         str(row.get("timing_label") or ""), row["updated_at"])
+
+    def put_best(self, problem: KernelProblem, space: ScheduleSpace, device: Mapping[str, Any],
+                 config: Config, *, time_s: float | None, default_time_s: float | None = None,
+                 trials: int = 0, kernel_name: str = "", timing_label: str = "",
+                 force: bool = False) -> None:
+        """Store ``config`` as the best for its key, unless a faster entry exists (or ``force``).
+
+        Raises:
+            InfeasibleConfig: when ``config`` is not a feasible member of ``space``.
+        """
+        config = space.validate(config)
+        key = TuningKey.make(problem, space, device)
+        values = dict(key.as_dict(), kind=space.kind, kernel_name=kernel_name,
+                      config_json=json.dumps(config, sort_keys=True), config_hash=config_hash(config),
+                      time_s=_finite(time_s), default_time_s=_finite(default_time_s),
+                      trials=int(trials), timing_label=timing_label,
+                      problem_json=json.dumps(problem.to_dict(), sort_keys=True, default=str),
+                      updated_at=_now())
+        self._upsert(values, force)
+
+    def _upsert(self, values: dict[str, Any], force: bool) -> None:
+        dialect = self.engine.dialect.name
+        update_cols = {k: v for k, v in values.items() if k not in KEY_FIELDS}
+        if dialect in ("sqlite", "postgresql"):
+            if dialect == "sqlite":
+                from sqlalchemy.dialects.sqlite import insert
+            else:
+                from sqlalchemy.dialects.postgresql import insert
+            stmt = insert(best_configs).values(**values)
+            where = None
+            if not force:
+                old, new = best_configs.c.time_s, stmt.excluded.time_s
+                where = sa.or_(old.is_(None), sa.and_(new.is_not(None), new <= old))
+            stmt = stmt.on_conflict_do_update(index_elements=list(KEY_FIELDS),
+                                              set_=update_cols, where=where)
+            with self.engine.begin() as conn:
+                conn.execute(stmt)
+            return
+        # Other dialects: select-then-write inside one transaction, retried on a race.
+        cond = [best_configs.c[f] == values[f] for f in KEY_FIELDS]
+        for _ in range(3):
+            try:
+                with self.engine.begin() as conn:
+                    old = conn.execute(sa.select(best_configs.c.time_s).where(*cond)).first()
+                    if old is None:
+                        conn.execute(sa.insert(best_configs).values(**values))
+                    elif force or old[0] is None or (values["time_s"] is not None
+                                                     and values["time_s"] <= old[0]):
+                        conn.execute(sa.update(best_configs).where(*cond).values(**update_cols))
+                return
+            except sa.exc.IntegrityError:
+                continue
+
+    # -- measurements -------------------------------------------------------------------------
+
+    def add_measurements(self, problem: KernelProblem, space: ScheduleSpace,
+                         device: Mapping[str, Any], results: Iterable[Any]) -> int:
+        """Append measurement records (objects with config, time_s, error, label)."""
+        key = TuningKey.make(problem, space, device).as_dict()
+        rows = [dict(key, kind=space.kind, config_json=json.dumps(r.config, sort_keys=True),
+                     config_hash=config_hash(r.config), time_s=_finite(r.time_s),
+                     error=r.error, timing_label=r.label or "", created_at=_now())
+                for r in results]
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(sa.insert(measurements), rows)
+        return len(rows)
+
+    def measurements_for(self, problem_key: str) -> list[dict[str, Any]]:
+        """Every measurement row of a problem key, oldest first."""
+        query = (sa.select(measurements).where(measurements.c.problem_key == problem_key)
+                 .order_by(measurements.c.id))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    # -- claims (shared studies) ---------------------------------------------------------------
+
+    def claim(self, study_name: str, config_hash_: str, trial_number: int) -> int:
+        """Claim measuring ``config_hash_`` in ``study_name`` for ``trial_number``.
+
+        Returns:
+            The trial number holding the claim: ``trial_number`` when it is ours.
+        """
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(sa.insert(claims).values(study_name=study_name, config_hash=config_hash_,
+                                                      trial_number=trial_number, claimed_at=_now()))
+            return trial_number
+        except sa.exc.IntegrityError:
+            pass
+        with self.engine.connect() as conn:
+            holder = conn.execute(sa.select(claims.c.trial_number).where(
+                claims.c.study_name == study_name, claims.c.config_hash == config_hash_)).scalar()
+        return trial_number if holder is None else int(holder)
+
+    def reclaim(self, study_name: str, config_hash_: str, old: int, new: int) -> bool:
+        """Take over a claim held by a dead trial ``old``; True when ``new`` now holds it."""
+        with self.engine.begin() as conn:
+            result = conn.execute(sa.update(claims).where(
+                claims.c.study_name == study_name, claims.c.config_hash == config_hash_,
+                claims.c.trial_number == old).values(trial_number=new, claimed_at=_now()))
+        return result.rowcount == 1
+
+    # -- management (the ``tilewright tuning`` command) ---------------------------------------
+
+    def entries(self, problem_key: str | None = None) -> list[dict[str, Any]]:
+        """Raw best-config rows (unvalidated), optionally for keys starting with ``problem_key``."""
+        query = sa.select(best_configs).order_by(best_configs.c.id)
+        if problem_key:
+            query = query.where(best_configs.c.problem_key.startswith(problem_key))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def export_entries(self, with_measurements: bool = False) -> dict[str, Any]:
+        """Plain-data dump of the database (JSON-serialisable)."""
+        def clean(row: dict[str, Any]) -> dict[str, Any]:
+            row = {k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in row.items()}
+            row.pop("id", None)
+            return row
+
+        out: dict[str, Any] = {"format": "tilewright-tuning", "version": 1,
+                               "best_configs": [clean(r) for r in self.entries()]}
+        if with_measurements:
+            with self.engine.connect() as conn:
+                out["measurements"] = [clean(dict(r)) for r in
+                                       conn.execute(sa.select(measurements)).mappings()]
+        return out
+
+    def import_entries(self, data: Mapping[str, Any], *, force: bool = False) -> tuple[int, list[Rejection]]:
+        """Import an :meth:`export_entries` dump; corrupt rows are rejected, not imported.
+
+        Configs cannot be checked against a space here (no kernel at hand); they are checked
+        again when looked up.
+        """
+        if data.get("format") != "tilewright-tuning":
+            raise ValueError("not a tilewright tuning export (missing format marker)")
+        imported, rejected = 0, []
+        for row in data.get("best_configs", []):
+            try:
+                values = self._import_row(row)
+            except CorruptEntry as exc:
+                rej = Rejection(None, str(row.get("problem_key", "?")) if isinstance(row, dict) else "?",
+                                f"corrupt: {exc}")
+                log.warning("not importing entry %s: %s", rej.problem_key, rej.reason)
+                rejected.append(rej)
+                continue
+            self._upsert(values, force)
+            imported += 1
+        return imported, rejected
+
+    @staticmethod
+    def _import_row(row: Any) -> dict[str, Any]:
+        if not isinstance(row, dict):
+            raise CorruptEntry("entry is not an object")
+        for f in KEY_FIELDS + ("kind",):
+            if not isinstance(row.get(f), str) or not row[f]:
+                raise CorruptEntry(f"field {f!r} missing or not a string")
+        config = parse_config(row.get("config_json"))
+        if row.get("config_hash") not in (None, config_hash(config)):
+            raise CorruptEntry("config hash does not match config")
+        time_s = row.get("time_s")
+        if time_s is not None and not isinstance(time_s, (int, float)):
+            raise CorruptEntry("time_s is not a number")
+        default_time_s = row.get("default_time_s")
+        if default_time_s is not None and not isinstance(default_time_s, (int, float)):
+            raise CorruptEntry("default_time_s is not a number")
+        values = {f: row[f] for f in KEY_FIELDS}
+        values.update(kind=row["kind"], kernel_name=str(row.get("kernel_name") or ""),
+                      config_json=json.dumps(config, sort_keys=True), config_hash=config_hash(config),
+                      time_s=_finite(time_s), default_time_s=_finite(default_time_s),
+                      trials=int(row.get("trials") or 0), timing_label=str(row.get("timing_label") or ""),
+                      problem_json=str(row.get("problem_json") or "{}"), updated_at=_now())
+        return values
+
+    def prune(self, *, triton_version: str | None = None, device_name: str | None = None,
+              older_than_days: float | None = None, corrupt: bool = False,
+              everything: bool = False) -> int:
+        """Delete entries: from Triton versions other than ``triton_version``, for
+        ``device_name``, older than ``older_than_days``, unparseable ones (``corrupt``), or all.
+
+        Returns:
+            Number of best-config rows deleted (their measurements go with them).
+        """
+        doomed: list[dict[str, Any]] = []
+        cutoff = _now() - dt.timedelta(days=older_than_days) if older_than_days is not None else None
+        for row in self.entries():
+            bad = everything
+            bad |= triton_version is not None and row["triton_version"] != triton_version
+            bad |= device_name is not None and row["device_name"] == device_name
+            bad |= cutoff is not None and row["updated_at"] < cutoff
+            if corrupt and not bad:
+                try:
+                    cfg = parse_config(row["config_json"])
+                    bad = row["config_hash"] != config_hash(cfg)
+                except CorruptEntry:
+                    bad = True
+            if bad:
+                doomed.append(row)
+        with self.engine.begin() as conn:
+            for row in doomed:
+                conn.execute(sa.delete(best_configs).where(best_configs.c.id == row["id"]))
+                conn.execute(sa.delete(measurements).where(
+                    *[measurements.c[f] == row[f] for f in KEY_FIELDS]))
+        return len(doomed)
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        self.engine.dispose()

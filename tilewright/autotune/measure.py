@@ -1,0 +1,408 @@
+"""Measurers: how long one kernel takes under one config.
+
+Every measurer takes a batch of configs and returns one :class:`MeasureResult` per config, in
+order. A config that fails to compile or run gives a result whose ``error`` is set; measurers
+never raise for a bad config. Three kinds:
+
+* :class:`CudaMeasurer`: compiles candidates in parallel worker processes (with a timeout),
+  then times on the GPU with CUDA events: warm-up, L2 flush before every repeat, fresh inputs,
+  the median of repeats; leaders are re-measured interleaved (:meth:`Measurer.remeasure`).
+* :class:`InterpreterMeasurer`: wall-clock time of the Triton CPU interpreter, labelled so.
+* :class:`ReplayMeasurer`: answers from a recorded ``{config_hash: seconds | error}`` table
+  (tests and the replay benchmark).
+"""
+from __future__ import annotations
+
+import abc
+import concurrent.futures as cf
+import json
+import logging
+import multiprocessing
+import pickle
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .device import CUDA_LABEL, INTERPRETER_LABEL, device_info
+from .problem import TunableKernel
+from .space import Config, config_hash
+
+log = logging.getLogger(__name__)
+
+REPLAY_LABEL = "replayed timings"
+
+
+@dataclass(frozen=True)
+class MeasureResult:
+    """The outcome of measuring one config.
+
+    Attributes:
+        config: the config measured.
+        config_hash: its stable hash.
+        time_s: median run time in seconds; None when it failed.
+        times: every repeat's time in seconds.
+        error: why it failed (compile error, launch error, timeout); None on success.
+        label: what kind of timing this is (GPU, interpreter, replay).
+    """
+
+    config: Config
+    config_hash: str
+    time_s: float | None
+    times: tuple[float, ...] = ()
+    error: str | None = None
+    label: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when the config ran and was timed."""
+        return self.error is None and self.time_s is not None
+
+    @classmethod
+    def failure(cls, config: Config, error: str, label: str = "") -> "MeasureResult":
+        """A failed measurement of ``config``."""
+        return cls(dict(config), config_hash(config), None, (), error, label)
+
+
+def _short_error(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) < 2000 else text[:2000] + "..."
+
+
+class Measurer(abc.ABC):
+    """Times configs of one kernel. Subclasses implement :meth:`_time_one`."""
+
+    #: What kind of timings this measurer produces (stored with every record).
+    label: str = ""
+    #: Repeats per measurement (median taken) and warm-up launches before them.
+    repeats: int = 5
+    warmup: int = 1
+
+    def device_info(self) -> dict[str, Any]:
+        """The device this measurer times on (part of tuning keys)."""
+        return device_info("cpu")
+
+    def prepare(self, kernel: TunableKernel, configs: Sequence[Config]) -> dict[str, str]:
+        """Compile ahead of timing; returns {config_hash: error} for configs that failed."""
+        return {}
+
+    @abc.abstractmethod
+    def _time_one(self, kernel: TunableKernel, config: Config, repeats: int) -> list[float]:
+        """Time ``repeats`` launches of ``kernel`` under ``config`` (may raise)."""
+
+    def measure(self, kernel: TunableKernel, configs: Sequence[Config]) -> list[MeasureResult]:
+        """Measure each config; failures become results with ``error`` set."""
+        configs = [dict(c) for c in configs]
+        failed = self.prepare(kernel, configs)
+        results = []
+        for config in configs:
+            h = config_hash(config)
+            if h in failed:
+                results.append(MeasureResult.failure(config, failed[h], self.label))
+                continue
+            results.append(self._safe_time(kernel, config, self.repeats))
+        return results
+
+    def _safe_time(self, kernel: TunableKernel, config: Config, repeats: int) -> MeasureResult:
+        try:
+            times = self._time_one(kernel, config, repeats)
+        except Exception as exc:  # NOTE: a bad config is data, never a crash of the tuner.
+            log.debug("config %s failed: %s", config, exc)
+            return MeasureResult.failure(config, _short_error(exc), self.label)
+        return MeasureResult(config, config_hash(config), statistics.median(times), tuple(times),
+                             None, self.label)
+
+    def remeasure(self, kernel: TunableKernel, configs: Sequence[Config],
+                  rounds: int = 3) -> list[MeasureResult]:
+        """Re-measure leading configs interleaved: each round times every config once, in a
+        shuffled order, so drift (clocks, temperature, other load) hits all of them alike.
+        """
+        configs = [dict(c) for c in configs]
+        times: dict[str, list[float]] = {config_hash(c): [] for c in configs}
+        errors: dict[str, str] = {}
+        rng = random.Random(0)
+        for _ in range(max(rounds, 1)):
+            order = list(configs)
+            rng.shuffle(order)
+            for config in order:
+                h = config_hash(config)
+                if h in errors:
+                    continue
+                result = self._safe_time(kernel, config, max(1, self.repeats // 2))
+                if result.ok:
+                    times[h].extend(result.times)
+                else:
+                    errors[h] = result.error or "failed"
+        out = []
+        for config in configs:
+            h = config_hash(config)
+            if h in errors or not times[h]:
+                out.append(MeasureResult.failure(config, errors.get(h, "no timing"), self.label))
+            else:
+                out.append(MeasureResult(config, h, statistics.median(times[h]), tuple(times[h]),
+                                         None, self.label))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Parallel compilation
+# ---------------------------------------------------------------------------------------------
+
+def _compile_in_worker(kernel: TunableKernel, config: Config) -> str | None:
+    """Worker-process body: compile one config (fills Triton's on-disk cache)."""
+    try:
+        kernel.runner(config)
+    except Exception as exc:  # failure as data
+        return _short_error(exc)
+    return None
+
+
+class CompilePool:
+    """Spawned worker processes that compile configs ahead of timing, with a timeout.
+
+    Compiling in a worker fills Triton's on-disk cache, so the timing process then loads the
+    binary instead of compiling. A compile that hangs past the timeout is reported as a
+    failure and the pool is killed and replaced. A kernel that cannot be pickled is compiled
+    in-process (no timeout). Not thread safe: one pool per measurer.
+    """
+
+    def __init__(self, workers: int = 4, timeout_s: float = 120.0):
+        self.workers = max(1, workers)
+        self.timeout_s = timeout_s
+        self._pool: cf.ProcessPoolExecutor | None = None
+
+    def _executor(self) -> cf.ProcessPoolExecutor:
+        if self._pool is None:
+            ctx = multiprocessing.get_context("spawn")
+            self._pool = cf.ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+        return self._pool
+
+    def close(self) -> None:
+        """Kill the workers (hung compiles included)."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            if proc.is_alive():
+                proc.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def compile(self, kernel: TunableKernel, configs: Sequence[Config]) -> dict[str, str]:
+        """Compile ``configs``; returns {config_hash: error} for those that failed or timed out."""
+        errors: dict[str, str] = {}
+        if not configs:
+            return errors
+        try:
+            pickle.dumps(kernel)
+        except Exception as exc:
+            log.info("kernel %s cannot be sent to workers (%s); compiling in-process",
+                     getattr(kernel, "name", "?"), exc)
+            for config in configs:
+                err = _compile_in_worker(kernel, config)
+                if err:
+                    errors[config_hash(config)] = err
+            return errors
+        pool = self._executor()
+        futures = {config_hash(c): pool.submit(_compile_in_worker, kernel, c) for c in configs}
+        deadline = time.monotonic() + self.timeout_s
+        broken = False
+        for h, future in futures.items():
+            try:
+                err = future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except cf.TimeoutError:
+                err, broken = f"compile timeout after {self.timeout_s:g}s", True
+            except Exception as exc:  # worker died (a crash in the compiler, ...)
+                err, broken = f"compile worker failed: {_short_error(exc)}", True
+            if err:
+                errors[h] = err
+        if broken:
+            self.close()  # NOTE: never wait for a hung compile; start fresh workers next time
+        return errors
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"workers": self.workers, "timeout_s": self.timeout_s, "_pool": None}
+
+
+def precompile(kernel: TunableKernel, configs: Sequence[Config], *, workers: int = 4,
+               timeout_s: float = 120.0) -> dict[str, str]:
+    """Compile ``configs`` in a throw-away :class:`CompilePool`; {config_hash: error}."""
+    pool = CompilePool(workers, timeout_s)
+    try:
+        return pool.compile(kernel, configs)
+    finally:
+        pool.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA
+# ---------------------------------------------------------------------------------------------
+
+class CudaMeasurer(Measurer):
+    """GPU timing with CUDA events, warm-up, L2 flush, fresh inputs and median of repeats.
+
+    Args:
+        device: the CUDA device ("cuda", "cuda:1").
+        repeats: timed launches per measurement (median reported).
+        warmup: untimed launches before timing.
+        compile_workers: processes compiling candidates ahead of timing (0: in-process).
+        compile_timeout_s: per-batch compile timeout.
+        input_sets: distinct fresh input sets rotated across repeats.
+    """
+
+    label = CUDA_LABEL
+
+    def __init__(self, device: str = "cuda", *, repeats: int = 20, warmup: int = 3,
+                 compile_workers: int = 4, compile_timeout_s: float = 120.0, input_sets: int = 2):
+        self.device = device
+        self.repeats = repeats
+        self.warmup = warmup
+        self.compile_workers = compile_workers
+        self.compile_timeout_s = compile_timeout_s
+        self.input_sets = input_sets
+        self._flush: Any = None
+        self._pool = CompilePool(compile_workers, compile_timeout_s) if compile_workers > 0 else None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_flush"] = None  # a CUDA buffer: rebuilt where it is needed
+        return state
+
+    def device_info(self) -> dict[str, Any]:
+        return device_info(self.device)
+
+    def prepare(self, kernel: TunableKernel, configs: Sequence[Config]) -> dict[str, str]:
+        # NOTE: even a single config compiles in a worker: that is what gives it a timeout.
+        return self._pool.compile(kernel, configs) if self._pool is not None else {}
+
+    def _flush_l2(self) -> None:
+        import torch
+
+        if self._flush is None:
+            l2 = device_info(self.device).get("l2_cache_bytes") or 64 * 2**20
+            self._flush = torch.empty(int(2 * l2) // 4, dtype=torch.int32, device=self.device)
+        self._flush.zero_()
+
+    def _time_one(self, kernel: TunableKernel, config: Config, repeats: int) -> list[float]:
+        import torch
+
+        with torch.cuda.device(self.device):
+            return self._time_on_device(kernel, config, repeats)
+
+    def _time_on_device(self, kernel: TunableKernel, config: Config, repeats: int) -> list[float]:
+        import torch
+
+        launch = kernel.runner(config)
+        inputs = [kernel.make_inputs(self.device) for _ in range(max(1, self.input_sets))]
+        for i in range(self.warmup):
+            launch(inputs[i % len(inputs)])
+        torch.cuda.synchronize(self.device)
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+        for i in range(repeats):
+            self._flush_l2()
+            starts[i].record()
+            launch(inputs[i % len(inputs)])
+            ends[i].record()
+        torch.cuda.synchronize(self.device)
+        return [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends)]
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU interpreter
+# ---------------------------------------------------------------------------------------------
+
+class InterpreterMeasurer(Measurer):
+    """Wall-clock timing of kernels in Triton's CPU interpreter (labelled as such).
+
+    Interpreter timings say nothing about GPU speed; they let the whole loop run on a CPU.
+    """
+
+    label = INTERPRETER_LABEL
+
+    def __init__(self, *, repeats: int = 3, warmup: int = 1):
+        self.repeats = repeats
+        self.warmup = warmup
+
+    def _time_one(self, kernel: TunableKernel, config: Config, repeats: int) -> list[float]:
+        launch = kernel.runner(config)
+        for _ in range(self.warmup):
+            launch(kernel.make_inputs("cpu"))
+        times = []
+        for _ in range(repeats):
+            inputs = kernel.make_inputs("cpu")  # fresh inputs every repeat
+            start = time.perf_counter()
+            launch(inputs)
+            times.append(time.perf_counter() - start)
+        return times
+
+
+# ---------------------------------------------------------------------------------------------
+# Replay
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class ReplayMeasurer(Measurer):
+    """Answers from recorded timings: ``{config_hash: seconds, or an error string/None}``.
+
+    Args:
+        table: recorded outcome per config hash; a missing hash is a failure.
+        by_kernel: per-kernel tables (by kernel name, or problem key), used before ``table``.
+        delay_s: sleep per measured config (to test kill/resume and concurrency).
+        info: device-info dict to report (defaults to the recorded GPU's, or the CPU's).
+        label: timing label.
+    """
+
+    table: Mapping[str, float | str | None] = field(default_factory=dict)
+    by_kernel: Mapping[str, Mapping[str, float | str | None]] = field(default_factory=dict)
+    delay_s: float = 0.0
+    info: dict[str, Any] | None = None
+    label: str = REPLAY_LABEL
+    calls: list[str] = field(default_factory=list)
+
+    def device_info(self) -> dict[str, Any]:
+        return dict(self.info) if self.info else device_info("cpu")
+
+    def _time_one(self, kernel: TunableKernel, config: Config, repeats: int) -> list[float]:
+        h = config_hash(config)
+        self.calls.append(h)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        table = self.by_kernel.get(kernel.name) or self.by_kernel.get(kernel.problem.key()) or self.table
+        value = table.get(h)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return [float(value)]
+        raise RuntimeError(value if isinstance(value, str) else f"no recorded timing for {h}")
+
+    @classmethod
+    def from_file(cls, path: str | Path, kernel_name: str | None = None, **kwargs: Any) -> "ReplayMeasurer":
+        """Load recorded timings from a timing-record file (format in docs/autotune.md).
+
+        Args:
+            path: the JSON record file.
+            kernel_name: load only this kernel's table; None loads every kernel's.
+        """
+        record = load_record(path)
+        tables = {e["name"]: e["timings"] for e in record["kernels"]}
+        for entry in record["kernels"]:
+            if entry.get("problem_key"):
+                tables.setdefault(entry["problem_key"], entry["timings"])
+        label = f"{REPLAY_LABEL} ({record.get('source', 'unknown source')})"
+        if kernel_name is not None:
+            if kernel_name not in tables:
+                raise KeyError(f"{path} has no timings for kernel {kernel_name!r}")
+            return cls(table=tables[kernel_name], info=record.get("device"), label=label, **kwargs)
+        return cls(by_kernel=tables, info=record.get("device"), label=label, **kwargs)
+
+
+def load_record(path: str | Path) -> dict[str, Any]:
+    """Read and check a timing-record file: ``{"source", "device", "kernels": [...]}``."""
+    record = json.loads(Path(path).read_text())
+    if not isinstance(record, dict) or not isinstance(record.get("kernels"), list):
+        raise ValueError(f"{path} is not a timing-record file (no 'kernels' list)")
+    for entry in record["kernels"]:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) \
+                or not isinstance(entry.get("timings"), dict):
+            raise ValueError(f"{path}: every kernel needs a 'name' and a 'timings' object")
+    return record

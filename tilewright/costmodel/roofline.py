@@ -1,0 +1,83 @@
+"""The analytical cost model: a roofline with wave quantization and occupancy penalties.
+
+It needs no training data, so it is the default whenever no trained model fits the GPU, and
+its estimate is also an input feature of the learned model. For one config it estimates, in
+seconds::
+
+    compute = flops / (peak * tensor_core_eff * (1 - padding) * wave_eff * latency_hiding)
+    memory  = max(dram_bytes / dram_bw, tile_bytes / l2_bw) / (parallelism * vector_eff * hiding)
+    time    = max(compute, memory) + inner_iters * ceil(waves) * load_latency / stages + launch
+
+multiplied by a register-spill penalty; configs that cannot fit (shared memory over the
+per-program limit) get ``inf``. Only the order of estimates within one problem is meant to be
+right; absolute values are rough.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+from ..autotune.problem import KernelProblem
+from ..autotune.space import ConfigValue
+from .base import CostModel
+from .devices import DeviceSpec, device_spec
+from .features import TileModel, _int, dtype_bytes, occupancy, tile_model
+
+#: Seconds to launch a kernel.
+LAUNCH_S = 3e-6
+#: Seconds of one exposed global-load round trip inside a loop.
+LOAD_LATENCY_S = 6e-7
+#: Resident warps per SM needed to saturate compute / memory.
+WARPS_FOR_COMPUTE = 8
+WARPS_FOR_MEMORY = 16
+
+
+def roofline_seconds(problem: KernelProblem, config: Mapping[str, ConfigValue],
+                     spec: DeviceSpec) -> float:
+    """Estimated run time of ``config`` for ``problem`` on ``spec`` in seconds (``inf`` if infeasible)."""
+    tm: TileModel = tile_model(problem, config, spec)
+    warps, stages = _int(config, "num_warps", 4), _int(config, "num_stages", 1)
+    per_sm, _ = occupancy(tm, warps, spec)
+    if per_sm <= 0 or tm.programs <= 0:
+        return math.inf
+    slots = spec.sm_count * per_sm
+    waves = tm.programs / slots
+    full_waves = math.ceil(waves)
+    wave_eff = waves / full_waves
+    resident = per_sm * warps if waves >= 1 else max(tm.programs / spec.sm_count, 1 / spec.sm_count) * warps
+    pipelined = stages if problem.kind in ("matmul", "attention", "conv") else 1
+    hide_c = min(1.0, resident / WARPS_FOR_COMPUTE)
+    hide_m = min(1.0, resident * pipelined * max(tm.elems_per_thread, 1) ** 0.5 / WARPS_FOR_MEMORY)
+
+    peak = spec.peak_flops(problem.dtype, tm.tensor_cores)
+    tc_eff = min(1.0, math.sqrt(tm.warp_tile / 4096.0)) if tm.tensor_cores else 1.0
+    useful = max(1.0 - tm.padding_waste, 1e-3)
+    compute = tm.flops / (peak * max(tc_eff, 0.05) * useful * wave_eff * max(hide_c, 0.05))
+
+    vector_eff = 1.0
+    if problem.kind in ("pointwise", "reduction"):
+        vector_eff = max(min(tm.elems_per_thread * dtype_bytes(problem.dtype) / 16.0, 1.0), 0.25)
+    active = min(1.0, tm.programs / spec.sm_count)
+    parallel = min(1.0, 0.25 + active)
+    memory = max(tm.dram_bytes / spec.dram_bw, tm.tile_bytes / spec.l2_bw)
+    memory /= parallel * vector_eff * max(hide_m, 0.05)
+
+    latency = tm.inner_iters * full_waves * LOAD_LATENCY_S / pipelined
+    spill = 1.0 + max(tm.regs_per_thread - 255.0, 0.0) / 64.0
+    return (max(compute, memory) + latency + LAUNCH_S) * spill
+
+
+class RooflineModel(CostModel):
+    """Analytical cost model; ``predict`` returns estimated seconds (lower is faster).
+
+    Needs no arguments and no data. Stateless and thread safe.
+    """
+
+    def predict(self, problem: KernelProblem, configs: Sequence[Mapping[str, ConfigValue]],
+                device: Mapping[str, object] | None = None) -> list[float]:
+        """Estimated seconds for each config of ``problem`` on ``device`` (``inf`` when infeasible)."""
+        spec = device_spec(device)
+        return [roofline_seconds(problem, config, spec) for config in configs]
+
+    def __repr__(self) -> str:
+        return "RooflineModel()"

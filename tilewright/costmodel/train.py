@@ -1,0 +1,201 @@
+"""Training and evaluation of the learned cost model.
+
+- :func:`cross_validate`: K-fold cross-validation grouped by kernel: by default the held-out
+  unit is the kernel problem (kernel + shapes, on every device), so no config of a held-out
+  kernel/shape is seen in training; ``holdout="fingerprint"`` holds out every shape of a
+  kernel template at once (stricter; needs many distinct templates). Each held-out group
+  (kernel problem on a device) is scored for the GBM, the roofline model and the random
+  ranker (:mod:`tilewright.costmodel.metrics`).
+- :func:`transfer`: train on one device family, rank on another, then again with a few
+  target-device kernels added to training (scored on the remaining target kernels).
+- :func:`write_plots`: predicted vs measured scatter and regret by kernel kind (PNG; needs
+  matplotlib, skipped with a warning otherwise).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from .dataset import Dataset, build_dataset, center_per_group
+from .gbm import GBMCostModel
+from .metrics import GroupMetrics, group_metrics, random_group_metrics, summarize
+from .records import Record
+
+log = logging.getLogger(__name__)
+
+MODELS = ("gbm", "roofline", "random")
+
+
+def data_digest(records: Sequence[Record]) -> str:
+    """sha256 over the records' config hashes, problems, devices and times (order independent)."""
+    keys = sorted(f"{r.problem_key}|{r.config_hash}|{r.device_name}|{r.time_median_s}|{r.failure}"
+                  for r in records)
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()
+
+
+def score_groups(data: Dataset, pred: np.ndarray) -> dict[str, list[GroupMetrics]]:
+    """Per-group metrics of ``pred`` (GBM), the roofline column and the random ranker."""
+    out: dict[str, list[GroupMetrics]] = {m: [] for m in MODELS}
+    for g in sorted(set(data.groups.tolist())):
+        mask = data.groups == g
+        true = data.times[mask].tolist()
+        kind = str(data.kinds[mask][0])
+        out["gbm"].append(group_metrics(g, kind, pred[mask].tolist(), true))
+        out["roofline"].append(group_metrics(g, kind, data.roofline[mask].tolist(), true))
+        out["random"].append(random_group_metrics(g, kind, true))
+    return out
+
+
+def _folds(kernels: np.ndarray, n_splits: int, seed: int) -> list[np.ndarray]:
+    """Kernel fingerprints split into ``n_splits`` shuffled folds of whole kernels."""
+    unique = np.array(sorted(set(kernels.tolist())), dtype=object)
+    rng = np.random.default_rng(seed)
+    rng.shuffle(unique)
+    return [f for f in np.array_split(unique, min(n_splits, len(unique))) if len(f)]
+
+
+HOLDOUTS = ("problem", "fingerprint")
+
+
+def _units(data: Dataset, holdout: str) -> np.ndarray:
+    if holdout not in HOLDOUTS:
+        raise ValueError(f"holdout must be one of {HOLDOUTS}, not {holdout!r}")
+    return data.problems if holdout == "problem" else data.kernels
+
+
+def cross_validate(data: Dataset, *, n_splits: int = 5, seed: int = 0, holdout: str = "problem",
+                   fit: Callable[[Dataset], GBMCostModel] | None = None,
+                   ) -> tuple[dict[str, Any], np.ndarray]:
+    """Grouped K-fold CV; the held-out unit is ``holdout`` ("problem" or "fingerprint").
+
+    Returns:
+        ``({"gbm": summary, "roofline": summary, "random": summary, "folds": k}, oof_pred)``
+        where ``oof_pred`` is the out-of-fold GBM prediction of every row.
+    """
+    fit = fit or GBMCostModel.fit
+    units = _units(data, holdout)
+    folds = _folds(units, n_splits, seed)
+    if len(folds) < 2:
+        raise ValueError(f"cross-validation needs at least two distinct {holdout}s")
+    oof = np.zeros(len(data))
+    for i, held in enumerate(folds):
+        test = np.isin(units, held)
+        model = fit(data.subset(~test))
+        oof[test] = model.predict_matrix(data.X[test])
+        log.info("fold %d/%d: %d %ss held out (%d rows)", i + 1, len(folds), len(held), holdout,
+                 int(test.sum()))
+    scored = score_groups(data, oof)
+    report: dict[str, Any] = {m: summarize(rows) for m, rows in scored.items()}
+    report["folds"] = len(folds)
+    report["holdout"] = holdout
+    return report, oof
+
+
+def transfer(data: Dataset, source: str, target: str, *, shots: Sequence[int] = (0, 5, 20),
+             seed: int = 0, holdout: str = "problem",
+             fit: Callable[[Dataset], GBMCostModel] | None = None) -> dict[str, Any]:
+    """How a model trained on ``source`` ranks on ``target`` (device families).
+
+    For each ``k`` in ``shots``, the target-device records of ``k`` units (``holdout``:
+    kernel problems or fingerprints) join the source data in training, and evaluation uses
+    only the other target units. The source side keeps all its records (as a model shipped
+    for one GPU would), so a kernel measured on both GPUs is known from the source one.
+    """
+    fit = fit or GBMCostModel.fit
+    src, tgt = data.devices == source, data.devices == target
+    if not src.any() or not tgt.any():
+        raise ValueError(f"transfer needs records of both {source!r} and {target!r}")
+    units = _units(data, holdout)
+    kernels = np.array(sorted(set(units[tgt].tolist())), dtype=object)
+    np.random.default_rng(seed).shuffle(kernels)
+    results: dict[str, Any] = {"source": source, "target": target, "shots": {}}
+    for k in shots:
+        if k >= len(kernels):
+            break
+        added = np.isin(units, kernels[:k]) & tgt
+        model = fit(data.subset(src | added))
+        test = data.subset(tgt & ~np.isin(units, kernels[:k]))
+        scored = score_groups(test, model.predict_matrix(test.X))
+        results["shots"][str(k)] = {m: summarize(rows)["overall"] for m, rows in scored.items()}
+        results["shots"][str(k)]["target_rows_added"] = int(added.sum())
+    return results
+
+
+def train_model(records: Sequence[Record], *, seed: int = 0, n_splits: int = 5, holdout: str = "problem",
+                evaluate: bool = True, **fit_kwargs: Any) -> tuple[GBMCostModel, dict[str, Any]]:
+    """Cross-validate (optional), then fit the final model on all data; returns (model, report)."""
+    data = build_dataset(records)
+    if len(data) < 2:
+        raise ValueError("no kernel problem has two or more successful measurements")
+
+    def fit(d: Dataset) -> GBMCostModel:
+        return GBMCostModel.fit(d, seed=seed, **fit_kwargs)
+
+    report: dict[str, Any] = {"rows": len(data), "groups": int(len(set(data.groups.tolist()))),
+                              "kernels": int(len(set(data.kernels.tolist()))),
+                              "devices": sorted(set(data.devices.tolist())),
+                              "synthetic": any(r.synthetic for r in records)}
+    oof = None
+    if evaluate:
+        cv, oof = cross_validate(data, n_splits=n_splits, seed=seed, holdout=holdout, fit=fit)
+        report["cv"] = cv
+        devices = report["devices"]
+        report["transfer"] = [transfer(data, a, b, seed=seed, holdout=holdout, fit=fit)
+                              for a in devices for b in devices if a != b]
+    cv_overall = {m: report["cv"][m]["overall"] for m in ("gbm", "roofline", "random")} if evaluate else {}
+    model = GBMCostModel.fit(data, seed=seed, extra={"data_sha256": data_digest(records),
+                                                      "cv_overall": cv_overall}, **fit_kwargs)
+    report["_oof"] = oof
+    report["_data"] = data
+    return model, report
+
+
+def write_plots(data: Dataset, oof: np.ndarray, cv: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
+    """Write ``pred_vs_measured.png`` and ``regret_by_kind.png`` into ``out_dir``; returns paths."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: no plots written")
+        return []
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    pred = center_per_group(oof, data.groups)  # only the order within a kernel problem matters
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for kind in sorted(set(data.kinds.tolist())):
+        mask = data.kinds == kind
+        ax.scatter(data.y[mask], pred[mask], s=4, alpha=0.5, label=kind)
+    lo, hi = float(min(data.y.min(), pred.min())), float(max(data.y.max(), pred.max()))
+    ax.plot([lo, hi], [lo, hi], color="black", linewidth=0.8)
+    ax.set_xlabel("measured log2 time (normalized per kernel)")
+    ax.set_ylabel("predicted, normalized the same way (held-out kernels)")
+    ax.legend(fontsize=7)
+    synthetic = any(r.synthetic for r in data.records)
+    ax.set_title("SYNTHETIC records (test data)" if synthetic else ", ".join(sorted(set(data.devices.tolist()))),
+                 fontsize=9)
+    fig.tight_layout()
+    paths.append(out / "pred_vs_measured.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    kinds = sorted(cv["gbm"]["by_kind"])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    width = 0.27
+    for j, model in enumerate(MODELS):
+        vals = [cv[model]["by_kind"][k]["top1_regret"] for k in kinds]
+        ax.bar(np.arange(len(kinds)) + (j - 1) * width, vals, width, label=model)
+    ax.set_xticks(np.arange(len(kinds)), kinds)
+    ax.set_ylabel("mean top-1 regret (time / best - 1)")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(out / "regret_by_kind.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
