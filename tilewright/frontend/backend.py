@@ -57,11 +57,13 @@ class LazyCompiledGraph:
 
     _boxed_call = True
 
-    def __init__(self, gm: fx.GraphModule, kind: str) -> None:
+    def __init__(self, gm: fx.GraphModule, kind: str, tune: bool | None = None) -> None:
         # NOTE: an instance attribute, so wrappers made with functools.wraps keep it
         self._boxed_call = True
         self.gm = gm
         self.kind = kind
+        #: tune schedule misses at compile time (None: ``tilewright.config.autotune`` decides)
+        self.tune = tune
         self.name = f"graph{next(_graph_counter)}_{kind}"
         self.cache: dict[tuple[Any, ...], Callable[[Sequence[Any]], Any]] = {}
         self.symbolic = _has_symbolic(gm)
@@ -110,7 +112,7 @@ class LazyCompiledGraph:
             if folded:
                 report.notes.append(f"folded {folded} batch norm(s) into convolutions")
         try:
-            compiled = compile_graph_for_inputs(self.gm, inputs, report)
+            compiled = compile_graph_for_inputs(self.gm, inputs, report, tune=self.tune)
         except Exception as exc:
             log.warning("tilewright could not compile %s (%s: %s); it runs eagerly", self.name,
                         type(exc).__name__, exc)
@@ -125,29 +127,31 @@ class LazyCompiledGraph:
 def tilewright_backend(gm: fx.GraphModule, example_inputs: list[Any], **options: Any) -> Callable[..., Any]:
     """The torch.compile backend (``backend="tilewright"``).
 
-    Options (``torch.compile(..., options={...})``): ``mode="max-autotune"`` or
-    ``autotune=True`` tunes schedule misses at compile time.
+    ``torch.compile(..., mode="max-autotune")`` or ``options={"mode": "max-autotune"}`` (or
+    ``{"autotune": True}``) tunes schedule misses at compile time.
     """
     from torch._dynamo.backends.common import aot_autograd
 
-    if options.get("mode") == "max-autotune" or options.get("autotune"):
-        config.autotune = True
+    # torch.compile passes mode="..." and options={...} as keyword arguments
+    opts = dict(options.get("options") or {})
+    mode = options.get("mode") or opts.get("mode")
+    tune: bool | None = True if (mode == "max-autotune" or opts.get("autotune") or options.get("autotune")) else None
     attention_blocks: list[dict[str, Any]] = []
     if config.fuse_attention:
         gm, attention_blocks = _rewrite_attention(gm, example_inputs)
 
     def fw_compiler(g: fx.GraphModule, ex: list[Any]) -> LazyCompiledGraph:
-        lazy = LazyCompiledGraph(g, "forward")
+        lazy = LazyCompiledGraph(g, "forward", tune)
         lazy.attention_blocks = attention_blocks
         return lazy
 
     def inference_compiler(g: fx.GraphModule, ex: list[Any]) -> LazyCompiledGraph:
-        lazy = LazyCompiledGraph(g, "inference")
+        lazy = LazyCompiledGraph(g, "inference", tune)
         lazy.attention_blocks = attention_blocks
         return lazy
 
     def bw_compiler(g: fx.GraphModule, ex: list[Any]) -> LazyCompiledGraph:
-        return LazyCompiledGraph(g, "backward")
+        return LazyCompiledGraph(g, "backward", tune)
 
     compiler = aot_autograd(fw_compiler=fw_compiler, bw_compiler=bw_compiler, inference_compiler=inference_compiler,
                             decompositions=decomposition_table(), keep_inference_input_mutations=True)

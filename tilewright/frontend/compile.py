@@ -74,14 +74,14 @@ def _kernel_name(group: Group, index: int) -> str:
     return f"tw_{tag}{index}_" + "_".join(interesting[:3])[:40]
 
 
-def choose_schedule(kernel: GeneratedKernel) -> None:
+def choose_schedule(kernel: Any, tune: bool | None = None) -> None:
     """Pick the kernel's config: tuning database, cost model, or the heuristic default."""
     try:
         from ..autotune.tuner import choose_config
     except ImportError:
         return
     try:
-        config, source = choose_config(kernel)
+        config, source = choose_config(kernel, tune=tune)
     except Exception as exc:  # the tuner must never break a compile
         log.warning("schedule selection failed for %s (%s); using the default config", kernel.name, exc)
         return
@@ -89,7 +89,8 @@ def choose_schedule(kernel: GeneratedKernel) -> None:
         kernel.config, kernel.config_source = dict(config), source
 
 
-def compile_graph_for_inputs(gm: fx.GraphModule, inputs: Sequence[Any], report: GraphReport) -> CompiledGraph:
+def compile_graph_for_inputs(gm: fx.GraphModule, inputs: Sequence[Any], report: GraphReport,
+                             tune: bool | None = None) -> CompiledGraph:
     """Compile ``gm`` specialised to ``inputs`` into a :class:`CompiledGraph`."""
     t0 = time.perf_counter()
     graph = import_fx(gm, inputs)
@@ -97,7 +98,7 @@ def compile_graph_for_inputs(gm: fx.GraphModule, inputs: Sequence[Any], report: 
     default_passes().run(graph)
     fusion = fuse(graph, _can_build)
     t2 = time.perf_counter()
-    steps = _build_steps(graph, fusion, report)
+    steps = _build_steps(graph, fusion, report, tune)
     plan = make_plan(graph, steps)
     t3 = time.perf_counter()
     report.timings["import"] = report.timings.get("import", 0.0) + t1 - t0
@@ -106,7 +107,7 @@ def compile_graph_for_inputs(gm: fx.GraphModule, inputs: Sequence[Any], report: 
     return CompiledGraph(graph, plan, report)
 
 
-def _build_steps(graph: Graph, fusion: FusionResult, report: GraphReport) -> list[Any]:
+def _build_steps(graph: Graph, fusion: FusionResult, report: GraphReport, tune: bool | None = None) -> list[Any]:
     steps: list[Any] = []
     compute_ops = kernel_ops = 0
     for index, group in enumerate(fusion.groups):
@@ -125,7 +126,7 @@ def _build_steps(graph: Graph, fusion: FusionResult, report: GraphReport) -> lis
                 steps.extend(ExternStep(n) for n in group.nodes)
                 continue
             kernel = spec if group.kind == "conv" else GeneratedKernel(spec, group.nodes)
-            choose_schedule(kernel)
+            choose_schedule(kernel, tune)
             steps.append(KernelStep(kernel, kernel.spec_inputs if group.kind == "conv" else spec.inputs,
                                     spec.outputs, []))
             report.kernels.append(kernel.describe())
