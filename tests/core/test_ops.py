@@ -262,3 +262,18 @@ def test_any_all_and_safe_softmax() -> None:
     out, report = compile_and_run(fn, x, m)
     assert_close(out, fn(x, m))
     assert report.coverage == 1.0, str(report)
+
+
+@pytest.mark.parametrize("case", ["gather", "index_select", "slice_scatter", "slice_scatter_step", "select_scatter"])
+def test_indexing_ops(case: str) -> None:
+    x = torch.randn(5, 9, 7)
+    fns = {
+        "gather": lambda x: torch.gather(x, 1, torch.randint(0, 9, (5, 4, 7), generator=torch.Generator().manual_seed(0))) * 2,
+        "index_select": lambda x: torch.index_select(x, 2, torch.tensor([6, 0, 3, 3])) + 1,
+        "slice_scatter": lambda x: torch.slice_scatter(x, torch.ones(5, 3, 7), 1, 2, 5) * 3,
+        "slice_scatter_step": lambda x: torch.slice_scatter(x, torch.ones(5, 9, 3), 2, 1, 7, 2) - 1,
+        "select_scatter": lambda x: torch.select_scatter(x, torch.zeros(5, 7), 1, -2).exp(),
+    }
+    out, report = compile_and_run(fns[case], x)
+    assert_close(out, fns[case](x))
+    assert report.coverage == 1.0, str(report)  # (select_scatter reaches us decomposed into where)

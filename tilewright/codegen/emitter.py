@@ -207,6 +207,8 @@ class Emitter:
             return self._gather(node, out, idx, guard)
         if op.extra.get("concat"):
             return self._concat(node, out, idx, guard)
+        if op.extra.get("indexing"):
+            return self._indexing(node, out, idx, guard, op.extra["indexing"])
         if op.extra.get("window"):
             return self._window(node, out, idx, guard, op.extra["window"])
         if name in ("aten.full", "aten.scalar_tensor"):
@@ -326,6 +328,63 @@ class Emitter:
         index_expr = self.value(indices, idx[:-1], guard)
         row = Dyn(index_expr.code, index_expr.deps)
         return self.value(weight, (row, idx[-1]), guard)
+
+    def _indexing(self, node: Node, out: Value, idx: tuple[Atom, ...],
+                  guard: tuple[str, frozenset[str]] | None, kind: str) -> Expr:
+        """gather / index_select (indirect loads) and slice/select_scatter (guarded selects)."""
+        src: Value = node.args[0]
+        rank = out.type.rank
+        cdt = compute_dtype(out.type.dtype)
+
+        def norm(d: int) -> int:
+            return d + max(rank, 1) if d < 0 else d
+
+        if kind in ("gather", "index_select"):
+            dim = norm(node.args[1])
+            index: Value = node.args[2]
+            if not isinstance(index, Value):
+                raise CodegenError(f"{kind} needs a tensor index")
+            at = idx if kind == "gather" else (idx[dim],)
+            if kind == "gather" and index.type.rank == 0:
+                at = ()
+            pos = self.value(index, at, guard)
+            src_idx = list(idx)
+            if src.type.rank:
+                src_idx[dim] = Dyn(pos.code, pos.deps)
+            return self.value(src, tuple(src_idx), guard)
+        if kind == "slice_scatter":
+            value: Value = node.args[1]
+            dim = norm(node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0))
+            size = src.type.shape[dim]
+            start = node.args[3] if len(node.args) > 3 else node.kwargs.get("start")
+            end = node.args[4] if len(node.args) > 4 else node.kwargs.get("end")
+            step = node.args[5] if len(node.args) > 5 else node.kwargs.get("step", 1)
+            start = 0 if start is None else (start + size if start < 0 else start)
+            end = size if end is None else min(size, end + size if end < 0 else end)
+            pos = idx[dim].code()
+            cond = f"({pos} >= {start}) & ({pos} < {end})"
+            if step != 1:
+                cond += f" & ((({pos}) - {start}) % {step} == 0)"
+            inner = Dyn(f"((({pos}) - {start}) // {step})", idx[dim].vars()) if step != 1 else Affine(idx[dim], 1, -start)
+        elif kind == "select_scatter":
+            value = node.args[1]
+            dim = norm(node.args[2])
+            index_ = node.args[3] + (src.type.shape[dim] if node.args[3] < 0 else 0)
+            pos = idx[dim].code()
+            cond = f"({pos} == {index_})"
+            inner = None
+        else:  # pragma: no cover - registry and emitter disagree
+            raise CodegenError(f"unknown indexing op {kind}")
+        deps = idx[dim].vars() | (guard[1] if guard else frozenset())
+        sub_guard = ((f"({guard[0]}) & " if guard else "") + f"({cond})", deps)
+        if inner is None:
+            value_idx = tuple(idx[:dim]) + tuple(idx[dim + 1:])
+        else:
+            value_idx = tuple(idx[:dim]) + (inner,) + tuple(idx[dim + 1:])
+        new = self.value(value, value_idx, sub_guard)
+        old = self.value(src, idx, guard)
+        all_deps = new.deps | old.deps | idx[dim].vars()
+        return self._assign(f"tl.where({cond}, {cast_code(new, cdt)}, {cast_code(old, cdt)})", cdt, all_deps)
 
     def _window(self, node: Node, out: Value, idx: tuple[Atom, ...],
                 guard: tuple[str, frozenset[str]] | None, mode: str) -> Expr:
