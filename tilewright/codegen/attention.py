@@ -45,9 +45,15 @@ def _elem_size(dtype: str) -> int:
 
 
 def _smem_fwd(cfg: Mapping[str, Any], block_d: int, elem: int) -> int:
-    """Shared memory of the forward tile: Q resident, K and V staged num_stages deep."""
+    """Upper estimate of the forward tile's shared memory (bytes).
+
+    NOTE: fitted to Triton's reported ``shared`` for sm_90 builds (fp16 128x128x128, 2 stages:
+    64 KiB; fp32 128x64x64, 2 stages: 96 KiB), +5% + 1 KiB: half types stage one K/V tile per stage plus Q;
+    float32 dots (IEEE) keep K and V each per stage.
+    """
     stages = max(1, int(cfg["num_stages"]))
-    return elem * (int(cfg["BLOCK_M"]) * block_d + 2 * stages * int(cfg["BLOCK_N"]) * block_d)
+    per_stage = int(cfg["BLOCK_N"]) * block_d * (2 if elem >= 4 else 1)
+    return int(1.05 * elem * (int(cfg["BLOCK_M"]) * block_d + stages * per_stage)) + 1024
 
 
 def _regs_ok(cfg: Mapping[str, Any], block_d: int) -> str | None:
@@ -66,7 +72,8 @@ def forward_space(head_dim: int, dtype: str = "float16", smem_bytes: int = DEFAU
         need = _smem_fwd(cfg, block_d, elem)
         return None if need <= smem_bytes else f"needs {need} B shared memory > {smem_bytes}"
 
-    default = {"BLOCK_M": 64, "BLOCK_N": 64 if block_d <= 64 else 32, "num_warps": 4, "num_stages": 2}
+    default = {"BLOCK_M": 128, "BLOCK_N": 64 if block_d <= 128 else 32,
+               "num_warps": 4 if block_d <= 64 else 8, "num_stages": 3 if block_d <= 64 else 2}
     space = ScheduleSpace(
         kind="attention_fwd",
         params={"BLOCK_M": [16, 32, 64, 128], "BLOCK_N": [16, 32, 64, 128],
@@ -83,8 +90,10 @@ def backward_space(head_dim: int, dtype: str = "float16", smem_bytes: int = DEFA
     def smem(cfg: Mapping[str, Any]) -> str | None:
         stages = max(1, int(cfg["num_stages"]))
         # K, V resident; Q and dO staged; one [BLOCK_M, BLOCK_N] tile transposed through smem.
-        need = elem * (2 * int(cfg["BLOCK_N"]) * block_d + 2 * stages * int(cfg["BLOCK_M"]) * block_d
-                       + int(cfg["BLOCK_M"]) * int(cfg["BLOCK_N"]))
+        # NOTE: within 15% + 4 KiB of Triton's reported ``shared`` for sm_90 builds, from above.
+        raw = elem * (2 * int(cfg["BLOCK_N"]) * block_d + 2 * stages * int(cfg["BLOCK_M"]) * block_d
+                      + int(cfg["BLOCK_M"]) * int(cfg["BLOCK_N"]))
+        need = int(1.15 * raw) + 4096
         return None if need <= smem_bytes else f"needs {need} B shared memory > {smem_bytes}"
 
     def regs(cfg: Mapping[str, Any]) -> str | None:
@@ -92,7 +101,8 @@ def backward_space(head_dim: int, dtype: str = "float16", smem_bytes: int = DEFA
         per = (2 * int(cfg["BLOCK_N"]) * block_d + 3 * int(cfg["BLOCK_M"]) * int(cfg["BLOCK_N"])) / threads
         return None if per <= 256 else f"~{per:.0f} fp32 registers per thread (> 256)"
 
-    default = {"BLOCK_M": 32, "BLOCK_N": 64 if block_d <= 64 else 32, "num_warps": 4, "num_stages": 1}
+    default = {"BLOCK_M": 32, "BLOCK_N": 64 if block_d <= 128 else 32,
+               "num_warps": 4 if block_d <= 64 else 8, "num_stages": 1}
     space = ScheduleSpace(
         kind="attention_bwd",
         params={"BLOCK_M": [16, 32, 64, 128], "BLOCK_N": [16, 32, 64, 128],
@@ -171,8 +181,31 @@ def default_num_splits(batch_heads_kv: int, n: int, block_n: int, device: torch.
     return splits
 
 
-#: Config overrides keyed by (kernel kind, problem key); the tuner may fill this.
+#: Tuned configs keyed by (kernel "fwd"/"bwd"/"decode", :func:`shape_key`); the tuner may fill
+#: this, and launchers called without ``config`` use an entry when there is one.
 CONFIG_OVERRIDES: dict[tuple[str, str], Config] = {}
+
+
+def shape_key(q: torch.Tensor, k: torch.Tensor, causal: bool) -> str:
+    """Key of one attention shape for :data:`CONFIG_OVERRIDES`."""
+    B, H, M, D = q.shape
+    return f"B{B}H{H}K{k.shape[1]}M{M}N{k.shape[2]}D{D}:{str(q.dtype).split('.')[-1]}:{'c' if causal else 'n'}"
+
+
+def device_smem(device: torch.device) -> int:
+    """Opt-in shared memory per block of ``device`` (the default guess off CUDA)."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return int(getattr(props, "shared_memory_per_block_optin", 0) or DEFAULT_SMEM_BYTES)
+    return DEFAULT_SMEM_BYTES
+
+
+def _pick(kind: str, q: torch.Tensor, k: torch.Tensor, causal: bool, config: Mapping[str, Any] | None,
+          space: Callable[[], ScheduleSpace]) -> dict[str, Any]:
+    if config is not None:
+        return dict(config)
+    tuned = CONFIG_OVERRIDES.get((kind, shape_key(q, k, causal)))
+    return dict(tuned) if tuned is not None else space().default_config()
 
 
 # ----------------------------------------------------------------------------- forward
@@ -205,7 +238,7 @@ def flash_attention_forward(
         decode = use_decode_path(M, N, dropout_p)
     if decode and dropout_p == 0.0:
         return _decode_forward(q, k, v, bias, mask, scale, causal, causal_offset, config)
-    cfg = dict(config or forward_space(D, str(q.dtype).split(".")[-1]).default_config())
+    cfg = _pick("fwd", q, k, causal, config, lambda: forward_space(D, str(q.dtype).split(".")[-1], device_smem(q.device)))
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, M), dtype=torch.float32, device=q.device)
     full = (B, H, M, N)
@@ -231,7 +264,9 @@ def _decode_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: tor
     B, H, M, D = q.shape
     HKV, N = k.shape[1], k.shape[2]
     group = H // HKV
-    cfg = dict(config or decode_space(D, str(q.dtype).split(".")[-1]).default_config())
+    tuned = CONFIG_OVERRIDES.get(("decode", shape_key(q, k, causal)))
+    config = config if config is not None else tuned
+    cfg = _pick("decode", q, k, causal, config, lambda: decode_space(D, str(q.dtype).split(".")[-1], device_smem(q.device)))
     if config is None:
         cfg["BLOCK_M"] = 16 if group * M <= 16 else (32 if group * M <= 32 else 64)
         cfg["NUM_SPLITS"] = default_num_splits(B * HKV, N, int(cfg["BLOCK_N"]), q.device)
@@ -274,7 +309,7 @@ def flash_attention_backward(
     B, H, M, D = q.shape
     HKV, N = k.shape[1], k.shape[2]
     scale = float(D ** -0.5 if scale is None else scale)
-    cfg = dict(config or backward_space(D, str(q.dtype).split(".")[-1]).default_config())
+    cfg = _pick("bwd", q, k, causal, config, lambda: backward_space(D, str(q.dtype).split(".")[-1], device_smem(q.device)))
     block_m, block_n, block_d = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"]), head_block(D)
     delta = torch.empty((B, H, M), dtype=torch.float32, device=q.device)
     K.attn_bwd_preprocess_kernel[(cdiv(M, block_m), B * H)](

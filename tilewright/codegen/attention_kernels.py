@@ -52,7 +52,8 @@ def _score_tile(q, k_t, offs_m, offs_n, M, N, qk_scale, causal_offset,
 @triton_jit
 def _dropout_keep(seed, pid_bh, offs_m, offs_n, M, N, dropout_p):
     """Keep-mask of dropout for one tile, a pure function of (seed, batch*head, row, column)."""
-    rng_offs = (pid_bh * M + offs_m[:, None]) * N + offs_n[None, :]
+    # NOTE: int32 on purpose: the forward and both backward kernels must draw the same stream.
+    rng_offs = (pid_bh.to(tl.int32) * M + offs_m[:, None]) * N + offs_n[None, :]
     return tl.rand(seed, rng_offs) >= dropout_p
 
 
@@ -70,8 +71,9 @@ def attn_fwd_kernel(
     # -- program ids -> (batch, head, kv head, rows)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
+    # NOTE: int64 batch/head indices: b * stride_b can pass 2**31 for long KV caches.
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
     hk = h // GROUP
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -141,8 +143,9 @@ def attn_bwd_preprocess_kernel(OUT, DO, DELTA, sob, soh, som, sod, sdb, sdh, sdm
     """delta[b, h, m] = sum_d out * dout (the row term of the softmax gradient)."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
+    # NOTE: int64 batch/head indices: b * stride_b can pass 2**31 for long KV caches.
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     ok = (offs_m[:, None] < M) & (offs_d[None, :] < D)
@@ -166,8 +169,8 @@ def attn_bwd_dkdv_kernel(
     """dK and dV for one key block of one kv head, summed over the GROUP query heads sharing it."""
     pid_n = tl.program_id(0)
     pid_bhk = tl.program_id(1)
-    b = pid_bhk // HKV
-    hk = pid_bhk % HKV
+    b = (pid_bhk // HKV).to(tl.int64)
+    hk = (pid_bhk % HKV).to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_m0 = tl.arange(0, BLOCK_M)
@@ -248,8 +251,9 @@ def attn_bwd_dq_kernel(
     """dQ for one query block; optionally stores dS (= d bias) into a [B, H, M, N] buffer."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
+    # NOTE: int64 batch/head indices: b * stride_b can pass 2**31 for long KV caches.
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
     hk = h // GROUP
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -300,7 +304,7 @@ def attn_bwd_dq_kernel(
                 dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
             ds = p * (dp - delta[:, None])
             if STORE_DS:
-                tl.store(DS + pid_bh * M * N + offs_m[:, None] * N + offs_n[None, :], ds,
+                tl.store(DS + pid_bh.to(tl.int64) * M * N + offs_m[:, None] * N + offs_n[None, :], ds,
                          mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
             dq += tl.dot(ds.to(k_t.dtype), tl.trans(k_t), input_precision=DOT_PREC)
     dq = dq * scale
@@ -326,8 +330,8 @@ def attn_decode_split_kernel(
     pid_s = tl.program_id(0)
     pid_bhk = tl.program_id(1)
     pid_r = tl.program_id(2)
-    b = pid_bhk // HKV
-    hk = pid_bhk % HKV
+    b = (pid_bhk // HKV).to(tl.int64)
+    hk = (pid_bhk % HKV).to(tl.int64)
     offs_r = pid_r * BLOCK_M + tl.arange(0, BLOCK_M)
     r_ok = offs_r < GROUP * M
     g = offs_r // M
@@ -395,8 +399,8 @@ def attn_decode_combine_kernel(OPART, LPART, OUT, LSE, sob, soh, som, sod, H, M,
     row = tl.program_id(0)
     bh = row // M
     m = row % M
-    b = bh // H
-    h = bh % H
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
     s_ok = offs_s < NUM_SPLITS

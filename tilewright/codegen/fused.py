@@ -21,7 +21,7 @@ from ..ir.graph import Node, Value
 from ..ir.registry import lookup, packet_name
 from ..ir.types import compute_dtype, triton_dtype
 from .emitter import CodegenError, Emitter, Expr, Scope, cast_code
-from .indexing import Atom, Const, Var, depends, digits, lin, offset_code
+from .indexing import Atom, Const, Var, depends, digits, lin
 from .schedules import pointwise_space, reduction_space
 
 

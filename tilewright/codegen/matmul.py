@@ -15,10 +15,9 @@ import torch
 
 from ..ir.graph import Node, Value
 from ..ir.registry import lookup, packet_name
-from ..ir.types import compute_dtype
 from .emitter import CodegenError, Emitter, Expr, Scope
 from .fused import _HEADER, KernelSource, _function, _wide, group_outputs, triton_cdiv
-from .indexing import Atom, Var, depends, offset_code, reshape_index
+from .indexing import Atom, Var, reshape_index
 from .schedules import matmul_space
 
 _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32)

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch.fx as fx
 
 from ..codegen.emitter import CodegenError
-from ..codegen.fused import FusedKernelBuilder, KernelSource
+from ..codegen.fused import FusedKernelBuilder
 from ..codegen.kernel import GeneratedKernel
 from ..codegen.matmul import MatmulKernelBuilder
 from ..codegen.runtime import CompiledGraph, ExternStep, KernelStep, make_plan
