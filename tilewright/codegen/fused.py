@@ -200,8 +200,10 @@ class FusedKernelBuilder:
             source_p, inputs = self._build_reduction(xnumel, rnumel, persistent=True)
             source_l, _ = self._build_reduction(xnumel, rnumel, persistent=False)
             source = source_p + "\n\n" + source_l
-            meta = {"persistent_fn": self.name + "_persistent", "looped_fn": self.name + "_looped", "rnumel": rnumel}
-            space = reduction_space(xnumel, rnumel)
+            contiguous = self._contiguous_axis()
+            meta = {"persistent_fn": self.name + "_persistent", "looped_fn": self.name + "_looped", "rnumel": rnumel,
+                    "contiguous_axis": contiguous, "loop_passes": len(set(self._levels().values())) + 1}
+            space = reduction_space(xnumel, rnumel, outer=contiguous == "x")
             grid = lambda c, n=xnumel: (triton_cdiv(n, int(c["XBLOCK"])),)  # noqa: E731
             kind, dims = "reduction", {"rows": xnumel, "rnumel": rnumel}
         ops = [n.op for n in self.nodes]
@@ -298,6 +300,15 @@ class FusedKernelBuilder:
             head += ["rindex = rbase", f"rmask = rindex < {rnumel}"]
         sig = self._signature(emitter, ["XBLOCK: tl.constexpr", "RBLOCK: tl.constexpr"])
         return _function(fn_name, sig, head + outer.lines), list(emitter.inputs.values())
+
+    def _contiguous_axis(self) -> str:
+        """``"r"`` when the reduced elements are contiguous in memory, ``"x"`` when rows are."""
+        src: Value = self.reductions[0].node.args[0]
+        dims = self.reductions[0].dims
+        unit = [d for d, (size, stride) in enumerate(zip(src.type.shape, src.type.strides)) if stride == 1 and size > 1]
+        if not unit or unit[-1] in dims:
+            return "r"
+        return "x"
 
     def _levels(self) -> dict[int, int]:
         """Dependency depth of each reduction among the group's reductions (1 = independent)."""

@@ -39,8 +39,13 @@ def pointwise_space(numel: int) -> ScheduleSpace:
                          [fits], default, SPACE_VERSION)
 
 
-def reduction_space(xnumel: int, rnumel: int) -> ScheduleSpace:
-    """XBLOCK x RBLOCK x num_warps; RBLOCK >= rnumel means a persistent (single-pass) kernel."""
+def reduction_space(xnumel: int, rnumel: int, outer: bool = False) -> ScheduleSpace:
+    """XBLOCK x RBLOCK x num_warps; RBLOCK >= rnumel means a persistent (single-pass) kernel.
+
+    ``outer``: the rows, not the reduced elements, are contiguous in memory (a column
+    reduction such as a bias gradient); the default then spreads lanes along the rows so
+    loads stay coalesced.
+    """
     r_cap = next_pow2(rnumel)
     rblocks = sorted({b for b in (16, 32, 64, 128, 256, 512, 1024, 2048, 4096) if b <= max(16, r_cap)} |
                      ({r_cap} if r_cap <= 16384 else set()))
@@ -58,7 +63,10 @@ def reduction_space(xnumel: int, rnumel: int) -> ScheduleSpace:
             return "tile smaller than half the threads"
         return None
 
-    if r_cap <= 4096:
+    if outer and x_cap >= 8:
+        xblock = min(x_cap, 64)
+        rblock = max(16, min(r_cap, 4096 // xblock))
+    elif r_cap <= 4096:
         rblock = max(16, r_cap)
         xblock = max(1, min(x_cap, 64, 4096 // rblock))
     else:

@@ -116,8 +116,12 @@ def _reduction(p: KernelProblem, c: Mapping[str, ConfigValue]) -> TileModel:
     passes = 1.0 if persistent else float(p.meta.get("loop_passes", 1))
     waste = 1 - rows * rnumel / (programs * xb * iters * rb)
     ept = xb * rb / (32 * warps)
-    return TileModel(programs, iters, p.flops or float(rows * rnumel), nbytes, nbytes * passes,
-                     nbytes * passes, waste, float(xb * 4 * warps), 16 + 2 * ept, ept)
+    # uncoalesced access: lanes along the contiguous axis fill fewer 32-byte sectors
+    along = xb if p.meta.get("contiguous_axis") == "x" else rb
+    sector = max(1, 32 // e)
+    sectors = float(sector) / max(1, min(along, sector))
+    return TileModel(programs, iters, p.flops or float(rows * rnumel), nbytes, nbytes * passes * sectors,
+                     nbytes * passes * sectors, waste, float(xb * 4 * warps), 16 + 2 * ept, ept)
 
 
 def _gemm_like(batch: int, m: int, n: int, k: int, e: int, c: Mapping[str, ConfigValue],
