@@ -30,14 +30,14 @@ log = logging.getLogger(__name__)
 
 #: kind -> "module:function" building a TunableKernel from a :class:`ProblemSpec`.
 BUILDERS: dict[str, str] = {
-    "pointwise": "tilewright.codegen.pointwise:tunable_from_spec",
-    "reduction": "tilewright.codegen.reduction:tunable_from_spec",
-    "matmul": "tilewright.codegen.matmul:tunable_from_spec",
-    "attention": "tilewright.codegen.attention:tunable_from_spec",
+    "pointwise": "tilewright.codegen.problems:pointwise_from_spec",
+    "reduction": "tilewright.codegen.problems:reduction_from_spec",
+    "matmul": "tilewright.codegen.problems:matmul_from_spec",
+    "attention": "tilewright.codegen.problems:attention_from_spec",
     "conv": "tilewright.costmodel.collect:build_conv",
 }
 #: "module:function" returning ``[(source_name, TunableKernel), ...]`` for the model suite.
-MODEL_SUITE = "tilewright.autotune.suite:model_suite_kernels"
+MODEL_SUITE = "tilewright.codegen.problems:model_suite_kernels"
 
 #: Upper bound on configs enumerated when sampling a space.
 MAX_ENUMERATE = 50_000
