@@ -105,6 +105,18 @@ class Report:
             for k in self.kernels:
                 sched = " ".join(f"{a}={b}" for a, b in k.get("schedule", {}).items())
                 lines.append(f"  {k['name'][:34]:<34} {k['kind']:<10} {len(k.get('ops', [])):>4}  {sched}")
+        blocks = [b for g in self.graphs for b in g.attention_blocks]
+        if blocks:
+            lines.append("")
+            lines.append("  fused attention blocks:")
+            for i, b in enumerate(blocks):
+                lines.append(f"    {i}: {b.get('handles') or b.get('form', '')}")
+        conv = [k for k in self.kernels if k.get("kind") == "conv" and k.get("shape")]
+        if conv:
+            lines.append("")
+            lines.append("  convolutions:")
+            for k in conv:
+                lines.append(f"    {k['shape']}")
         if self.fallbacks:
             lines.append("")
             lines.append("  fallbacks (run as ATen calls):")
