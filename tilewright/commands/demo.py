@@ -65,7 +65,14 @@ def _time(fn: Callable[[], Any]) -> float:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; exit code 0 only when every model matches eager."""
+    import importlib.util
     import json
+    import sys
+
+    if importlib.util.find_spec("transformers") is None:
+        print("error: the demo builds its models with Hugging Face transformers; install it with "
+              "pip install 'tilewright[demo]'", file=sys.stderr)
+        return 2
 
     import torch
 
