@@ -277,3 +277,19 @@ def test_indexing_ops(case: str) -> None:
     out, report = compile_and_run(fns[case], x)
     assert_close(out, fns[case](x))
     assert report.coverage == 1.0, str(report)  # (select_scatter reaches us decomposed into where)
+
+
+@pytest.mark.parametrize("case", ["rows", "middle", "two_tensors", "negative"])
+def test_advanced_indexing(case: str) -> None:
+    x = torch.randn(6, 5, 7)
+    i = torch.tensor([[0, 5], [3, 3]])
+    j = torch.tensor([1, 4])
+    fns = {
+        "rows": lambda x: x[i] * 2,
+        "middle": lambda x: x[:, j] + 1,
+        "two_tensors": lambda x: x[i, j].relu(),
+        "negative": lambda x: x[torch.tensor([-1, 0, -6])] - 1,
+    }
+    out, report = compile_and_run(fns[case], x)
+    assert_close(out, fns[case](x))
+    assert report.coverage == 1.0, str(report)

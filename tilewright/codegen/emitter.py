@@ -339,6 +339,25 @@ class Emitter:
         def norm(d: int) -> int:
             return d + max(rank, 1) if d < 0 else d
 
+        if kind == "index":  # advanced indexing x[..., i0, i1, ...] with consecutive index tensors
+            indices = list(node.args[1])
+            used = [i for i, t in enumerate(indices) if t is not None]
+            if not used or used != list(range(used[0], used[-1] + 1)) or \
+                    not all(isinstance(indices[i], Value) for i in used):
+                raise CodegenError("index with non-consecutive or non-tensor indices is not generated")
+            first = used[0]
+            bshape = tuple(torch.broadcast_shapes(*(indices[i].type.shape for i in used)))
+            ib = len(bshape)
+            at = idx[first:first + ib]
+            src_idx = list(idx[:first])
+            for i in used:
+                t = indices[i]
+                pos = self.value(t, broadcast_index(at, bshape, t.type.shape), guard)
+                if t.type.dtype == torch.bool:
+                    raise CodegenError("boolean mask indexing is not generated")
+                src_idx.append(Dyn(f"tl.where({pos.code} < 0, {pos.code} + {src.type.shape[i]}, {pos.code})", pos.deps))
+            src_idx.extend(idx[first + ib:])
+            return self.value(src, tuple(src_idx), guard)
         if kind in ("gather", "index_select"):
             dim = norm(node.args[1])
             index: Value = node.args[2]
