@@ -85,7 +85,8 @@ def make_plan(graph: Graph, steps: list[Any]) -> Plan:
         if isinstance(step, KernelStep):
             owned |= {v.id for v in step.outputs}
     plan = Plan()
-    free_slots: list[tuple[int, int]] = []  # (bytes, slot)
+    free_slots: list[tuple[int, str, int]] = []  # (bytes, device, slot)
+    slot_device: dict[int, str] = {}
     slot_of: dict[int, int] = {}
     for i, step in enumerate(steps):
         if isinstance(step, KernelStep):
@@ -95,13 +96,15 @@ def make_plan(graph: Graph, steps: list[Any]) -> Plan:
                     step.slots.append(-1)
                     continue
                 need = _span_bytes(v)
-                match = next((s for s in free_slots if s[0] == need), None)
+                device = str(v.type.device)
+                match = next((s for s in free_slots if s[0] == need and s[1] == device), None)
                 if match is not None:
                     free_slots.remove(match)
-                    slot = match[1]
+                    slot = match[2]
                 else:
                     slot = len(plan.slot_bytes)
                     plan.slot_bytes[slot] = need
+                    slot_device[slot] = device
                 slot_of[v.id] = slot
                 step.slots.append(slot)
         # values whose last use is this step die here
@@ -111,7 +114,8 @@ def make_plan(graph: Graph, steps: list[Any]) -> Plan:
             plan.steps.append(FreeStep(dead))
         for rid in dead:
             if rid in slot_of and rid in owned and rid not in out_roots:
-                free_slots.append((plan.slot_bytes[slot_of[rid]], slot_of[rid]))
+                slot = slot_of[rid]
+                free_slots.append((plan.slot_bytes[slot], slot_device[slot], slot))
     return plan
 
 
