@@ -1,0 +1,218 @@
+"""Triton code for the pointwise ops that are more than a scalar expression.
+
+Generators (``arange``/``iota``), gathers (``embedding``, ``gather``, ``index_select``,
+advanced ``index``), guarded selects (``cat``, ``slice_scatter``, ``select_scatter``) and
+sliding windows (2-D max/avg pooling). They are methods of the
+:class:`~tilewright.codegen.emitter.Emitter` (through this mixin) because they emit their
+operands at transformed indices with the emitter's own ``value``.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..ir.graph import Node, Value
+from ..ir.types import compute_dtype, triton_dtype
+from .expr import CodegenError, Expr, cast_code, literal
+from .indexing import Affine, Atom, Const, Dyn, broadcast_index
+
+if TYPE_CHECKING:
+    from .expr import Scope  # noqa: F401
+
+
+class SpecialOpsMixin:
+    """Emission of the special pointwise ops (mixed into the Emitter)."""
+
+    def _iota(self, node: Node, name: str, idx: tuple[Atom, ...], cdt: torch.dtype) -> Expr:
+        if name == "aten.arange":
+            overload = node.target._overloadname
+            if overload == "default":
+                start, step = 0, 1
+            elif overload == "start":
+                start, step = node.args[0], 1
+            else:
+                start, step = node.args[0], node.args[2] if len(node.args) > 2 else 1
+        else:  # prims.iota(length, *, start, step, ...)
+            start, step = node.kwargs.get("start", 0), node.kwargs.get("step", 1)
+        atom = idx[0]
+        deps = atom.vars()
+        code = atom.code()
+        if cdt.is_floating_point:
+            code = f"({code}).to({triton_dtype(cdt)})"
+        code = f"({code}) * {literal(step)} + {literal(start)}"
+        if isinstance(atom, Const):
+            return Expr(f"({code})", cdt, frozenset())
+        return self._assign(code if cdt.is_floating_point else f"({code}).to({triton_dtype(cdt)})", cdt, deps)
+
+    def _gather(self, node: Node, out: Value, idx: tuple[Atom, ...],
+                guard: tuple[str, frozenset[str]] | None) -> Expr:
+        weight, indices = node.args[0], node.args[1]
+        if not isinstance(weight, Value) or not isinstance(indices, Value) or weight.type.rank != 2:
+            raise CodegenError("embedding needs a 2-D weight and an index tensor")
+        index_expr = self.value(indices, idx[:-1], guard)
+        row = Dyn(index_expr.code, index_expr.deps)
+        return self.value(weight, (row, idx[-1]), guard)
+
+    def _indexing(self, node: Node, out: Value, idx: tuple[Atom, ...],
+                  guard: tuple[str, frozenset[str]] | None, kind: str) -> Expr:
+        """gather / index_select (indirect loads) and slice/select_scatter (guarded selects)."""
+        src: Value = node.args[0]
+        rank = out.type.rank
+        cdt = compute_dtype(out.type.dtype)
+
+        def norm(d: int) -> int:
+            return d + max(rank, 1) if d < 0 else d
+
+        if kind == "index":  # advanced indexing x[..., i0, i1, ...] with consecutive index tensors
+            indices = list(node.args[1])
+            used = [i for i, t in enumerate(indices) if t is not None]
+            if not used or used != list(range(used[0], used[-1] + 1)) or \
+                    not all(isinstance(indices[i], Value) for i in used):
+                raise CodegenError("index with non-consecutive or non-tensor indices is not generated")
+            first = used[0]
+            bshape = tuple(torch.broadcast_shapes(*(indices[i].type.shape for i in used)))
+            ib = len(bshape)
+            at = idx[first:first + ib]
+            src_idx = list(idx[:first])
+            for i in used:
+                t = indices[i]
+                pos = self.value(t, broadcast_index(at, bshape, t.type.shape), guard)
+                if t.type.dtype == torch.bool:
+                    raise CodegenError("boolean mask indexing is not generated")
+                src_idx.append(Dyn(f"tl.where({pos.code} < 0, {pos.code} + {src.type.shape[i]}, {pos.code})", pos.deps))
+            src_idx.extend(idx[first + ib:])
+            return self.value(src, tuple(src_idx), guard)
+        if kind in ("gather", "index_select"):
+            dim = norm(node.args[1])
+            index: Value = node.args[2]
+            if not isinstance(index, Value):
+                raise CodegenError(f"{kind} needs a tensor index")
+            at = idx if kind == "gather" else (idx[dim],)
+            if kind == "gather" and index.type.rank == 0:
+                at = ()
+            pos = self.value(index, at, guard)
+            src_idx = list(idx)
+            if src.type.rank:
+                src_idx[dim] = Dyn(pos.code, pos.deps)
+            return self.value(src, tuple(src_idx), guard)
+        if kind == "slice_scatter":
+            value: Value = node.args[1]
+            dim = norm(node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0))
+            size = src.type.shape[dim]
+            start = node.args[3] if len(node.args) > 3 else node.kwargs.get("start")
+            end = node.args[4] if len(node.args) > 4 else node.kwargs.get("end")
+            step = node.args[5] if len(node.args) > 5 else node.kwargs.get("step", 1)
+            start = 0 if start is None else (start + size if start < 0 else start)
+            end = size if end is None else min(size, end + size if end < 0 else end)
+            pos = idx[dim].code()
+            cond = f"({pos} >= {start}) & ({pos} < {end})"
+            if step != 1:
+                cond += f" & ((({pos}) - {start}) % {step} == 0)"
+            inner = Dyn(f"((({pos}) - {start}) // {step})", idx[dim].vars()) if step != 1 else Affine(idx[dim], 1, -start)
+        elif kind == "select_scatter":
+            value = node.args[1]
+            dim = norm(node.args[2])
+            index_ = node.args[3] + (src.type.shape[dim] if node.args[3] < 0 else 0)
+            pos = idx[dim].code()
+            cond = f"({pos} == {index_})"
+            inner = None
+        else:  # pragma: no cover - registry and emitter disagree
+            raise CodegenError(f"unknown indexing op {kind}")
+        deps = idx[dim].vars() | (guard[1] if guard else frozenset())
+        sub_guard = ((f"({guard[0]}) & " if guard else "") + f"({cond})", deps)
+        if inner is None:
+            value_idx = tuple(idx[:dim]) + tuple(idx[dim + 1:])
+        else:
+            value_idx = tuple(idx[:dim]) + (inner,) + tuple(idx[dim + 1:])
+        new = self.value(value, value_idx, sub_guard)
+        old = self.value(src, idx, guard)
+        all_deps = new.deps | old.deps | idx[dim].vars()
+        return self._assign(f"tl.where({cond}, {cast_code(new, cdt)}, {cast_code(old, cdt)})", cdt, all_deps)
+
+    def _window(self, node: Node, out: Value, idx: tuple[Atom, ...],
+                guard: tuple[str, frozenset[str]] | None, mode: str) -> Expr:
+        """2-D pooling: the window is unrolled; out-of-bounds taps are masked loads."""
+        if out.index != 0:
+            raise CodegenError("pooling indices are not generated in kernels")
+        x: Value = node.args[0]
+        args = list(node.args) + [None] * 7
+
+        def pair(v: Any, default: Any) -> tuple[int, int]:
+            if v is None or v == []:
+                v = default
+            v = [v] if isinstance(v, int) else list(v)
+            return (v[0], v[0]) if len(v) == 1 else (v[0], v[1])
+
+        kh, kw = pair(args[1], None)
+        sh, sw = pair(args[2], [kh, kw])
+        ph, pw = pair(args[3], 0)
+        if mode == "max":
+            dh, dw = pair(args[4], 1)
+            ceil_mode = bool(args[5])
+        else:
+            dh, dw = 1, 1
+            ceil_mode = bool(args[4])
+            count_include_pad = True if args[5] is None else bool(args[5])
+            if args[6] is not None:
+                raise CodegenError("avg_pool2d with divisor_override is not generated")
+        if ceil_mode and mode == "avg":
+            raise CodegenError("avg_pool2d with ceil_mode is not generated")
+        h, w = x.type.shape[-2], x.type.shape[-1]
+        oh, ow = idx[-2], idx[-1]
+        cdt = compute_dtype(x.type.dtype)
+        taps: list[tuple[Expr, str]] = []
+        for i in range(kh):
+            for j in range(kw):
+                ih = Affine(oh, sh, i * dh - ph)
+                iw = Affine(ow, sw, j * dw - pw)
+                cond = f"({ih.code()} >= 0) & ({ih.code()} < {h}) & ({iw.code()} >= 0) & ({iw.code()} < {w})"
+                full_cond = f"({guard[0]}) & {cond}" if guard else cond
+                deps = oh.vars() | ow.vars() | (guard[1] if guard else frozenset())
+                tap = self.value(x, tuple(idx[:-2]) + (ih, iw), (full_cond, deps))
+                taps.append((tap, cond))
+        deps = frozenset().union(*(t.deps for t, _ in taps))
+        if mode == "max":
+            acc = None
+            for tap, cond in taps:
+                term = f"tl.where({cond}, {cast_code(tap, cdt)}, float('-inf'))"
+                acc = term if acc is None else f"tl.maximum({acc}, {term})"
+            return self._assign(str(acc), cdt, deps)
+        total = " + ".join(f"tl.where({cond}, {cast_code(tap, cdt)}, 0.0)" for tap, cond in taps)
+        if count_include_pad:
+            divisor = str(float(kh * kw))
+        else:
+            divisor = "(" + " + ".join(f"tl.where({cond}, 1.0, 0.0)" for _, cond in taps) + ")"
+        return self._assign(f"({total}) / {divisor}", cdt, deps)
+
+    def _concat(self, node: Node, out: Value, idx: tuple[Atom, ...],
+                guard: tuple[str, frozenset[str]] | None) -> Expr:
+        tensors = [t for t in node.args[0] if t.type.numel > 0 or t.type.rank == out.type.rank]
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        if dim < 0:
+            dim += out.type.rank
+        pos = idx[dim]
+        pos_code = pos.code()
+        cdt = compute_dtype(out.type.dtype)
+        pieces: list[tuple[str | None, Expr]] = []
+        offset = 0
+        for i, t in enumerate(tensors):
+            size = t.type.shape[dim]
+            if size == 0:
+                continue
+            cond = None if i == len(tensors) - 1 else f"({pos_code} < {offset + size})"
+            lower = f"({pos_code} >= {offset})" if offset else None
+            parts = [p for p in (lower, cond) if p]
+            sub_guard_code = " & ".join(parts)
+            if guard:
+                sub_guard_code = f"({guard[0]})" + (f" & {sub_guard_code}" if sub_guard_code else "")
+            sub_guard = (sub_guard_code, (guard[1] if guard else frozenset()) | pos.vars()) if sub_guard_code else guard
+            sub_idx = list(idx)
+            sub_idx[dim] = Affine(pos, 1, -offset) if offset else pos
+            pieces.append((cond, self.value(t, sub_idx, sub_guard)))
+            offset += size
+        result = cast_code(pieces[-1][1], cdt)
+        deps = frozenset().union(*(p[1].deps for p in pieces)) | pos.vars()
+        for cond, expr in reversed(pieces[:-1]):
+            result = f"tl.where({cond}, {cast_code(expr, cdt)}, {result})"
+        return self._assign(result, cdt, deps)
