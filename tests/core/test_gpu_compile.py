@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from tilewright.codegen.kernel import GeneratedKernel
-from tilewright.codegen.targets import CompileJob, compile_in_subprocess, job_for
+from tilewright.codegen.scatter import ScatterKernel
+from tilewright.codegen.targets import CompileJob, compile_in_subprocess, job_for, jobs_for
 from tilewright.frontend.api import tunable_kernels
 
 from ..models.model_zoo import MODELS, main_output
@@ -22,6 +23,10 @@ pytest.importorskip("triton.backends.nvidia")
 def _jobs(kernels: list) -> list[CompileJob]:
     jobs: dict[str, CompileJob] = {}
     for k in kernels:
+        if isinstance(k, ScatterKernel):
+            for job in jobs_for(k):
+                jobs.setdefault(job.source.replace(k.name, "K") + job.fn_name[-8:] + str(job.pointer_types), job)
+            continue
         if not isinstance(k, GeneratedKernel):
             continue
         configs = [k.config]
@@ -60,7 +65,9 @@ def test_model_kernels_compile_for_sm90(name: str) -> None:
     torch.manual_seed(0)
     model, inputs, _ = MODELS[name]()
     model.train()
-    _check(_jobs(tunable_kernels(_Train(model), inputs)))
+    kernels = tunable_kernels(_Train(model), inputs)
+    assert any(isinstance(k, ScatterKernel) for k in kernels), "the embedding gradient scatter is compiled too"
+    _check(_jobs(kernels))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -293,3 +293,32 @@ def test_advanced_indexing(case: str) -> None:
     out, report = compile_and_run(fns[case], x)
     assert_close(out, fns[case](x))
     assert report.coverage == 1.0, str(report)
+
+
+@pytest.mark.parametrize("accumulate", [True, False])
+def test_index_put(accumulate: bool) -> None:
+    def fn(x: torch.Tensor, i: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten.index_put(x * 1.0, [i], v * 2, accumulate) + 1
+
+    x = torch.randn(9, 5)
+    i = torch.tensor([0, 3, 3, -1, 7]) if accumulate else torch.tensor([0, 3, -2, 7])
+    v = torch.randn(len(i), 5)
+    out, report = compile_and_run(fn, x, i, v)
+    assert_close(out, fn(x, i, v))
+    assert report.coverage == 1.0, str(report)
+    assert any(k["kind"] == "scatter" for k in report.kernels)
+
+
+def test_embedding_backward_runs_in_generated_kernels() -> None:
+    emb = torch.nn.Embedding(11, 6)
+    idx = torch.tensor([[1, 4, 4], [10, 1, 0]])
+    compiled = torch.compile(lambda i: (emb(i) ** 2).sum(), backend="tilewright")
+    from tilewright.report import collect
+
+    with collect() as report:
+        compiled(idx).backward()
+    got = emb.weight.grad.clone()
+    emb.weight.grad = None
+    (emb(idx) ** 2).sum().backward()
+    torch.testing.assert_close(got, emb.weight.grad)
+    assert report.coverage == 1.0, str(report)

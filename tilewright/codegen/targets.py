@@ -49,6 +49,17 @@ def job_for(kernel: Any, config: dict[str, Any] | None = None) -> CompileJob:
                       int(config.get("num_stages", 1)))
 
 
+def jobs_for(kernel: Any, config: dict[str, Any] | None = None) -> list[CompileJob]:
+    """Every :class:`CompileJob` a generated kernel launches (a scatter launches two)."""
+    if getattr(kernel, "kind", None) == "scatter":
+        config = dict(config or kernel.config)
+        pointers = [_POINTER_TYPES[v.type.dtype] for v in kernel.inputs + kernel.outputs]
+        return [CompileJob(kernel.name + suffix, kernel.source, kernel.name + suffix, pointers,
+                           {"XBLOCK": int(config["XBLOCK"])}, int(config.get("num_warps", 4)), 1)
+                for suffix in ("_copy", "_scatter")]
+    return [job_for(kernel, config)]
+
+
 def compile_for_target(job: CompileJob, arch: int = 90, warp_size: int = 32) -> int:
     """Compile ``job`` to machine code for CUDA ``sm_<arch>``; returns the code size in bytes."""
     import importlib.util

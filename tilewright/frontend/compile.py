@@ -133,6 +133,20 @@ def _build_steps(graph: Graph, fusion: FusionResult, report: GraphReport, tune: 
             kernel_ops += n_ops
             continue
         node = group.nodes[0]
+        if group.kind == "scatter":
+            from ..codegen.scatter import ScatterKernel
+
+            try:
+                scatter = ScatterKernel(_kernel_name(group, index), node)
+            except CodegenError as exc:
+                steps.append(ExternStep(node))
+                report.add_fallback(node.op, str(exc))
+                continue
+            choose_schedule(scatter, tune)
+            steps.append(KernelStep(scatter, scatter.inputs, scatter.outputs, []))
+            report.kernels.append(scatter.describe())
+            kernel_ops += n_ops
+            continue
         steps.append(ExternStep(node))
         if group.kind == "template":
             kernel_ops += n_ops

@@ -212,6 +212,9 @@ register(OpDef("aten.max_pool2d_with_indices", "pointwise", scalar=None, cast="n
 register(OpDef("aten.avg_pool2d", "pointwise", scalar=None, cast="none", flops_per_element=9,
                extra={"window": "avg"}))
 
+# --- scatters: copy + indexed store / atomic add -----------------------------------------
+register(OpDef("aten.index_put", "scatter", flops_per_element=1))
+
 # --- reductions ----------------------------------------------------------------------------
 register(OpDef("aten.sum", "reduction", combine="sum"))
 register(OpDef("aten.mean", "reduction", combine="sum", extra={"mean": True}))
