@@ -322,3 +322,27 @@ def test_embedding_backward_runs_in_generated_kernels() -> None:
     (emb(idx) ** 2).sum().backward()
     torch.testing.assert_close(got, emb.weight.grad)
     assert report.coverage == 1.0, str(report)
+
+
+@pytest.mark.parametrize("layout", ["transposed", "sliced", "expanded", "permuted"])
+@pytest.mark.parametrize("op", ["softmax", "sum_first", "layer_norm"])
+def test_reductions_on_non_contiguous_inputs(layout: str, op: str) -> None:
+    base = torch.randn(2, 13, 22)
+    views = {"transposed": lambda t: t.transpose(1, 2), "sliced": lambda t: t[:, 1::2, 3:],
+             "expanded": lambda t: t[:, :1, :].expand(2, 9, 22), "permuted": lambda t: t.permute(2, 0, 1)}
+    ops = {"softmax": lambda t: torch.softmax(t, -1), "sum_first": lambda t: t.sum(0),
+           "layer_norm": lambda t: F.layer_norm(t, (t.shape[-1],))}
+    x = views[layout](base)
+    fn = ops[op]
+    out, report = compile_and_run(fn, x)
+    assert_close(out, fn(x), rtol=1e-5, atol=1e-5)
+    assert report.coverage == 1.0, str(report)
+
+
+def test_matmul_with_sliced_and_expanded_operands() -> None:
+    a = torch.randn(20, 31)[3:16, ::2]           # non-unit column stride
+    b = torch.randn(1, 9).expand(16, 9)           # stride-0 rows
+    fn = lambda a, b: (a @ b).tanh()  # noqa: E731
+    out, report = compile_and_run(fn, a, b)
+    assert_close(out, fn(a, b), rtol=1e-4, atol=1e-4)
+    assert report.kernels[0]["kind"] == "matmul"
