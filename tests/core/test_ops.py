@@ -346,3 +346,23 @@ def test_matmul_with_sliced_and_expanded_operands() -> None:
     out, report = compile_and_run(fn, a, b)
     assert_close(out, fn(a, b), rtol=1e-4, atol=1e-4)
     assert report.kernels[0]["kind"] == "matmul"
+
+
+@pytest.mark.parametrize("args", [(3, 2, 1, 1), (2, 2, 0, 1), (3, 1, 1, 2)])
+def test_max_pool_indices_and_backward(args: tuple[int, int, int, int]) -> None:
+    k, s, p, d = args
+    x = torch.randn(2, 3, 11, 13, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    fn = lambda t: F.max_pool2d(t, k, s, p, dilation=d, return_indices=True)  # noqa: E731
+    compiled = torch.compile(fn, backend="tilewright")
+    from tilewright.report import collect
+
+    with collect() as report:
+        out, ind = compiled(x)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    want, want_ind = fn(x_ref)
+    (want * torch.linspace(-1, 1, want.numel()).view_as(want)).sum().backward()
+    assert_close(out, want)
+    assert torch.equal(ind, want_ind)
+    assert_close(x.grad, x_ref.grad)
+    assert report.coverage == 1.0, str(report)

@@ -157,6 +157,8 @@ class Emitter(SpecialOpsMixin):
         if op.extra.get("indexing"):
             return self._indexing(node, out, idx, guard, op.extra["indexing"])
         if op.extra.get("window"):
+            if op.extra["window"] == "max_backward":
+                return self._window_backward(node, out, idx, guard)
             return self._window(node, out, idx, guard, op.extra["window"])
         if name in ("aten.full", "aten.scalar_tensor"):
             fill = node.args[1] if name == "aten.full" else node.args[0]

@@ -130,11 +130,55 @@ class SpecialOpsMixin:
         all_deps = new.deps | old.deps | idx[dim].vars()
         return self._assign(f"tl.where({cond}, {cast_code(new, cdt)}, {cast_code(old, cdt)})", cdt, all_deps)
 
+    def _window_backward(self, node: Node, out: Value, idx: tuple[Atom, ...],
+                         guard: tuple[str, frozenset[str]] | None) -> Expr:
+        """max_pool2d backward as a gather: each input position sums the output gradients of the
+        windows that contain it and chose it as their maximum."""
+        grad, x = node.args[0], node.args[1]
+        args = list(node.args) + [None] * 8
+        indices = args[7]
+        if not isinstance(indices, Value) or not isinstance(grad, Value):
+            raise CodegenError("max_pool2d backward needs its indices")
+
+        def pair(v: Any, default: Any) -> tuple[int, int]:
+            if v is None or v == []:
+                v = default
+            v = [v] if isinstance(v, int) else list(v)
+            return (v[0], v[0]) if len(v) == 1 else (v[0], v[1])
+
+        kh, kw = pair(args[2], None)
+        sh, sw = pair(args[3], [kh, kw])
+        ph, pw = pair(args[4], 0)
+        dh, dw = pair(args[5], 1)
+        oh_size, ow_size = grad.type.shape[-2], grad.type.shape[-1]
+        w = x.type.shape[-1]
+        ih, iw = idx[-2], idx[-1]
+        cdt = compute_dtype(out.type.dtype)
+        base_deps = ih.vars() | iw.vars() | (guard[1] if guard else frozenset())
+        terms: list[str] = []
+        deps = base_deps
+        for i in range(kh):
+            for j in range(kw):
+                num_h = f"(({ih.code()}) + {ph - i * dh})"
+                num_w = f"(({iw.code()}) + {pw - j * dw})"
+                cond = (f"({num_h} >= 0) & ({num_h} % {sh} == 0) & ({num_h} // {sh} < {oh_size}) & "
+                        f"({num_w} >= 0) & ({num_w} % {sw} == 0) & ({num_w} // {sw} < {ow_size})")
+                at = tuple(idx[:-2]) + (Dyn(f"({num_h} // {sh})", ih.vars()), Dyn(f"({num_w} // {sw})", iw.vars()))
+                sub_guard = ((f"({guard[0]}) & " if guard else "") + f"({cond})", base_deps)
+                g = self.value(grad, at, sub_guard)
+                chosen = self.value(indices, at, sub_guard)
+                deps = deps | g.deps | chosen.deps
+                terms.append(f"tl.where(({cond}) & ({chosen.code} == ({ih.code()}) * {w} + ({iw.code()})), "
+                             f"{cast_code(g, cdt)}, 0.0)")
+        return self._assign(" + ".join(terms), cdt, deps)
+
     def _window(self, node: Node, out: Value, idx: tuple[Atom, ...],
                 guard: tuple[str, frozenset[str]] | None, mode: str) -> Expr:
-        """2-D pooling: the window is unrolled; out-of-bounds taps are masked loads."""
-        if out.index != 0:
-            raise CodegenError("pooling indices are not generated in kernels")
+        """2-D pooling: the window is unrolled; out-of-bounds taps are masked loads.
+
+        For max pooling, output 1 is the argmax as a flat index into the input plane (the
+        first maximum in window order wins, as in eager).
+        """
         x: Value = node.args[0]
         args = list(node.args) + [None] * 7
 
@@ -162,6 +206,7 @@ class SpecialOpsMixin:
         oh, ow = idx[-2], idx[-1]
         cdt = compute_dtype(x.type.dtype)
         taps: list[tuple[Expr, str]] = []
+        flats: list[str] = []
         for i in range(kh):
             for j in range(kw):
                 ih = Affine(oh, sh, i * dh - ph)
@@ -171,7 +216,20 @@ class SpecialOpsMixin:
                 deps = oh.vars() | ow.vars() | (guard[1] if guard else frozenset())
                 tap = self.value(x, tuple(idx[:-2]) + (ih, iw), (full_cond, deps))
                 taps.append((tap, cond))
+                flats.append(f"({ih.code()}) * {w} + ({iw.code()})")
         deps = frozenset().union(*(t.deps for t, _ in taps))
+        if mode == "max" and out.index == 1:
+            first_h, first_w = Affine(oh, sh, -ph).code(), Affine(ow, sw, -pw).code()
+            best = self._assign(f"tl.where({taps[0][1]}, {cast_code(taps[0][0], cdt)}, float('-inf'))", cdt, deps)
+            where = self._assign(f"(tl.maximum({first_h}, 0) * {w} + tl.maximum({first_w}, 0)).to(tl.int64)",
+                                 torch.int64, deps)
+            for (tap, cond), flat in zip(taps, flats):
+                better = f"({cond}) & ({cast_code(tap, cdt)} > {best.code})"
+                where = self._assign(f"tl.where({better}, ({flat}).to(tl.int64), {where.code})", torch.int64, deps)
+                best = self._assign(f"tl.where({better}, {cast_code(tap, cdt)}, {best.code})", cdt, deps)
+            return where
+        if out.index != 0:
+            raise CodegenError("pooling has no second output here")
         if mode == "max":
             acc = None
             for tap, cond in taps:

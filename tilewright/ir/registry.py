@@ -209,6 +209,8 @@ for _g in ("gather", "index_select", "slice_scatter", "select_scatter", "index")
 # --- sliding windows (pooling): a small unrolled reduction per output element -------------
 register(OpDef("aten.max_pool2d_with_indices", "pointwise", scalar=None, cast="none", flops_per_element=9,
                extra={"window": "max"}))
+register(OpDef("aten.max_pool2d_with_indices_backward", "pointwise", scalar=None, cast="none",
+               flops_per_element=9, extra={"window": "max_backward"}))
 register(OpDef("aten.avg_pool2d", "pointwise", scalar=None, cast="none", flops_per_element=9,
                extra={"window": "avg"}))
 
