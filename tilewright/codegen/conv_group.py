@@ -10,7 +10,7 @@ written once.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -23,6 +23,7 @@ from .conv_templates import Epilogue
 from .emitter import CodegenError, Emitter, Expr, Scope
 from .fused import group_outputs
 from .indexing import Atom, Var, digits, reshape_index
+from .kernel import TunableMixin
 
 
 def conv_support(node: Node) -> str | None:
@@ -40,7 +41,7 @@ def conv_support(node: Node) -> str | None:
                     groups, x.type.dtype)
 
 
-class ConvGroupKernel:
+class ConvGroupKernel(TunableMixin):
     """A convolution with a generated epilogue, launchable by the runtime and tunable."""
 
     def __init__(self, name: str, anchor: Node, nodes: list[Node], materialize: set[int]) -> None:
@@ -124,16 +125,9 @@ class ConvGroupKernel:
         out = self.anchor.outputs[0].type
         return torch.empty(1, dtype=x.dtype, device=x.device).as_strided(out.shape, [0] * len(out.shape))
 
-    def make_inputs(self, device: str) -> list[torch.Tensor]:
-        """Random inputs and empty outputs (TunableKernel protocol)."""
-        from .kernel import _fresh
-
-        return [_fresh(v, device) for v in self.inputs + self.outputs]
-
-    def runner(self, config: Config) -> Callable[[Sequence[Any]], None]:
-        """A launcher bound to ``config`` (TunableKernel protocol)."""
-        self.space.validate(config)
-        return lambda tensors: self.launch(tensors, config)
+    def launch_values(self) -> list[Value]:
+        """Inputs then outputs, as :meth:`launch` takes them."""
+        return self.inputs + self.outputs
 
     def describe(self) -> dict[str, Any]:
         """Explain-report entry: shape, what was fused and the schedule."""

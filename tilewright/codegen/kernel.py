@@ -64,7 +64,34 @@ def _fresh(v: Value, device: torch.device | str) -> torch.Tensor:
     return flat.as_strided(t.shape, t.strides)
 
 
-class GeneratedKernel:
+class TunableMixin:
+    """The tuner-facing half of a launchable kernel: fresh inputs and a runner per config.
+
+    Subclasses provide ``space``, ``launch(tensors, config)`` and ``launch_values()`` (the
+    values whose tensors ``launch`` takes, inputs then outputs).
+    """
+
+    space: Any
+
+    def launch_values(self) -> list[Value]:  # pragma: no cover - abstract
+        """Values of the launch arguments, in order."""
+        raise NotImplementedError
+
+    def launch(self, tensors: Sequence[torch.Tensor], config: Config | None = None) -> None:  # pragma: no cover
+        """Run the kernel on ``tensors``."""
+        raise NotImplementedError
+
+    def make_inputs(self, device: str) -> list[torch.Tensor]:
+        """Random inputs and empty outputs with the kernel's shapes, dtypes and strides."""
+        return [_fresh(v, device) for v in self.launch_values()]
+
+    def runner(self, config: Config) -> Callable[[Sequence[Any]], None]:
+        """A launcher bound to ``config`` (compiles lazily on first call)."""
+        self.space.validate(config)
+        return lambda tensors: self.launch(tensors, config)
+
+
+class GeneratedKernel(TunableMixin):
     """One generated Triton kernel for a fused group."""
 
     def __init__(self, spec: KernelSource, nodes: list[Node]) -> None:
@@ -106,14 +133,9 @@ class GeneratedKernel:
         fn[self.spec.grid(config)](*tensors, **consts, **opts)
 
     # -- TunableKernel protocol ------------------------------------------------------------
-    def make_inputs(self, device: str) -> list[torch.Tensor]:
-        """Random inputs and empty outputs with this kernel's shapes, dtypes and strides."""
-        return [_fresh(v, device) for v in self.spec.inputs + self.spec.outputs]
-
-    def runner(self, config: Config) -> Callable[[Sequence[Any]], None]:
-        """A launcher bound to ``config`` (compiles lazily on first call)."""
-        self.space.validate(config)
-        return lambda tensors: self.launch(tensors, config)
+    def launch_values(self) -> list[Value]:
+        """Inputs then outputs, as :meth:`launch` takes them."""
+        return self.spec.inputs + self.spec.outputs
 
     def describe(self) -> dict[str, Any]:
         """Explain-report entry."""

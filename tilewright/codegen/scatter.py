@@ -9,7 +9,7 @@ embeddings and advanced indexing runs without leaving generated code.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -20,13 +20,14 @@ from .expr import CodegenError, Scope, cast_code
 from .fused import _HEADER, _function, _wide
 from .indexing import Dyn, Var, broadcast_index, digits, offset_code
 from .emitter import Emitter
+from .kernel import TunableMixin
 from .loader import load_kernel
 from .schedules import pointwise_space
 
 _ATOMIC_DTYPES = (torch.float32,)
 
 
-class ScatterKernel:
+class ScatterKernel(TunableMixin):
     """The copy + scatter kernels of one ``aten.index_put`` node (a tunable kernel)."""
 
     kind = "scatter"
@@ -132,16 +133,9 @@ class ScatterKernel:
                 kernel = load_kernel(self.source, self.name + suffix)
                 kernel[(-(-numel // block),)](*tensors, XBLOCK=block, **opts)
 
-    def make_inputs(self, device: str) -> list[torch.Tensor]:
-        """Inputs with in-range (zero) indices and an empty output (TunableKernel protocol)."""
-        from .kernel import _fresh
-
-        return [_fresh(v, device) for v in self.inputs + self.outputs]
-
-    def runner(self, config: Config) -> Callable[[Sequence[Any]], None]:
-        """A launcher bound to ``config``."""
-        self.space.validate(config)
-        return lambda tensors: self.launch(tensors, config)
+    def launch_values(self) -> list[Value]:
+        """Inputs (indices made in range by zero-filling) then the output."""
+        return self.inputs + self.outputs
 
     def describe(self) -> dict[str, Any]:
         """Explain-report entry."""

@@ -21,6 +21,14 @@ if TYPE_CHECKING:
     from .expr import Scope  # noqa: F401
 
 
+def _pair(v: Any, default: Any) -> tuple[int, int]:
+    """A 2-D pooling argument (int, one- or two-element list; empty/None means ``default``)."""
+    if v is None or v == []:
+        v = default
+    v = [v] if isinstance(v, int) else list(v)
+    return (v[0], v[0]) if len(v) == 1 else (v[0], v[1])
+
+
 class SpecialOpsMixin:
     """Emission of the special pointwise ops (mixed into the Emitter)."""
 
@@ -140,16 +148,10 @@ class SpecialOpsMixin:
         if not isinstance(indices, Value) or not isinstance(grad, Value):
             raise CodegenError("max_pool2d backward needs its indices")
 
-        def pair(v: Any, default: Any) -> tuple[int, int]:
-            if v is None or v == []:
-                v = default
-            v = [v] if isinstance(v, int) else list(v)
-            return (v[0], v[0]) if len(v) == 1 else (v[0], v[1])
-
-        kh, kw = pair(args[2], None)
-        sh, sw = pair(args[3], [kh, kw])
-        ph, pw = pair(args[4], 0)
-        dh, dw = pair(args[5], 1)
+        kh, kw = _pair(args[2], None)
+        sh, sw = _pair(args[3], [kh, kw])
+        ph, pw = _pair(args[4], 0)
+        dh, dw = _pair(args[5], 1)
         oh_size, ow_size = grad.type.shape[-2], grad.type.shape[-1]
         w = x.type.shape[-1]
         ih, iw = idx[-2], idx[-1]
@@ -182,17 +184,11 @@ class SpecialOpsMixin:
         x: Value = node.args[0]
         args = list(node.args) + [None] * 7
 
-        def pair(v: Any, default: Any) -> tuple[int, int]:
-            if v is None or v == []:
-                v = default
-            v = [v] if isinstance(v, int) else list(v)
-            return (v[0], v[0]) if len(v) == 1 else (v[0], v[1])
-
-        kh, kw = pair(args[1], None)
-        sh, sw = pair(args[2], [kh, kw])
-        ph, pw = pair(args[3], 0)
+        kh, kw = _pair(args[1], None)
+        sh, sw = _pair(args[2], [kh, kw])
+        ph, pw = _pair(args[3], 0)
         if mode == "max":
-            dh, dw = pair(args[4], 1)
+            dh, dw = _pair(args[4], 1)
             ceil_mode = bool(args[5])
         else:
             dh, dw = 1, 1
