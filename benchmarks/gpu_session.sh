@@ -28,9 +28,9 @@ step() {  # step NAME SECONDS COMMAND...
   echo "$name rc=$? seconds=$(( $(date +%s) - start ))" | tee -a "$OUT/steps.txt"
 }
 
-# 1. correctness of every generated kernel kind on the GPU (the CPU suite's kernel tests, compiled)
-step kernel_tests 100 python3 -m pytest -q -x -p no:cacheprovider tests/core/test_ops.py tests/attention/test_kernels.py tests/conv/test_conv_forward.py
-# 2. the benchmark suite: correctness in fp16/bf16/fp32 first, then eager / Inductor / vendor baselines
+# 1. the image's torch/Triton versions: op tests (interpreter, as in CI) and the sm_90 compile check
+step compat_tests 100 python3 -m pytest -q -p no:cacheprovider tests/core/test_ops.py tests/core/test_gpu_compile.py
+# 2. the benchmark suite on the GPU: correctness of every kernel in fp16/bf16/fp32 first, then eager / Inductor / vendor baselines
 step gpu_suite 200 python3 -m benchmarks.gpu_suite --out "$OUT/suite" --budget-s 190
 # 3. fused attention vs SDPA-flash and FlexAttention (quick grid)
 step attention_bench 80 python3 benchmarks/attention_bench.py --out "$OUT/attention" --quick
