@@ -366,3 +366,25 @@ def test_max_pool_indices_and_backward(args: tuple[int, int, int, int]) -> None:
     assert torch.equal(ind, want_ind)
     assert_close(x.grad, x_ref.grad)
     assert report.coverage == 1.0, str(report)
+
+
+@pytest.mark.parametrize("case", ["sum_all", "mean_last", "amax_cols", "sum_first_keepdim", "half_sum", "any"])
+def test_long_reductions_are_split_in_two_levels(case: str) -> None:
+    fns = {
+        "sum_all": (lambda x: x.sum(), torch.randn(300, 230)),
+        "mean_last": (lambda x: x.mean(-1, keepdim=True), torch.randn(3, 40000)),
+        "amax_cols": (lambda x: x.amax(0), torch.randn(40000, 3)),
+        "sum_first_keepdim": (lambda x: (x * 2).sum((0, 1), keepdim=True), torch.randn(200, 190, 2)),
+        "half_sum": (lambda x: x.sum(-1), torch.randn(2, 65536).half()),
+        "any": (lambda x: (x > 4.0).any(-1), torch.randn(2, 50000)),
+    }
+    fn, x = fns[case]
+    out, report = compile_and_run(fn, x)
+    want = fn(x)
+    if want.dtype == torch.float16:
+        torch.testing.assert_close(out.float(), fn(x.float()), rtol=2e-3, atol=0.2)
+    else:
+        assert_close(out, want, rtol=1e-4, atol=1e-3)
+    reductions = [k for k in report.kernels if k["kind"] == "reduction"]
+    assert len(reductions) == 2, str(report)  # partial rows, then the combine
+    assert report.coverage == 1.0

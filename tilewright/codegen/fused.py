@@ -18,7 +18,7 @@ import torch
 
 from ..autotune.space import Config, ScheduleSpace
 from ..ir.graph import Node, Value
-from ..ir.registry import lookup, packet_name
+from ..ir.registry import lookup, reduction_dims
 from ..ir.types import compute_dtype, triton_dtype
 from .emitter import CodegenError, Emitter, Expr, Scope, cast_code
 from .indexing import Atom, Const, Var, depends, digits, lin
@@ -45,21 +45,7 @@ class KernelSource:
 
 def _reduction_dims(node: Node) -> list[int]:
     src: Value = node.args[0]
-    rank = src.type.rank
-    name = packet_name(node.target)
-    overload = node.target._overloadname
-    dims: Any = None
-    if overload in ("dim_IntList", "dim", "dim_int", "int_out", "default") and len(node.args) > 1 and not isinstance(node.args[1], bool):
-        dims = node.args[1]
-    elif "dim" in node.kwargs:
-        dims = node.kwargs["dim"]
-    if name in ("aten.amax", "aten.amin") and dims is None:
-        dims = node.args[1] if len(node.args) > 1 else []
-    if dims is None or (isinstance(dims, (list, tuple)) and len(dims) == 0):
-        return list(range(rank))
-    if isinstance(dims, int):
-        dims = [dims]
-    return sorted({d + rank if d < 0 else d for d in dims})
+    return reduction_dims(node.target, node.args, node.kwargs, src.type.rank)
 
 
 @dataclass

@@ -27,6 +27,7 @@ from ..passes.canonicalize import canonicalize
 from ..passes.cleanup import common_subexpression_elimination, constant_folding, dead_code_elimination
 from ..passes.fusion import FusionResult, Group, fuse
 from ..passes.manager import PassManager
+from ..passes.split_reductions import split_reductions
 from ..report import GraphReport
 from .fx_import import import_fx
 
@@ -40,6 +41,7 @@ def default_passes() -> PassManager:
         ("cse", common_subexpression_elimination),  # merge identical pure nodes
         ("constant_folding", constant_folding),  # evaluate small all-constant subgraphs
         ("canonicalize", canonicalize),        # addmm -> mm + add, identity views bypassed
+        ("split_reductions", split_reductions),  # few long rows -> many short rows + a small reduce
         ("dce_final", dead_code_elimination),
     ])
 

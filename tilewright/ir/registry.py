@@ -294,3 +294,24 @@ def is_impure(target: Any) -> bool:
         if torch.Tag.nondeterministic_seeded in getattr(target, "tags", ()):
             return True
     return False
+
+
+def schema_argument(node_target: Any, args: tuple, kwargs: dict, name: str, default: Any = None) -> Any:
+    """The value of the argument called ``name`` in a call of an ATen op (positional or keyword)."""
+    if isinstance(node_target, torch._ops.OpOverload):
+        names = [a.name for a in node_target._schema.arguments]
+        if name in names:
+            i = names.index(name)
+            if i < len(args):
+                return args[i]
+    return kwargs.get(name, default)
+
+
+def reduction_dims(node_target: Any, args: tuple, kwargs: dict, rank: int) -> list[int]:
+    """Sorted, non-negative reduced dimensions of a reduction call (every dim when none given)."""
+    dims = schema_argument(node_target, args, kwargs, "dim")
+    if dims is None or (isinstance(dims, (list, tuple)) and len(dims) == 0):
+        return list(range(rank))
+    if isinstance(dims, int):
+        dims = [dims]
+    return sorted({d + rank if d < 0 else d for d in dims})
