@@ -173,7 +173,7 @@ class FusedKernelBuilder:
         raise CodegenError(f"%{value.name} ({numel} elements) does not fit rows {xnumel} x {rnumel}")
 
     # -- build -------------------------------------------------------------------------
-    def build(self, persistent_hint: bool | None = None) -> KernelSource:
+    def build(self) -> KernelSource:
         """Generate the kernel; raises :class:`CodegenError` when the group is not expressible."""
         xnumel, rnumel = self._layout()
         if not self.reductions:

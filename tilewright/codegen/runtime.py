@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 
 from ..config import config
-from ..ir.graph import Graph, Node, Value, flatten_values, map_values
+from ..ir.graph import Graph, Node, Value, map_values
 from ..ir.registry import lookup
 from ..report import GraphReport
 from .kernel import GeneratedKernel, evaluate_value, run_reference
@@ -237,8 +237,3 @@ def implementation(node: Node) -> Any:
     import importlib
 
     return getattr(importlib.import_module(module_name), attr)
-
-
-def values_in(obj: Any) -> list[Value]:
-    """Flattened Values of a nested structure."""
-    return list(flatten_values(obj))
