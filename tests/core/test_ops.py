@@ -388,3 +388,29 @@ def test_long_reductions_are_split_in_two_levels(case: str) -> None:
     reductions = [k for k in report.kernels if k["kind"] == "reduction"]
     assert len(reductions) == 2, str(report)  # partial rows, then the combine
     assert report.coverage == 1.0
+
+
+@pytest.mark.parametrize("pad", [(1, 2), (0, 3, 2, 1), (-1, 2, 1, 0)])
+def test_constant_pad(pad: tuple[int, ...]) -> None:
+    x = torch.randn(2, 5, 7)
+    fn = lambda x: F.pad(x * 2, pad, value=-1.5)  # noqa: E731
+    out, report = compile_and_run(fn, x)
+    assert_close(out, fn(x))
+    assert report.coverage == 1.0, str(report)
+
+
+def test_cross_entropy_training_step() -> None:
+    logits = torch.randn(6, 11, requires_grad=True)
+    target = torch.tensor([0, 3, 10, 2, 2, 7])
+    ref = logits.detach().clone().requires_grad_(True)
+    fn = lambda x, t: F.cross_entropy(x, t)  # noqa: E731
+    from tilewright.report import collect
+
+    with collect() as report:
+        loss = torch.compile(fn, backend="tilewright")(logits, target)
+        loss.backward()
+    want = fn(ref, target)
+    want.backward()
+    assert_close(loss, want)
+    assert_close(logits.grad, ref.grad)
+    assert report.coverage == 1.0, str(report)

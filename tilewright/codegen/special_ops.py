@@ -72,6 +72,39 @@ class SpecialOpsMixin:
         def norm(d: int) -> int:
             return d + max(rank, 1) if d < 0 else d
 
+        if kind == "constant_pad_nd":
+            pad = list(node.args[1])
+            fill = node.args[2] if len(node.args) > 2 else node.kwargs.get("value", 0)
+            src_idx = list(idx)
+            conds: list[str] = []
+            for k in range(len(pad) // 2):
+                d = rank - 1 - k
+                before = pad[2 * k]
+                pos = Affine(idx[d], 1, -before) if before else idx[d]
+                src_idx[d] = pos
+                conds.append(f"({pos.code()} >= 0) & ({pos.code()} < {src.type.shape[d]})")
+            cond = " & ".join(conds) or "True"
+            deps = frozenset().union(*(a.vars() for a in idx)) | (guard[1] if guard else frozenset())
+            inner = self.value(src, tuple(src_idx), ((f"({guard[0]}) & " if guard else "") + f"({cond})", deps))
+            return self._assign(f"tl.where({cond}, {cast_code(inner, cdt)}, {literal(fill)})", cdt, inner.deps | deps)
+        if kind == "scatter":  # scatter(self, dim, index, value) with one index per row along dim
+            dim = norm(node.args[1])
+            index = node.args[2]
+            fill = node.args[3] if len(node.args) > 3 else node.kwargs.get("value")
+            reduce = node.kwargs.get("reduce")
+            if not isinstance(index, Value) or isinstance(fill, Value) or fill is None or reduce is not None:
+                raise CodegenError("only scatter with a scalar value and no reduce is generated")
+            ishape = list(index.type.shape)
+            if ishape[dim] != 1 or [s for i, s in enumerate(ishape) if i != dim] != \
+                    [s for i, s in enumerate(src.type.shape) if i != dim]:
+                raise CodegenError("scatter needs one index per row along its dim")
+            at = list(idx)
+            at[dim] = Const(0)
+            target = self.value(index, tuple(at), guard)
+            old = self.value(src, idx, guard)
+            hit = f"({target.code} == {idx[dim].code()})"
+            return self._assign(f"tl.where({hit}, {literal(fill)}, {cast_code(old, cdt)})", cdt,
+                                target.deps | old.deps | idx[dim].vars())
         if kind == "index":  # advanced indexing x[..., i0, i1, ...] with consecutive index tensors
             indices = list(node.args[1])
             used = [i for i, t in enumerate(indices) if t is not None]

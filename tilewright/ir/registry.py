@@ -203,7 +203,7 @@ register(OpDef("aten.embedding", "pointwise", scalar=None, cast="none", flops_pe
                extra={"gather": True}))
 register(OpDef("aten.cat", "pointwise", scalar=None, cast="none", flops_per_element=0,
                extra={"concat": True}))
-for _g in ("gather", "index_select", "slice_scatter", "select_scatter", "index"):
+for _g in ("gather", "index_select", "slice_scatter", "select_scatter", "index", "constant_pad_nd", "scatter"):
     register(OpDef(f"aten.{_g}", "pointwise", scalar=None, cast="none", flops_per_element=0, extra={"indexing": _g}))
 
 # --- sliding windows (pooling): a small unrolled reduction per output element -------------
