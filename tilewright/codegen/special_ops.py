@@ -1,8 +1,9 @@
 """Triton code for the pointwise ops that are more than a scalar expression.
 
 Generators (``arange``/``iota``), gathers (``embedding``, ``gather``, ``index_select``,
-advanced ``index``), guarded selects (``cat``, ``slice_scatter``, ``select_scatter``) and
-sliding windows (2-D max/avg pooling). They are methods of the
+advanced ``index``), guarded selects (``cat``, ``slice_scatter``, ``select_scatter``,
+``constant_pad_nd``, one-index-per-row ``scatter``) and sliding windows (2-D max/avg pooling,
+max-pool backward). They are methods of the
 :class:`~tilewright.codegen.emitter.Emitter` (through this mixin) because they emit their
 operands at transformed indices with the emitter's own ``value``.
 """
