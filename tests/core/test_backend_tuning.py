@@ -40,3 +40,31 @@ def test_mode_argument_also_enables_tuning(tmp_path: Path, monkeypatch: pytest.M
         out = torch.compile(fn, backend="tilewright", mode="max-autotune")(x)
     torch.testing.assert_close(out, fn(x))
     assert [k["schedule_source"] for k in report.kernels] == ["tuned"]
+
+
+def test_attention_template_is_tuned_and_served_from_the_database(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch.nn.functional as F
+
+    from tilewright.codegen import attention
+
+    monkeypatch.setattr(tilewright.config, "tuning_db_url", f"sqlite:///{tmp_path / 'tuning.db'}")
+    monkeypatch.setattr(tilewright.config, "autotune_trials", 2)
+    monkeypatch.setattr(attention, "CONFIG_OVERRIDES", {})
+    fn = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
+    q, k, v = (torch.randn(1, 2, 40, 16) for _ in range(3))
+
+    torch._dynamo.reset()
+    with collect() as first:
+        out = torch.compile(fn, backend="tilewright", mode="max-autotune")(q, k, v)
+    torch.testing.assert_close(out, fn(q, k, v), rtol=1e-4, atol=1e-4)
+    (template,) = [k for k in first.kernels if k["kind"] == "template"]
+    assert template["schedule_source"] == "tuned" and template["schedule"]
+    assert attention.CONFIG_OVERRIDES, "the tuned config is installed for the launcher"
+
+    torch._dynamo.reset()
+    with collect() as second:
+        out = torch.compile(fn, backend="tilewright")(q, k, v)
+    torch.testing.assert_close(out, fn(q, k, v), rtol=1e-4, atol=1e-4)
+    (template,) = [k for k in second.kernels if k["kind"] == "template"]
+    assert template["schedule_source"] == "database"

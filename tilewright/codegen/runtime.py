@@ -39,6 +39,8 @@ class ExternStep:
     """Run one node by its torch op (extern ATen call or a hand-written template op)."""
 
     node: Node
+    #: the template's tunable kernel (fused attention), when it has one
+    kernel: Any = None
 
 
 @dataclass

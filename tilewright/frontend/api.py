@@ -73,7 +73,7 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable
 
 def tunable_kernels(model: Callable[..., Any], example_inputs: Sequence[Any]) -> list[Any]:
     """Every generated kernel of ``model`` on ``example_inputs``, as tuner-ready objects."""
-    from ..codegen.runtime import CompiledGraph, KernelStep
+    from ..codegen.runtime import CompiledGraph, ExternStep, KernelStep
 
     kernels: list[Any] = []
     seen: set[str] = set()
@@ -95,7 +95,8 @@ def tunable_kernels(model: Callable[..., Any], example_inputs: Sequence[Any]) ->
         compile_mod.compile_graph_for_inputs = original
     for cg in compiled_graphs:
         for step in cg.plan.steps:
-            if isinstance(step, KernelStep) and step.kernel.problem.key() not in seen:
-                seen.add(step.kernel.problem.key())
-                kernels.append(step.kernel)
+            kernel = step.kernel if isinstance(step, (KernelStep, ExternStep)) else None
+            if kernel is not None and kernel.problem.key() not in seen:
+                seen.add(kernel.problem.key())
+                kernels.append(kernel)
     return kernels

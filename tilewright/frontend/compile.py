@@ -91,6 +91,31 @@ def choose_schedule(kernel: Any, tune: bool | None = None) -> None:
         kernel.config, kernel.config_source = dict(config), source
 
 
+def _template_schedule(step: ExternStep, tune: bool | None) -> tuple[dict[str, Any], str]:
+    """Attach the template's tunable kernel to ``step`` and install a stored or tuned config.
+
+    Templates keep their own heuristic defaults on a database miss (the cost model is not
+    trusted over them); a database hit or compile-time tuning overrides the default.
+    """
+    from ..codegen.templates import install_config, template_kernel
+
+    kernel = template_kernel(step.node)
+    step.kernel = kernel
+    if kernel is None:
+        return {}, "template"
+    try:
+        from ..autotune.tuner import choose_config
+
+        config, source = choose_config(kernel, tune=tune, cost_model=None)
+    except Exception as exc:  # the tuner must never break a compile
+        log.warning("schedule selection failed for %s (%s); using its defaults", step.node.op, exc)
+        return kernel.space.default_config(), "default"
+    if source in ("database", "tuned"):
+        install_config(step.node, kernel, config)
+        return dict(config), source
+    return kernel.space.default_config(), "default"
+
+
 def compile_graph_for_inputs(gm: fx.GraphModule, inputs: Sequence[Any], report: GraphReport,
                              tune: bool | None = None) -> CompiledGraph:
     """Compile ``gm`` specialised to ``inputs`` into a :class:`CompiledGraph`."""
@@ -149,11 +174,13 @@ def _build_steps(graph: Graph, fusion: FusionResult, report: GraphReport, tune: 
             report.kernels.append(scatter.describe())
             kernel_ops += n_ops
             continue
-        steps.append(ExternStep(node))
+        step = ExternStep(node)
+        steps.append(step)
         if group.kind == "template":
             kernel_ops += n_ops
+            schedule, source = _template_schedule(step, tune)
             report.kernels.append({"name": node.op, "kind": "template", "ops": [node.op],
-                                   "schedule": node.meta.get("schedule", {}), "schedule_source": "template"})
+                                   "schedule": schedule, "schedule_source": source})
         else:
             reason = group.reason or ("no Triton lowering for this op; runs as an ATen call"
                                       if lookup(node.target).kind == "extern" else "not lowered")
