@@ -81,3 +81,21 @@ def test_half_precision_kernels_compile_for_sm90(dtype: torch.dtype) -> None:
     kernels = tunable_kernels(fn, (x, w, b, g))
     assert {k.spec.kind for k in kernels} >= {"matmul", "reduction"}
     _check(_jobs(kernels))
+
+
+def test_dropout_and_scatter_kernels_compile_for_sm90() -> None:
+    idx = torch.randint(0, 50, (3, 7))
+
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(50, 24)
+
+        def forward(self, i: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            return (F.dropout(self.emb(i), 0.1, training=True) + x).sum()
+
+    x = torch.randn(3, 7, 24)
+    kernels = tunable_kernels(Block().train(), (idx, x))
+    sources = "".join(getattr(k, "source", "") or k.spec.source for k in kernels if hasattr(k, "spec"))
+    assert "tl.rand(" in sources and any(isinstance(k, ScatterKernel) for k in kernels)
+    _check(_jobs(kernels))

@@ -414,3 +414,35 @@ def test_cross_entropy_training_step() -> None:
     assert_close(loss, want)
     assert_close(logits.grad, ref.grad)
     assert report.coverage == 1.0, str(report)
+
+
+def test_dropout_is_fused_and_consistent_between_forward_and_backward() -> None:
+    p = 0.3
+    x = torch.randn(64, 97, requires_grad=True)
+    res = torch.randn(64, 97)
+    fn = lambda x, r: F.dropout(x * 2, p, training=True) + r  # noqa: E731
+    from tilewright.report import collect
+
+    compiled = torch.compile(fn, backend="tilewright")
+    with collect() as report:
+        out = compiled(x, res)
+        out.sum().backward()
+    kept = (out - res) != 0
+    rate = kept.float().mean().item()
+    assert abs(rate - (1 - p)) < 0.03, rate  # about 1 - p of the elements survive
+    torch.testing.assert_close((out - res)[kept], (x * 2 / (1 - p))[kept].detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad, kept.float() * 2 / (1 - p))  # the backward uses the same mask
+    assert not any(f["op"] == "aten.native_dropout.default" for f in report.fallbacks), report.fallbacks
+    assert any("tilewright.dropout_mask.default" in k["ops"] for k in report.kernels), str(report)
+    again = compiled(x, res)
+    assert not torch.equal(again, out), "every call draws a new mask"
+
+
+def test_fully_broadcast_view_of_a_buffer() -> None:
+    def fn(s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x > 0, s.expand(3, 5), x * 2)  # s: every stride of the view is 0
+
+    s, x = torch.randn(1, 1), torch.randn(3, 5)
+    out, report = compile_and_run(fn, s, x)
+    assert_close(out, fn(s, x))
+    assert not report.fallbacks, report.fallbacks

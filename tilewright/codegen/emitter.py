@@ -105,7 +105,8 @@ class Emitter(SpecialOpsMixin):
     def load(self, v: Value, idx: tuple[Atom, ...], guard: tuple[str, frozenset[str]] | None) -> Expr:
         """Load ``v`` from its buffer at ``idx``."""
         ptr = self.arg_name(v)
-        deps = depends(idx)
+        # only atoms with a nonzero stride reach the address (a broadcast view has stride 0)
+        deps = depends(tuple(a for a, st in zip(idx, v.type.strides) if st != 0))
         off = offset_code(idx, v.type.strides)
         mask_deps = deps | (guard[1] if guard else frozenset())
         mask = self.mask_for(mask_deps)
@@ -154,6 +155,8 @@ class Emitter(SpecialOpsMixin):
             return self._gather(node, out, idx, guard)
         if op.extra.get("concat"):
             return self._concat(node, out, idx, guard)
+        if op.extra.get("random_mask"):
+            return self._random_mask(node, out, idx, guard)
         if op.extra.get("indexing"):
             return self._indexing(node, out, idx, guard, op.extra["indexing"])
         if op.extra.get("window"):

@@ -16,7 +16,7 @@ import torch
 from ..ir.graph import Node, Value
 from ..ir.types import compute_dtype, triton_dtype
 from .expr import CodegenError, Expr, cast_code, literal
-from .indexing import Affine, Atom, Const, Dyn, broadcast_index
+from .indexing import Affine, Atom, Const, Dyn, broadcast_index, lin
 
 if TYPE_CHECKING:
     from .expr import Scope  # noqa: F401
@@ -62,6 +62,18 @@ class SpecialOpsMixin:
         index_expr = self.value(indices, idx[:-1], guard)
         row = Dyn(index_expr.code, index_expr.deps)
         return self.value(weight, (row, idx[-1]), guard)
+
+    def _random_mask(self, node: Node, out: Value, idx: tuple[Atom, ...],
+                     guard: tuple[str, frozenset[str]] | None) -> Expr:
+        """Dropout keep-mask: ``tl.rand(seed, linear index) >= p`` (Philox, as on the GPU)."""
+        seed_value, p = node.args[1], float(node.args[2])
+        if not isinstance(seed_value, Value):
+            raise CodegenError("dropout mask needs a seed tensor")
+        seed = self.value(seed_value, tuple(Const(0) for _ in seed_value.type.shape), guard)
+        offset = lin(idx, out.type.shape)
+        deps = offset.vars()
+        offsets = offset.code() if deps else f"({offset.code()})"
+        return self._assign(f"tl.rand({seed.code}, ({offsets}).to(tl.int32)) >= {p!r}", torch.bool, deps | seed.deps)
 
     def _indexing(self, node: Node, out: Value, idx: tuple[Atom, ...],
                   guard: tuple[str, frozenset[str]] | None, kind: str) -> Expr:

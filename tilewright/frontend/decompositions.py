@@ -74,6 +74,19 @@ def _full_like(x: torch.Tensor, fill_value: Any, *, dtype: Any = None, layout: A
     return aten.full.default(list(x.shape), fill_value, dtype=dtype or x.dtype, device=device or x.device)
 
 
+def _native_dropout(x: torch.Tensor, p: float, train: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dropout as seed + index-based keep-mask, so the mask is computed inside fused kernels."""
+    from ..ops import random as tw_random
+
+    if not train or p == 0.0:
+        return x.clone(), torch.ones_like(x, dtype=torch.bool)
+    if p >= 1.0:
+        return torch.zeros_like(x), torch.zeros_like(x, dtype=torch.bool)
+    seed = torch.ops.tilewright.seed(tw_random.next_site(), x.device)
+    keep = torch.ops.tilewright.dropout_mask(x, seed, float(p))
+    return x * keep * (1.0 / (1.0 - p)), keep
+
+
 @functools.lru_cache(maxsize=1)
 def decomposition_table() -> dict[Any, Callable[..., Any]]:
     """The table of decompositions tilewright's AOTAutograd capture uses."""
@@ -84,4 +97,5 @@ def decomposition_table() -> dict[Any, Callable[..., Any]]:
     table[aten.var_mean.correction] = _var_mean
     table[aten.var.correction] = _var
     table[aten.full_like.default] = _full_like
+    table[aten.native_dropout.default] = _native_dropout
     return table

@@ -206,6 +206,11 @@ register(OpDef("aten.cat", "pointwise", scalar=None, cast="none", flops_per_elem
 for _g in ("gather", "index_select", "slice_scatter", "select_scatter", "index", "constant_pad_nd", "scatter"):
     register(OpDef(f"aten.{_g}", "pointwise", scalar=None, cast="none", flops_per_element=0, extra={"indexing": _g}))
 
+# --- randomness: dropout keep-masks from (seed, element index) ------------------------------
+register(OpDef("tilewright.dropout_mask", "pointwise", scalar=None, cast="none", flops_per_element=8,
+               extra={"random_mask": True}))
+register(OpDef("tilewright.seed", "extern"))
+
 # --- sliding windows (pooling): a small unrolled reduction per output element -------------
 register(OpDef("aten.max_pool2d_with_indices", "pointwise", scalar=None, cast="none", flops_per_element=9,
                extra={"window": "max"}))
@@ -244,7 +249,7 @@ register(OpDef("aten.addmm", "matmul"))
 register(OpDef("aten.baddbmm", "matmul"))
 
 #: ops that may be removed when unused (pure); anything random or mutating is kept
-IMPURE_OPS = {"aten.copy_", "aten.rand", "aten.randn", "aten.rand_like", "aten.randn_like", "aten.bernoulli",
+IMPURE_OPS = {"tilewright.seed", "aten.copy_", "aten.rand", "aten.randn", "aten.rand_like", "aten.randn_like", "aten.bernoulli",
               "aten.native_dropout", "aten.randint", "aten.normal", "aten.uniform", "aten.randperm",
               "aten.index_put_", "aten.set_", "aten.resize_", "aten._assert_async", "aten._assert_scalar",
               "aten.empty", "aten.empty_strided", "aten.empty_like"}
