@@ -1,6 +1,7 @@
 """Every lowered op against its eager reference: odd sizes, non-contiguous inputs, broadcasting."""
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable
 
 import pytest
@@ -446,3 +447,19 @@ def test_fully_broadcast_view_of_a_buffer() -> None:
     out, report = compile_and_run(fn, s, x)
     assert_close(out, fn(s, x))
     assert not report.fallbacks, report.fallbacks
+
+
+def test_in_place_buffer_updates_run_in_kernels() -> None:
+    bn = torch.nn.BatchNorm1d(6).train()
+    x = torch.randn(9, 6)
+    bn_ref = copy.deepcopy(bn)
+    from tilewright.report import collect
+
+    with collect() as report:
+        out = torch.compile(bn, backend="tilewright")(x)
+    want = bn_ref(x)
+    assert_close(out, want, rtol=1e-5, atol=1e-5)
+    assert_close(bn.running_mean, bn_ref.running_mean)
+    assert_close(bn.running_var, bn_ref.running_var)
+    assert torch.equal(bn.num_batches_tracked, bn_ref.num_batches_tracked)
+    assert any("aten.copy_.default" in k["ops"] for k in report.kernels), str(report)

@@ -177,9 +177,9 @@ class Emitter(SpecialOpsMixin):
         assert op.scalar is not None
         code = op.scalar(codes, kwargs)
         result_dtype = torch.bool if out_dtype == torch.bool else cdt
-        if name in ("aten._to_copy", "prims.convert_element_type", "aten.clone", "aten.copy",
+        if name in ("aten._to_copy", "prims.convert_element_type", "aten.clone", "aten.copy", "aten.copy_",
                     "aten.lift_fresh_copy"):
-            src = operands[1] if name == "aten.copy" else operands[0]
+            src = operands[1] if name in ("aten.copy", "aten.copy_") else operands[0]
             code = self._convert(src, out_dtype)
         elif op.cast == "promote" or name in ("aten.logical_not", "aten.logical_and", "aten.logical_or",
                                               "aten.isnan"):

@@ -32,6 +32,8 @@ class KernelStep:
     inputs: list[Value]
     outputs: list[Value]
     slots: list[int]
+    #: outputs written in place into a graph input (output value id -> the input)
+    inplace: dict[int, Value] = field(default_factory=dict)
 
 
 @dataclass
@@ -94,6 +96,9 @@ def make_plan(graph: Graph, steps: list[Any]) -> Plan:
         if isinstance(step, KernelStep):
             step.slots = []
             for v in step.outputs:
+                if v.id in step.inplace:
+                    step.slots.append(-2)  # the input's own memory
+                    continue
                 if v.id in out_roots:
                     step.slots.append(-1)
                     continue
@@ -172,7 +177,8 @@ class CompiledGraph:
     def _run_kernel(self, step: KernelStep, env: dict[int, torch.Tensor], slots: dict[int, torch.Tensor]) -> None:
         kernel = step.kernel
         args = [evaluate_value(v, env) for v in step.inputs]
-        outs = [self._alloc(v, s, slots) for v, s in zip(step.outputs, step.slots)]
+        outs = [evaluate_value(step.inplace[v.id], env) if s == -2 else self._alloc(v, s, slots)
+                for v, s in zip(step.outputs, step.slots)]
         if kernel.broken is None:
             try:
                 kernel.launch(args + outs)

@@ -154,8 +154,9 @@ def _build_steps(graph: Graph, fusion: FusionResult, report: GraphReport, tune: 
                 continue
             kernel = spec if group.kind == "conv" else GeneratedKernel(spec, group.nodes)
             choose_schedule(kernel, tune)
+            inplace = {n.outputs[0].id: n.args[0] for n in group.nodes if lookup(n.target).extra.get("inplace")}
             steps.append(KernelStep(kernel, kernel.spec_inputs if group.kind == "conv" else spec.inputs,
-                                    spec.outputs, []))
+                                    spec.outputs, [], inplace))
             report.kernels.append(kernel.describe())
             kernel_ops += n_ops
             continue

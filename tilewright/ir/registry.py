@@ -186,6 +186,9 @@ _pw("aten._to_copy", lambda a, k: a[0], flops=0)
 _pw("aten.clone", lambda a, k: a[0], flops=0)
 _pw("aten.lift_fresh_copy", lambda a, k: a[0], flops=0)
 _pw("aten.copy", lambda a, k: a[1], flops=0)
+# in-place copy into a graph input (functionalised buffer mutations, e.g. batch-norm running stats):
+# the kernel writes straight into the input's memory
+register(OpDef("aten.copy_", "pointwise", scalar=lambda a, k: a[1], flops_per_element=0, extra={"inplace": True}))
 _pw("prims.convert_element_type", lambda a, k: a[0], flops=0)
 
 # --- generators (no tensor inputs; value from the index) ------------------------------------

@@ -51,4 +51,9 @@ def classify(node: Node) -> str:
         return "extern"
     if kind == "pointwise" and any(isinstance(v, Value) for v in node.kwargs.values()):
         return "extern"
+    if lookup(node.target).extra.get("inplace"):
+        dst = node.args[0]
+        # only a write into a graph input's own memory (not a view, not a constant)
+        if not isinstance(dst, Value) or dst.producer is not None or dst.constant is not None:
+            return "extern"
     return kind

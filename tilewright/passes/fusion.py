@@ -102,6 +102,9 @@ def materialized(nodes: list[Node], members: set[int], out_ids: set[int]) -> set
     """Outputs of ``nodes`` that are read outside the group or returned by the graph."""
     result: set[int] = set()
     for n in nodes:
+        if lookup(n.target).extra.get("inplace"):  # the write into the input is the point
+            result.update(o.id for o in n.outputs)
+            continue
         for o in n.outputs:
             users, escapes = _non_view_users(o, out_ids)
             if escapes or any(u.id not in members for u in users):
@@ -147,6 +150,8 @@ def fuse(graph: Graph, can_build: BuildCheck) -> FusionResult:
     def compatible(p: Group, c: Group) -> str | None:
         if p.kind not in FUSABLE or c.kind not in FUSABLE:
             return None
+        if any(lookup(n.target).extra.get("inplace") for n in p.nodes + c.nodes):
+            return None  # in-place writes keep their own kernel, after every reader
         if c.kind in ANCHORED:
             return None  # no prologue fusion
         if p.kind in ANCHORED:
