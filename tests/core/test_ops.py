@@ -463,3 +463,21 @@ def test_in_place_buffer_updates_run_in_kernels() -> None:
     assert_close(bn.running_var, bn_ref.running_var)
     assert torch.equal(bn.num_batches_tracked, bn_ref.num_batches_tracked)
     assert any("aten.copy_.default" in k["ops"] for k in report.kernels), str(report)
+
+
+def test_in_place_write_waits_for_every_reader_of_the_old_value() -> None:
+    class Counter(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("state", torch.arange(6.0))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            old = self.state * 1.0
+            self.state.copy_(x.sum(0))          # new contents do not depend on the old ones
+            return (x @ x.t()).sum() + old      # a late reader of the old contents
+
+    m, m_ref = Counter(), Counter()
+    x = torch.randn(4, 6)
+    out = torch.compile(m, backend="tilewright")(x)
+    assert_close(out, m_ref(x), rtol=1e-5, atol=1e-5)
+    assert_close(m.state, m_ref.state)

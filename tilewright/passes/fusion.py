@@ -145,6 +145,12 @@ def fuse(graph: Graph, can_build: BuildCheck) -> FusionResult:
                     p = producer_node(v)
                     if p is not None and p.id in node_group and node_group[p.id] is not g:
                         dag.add_edge(node_group[p.id].id, g.id)
+                if lookup(n.target).extra.get("inplace") and isinstance(n.args[0], Value):
+                    # every other reader of the old contents runs before the in-place write
+                    readers, _ = _non_view_users(n.args[0], out_ids)
+                    for r in readers:
+                        if r is not n and r.id in node_group and node_group[r.id] is not g:
+                            dag.add_edge(node_group[r.id].id, g.id)
         return dag
 
     def compatible(p: Group, c: Group) -> str | None:
