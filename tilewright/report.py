@@ -101,10 +101,11 @@ class Report:
                 lines.append(f"    note: {note}")
         if self.kernels:
             lines.append("")
-            lines.append(f"  {'kernel':<34} {'kind':<10} {'ops':>4}  schedule")
+            lines.append(f"  {'kernel':<34} {'kind':<10} {'ops':>4}  {'from':<9} schedule")
             for k in self.kernels:
                 sched = " ".join(f"{a}={b}" for a, b in k.get("schedule", {}).items())
-                lines.append(f"  {k['name'][:34]:<34} {k['kind']:<10} {len(k.get('ops', [])):>4}  {sched}")
+                source = str(k.get("schedule_source", ""))[:9]
+                lines.append(f"  {k['name'][:34]:<34} {k['kind']:<10} {len(k.get('ops', [])):>4}  {source:<9} {sched}")
         blocks = [b for g in self.graphs for b in g.attention_blocks]
         if blocks:
             lines.append("")
