@@ -481,3 +481,13 @@ def test_in_place_write_waits_for_every_reader_of_the_old_value() -> None:
     out = torch.compile(m, backend="tilewright")(x)
     assert_close(out, m_ref(x), rtol=1e-5, atol=1e-5)
     assert_close(m.state, m_ref.state)
+
+
+def test_prims_convert_element_type() -> None:
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.prims.convert_element_type(x * 3, torch.float64) + 1
+
+    x = torch.randn(5, 7)
+    out, report = compile_and_run(fn, x)
+    assert_close(out, fn(x))
+    assert report.coverage == 1.0, str(report)

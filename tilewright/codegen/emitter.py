@@ -133,6 +133,8 @@ class Emitter(SpecialOpsMixin):
             return self.value(arg, broadcast_index(idx, out_shape, arg.type.shape), guard)
         if arg is None:
             return Expr("None", torch.float32)
+        if not isinstance(arg, (bool, int, float)):  # dtypes, devices, size lists: not operands
+            return Expr(repr(arg), torch.float32)
         return Expr(literal(arg), _scalar_dtype(arg))
 
     def _assign(self, code: str, dtype: torch.dtype, deps: frozenset[str]) -> Expr:
