@@ -79,3 +79,19 @@ def test_coverage(name: str) -> None:
     assert all(k["kind"] in ("pointwise", "reduction", "matmul", "conv", "template") for k in data["kernels"])
     if name != "resnet":
         assert data["attention_fused"] == MODELS[name]()[2], "every attention layer is fused"
+
+
+def test_dynamic_sequence_lengths_gpt2() -> None:
+    from tilewright.report import collect
+
+    torch.manual_seed(0)
+    model, _, layers = MODELS["gpt2"]()
+    model.eval()
+    compiled = torch.compile(model, backend="tilewright")  # Dynamo makes the length dynamic on the 2nd call
+    with torch.no_grad(), collect() as report:
+        for n in (5, 9, 17):
+            ids = torch.randint(0, 101, (2, n))
+            torch.testing.assert_close(main_output(compiled(ids)), main_output(model(ids)), rtol=1e-4, atol=1e-5)
+    assert report.coverage == 1.0 and not report.fallbacks, str(report)
+    assert any(g.specialized for g in report.graphs), "the dynamic graph is specialised per length"
+    assert all(g.attention_fused == layers for g in report.graphs), [g.attention_fused for g in report.graphs]
