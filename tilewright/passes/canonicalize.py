@@ -12,6 +12,7 @@ import torch
 from ..ir.graph import Graph, Node, Value
 from ..ir.registry import packet_name
 from ..ir.types import TensorType
+from .rewrite import new_node, replace_nodes, take_over_output
 
 aten = torch.ops.aten
 
@@ -25,11 +26,7 @@ def _contiguous(shape: tuple[int, ...], like: TensorType) -> TensorType:
 
 
 def _new_node(graph: Graph, op_target: object, args: tuple, kwargs: dict, out: TensorType, name: str) -> Node:
-    from ..ir.registry import overload_name
-
-    node = Node(overload_name(op_target), op_target, args, kwargs)
-    node.outputs.append(Value(graph.fresh_name(name), out, node, 0))
-    return node
+    return new_node(graph, op_target, args, kwargs, name, out)
 
 
 def _split_addmm(graph: Graph, node: Node) -> list[Node] | None:
@@ -59,24 +56,13 @@ def _split_addmm(graph: Graph, node: Node) -> list[Node] | None:
             bias_term = sb.out
         add = _new_node(graph, aten.add.Tensor, (product, bias_term), {}, out.type, out.name)
     new_nodes.append(add)
-    # the add takes over the original output value so uses stay valid
-    add.outputs[0] = out
-    out.producer = add
+    take_over_output(new_nodes, out)
     return new_nodes
 
 
 def canonicalize(graph: Graph) -> int:
     """Apply the canonical rewrites above; returns the number of rewritten nodes."""
-    changed = 0
-    nodes: list[Node] = []
-    for node in graph.nodes:
-        replacement = _split_addmm(graph, node)
-        if replacement is None:
-            nodes.append(node)
-        else:
-            nodes.extend(replacement)
-            changed += 1
-    graph.nodes = nodes
+    changed = replace_nodes(graph, _split_addmm)
     # bypass identity views (same shape and strides as their input)
     for node in list(graph.nodes):
         if packet_name(node.target) in ("aten.alias", "aten.detach", "aten.view", "aten._unsafe_view",

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from ..ir.graph import Graph, Node, Value
-from ..ir.registry import lookup, overload_name, packet_name, reduction_dims, schema_argument
-from ..ir.types import TensorType
+from .rewrite import new_node, replace_nodes, take_over_output
+from ..ir.registry import lookup, packet_name, reduction_dims, schema_argument
 
 aten = torch.ops.aten
 
@@ -33,25 +33,8 @@ MIN_RNUMEL = 1 << 15
 TARGET_CHUNK = 2048
 
 
-def _meta(v: Value) -> torch.Tensor:
-    return torch.empty_strided(v.type.shape, v.type.strides, dtype=v.type.dtype, device="meta")
-
-
 def _node(target: Any, args: tuple, kwargs: dict, name: str, graph: Graph) -> Node:
-    """A new node whose output type comes from torch's meta function for ``target``."""
-    def to_meta(a: Any) -> Any:
-        if isinstance(a, Value):
-            return _meta(a)
-        if isinstance(a, (list, tuple)):
-            return type(a)(to_meta(x) for x in a)
-        return a
-
-    out = target(*to_meta(args), **{k: to_meta(v) for k, v in kwargs.items()})
-    node = Node(overload_name(target), target, args, kwargs)
-    t = TensorType(tuple(out.shape), out.dtype, tuple(out.stride()), next(
-        (a.type.device for a in args if isinstance(a, Value)), torch.device("cpu")))
-    node.outputs.append(Value(graph.fresh_name(name), t, node, 0))
-    return node
+    return new_node(graph, target, args, kwargs, name)
 
 
 def _split_factor(extent: int) -> int | None:
@@ -69,19 +52,7 @@ def _keepdim(node: Node) -> bool:
 
 def split_reductions(graph: Graph) -> int:
     """Rewrite long, few-row reductions into two levels; returns the number rewritten."""
-    rewritten = 0
-    nodes: list[Node] = []
-    for node in graph.nodes:
-        replacement = _split(graph, node)
-        if replacement is None:
-            nodes.append(node)
-        else:
-            nodes.extend(replacement)
-            rewritten += 1
-    graph.nodes = nodes
-    if rewritten:
-        graph.rebuild_users()
-    return rewritten
+    return replace_nodes(graph, _split)
 
 
 def _split(graph: Graph, node: Node) -> list[Node] | None:
@@ -133,11 +104,5 @@ def _split(graph: Graph, node: Node) -> list[Node] | None:
         result = cast.outputs[0]
     if result.type.shape != out.type.shape or result.type.dtype != out.type.dtype:
         return None
-    # the last new node takes over the original output value, so every use stays valid
-    last = new[-1]
-    last.outputs[0] = out
-    out.producer = last
-    for n in new:
-        for v in n.inputs:
-            v.users.append(n)
+    take_over_output(new, out)
     return new
