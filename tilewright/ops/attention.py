@@ -41,15 +41,11 @@ def _dropout_keep(seed: Tensor, shape: tuple[int, ...], p: float, device: torch.
     return (torch.rand(shape, generator=gen) >= p).to(device)
 
 
-def attention_reference(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor] = None,
-                        mask: Optional[Tensor] = None, scale: Optional[float] = None,
-                        causal: bool = False, causal_offset: int = 0, dropout_p: float = 0.0,
-                        seed: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-    """Math reference of the op (float32 compute): returns (out in q's dtype, lse float32)."""
-    B, H, M, D = q.shape
-    N = k.shape[2]
-    group = H // k.shape[1]
-    scale = D ** -0.5 if scale is None else scale
+def _masked_scores(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], mask: Optional[Tensor],
+                   scale: float, causal: bool, causal_offset: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """float32 K and V expanded to the query heads, the masked scaled scores and their log-sum-exp."""
+    M, N = q.shape[2], k.shape[2]
+    group = q.shape[1] // k.shape[1]
     kf = k.float().repeat_interleave(group, dim=1) if group > 1 else k.float()
     vf = v.float().repeat_interleave(group, dim=1) if group > 1 else v.float()
     s = torch.matmul(q.float(), kf.transpose(-1, -2)) * scale
@@ -61,7 +57,16 @@ def attention_reference(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor] 
     if mask is not None:
         valid = valid & mask
     s = s.masked_fill(~valid, float("-inf"))
-    lse = torch.logsumexp(s, dim=-1)
+    return kf, vf, s, torch.logsumexp(s, dim=-1)
+
+
+def attention_reference(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor] = None,
+                        mask: Optional[Tensor] = None, scale: Optional[float] = None,
+                        causal: bool = False, causal_offset: int = 0, dropout_p: float = 0.0,
+                        seed: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """Math reference of the op (float32 compute): returns (out in q's dtype, lse float32)."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    kf, vf, s, lse = _masked_scores(q, k, v, bias, mask, scale, causal, causal_offset)
     p = torch.exp(s - torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)[..., None])
     p = torch.where(torch.isinf(lse)[..., None], torch.zeros_like(p), p)
     if dropout_p > 0.0:
@@ -83,18 +88,7 @@ def _reference_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Opt
     B, H, M, D = q.shape
     HKV, N = k.shape[1], k.shape[2]
     group = H // HKV
-    kf = k.float().repeat_interleave(group, dim=1)
-    vf = v.float().repeat_interleave(group, dim=1)
-    s = torch.matmul(q.float(), kf.transpose(-1, -2)) * scale
-    if bias is not None:
-        s = s + bias.float()
-    valid = torch.ones((M, N), dtype=torch.bool, device=q.device)
-    if causal:
-        valid = torch.arange(N, device=q.device)[None, :] <= torch.arange(M, device=q.device)[:, None] + causal_offset
-    if mask is not None:
-        valid = valid & mask
-    s = s.masked_fill(~valid, float("-inf"))
-    lse = torch.logsumexp(s, dim=-1)
+    kf, vf, s, lse = _masked_scores(q, k, v, bias, mask, scale, causal, causal_offset)
     empty = torch.isinf(lse)[..., None]
     p = torch.where(empty, torch.zeros_like(s), torch.exp(s - torch.where(empty, 0.0, lse[..., None])))
     do = dout.float()
