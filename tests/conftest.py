@@ -1,20 +1,38 @@
-"""Test-wide setup: generated kernels run in Triton's interpreter on CPU tensors."""
+"""Test-wide setup: generated kernels run in Triton's interpreter on CPU tensors, in strict mode.
+
+Strict mode (``tilewright.config.strict``) turns every runtime fallback into an error, so a test
+cannot pass because a kernel failed and its reference ran. Tests of the fallback path itself are
+marked ``@pytest.mark.fallback``: they run with strict mode off and must assert that the fallback
+happened and was reported. Every test starts from the same settings and leaves none behind.
+"""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 os.environ.setdefault("TILEWRIGHT_INTERPRET", "1")
 os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("TILEWRIGHT_STRICT", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "fallback: tests of the fallback path (strict mode off; they assert the "
+                                       "fallback happened and was reported)")
+
+
 @pytest.fixture(autouse=True)
-def _reset_dynamo(tmp_path_factory: pytest.TempPathFactory) -> None:
+def _isolate_tilewright(request: pytest.FixtureRequest) -> None:
     import tilewright
 
+    cfg = tilewright.config
+    saved = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
     torch._dynamo.reset()
-    tilewright.config.verify = False
+    cfg.verify = False
+    cfg.strict = request.node.get_closest_marker("fallback") is None
     yield
     torch._dynamo.reset()
+    for name, value in saved.items():
+        setattr(cfg, name, value)

@@ -5,6 +5,7 @@ Usage::
     import tilewright
     tilewright.config.verify = True        # check every kernel against its reference once
     tilewright.config.autotune = True      # tune database misses at compile time
+    tilewright.config.strict = True        # any fallback raises StrictModeError
 """
 from __future__ import annotations
 
@@ -52,6 +53,9 @@ class Config:
 
     interpret: bool = field(default_factory=lambda: _env_flag("TILEWRIGHT_INTERPRET"))
     verify: bool = field(default_factory=lambda: _env_flag("TILEWRIGHT_VERIFY"))
+    #: Raise :class:`tilewright.errors.StrictModeError` instead of falling back (a kernel,
+    #: template, extern call or whole graph that would run its reference). For tests/benchmarks.
+    strict: bool = field(default_factory=lambda: _env_flag("TILEWRIGHT_STRICT"))
     debug_dir: str | None = field(default_factory=lambda: os.environ.get("TILEWRIGHT_DEBUG_DIR") or None)
     cache_dir: Path = field(default_factory=_default_cache_dir)
     #: SQLAlchemy URL of the tuning database; None means ``sqlite:///<cache_dir>/tuning.db``.

@@ -14,27 +14,65 @@ from typing import Any, Iterator
 log = logging.getLogger(__name__)
 
 
+#: kernel statuses: compiled but not launched yet, ran (its own code), fell back (reference ran)
+NOT_RUN, RAN, FELL_BACK = "not run", "ran", "fell back"
+
+
 @dataclass
 class GraphReport:
-    """Facts about one compiled graph (one specialisation of one forward/backward graph)."""
+    """Facts about one compiled graph (one specialisation of one forward/backward graph).
+
+    Each entry of ``kernels`` carries ``compute_ops`` (how many compute ops it covers) and a
+    ``status`` the runtime keeps current: ``not run``, ``ran`` or ``fell back`` (with the reason
+    in ``fallback``). Coverage is computed from those statuses, so it counts what ran.
+    """
 
     name: str
     kernels: list[dict[str, Any]] = field(default_factory=list)
     fallbacks: list[dict[str, str]] = field(default_factory=list)
     compute_ops: int = 0
-    kernel_ops: int = 0
-    attention_fused: int = 0
     attention_blocks: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     mode: str = ""
     specialized: bool = False
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def kernel_ops(self) -> int:
+        """Compute ops inside kernels (generated or templates) that ran without falling back."""
+        return sum(int(k.get("compute_ops", 0)) for k in self.kernels if k.get("status") == RAN)
+
+    @property
+    def attention_fused(self) -> int:
+        """Attention blocks of this graph that ran in the fused attention kernel."""
+        return sum(1 for k in self.kernels if k.get("attention") == "forward" and k.get("status") == RAN)
+
     def add_fallback(self, op: str, reason: str) -> None:
         """Record an op (or kernel) that runs by its ATen reference, and why."""
         entry = {"op": op, "reason": reason}
         if entry not in self.fallbacks:
             self.fallbacks.append(entry)
+
+    def add_kernel(self, entry: dict[str, Any], compute_ops: int) -> dict[str, Any]:
+        """Register a kernel's explain entry (status ``not run`` until the runtime launches it)."""
+        entry["compute_ops"] = compute_ops
+        entry.setdefault("status", NOT_RUN)
+        entry.setdefault("fallback", None)
+        self.kernels.append(entry)
+        return entry
+
+
+def mark_ran(entry: dict[str, Any] | None) -> None:
+    """The runtime launched this kernel successfully (a fallen-back kernel stays fallen back)."""
+    if entry is not None and entry.get("status") == NOT_RUN:
+        entry["status"] = RAN
+
+
+def mark_fell_back(entry: dict[str, Any] | None, reason: str) -> None:
+    """The kernel failed (or mismatched its reference) and its reference runs instead."""
+    if entry is not None:
+        entry["status"] = FELL_BACK
+        entry["fallback"] = reason
 
 
 @dataclass
@@ -60,13 +98,17 @@ class Report:
 
     @property
     def coverage(self) -> float:
-        """Fraction of compute ops (views excluded) that run inside generated kernels."""
+        """Fraction of compute ops (views excluded) that ran inside tilewright's kernels.
+
+        Ops of a kernel that fell back, of a graph that failed to compile or ran eagerly, and of
+        extern calls count in the denominator only.
+        """
         total = sum(g.compute_ops for g in self.graphs)
         return (sum(g.kernel_ops for g in self.graphs) / total) if total else 0.0
 
     @property
     def attention_fused(self) -> int:
-        """Attention blocks rewritten into the fused attention op (forward graphs)."""
+        """Attention blocks executed by the fused attention kernel (forward graphs)."""
         return sum(g.attention_fused for g in self.graphs)
 
     def to_dict(self) -> dict[str, Any]:
@@ -82,6 +124,8 @@ class Report:
             "attention_fused": self.attention_fused,
             "attention_blocks": [b for g in self.graphs for b in g.attention_blocks],
             "timings": timings,
+            "kernel_status": {status: sum(1 for k in self.kernels if k.get("status") == status)
+                              for status in (NOT_RUN, RAN, FELL_BACK)},
             "graphs": [{"name": g.name, "mode": g.mode, "kernels": len(g.kernels), "compute_ops": g.compute_ops,
                         "kernel_ops": g.kernel_ops, "specialized": g.specialized, "notes": g.notes}
                        for g in self.graphs],
@@ -101,11 +145,13 @@ class Report:
                 lines.append(f"    note: {note}")
         if self.kernels:
             lines.append("")
-            lines.append(f"  {'kernel':<34} {'kind':<10} {'ops':>4}  {'from':<9} schedule")
+            lines.append(f"  {'kernel':<34} {'kind':<10} {'ops':>4}  {'status':<9} {'from':<9} schedule")
             for k in self.kernels:
                 sched = " ".join(f"{a}={b}" for a, b in k.get("schedule", {}).items())
                 source = str(k.get("schedule_source", ""))[:9]
-                lines.append(f"  {k['name'][:34]:<34} {k['kind']:<10} {len(k.get('ops', [])):>4}  {source:<9} {sched}")
+                status = str(k.get("status", ""))[:9]
+                lines.append(f"  {k['name'][:34]:<34} {k['kind']:<10} {len(k.get('ops', [])):>4}  {status:<9} "
+                             f"{source:<9} {sched}")
         blocks = [b for g in self.graphs for b in g.attention_blocks]
         if blocks:
             lines.append("")

@@ -12,6 +12,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 import tilewright
 from tilewright.codegen import kernel as kernel_mod
 from tilewright.codegen.runtime import KernelStep
+from tilewright.errors import StrictModeError
 from tilewright.frontend.compile import compile_graph_for_inputs, default_passes
 from tilewright.frontend.fx_import import import_fx
 from tilewright.ir.verify import VerificationError, verify
@@ -61,6 +62,7 @@ def test_dynamic_shapes_are_specialised_per_shape() -> None:
     assert any("dynamic shapes" in n for n in notes), notes
 
 
+@pytest.mark.fallback
 def test_kernel_failure_falls_back_once(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("simulated compile error")
@@ -75,8 +77,11 @@ def test_kernel_failure_falls_back_once(monkeypatch: pytest.MonkeyPatch, caplog:
     failures = [r for r in caplog.records if "simulated compile error" in r.getMessage()]
     assert len(failures) == 1, "logged once"
     assert any("simulated compile error" in f["reason"] for f in report.fallbacks)
+    assert report.coverage == 0.0, "ops of a kernel that fell back are not covered"
+    assert [k["status"] for k in report.kernels] == ["fell back"]
 
 
+@pytest.mark.fallback
 def test_verify_reports_a_wrong_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     original = kernel_mod.GeneratedKernel.launch
 
@@ -92,6 +97,20 @@ def test_verify_reports_a_wrong_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     assert_close(out, fn(x))  # the reference result is used after a mismatch
     reasons = [f["reason"] for f in report.fallbacks]
     assert any("verify mismatch" in r and "aten.exp.default" in r for r in reasons), reasons
+    assert report.coverage == 0.0 and report.kernels[0]["status"] == "fell back"
+
+
+def test_verify_mismatch_raises_in_strict_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = kernel_mod.GeneratedKernel.launch
+
+    def wrong(self: kernel_mod.GeneratedKernel, tensors: list, config: dict | None = None) -> None:
+        original(self, tensors, config)
+        tensors[-1].add_(1.0)
+
+    monkeypatch.setattr(kernel_mod.GeneratedKernel, "launch", wrong)
+    monkeypatch.setattr(tilewright.config, "verify", True)
+    with pytest.raises(StrictModeError, match=r"verify mismatch.*aten\.exp\.default"):
+        compile_and_run(lambda x: torch.exp(x) + 1, torch.randn(5, 6))
 
 
 def test_debug_dir_dumps_kernel_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -102,6 +121,7 @@ def test_debug_dir_dumps_kernel_sources(tmp_path: Path, monkeypatch: pytest.Monk
     assert files and "tl.sigmoid" in files[0].read_text()
 
 
+@pytest.mark.fallback
 def test_cpu_without_interpreter_runs_eagerly_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
     from tilewright.frontend import backend
 
@@ -113,6 +133,15 @@ def test_cpu_without_interpreter_runs_eagerly_with_a_warning(monkeypatch: pytest
         out, report = compile_and_run(fn, x)
     assert_close(out, fn(x))
     assert report.graphs[0].mode == "eager (cpu)"
+    assert report.coverage == 0.0 and report.graphs[0].compute_ops == 2, "an eager graph's ops count, uncovered"
+
+
+def test_cpu_without_interpreter_raises_in_strict_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tilewright.frontend import backend
+
+    monkeypatch.setattr(backend, "interpret_mode", lambda: False)
+    with pytest.raises(StrictModeError, match="TILEWRIGHT_INTERPRET=1"):
+        compile_and_run(lambda x: x.relu() + 1, torch.randn(6))
 
 
 def _graph(fn: object, *inputs: torch.Tensor):  # type: ignore[no-untyped-def]

@@ -8,8 +8,13 @@ consistent with the kernels that call them.
 """
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+_interpreter_ready = False
 
 # NOTE: triton is imported lazily: whether its own helpers are interpreted is fixed when it is
 # first imported, so ``import tilewright`` must not import it before the CLI picks a mode.
@@ -22,11 +27,55 @@ def interpret_mode() -> bool:
     return bool(config.interpret) or os.environ.get("TRITON_INTERPRET", "") not in ("", "0")
 
 
+def ensure_interpreter() -> None:
+    """Switch Triton to its interpreter for this process, whatever imported Triton first.
+
+    Triton decides when ``triton.language`` is imported whether its own jit'd helpers
+    (``tl.sum``, ``tl.sigmoid``, ``tl.rand``...) are interpreted, and ``torch._dynamo`` imports
+    Triton before a backend found through its entry point is loaded; an interpreted kernel then
+    fails with "Cannot call @triton.jit'd outside of the scope of a kernel". This rebuilds every
+    compiled-mode helper of ``triton.language`` as the interpreted function Triton would have
+    made had ``TRITON_INTERPRET=1`` been set first (once per process; the helpers stay usable
+    by the offline GPU compiler, as they are when the variable is set at start-up).
+    """
+    global _interpreter_ready
+    if _interpreter_ready:
+        return
+    os.environ["TRITON_INTERPRET"] = "1"
+    import triton
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None and hasattr(knobs, "runtime"):
+        knobs.runtime.interpret = True
+    converted: dict[int, Any] = {}
+
+    def interpreted(value: Any) -> Any:
+        if id(value) not in converted:
+            converted[id(value)] = InterpretedFunction(value.fn)
+        return converted[id(value)]
+
+    namespaces: list[Any] = [module for name, module in list(sys.modules.items())
+                             if module is not None and (name == "triton.language" or name.startswith("triton.language."))]
+    namespaces.append(tl.core.tensor)
+    for namespace in namespaces:
+        for attr, value in list(vars(namespace).items()):
+            if isinstance(value, JITFunction):
+                setattr(namespace, attr, interpreted(value))
+    if converted:
+        log.info("Triton was imported before the interpreter was requested: %d of its helpers now run "
+                 "interpreted", len(converted))
+    _interpreter_ready = True
+
+
 def wrap_kernel(fn: Callable[..., Any], interpret: bool | None = None, **kwargs: Any) -> Any:
     """Turn a plain Python kernel function into a launchable Triton kernel object."""
     if interpret is None:
         interpret = interpret_mode()
     if interpret:
+        ensure_interpreter()
         from triton.runtime.interpreter import InterpretedFunction
 
         return InterpretedFunction(fn, **kwargs)

@@ -3,9 +3,16 @@
 Planning happens once per specialisation: every step gets the values it reads and writes,
 buffers written by kernels are assigned to reusable slots (a value's slot returns to the pool
 after its last use, including uses through views), and references to dead values are dropped
-as soon as possible so the allocator can reuse memory. Kernel failures fall back to the
-group's reference implementation, logged once; ``verify`` compares each kernel with its
-reference on its first run.
+as soon as possible so the allocator can reuse memory.
+
+Fallbacks, each logged once, reported in explain (the kernel's status) and counted out of
+coverage — or raised as :class:`~tilewright.errors.StrictModeError` in strict mode:
+
+- a generated kernel that fails to compile or launch runs its group's reference ops;
+- ``verify`` compares each kernel with its reference on its first run; a mismatch is a fallback;
+- a template (fused attention, convolution gradients) that fails runs its torch reference;
+- anything else that fails before the graph has written into its inputs makes the whole graph
+  run eagerly (the FX graph it was compiled from).
 """
 from __future__ import annotations
 
@@ -16,10 +23,12 @@ from typing import Any, Sequence
 import torch
 
 from ..config import config
+from ..errors import StrictModeError
 from ..ir.graph import Graph, Node, Value, map_values
 from ..ir.registry import lookup
-from ..report import GraphReport
+from ..report import GraphReport, mark_fell_back, mark_ran
 from .kernel import GeneratedKernel, evaluate_value, run_reference
+from .template_calls import TemplateCall, template_call
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +43,8 @@ class KernelStep:
     slots: list[int]
     #: outputs written in place into a graph input (output value id -> the input)
     inplace: dict[int, Value] = field(default_factory=dict)
+    #: the kernel's explain entry (status kept current)
+    entry: dict[str, Any] | None = None
 
 
 @dataclass
@@ -43,6 +54,12 @@ class ExternStep:
     node: Node
     #: the template's tunable kernel (fused attention), when it has one
     kernel: Any = None
+    #: how to run a template node's kernels and its reference (None: a plain extern call)
+    call: TemplateCall | None = None
+    #: the template's explain entry (status kept current)
+    entry: dict[str, Any] | None = None
+    #: set when the template's kernels failed: the reference runs from then on
+    broken: str | None = None
 
 
 @dataclass
@@ -126,16 +143,59 @@ def make_plan(graph: Graph, steps: list[Any]) -> Plan:
     return plan
 
 
-class CompiledGraph:
-    """Callable running one specialised graph."""
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
 
-    def __init__(self, graph: Graph, plan: Plan, report: GraphReport) -> None:
+
+def strict_failure(what: str, ops: Any, cause: str) -> StrictModeError:
+    """The error strict mode raises for a fallback of ``what`` (kernel name, fused ops, cause)."""
+    return StrictModeError(f"{what} would fall back to its reference (strict mode is on): {cause}; "
+                           f"fused ops: {', '.join(sorted(set(ops))) or '-'}. Turn off tilewright.config.strict "
+                           f"(TILEWRIGHT_STRICT=0) to let it fall back and report it instead.")
+
+
+class CompiledGraph:
+    """Callable running one specialised graph.
+
+    ``eager`` (the FX graph the plan was compiled from) runs the whole graph when a step fails
+    outside any kernel's own fallback — only while nothing has been written into the inputs yet,
+    so a retry can never apply an in-place update twice.
+    """
+
+    def __init__(self, graph: Graph, plan: Plan, report: GraphReport, eager: Any = None) -> None:
         self.graph = graph
         self.plan = plan
         self.report = report
+        self.eager = eager
+        #: why the graph runs eagerly from now on (None: it runs its plan)
+        self.broken: str | None = None
         self._views_by_root: dict[int, list[int]] = {}
 
     def __call__(self, inputs: Sequence[Any]) -> Any:
+        if self.broken is not None and self.eager is not None:
+            return self.eager(inputs)
+        wrote_inputs = [False]
+        try:
+            return self._run_plan(inputs, wrote_inputs)
+        except StrictModeError:
+            raise
+        except Exception as exc:
+            if self.eager is None or wrote_inputs[0]:
+                raise
+            cause = _first_line(exc)
+            if config.strict:
+                raise strict_failure(f"graph {self.report.name}", [], f"a step failed at run time ({cause})") from exc
+            self.broken = cause
+            log.warning("tilewright graph %s failed at run time (%s); it runs eagerly from now on",
+                        self.report.name, cause)
+            self.report.add_fallback(f"graph {self.report.name}", f"failed at run time: {cause}")
+            self.report.mode = "eager (run failed)"
+            for entry in self.report.kernels:
+                mark_fell_back(entry, f"graph runs eagerly: {cause}")
+            return self.eager(inputs)
+
+    def _run_plan(self, inputs: Sequence[Any], wrote_inputs: list[bool]) -> Any:
         env: dict[int, torch.Tensor] = {}
         for v, position in zip(self.graph.inputs, self.graph.input_positions):
             env[v.id] = inputs[position]
@@ -144,9 +204,13 @@ class CompiledGraph:
         slots: dict[int, torch.Tensor] = {}
         for step in self.plan.steps:
             if isinstance(step, KernelStep):
+                wrote_inputs[0] = wrote_inputs[0] or bool(step.inplace)
                 self._run_kernel(step, env, slots)
             elif isinstance(step, ExternStep):
-                self._run_extern(step.node, env)
+                if step.call is not None:
+                    self._run_template(step, env)
+                else:
+                    self._run_extern(step.node, env)
             else:
                 for vid in step.value_ids:
                     env.pop(vid, None)
@@ -174,6 +238,17 @@ class CompiledGraph:
         return storage.view(t.dtype)[: max(1, self.plan.slot_bytes[slot] // t.dtype.itemsize)].as_strided(
             t.shape, t.strides) if t.numel else torch.empty_strided(t.shape, t.strides, dtype=t.dtype, device=t.device)
 
+    def _fall_back(self, kernel: Any, entry: dict[str, Any] | None, cause: str) -> None:
+        """Mark ``kernel`` broken (its reference runs from now on), or raise in strict mode."""
+        ops = list(getattr(getattr(kernel, "spec", None), "ops", []) or getattr(kernel, "ops", []))
+        if config.strict:
+            raise strict_failure(f"kernel {kernel.name}", ops, cause)
+        kernel.broken = cause
+        log.warning("kernel %s failed (%s); running its reference ops %s instead", kernel.name, cause,
+                    sorted(set(ops)))
+        self.report.add_fallback(f"kernel {kernel.name}", f"kernel failed: {cause}")
+        mark_fell_back(entry, cause)
+
     def _run_kernel(self, step: KernelStep, env: dict[int, torch.Tensor], slots: dict[int, torch.Tensor]) -> None:
         kernel = step.kernel
         args = [evaluate_value(v, env) for v in step.inputs]
@@ -183,22 +258,23 @@ class CompiledGraph:
             try:
                 kernel.launch(args + outs)
             except Exception as exc:  # compile or launch failure: reference from now on
-                kernel.broken = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
-                log.warning("kernel %s failed (%s); running its reference ops %s instead",
-                            kernel.name, kernel.broken, sorted(set(kernel.spec.ops)))
-                self.report.add_fallback(f"kernel {kernel.name}", f"kernel failed: {kernel.broken}")
+                self._fall_back(kernel, step.entry, _first_line(exc))
         if kernel.broken is not None:
             ref = self._reference(step, env)
             for o, v in zip(outs, step.outputs):
                 o.copy_(ref[v.id])
-        elif config.verify and not kernel.verified:
-            kernel.verified = True
-            ref = self._reference(step, env)
-            for o, v in zip(outs, step.outputs):
-                self._check(kernel, v, o, ref[v.id])
-            if kernel.broken is not None:  # mismatch: this call uses the reference results too
-                for o, v in zip(outs, step.outputs):
-                    o.copy_(ref[v.id])
+        else:
+            if config.verify and not kernel.verified:
+                kernel.verified = True
+                ref = self._reference(step, env)
+                mismatch = next((m for m in (self._check(kernel, v, o, ref[v.id])
+                                             for o, v in zip(outs, step.outputs)) if m), None)
+                if mismatch is not None:  # this call uses the reference results too
+                    self._fall_back(kernel, step.entry, f"verify mismatch: {mismatch}")
+                    for o, v in zip(outs, step.outputs):
+                        o.copy_(ref[v.id])
+            if kernel.broken is None:
+                mark_ran(step.entry)
         for o, v in zip(outs, step.outputs):
             env[v.id] = o
 
@@ -207,23 +283,48 @@ class CompiledGraph:
         run_reference(step.kernel.nodes, local)
         return {v.id: local[v.id] for v in step.outputs}
 
-    def _check(self, kernel: GeneratedKernel, v: Value, got: torch.Tensor, want: torch.Tensor) -> None:
-        scale = 1.0 if got.dtype in (torch.float32, torch.float64) else 50.0
-        ok = torch.allclose(got.float(), want.float(), rtol=config.verify_rtol * scale,
-                            atol=config.verify_atol * scale, equal_nan=True) if got.is_floating_point() \
-            else torch.equal(got, want)
-        if not ok:
-            err = (got.float() - want.float()).abs().max().item() if got.is_floating_point() else float("nan")
-            msg = (f"kernel {kernel.name} output %{v.name} differs from its reference "
-                   f"(max abs error {err:.3g}); fused ops: {', '.join(kernel.spec.ops)}")
-            log.error(msg)
-            self.report.add_fallback(f"kernel {kernel.name}", f"verify mismatch: {msg}")
-            kernel.broken = "verify mismatch"
+    def _check(self, kernel: GeneratedKernel, v: Value, got: torch.Tensor, want: torch.Tensor) -> str | None:
+        """None when ``got`` matches the reference ``want``, else a description of the mismatch."""
+        rtol, atol = verify_tolerance(kernel, got)
+        ok = torch.allclose(got.float(), want.float(), rtol=rtol, atol=atol, equal_nan=True) \
+            if got.is_floating_point() else torch.equal(got, want)
+        if ok:
+            return None
+        err = (got.float() - want.float()).abs().max().item() if got.is_floating_point() else float("nan")
+        msg = (f"kernel {kernel.name} output %{v.name} differs from its reference "
+               f"(max abs error {err:.3g}); fused ops: {', '.join(kernel.spec.ops)}")
+        log.error(msg)
+        return msg
+
+    def _run_template(self, step: ExternStep, env: dict[int, torch.Tensor]) -> None:
+        assert step.call is not None
+        args = map_values(step.node.args, lambda a: evaluate_value(a, env))
+        kwargs = map_values(step.node.kwargs, lambda a: evaluate_value(a, env))
+        result = None
+        if step.broken is None:
+            try:
+                result = step.call.kernel(*args, **kwargs)
+            except Exception as exc:  # the template's kernels failed: its reference from now on
+                cause = _first_line(exc)
+                if config.strict:
+                    raise strict_failure(f"template {step.node.op}", [step.node.op], cause) from exc
+                step.call.on_kernel_failure(tuple(args), kwargs)
+                step.broken = cause
+                log.warning("template %s failed (%s); running its reference instead", step.node.op, cause)
+                self.report.add_fallback(f"template {step.node.op}", f"kernel failed: {cause}")
+                mark_fell_back(step.entry, cause)
+            else:
+                mark_ran(step.entry)
+        if step.broken is not None:
+            result = step.call.reference(*args, **kwargs)
+        self._store(step.node, result, env)
 
     def _run_extern(self, node: Node, env: dict[int, torch.Tensor]) -> None:
         args = map_values(node.args, lambda a: evaluate_value(a, env))
         kwargs = map_values(node.kwargs, lambda a: evaluate_value(a, env))
-        result = implementation(node)(*args, **kwargs)
+        self._store(node, implementation(node)(*args, **kwargs), env)
+
+    def _store(self, node: Node, result: Any, env: dict[int, torch.Tensor]) -> None:
         if not node.outputs:
             return
         outs = [r for r in result if isinstance(r, torch.Tensor)] if isinstance(result, (list, tuple)) else [result]
@@ -234,6 +335,28 @@ class CompiledGraph:
                 fixed.copy_(t)
                 t = fixed
             env[v.id] = t
+
+
+def verify_tolerance(kernel: Any, got: torch.Tensor) -> tuple[float, float]:
+    """(rtol, atol) for comparing ``kernel``'s output with its reference under ``verify``.
+
+    float32 outputs of kernels that contain a matmul or convolution on a GPU are judged at TF32
+    precision when torch lets cuBLAS/cuDNN use TF32 (the reference then runs in TF32 too, so
+    the two may differ by TF32 rounding); half types get a wider tolerance.
+    """
+    scale = 1.0 if got.dtype in (torch.float32, torch.float64) else 50.0
+    if got.dtype == torch.float32 and got.device.type == "cuda" and _uses_tf32(kernel):
+        scale = 50.0
+    return config.verify_rtol * scale, config.verify_atol * scale
+
+
+def _uses_tf32(kernel: Any) -> bool:
+    kind = getattr(getattr(kernel, "spec", None), "kind", None) or kernel.describe().get("kind")
+    if kind == "conv":
+        return bool(torch.backends.cudnn.allow_tf32)
+    if kind == "matmul":
+        return bool(torch.backends.cuda.matmul.allow_tf32) or torch.get_float32_matmul_precision() != "highest"
+    return False
 
 
 def implementation(node: Node) -> Any:

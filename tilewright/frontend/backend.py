@@ -17,8 +17,9 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.fx as fx
 
-from ..codegen.jit import interpret_mode
+from ..codegen.jit import ensure_interpreter, interpret_mode
 from ..config import config
+from ..errors import StrictModeError
 from ..report import GraphReport, publish
 from .decompositions import decomposition_table
 
@@ -89,39 +90,67 @@ class LazyCompiledGraph:
 
         global _warned_cpu
         report = GraphReport(self.name)
-        report.attention_fused = len(self.attention_blocks) if self.kind != "backward" else 0
         report.attention_blocks = list(self.attention_blocks) if self.kind != "backward" else []
         if self.symbolic:
             report.specialized = True
             report.notes.append(f"dynamic shapes: specialised for {len(self.cache) + 1} concrete signature(s)")
         devices = {a.device.type for a in inputs if isinstance(a, torch.Tensor)}
         if "cuda" not in devices and not interpret_mode():
+            if config.strict:
+                raise StrictModeError(f"graph {self.name} would run eagerly (strict mode is on): its tensors are on "
+                                      "CPU and TILEWRIGHT_INTERPRET is not set; use CUDA tensors, or set "
+                                      "TILEWRIGHT_INTERPRET=1 to run the generated kernels in Triton's interpreter")
             if not _warned_cpu:
                 warnings.warn("tilewright: tensors are on CPU and TILEWRIGHT_INTERPRET is not set, so graphs run "
                               "eagerly; use CUDA tensors, or set TILEWRIGHT_INTERPRET=1 to run the generated "
                               "kernels in Triton's interpreter", stacklevel=2)
                 _warned_cpu = True
             report.mode = "eager (cpu)"
+            report.compute_ops = count_compute_ops(self.gm)
             report.notes.append("ran eagerly: CPU tensors without TILEWRIGHT_INTERPRET=1")
             publish(report)
             return self._eager()
         report.mode = "cuda" if "cuda" in devices else "interpreter"
+        if report.mode == "interpreter":
+            ensure_interpreter()
         if self.kind == "inference" and not self._folded:
             self._folded = True
             folded = _fold_batchnorm(self.gm)
             if folded:
                 report.notes.append(f"folded {folded} batch norm(s) into convolutions")
         try:
-            compiled = compile_graph_for_inputs(self.gm, inputs, report, tune=self.tune)
+            compiled = compile_graph_for_inputs(self.gm, inputs, report, tune=self.tune, eager=self._eager())
+        except StrictModeError:
+            raise
         except Exception as exc:
+            if config.strict:
+                raise StrictModeError(f"graph {self.name} could not be compiled and would run eagerly (strict mode "
+                                      f"is on): {type(exc).__name__}: {exc}") from exc
             log.warning("tilewright could not compile %s (%s: %s); it runs eagerly", self.name,
                         type(exc).__name__, exc)
             report.mode = "eager (compile failed)"
+            report.kernels.clear()
+            report.compute_ops = count_compute_ops(self.gm)
             report.add_fallback(f"graph {self.name}", f"compile failed: {type(exc).__name__}: {exc}")
             publish(report)
             return self._eager()
         publish(report)
         return compiled
+
+
+def count_compute_ops(gm: fx.GraphModule) -> int:
+    """Compute ops of an ATen FX graph (views, getitem and non-ATen calls excluded)."""
+    from ..ir.registry import lookup
+
+    count = 0
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+            try:
+                kind = lookup(node.target).kind
+            except Exception:  # an op the registry cannot name still computes something
+                kind = "extern"
+            count += kind != "view"
+    return count
 
 
 def tilewright_backend(gm: fx.GraphModule, example_inputs: list[Any], **options: Any) -> Callable[..., Any]:

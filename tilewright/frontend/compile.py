@@ -21,7 +21,9 @@ from ..codegen.fused import FusedKernelBuilder
 from ..codegen.kernel import GeneratedKernel
 from ..codegen.matmul import MatmulKernelBuilder
 from ..codegen.runtime import CompiledGraph, ExternStep, KernelStep, make_plan
-from ..ir.graph import Graph
+from ..config import config
+from ..errors import StrictModeError
+from ..ir.graph import Graph, Node
 from ..ir.registry import lookup
 from ..passes.canonicalize import canonicalize
 from ..passes.cleanup import common_subexpression_elimination, constant_folding, dead_code_elimination
@@ -117,8 +119,11 @@ def _template_schedule(step: ExternStep, tune: bool | None) -> tuple[dict[str, A
 
 
 def compile_graph_for_inputs(gm: fx.GraphModule, inputs: Sequence[Any], report: GraphReport,
-                             tune: bool | None = None) -> CompiledGraph:
-    """Compile ``gm`` specialised to ``inputs`` into a :class:`CompiledGraph`."""
+                             tune: bool | None = None, eager: Any = None) -> CompiledGraph:
+    """Compile ``gm`` specialised to ``inputs`` into a :class:`CompiledGraph`.
+
+    ``eager`` (a callable over the input list) runs the whole graph if a step fails at run time.
+    """
     t0 = time.perf_counter()
     graph = import_fx(gm, inputs)
     t1 = time.perf_counter()
@@ -131,12 +136,12 @@ def compile_graph_for_inputs(gm: fx.GraphModule, inputs: Sequence[Any], report: 
     report.timings["import"] = report.timings.get("import", 0.0) + t1 - t0
     report.timings["passes"] = report.timings.get("passes", 0.0) + t2 - t1
     report.timings["codegen"] = report.timings.get("codegen", 0.0) + t3 - t2
-    return CompiledGraph(graph, plan, report)
+    return CompiledGraph(graph, plan, report, eager)
 
 
 def _build_steps(graph: Graph, fusion: FusionResult, report: GraphReport, tune: bool | None = None) -> list[Any]:
     steps: list[Any] = []
-    compute_ops = kernel_ops = 0
+    compute_ops = 0
     for index, group in enumerate(fusion.groups):
         n_ops = len(group.nodes)
         if all(o.type.numel == 0 for n in group.nodes for o in n.outputs) and group.kind == "extern":
@@ -144,48 +149,70 @@ def _build_steps(graph: Graph, fusion: FusionResult, report: GraphReport, tune: 
             continue
         compute_ops += n_ops
         if group.kind in ("pointwise", "reduction", "matmul", "conv"):
-            name = _kernel_name(group, index)
-            try:
-                spec = build_source(group, fusion.materialize, name)
-            except Exception as exc:  # should not happen after fusion's probe; fall back per node
-                log.warning("kernel %s could not be generated (%s); its ops run as ATen calls", name, exc)
-                report.add_fallback(f"kernel {name}", f"codegen failed: {exc}")
-                steps.extend(ExternStep(n) for n in group.nodes)
-                continue
-            kernel = spec if group.kind == "conv" else GeneratedKernel(spec, group.nodes)
-            choose_schedule(kernel, tune)
-            inplace = {n.outputs[0].id: n.args[0] for n in group.nodes if lookup(n.target).extra.get("inplace")}
-            steps.append(KernelStep(kernel, kernel.spec_inputs if group.kind == "conv" else spec.inputs,
-                                    spec.outputs, [], inplace))
-            report.kernels.append(kernel.describe())
-            kernel_ops += n_ops
-            continue
-        node = group.nodes[0]
-        if group.kind == "scatter":
-            from ..codegen.scatter import ScatterKernel
-
-            try:
-                scatter = ScatterKernel(_kernel_name(group, index), node)
-            except CodegenError as exc:
-                steps.append(ExternStep(node))
-                report.add_fallback(node.op, str(exc))
-                continue
-            choose_schedule(scatter, tune)
-            steps.append(KernelStep(scatter, scatter.inputs, scatter.outputs, []))
-            report.kernels.append(scatter.describe())
-            kernel_ops += n_ops
-            continue
-        step = ExternStep(node)
-        steps.append(step)
-        if group.kind == "template":
-            kernel_ops += n_ops
-            schedule, source = _template_schedule(step, tune)
-            report.kernels.append({"name": node.op, "kind": "template", "ops": [node.op],
-                                   "schedule": schedule, "schedule_source": source})
+            steps.extend(_kernel_steps(group, index, fusion, report, tune))
+        elif group.kind == "scatter":
+            steps.append(_scatter_step(group, index, report, tune))
+        elif group.kind == "template":
+            steps.append(_template_step(group.nodes[0], report, tune))
         else:
+            node = group.nodes[0]
+            steps.append(ExternStep(node))
             reason = group.reason or ("no Triton lowering for this op; runs as an ATen call"
                                       if lookup(node.target).kind == "extern" else "not lowered")
             report.add_fallback(node.op, reason)
     report.compute_ops += compute_ops
-    report.kernel_ops += kernel_ops
     return steps
+
+
+def _kernel_steps(group: Group, index: int, fusion: FusionResult, report: GraphReport,
+                  tune: bool | None) -> list[Any]:
+    """A generated kernel's step, or one extern step per node when its source cannot be built."""
+    name = _kernel_name(group, index)
+    try:
+        spec = build_source(group, fusion.materialize, name)
+    except Exception as exc:  # should not happen after fusion's probe; fall back per node
+        if config.strict:
+            raise StrictModeError(f"kernel {name} could not be generated (strict mode is on): {exc}; fused ops: "
+                                  f"{', '.join(n.op for n in group.nodes)}") from exc
+        log.warning("kernel %s could not be generated (%s); its ops run as ATen calls", name, exc)
+        report.add_fallback(f"kernel {name}", f"codegen failed: {exc}")
+        return [ExternStep(n) for n in group.nodes]
+    kernel = spec if group.kind == "conv" else GeneratedKernel(spec, group.nodes)
+    choose_schedule(kernel, tune)
+    inplace = {n.outputs[0].id: n.args[0] for n in group.nodes if lookup(n.target).extra.get("inplace")}
+    entry = report.add_kernel(kernel.describe(), len(group.nodes))
+    return [KernelStep(kernel, kernel.spec_inputs if group.kind == "conv" else spec.inputs, spec.outputs, [],
+                       inplace, entry)]
+
+
+def _scatter_step(group: Group, index: int, report: GraphReport, tune: bool | None) -> Any:
+    from ..codegen.scatter import ScatterKernel
+
+    node = group.nodes[0]
+    try:
+        scatter = ScatterKernel(_kernel_name(group, index), node)
+    except CodegenError as exc:
+        report.add_fallback(node.op, str(exc))
+        return ExternStep(node)
+    choose_schedule(scatter, tune)
+    entry = report.add_kernel(scatter.describe(), len(group.nodes))
+    return KernelStep(scatter, scatter.inputs, scatter.outputs, [], {}, entry)
+
+
+def _template_step(node: Node, report: GraphReport, tune: bool | None) -> ExternStep:
+    """A template node's step: its kernels with their reference, or an extern call when unsupported."""
+    from ..codegen.template_calls import template_call, unsupported_reason
+
+    step = ExternStep(node, call=template_call(node))
+    reason = unsupported_reason(node) if step.call is not None else None
+    if reason is not None:
+        step.call = None  # the ATen op itself runs: an extern call, not a kernel
+        report.add_fallback(node.op, f"template kernels do not handle this problem: {reason}")
+        return step
+    schedule, source = _template_schedule(step, tune)
+    entry = {"name": node.op, "kind": "template", "ops": [node.op], "schedule": schedule,
+             "schedule_source": source}
+    if step.call is not None and step.call.attention is not None:
+        entry["attention"] = step.call.attention
+    step.entry = report.add_kernel(entry, 1)
+    return step

@@ -88,13 +88,15 @@ def _import_call(graph: Graph, node: fx.Node, ir_of: Any, fake_of: Any, ir_env: 
     args, kwargs = ir_of(node.args), ir_of(node.kwargs)
     fargs, fkwargs = fake_of(node.args), fake_of(node.kwargs)
     if not isinstance(target, torch._ops.OpOverload):
-        # python-level arithmetic on sizes (already concrete) or other callables
-        if any(isinstance(v, Value) for v in _flat(args) + _flat(kwargs)):
-            raise ImportError_(f"non-ATen call {target} on tensors")
-        value = target(*fargs, **fkwargs)
-        ir_env[node] = value
-        fake_env[node] = value
-        return
+        if not any(isinstance(v, Value) for v in _flat(args) + _flat(kwargs)):
+            # python-level arithmetic on sizes (already concrete) or other callables
+            value = target(*fargs, **fkwargs)
+            ir_env[node] = value
+            fake_env[node] = value
+            return
+        # a non-ATen call on tensors (a higher-order op such as with_effects): it becomes an
+        # extern step of its own, typed by running it on fake tensors
+        log.debug("importing non-ATen call %s as an extern step", target)
     with fake_mode:
         try:
             out = target(*fargs, **fkwargs)

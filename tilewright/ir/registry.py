@@ -293,6 +293,8 @@ def lookup(target: Any) -> OpDef:
 
 def is_impure(target: Any) -> bool:
     """True for ops with side effects or randomness (never removed or merged)."""
+    if not isinstance(target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+        return True  # a higher-order op or opaque callable (e.g. with_effects): assume effects
     name = packet_name(target)
     if name in IMPURE_OPS or name.endswith("_"):
         return True
