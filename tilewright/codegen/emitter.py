@@ -22,6 +22,11 @@ from .special_ops import SpecialOpsMixin
 from .views import view_input_index
 
 
+#: ops whose Triton body combines its operands bit by bit (``&``, ``|``, ``^``, ``~``)
+_BITWISE = {"aten.logical_and": "&", "aten.logical_or": "|", "aten.logical_xor": "^", "aten.bitwise_and": "&",
+            "aten.bitwise_or": "|", "aten.bitwise_xor": "^"}
+
+
 class Emitter(SpecialOpsMixin):
     """Emits the computation of values of one group.
 
@@ -167,11 +172,17 @@ class Emitter(SpecialOpsMixin):
             return self._window(node, out, idx, guard, op.extra["window"])
         if name in ("aten.full", "aten.scalar_tensor"):
             fill = node.args[1] if name == "aten.full" else node.args[0]
-            return Expr(self._typed_literal(literal(fill), out_dtype),
-                        torch.bool if out_dtype == torch.bool else cdt, frozenset())
+            # a typed scalar tensor, never a bare Python literal (which has no .to())
+            return self._assign(self._typed_full(fill, out_dtype), torch.bool if out_dtype == torch.bool else cdt,
+                                frozenset())
         shape = out.type.shape
         operands = [self._operand(a, shape, idx, guard) for a in node.args]
         deps = frozenset().union(*(o.deps for o in operands)) if operands else frozenset()
+        if name in _BITWISE and out_dtype == torch.bool and len(operands) == 2:
+            # bool blocks combined with bool scalars break Triton's interpreter: go through int8
+            codes = [f"({o.code} != 0).to(tl.int8)" if isinstance(a, Value) else f"{1 if a else 0}"
+                     for o, a in zip(operands, node.args)]
+            return self._assign(f"(({codes[0]} {_BITWISE[name]} {codes[1]}) != 0)", torch.bool, deps)
         codes = self._cast_operands(op.cast, operands, node.args, cdt)
         kwargs = {k: v for k, v in node.kwargs.items() if not isinstance(v, Value)}
         if any(isinstance(v, Value) for v in node.kwargs.values()):
@@ -244,11 +255,22 @@ class Emitter(SpecialOpsMixin):
             code = f"{code}.to({triton_dtype(cdt)})"
         return code
 
-    def _typed_literal(self, code: str, dtype: torch.dtype) -> str:
+    def _typed_full(self, fill: Any, dtype: torch.dtype) -> str:
+        """``tl.full([], fill, dtype)``: a 0-d tensor of the output's compute dtype."""
+        if isinstance(fill, Value) or not isinstance(fill, (bool, int, float)):
+            raise CodegenError(f"fill value {fill!r} is not a Python scalar")
         if dtype == torch.bool:
-            return "1" if code not in ("0", "0.0", "False") else "0"
-        if dtype.is_floating_point and not any(c in code for c in ".e") and "float" not in code:
-            return f"{code}.0"
-        if not dtype.is_floating_point and "." in code:
-            return str(int(float(code)))
-        return code
+            return f"tl.full([], {1 if fill else 0}, tl.int1)"
+        cdt = compute_dtype(dtype)
+        if cdt.is_floating_point:
+            value = float(fill)
+            if dtype == torch.bfloat16:
+                value = float(torch.tensor(value).to(torch.bfloat16).item())
+            elif dtype == torch.float16:
+                value = float(torch.tensor(value).to(torch.float16).item())
+            return f"tl.full([], {literal(value)}, {triton_dtype(cdt)})"
+        if isinstance(fill, float) and (fill != fill or abs(fill) == float("inf")):
+            raise CodegenError(f"fill value {fill!r} has no {dtype} value")
+        value = int(fill)
+        code = str(value) if value != torch.iinfo(torch.int64).min else f"({value + 1} - 1)"
+        return f"tl.full([], {code}, {triton_dtype(cdt)})"

@@ -18,7 +18,7 @@ import torch
 
 from ..autotune.space import Config, ScheduleSpace
 from ..ir.graph import Node, Value
-from ..ir.registry import lookup, reduction_dims
+from ..ir.registry import lookup, nan_max, nan_min, reduction_dims
 from ..ir.types import compute_dtype, triton_dtype
 from .emitter import CodegenError, Emitter, Expr, Scope, cast_code
 from .indexing import Atom, Const, Var, depends, digits, lin
@@ -98,13 +98,16 @@ def _init_value(combine: str, dtype: torch.dtype) -> str:
     return _INIT[combine] if combine in ("max", "min") else f"{_INIT[combine]}.0"
 
 
-def _reduce_call(combine: str, var: str) -> str:
+def _reduce_call(combine: str, var: str, dtype: torch.dtype = torch.float32) -> str:
+    """Reduce ``var`` over axis 1. Float max/min return NaN for a row holding NaN, like torch
+    (``tl.max``/``tl.min`` skip NaN on GPUs and in the interpreter)."""
     if combine == "sum":
         return f"tl.sum({var}, 1)"
-    if combine == "max":
-        return f"tl.max({var}, 1)"
-    if combine == "min":
-        return f"tl.min({var}, 1)"
+    if combine in ("max", "min"):
+        call = f"tl.{combine}({var}, 1)"
+        if dtype.is_floating_point:
+            call = f"tl.where(tl.max(({var} != {var}).to(tl.int8), 1) != 0, float(\"nan\"), {call})"
+        return call
     raise CodegenError(f"reduction combine '{combine}' is not supported in kernels")
 
 
@@ -112,9 +115,9 @@ def _combine(combine: str, acc: str, value: str) -> str:
     if combine == "sum":
         return f"{acc} + {value}"
     if combine == "max":
-        return f"tl.maximum({acc}, {value})"
+        return nan_max(acc, value)
     if combine == "min":
-        return f"tl.minimum({acc}, {value})"
+        return nan_min(acc, value)
     raise CodegenError(f"reduction combine '{combine}' is not supported in kernels")
 
 
@@ -337,6 +340,8 @@ class FusedKernelBuilder:
             idx = info.input_index(x, r)
             expr = emitter.value(src, idx)
             init = _init_value(info.combine, acc_dtype)
+            if out.type.dtype == torch.bool and expr.dtype != torch.bool:  # any/all: truth, not truncation
+                expr = Expr(f"({expr.code} != 0)", torch.bool, expr.deps)
             masked = f"tl.where(xmask & rmask, {cast_code(expr, acc_dtype)}, {init})"
             if "rindex" not in expr.deps or "xindex" not in expr.deps:
                 masked = f"tl.where(xmask & rmask, {cast_code(expr, acc_dtype)} + tl.zeros([XBLOCK, RBLOCK], " \
@@ -357,7 +362,7 @@ class FusedKernelBuilder:
             outer.lines.extend("    " + line for line in scope.lines)
         for info, acc, acc_dtype in finals:
             name = emitter.tmp()
-            value = f"{_reduce_call(info.combine, acc)}[:, None]"
+            value = f"{_reduce_call(info.combine, acc, acc_dtype)}[:, None]"
             if info.mean:
                 value = f"{value} / {float(info.rnumel)!r}"
             outer.lines.append(f"{name} = {value}")

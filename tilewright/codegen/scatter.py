@@ -18,7 +18,7 @@ from ..autotune.space import Config
 from ..ir.graph import Node, Value
 from .expr import CodegenError, Scope, cast_code
 from .fused import _HEADER, _function, _wide
-from .indexing import Dyn, Var, broadcast_index, digits, offset_code
+from .indexing import Dyn, Var, broadcast_index, depends, digits, offset_code
 from .emitter import Emitter
 from .kernel import TunableMixin
 from .loader import load_kernel
@@ -94,13 +94,19 @@ class ScatterKernel(TunableMixin):
             dest.append(Dyn(f"tl.where({pos.code} < 0, {pos.code} + {size}, {pos.code})", pos.deps))
         dest.extend(ridx[first + len(bshape):])
         val = scatter.value(values, broadcast_index(ridx, region, values.type.shape))
-        ptr = scatter.arg_name(out, "out")
-        off = offset_code(tuple(dest), out.type.strides)
-        code = cast_code(val, out.type.dtype)
-        if accumulate:
+        if accumulate:  # float32 only (see _ATOMIC_DTYPES)
+            ptr = scatter.arg_name(out, "out")
+            off = offset_code(tuple(dest), out.type.strides)
+            code = cast_code(val, out.type.dtype)
+            # the pointer and the value must be blocks like the mask (a one-element region has no
+            # index variable in its address): broadcast them over the lanes, which xmask limits
+            if "xindex" not in depends(tuple(dest)):
+                off = f"{off} + 0 * xindex"
+            if "xindex" not in val.deps:
+                code = f"(tl.zeros([XBLOCK], tl.float32) + {code})"
             scatter_scope.lines.append(f"tl.atomic_add({ptr} + ({off}), {code}, mask=xmask)")
         else:
-            scatter_scope.lines.append(f"tl.store({ptr} + ({off}), {code}, mask=xmask)")
+            scatter.store(out, tuple(dest), val, scatter_scope, "[XBLOCK]", frozenset(["xindex"]))
         # one parameter list for both kernels: every input of either, then the output
         names: dict[int, str] = {}
         for emitter in (copy, scatter):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..ir.graph import Node, Value
+from ..ir.registry import nan_max
 from ..ir.types import compute_dtype, triton_dtype
 from .expr import CodegenError, Expr, cast_code, literal
 from .indexing import Affine, Atom, Const, Dyn, broadcast_index, lin
@@ -46,12 +47,16 @@ class SpecialOpsMixin:
             start, step = node.kwargs.get("start", 0), node.kwargs.get("step", 1)
         atom = idx[0]
         deps = atom.vars()
+        if not deps:  # one element (a Python constant index): a typed scalar tensor, computed like eager
+            if not isinstance(atom, Const):
+                raise CodegenError(f"arange at a constant index {atom.code()} that is not a literal")
+            value = start + atom.value * step
+            fill = float(value) if cdt.is_floating_point else int(value)
+            return self._assign(f"tl.full([], {literal(fill)}, {triton_dtype(cdt)})", cdt, frozenset())
         code = atom.code()
         if cdt.is_floating_point:
             code = f"({code}).to({triton_dtype(cdt)})"
         code = f"({code}) * {literal(step)} + {literal(start)}"
-        if isinstance(atom, Const):
-            return Expr(f"({code})", cdt, frozenset())
         return self._assign(code if cdt.is_floating_point else f"({code}).to({triton_dtype(cdt)})", cdt, deps)
 
     def _gather(self, node: Node, out: Value, idx: tuple[Atom, ...],
@@ -266,7 +271,9 @@ class SpecialOpsMixin:
             where = self._assign(f"(tl.maximum({first_h}, 0) * {w} + tl.maximum({first_w}, 0)).to(tl.int64)",
                                  torch.int64, deps)
             for (tap, cond), flat in zip(taps, flats):
-                better = f"({cond}) & ({cast_code(tap, cdt)} > {best.code})"
+                # like eager: a NaN tap always wins (the last NaN of the window), so NaN propagates
+                value = cast_code(tap, cdt)
+                better = f"({cond}) & (({value} > {best.code}) | ({value} != {value}))"
                 where = self._assign(f"tl.where({better}, ({flat}).to(tl.int64), {where.code})", torch.int64, deps)
                 best = self._assign(f"tl.where({better}, {cast_code(tap, cdt)}, {best.code})", cdt, deps)
             return where
@@ -276,7 +283,7 @@ class SpecialOpsMixin:
             acc = None
             for tap, cond in taps:
                 term = f"tl.where({cond}, {cast_code(tap, cdt)}, float('-inf'))"
-                acc = term if acc is None else f"tl.maximum({acc}, {term})"
+                acc = term if acc is None else nan_max(acc, term)
             return self._assign(str(acc), cdt, deps)
         total = " + ".join(f"tl.where({cond}, {cast_code(tap, cdt)}, 0.0)" for tap, cond in taps)
         if count_include_pad:

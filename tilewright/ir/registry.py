@@ -56,6 +56,17 @@ def _pw(name: str, body: ScalarBody, cast: str = "out", flops: float = 1.0) -> N
     register(OpDef(name, "pointwise", scalar=body, cast=cast, flops_per_element=flops))
 
 
+def nan_max(a: str, b: str) -> str:
+    """``max(a, b)`` that returns NaN when either is NaN, as torch does (``tl.maximum`` alone
+    drops NaN on GPUs and in the interpreter)."""
+    return f"tl.maximum({a}, {b}, propagate_nan=tl.PropagateNan.ALL)"
+
+
+def nan_min(a: str, b: str) -> str:
+    """``min(a, b)`` that returns NaN when either is NaN, as torch does."""
+    return f"tl.minimum({a}, {b}, propagate_nan=tl.PropagateNan.ALL)"
+
+
 def _alpha(a: list[str], k: dict[str, Any]) -> str:
     alpha = k.get("alpha", 1)
     return a[1] if alpha == 1 else f"({alpha!r} * {a[1]})"
@@ -97,7 +108,7 @@ _pw("aten.sin", lambda a, k: f"tl.sin({a[0]})", flops=4)
 _pw("aten.cos", lambda a, k: f"tl.cos({a[0]})", flops=4)
 _pw("aten.tanh", lambda a, k: f"(2.0 * tl.sigmoid(2.0 * {a[0]}) - 1.0)", flops=6)
 _pw("aten.sigmoid", lambda a, k: f"tl.sigmoid({a[0]})", flops=4)
-_pw("aten.relu", lambda a, k: f"tl.maximum({a[0]}, 0.0)")
+_pw("aten.relu", lambda a, k: nan_max(a[0], "0.0"))
 _pw("aten.silu", lambda a, k: f"({a[0]} * tl.sigmoid({a[0]}))", flops=5)
 _pw("aten.erf", lambda a, k: f"tl.erf({a[0]})", flops=8)
 _pw("aten.floor", lambda a, k: f"tl.floor({a[0]})")
@@ -147,8 +158,8 @@ def _pow(a: list[str], k: dict[str, Any]) -> str:
 
 
 register(OpDef("aten.pow", "pointwise", scalar=_pow, flops_per_element=4))
-_pw("aten.maximum", lambda a, k: f"tl.maximum({a[0]}, {a[1]})")
-_pw("aten.minimum", lambda a, k: f"tl.minimum({a[0]}, {a[1]})")
+_pw("aten.maximum", lambda a, k: nan_max(a[0], a[1]))
+_pw("aten.minimum", lambda a, k: nan_min(a[0], a[1]))
 
 
 def _clamp(a: list[str], k: dict[str, Any]) -> str:
@@ -156,16 +167,16 @@ def _clamp(a: list[str], k: dict[str, Any]) -> str:
     lo = a[1] if len(a) > 1 else k.get("min")
     hi = a[2] if len(a) > 2 else k.get("max")
     if lo is not None and lo != "None":
-        x = f"tl.maximum({x}, {lo})"
+        x = nan_max(x, lo)
     if hi is not None and hi != "None":
-        x = f"tl.minimum({x}, {hi})"
+        x = nan_min(x, hi)
     return x
 
 
 _pw("aten.clamp", _clamp)
-_pw("aten.clamp_min", lambda a, k: f"tl.maximum({a[0]}, {a[1]})")
-_pw("aten.clamp_max", lambda a, k: f"tl.minimum({a[0]}, {a[1]})")
-_pw("aten.hardtanh", lambda a, k: f"tl.minimum(tl.maximum({a[0]}, {a[1] if len(a) > 1 else -1.0}), {a[2] if len(a) > 2 else 1.0})")
+_pw("aten.clamp_min", lambda a, k: nan_max(a[0], a[1]))
+_pw("aten.clamp_max", lambda a, k: nan_min(a[0], a[1]))
+_pw("aten.hardtanh", lambda a, k: nan_min(nan_max(a[0], a[1] if len(a) > 1 else "-1.0"), a[2] if len(a) > 2 else "1.0"))
 _pw("aten.leaky_relu", lambda a, k: f"tl.where({a[0]} > 0, {a[0]}, {a[0]} * {a[1] if len(a) > 1 else 0.01})")
 
 # --- comparisons and logic -----------------------------------------------------------------
