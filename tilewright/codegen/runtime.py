@@ -183,6 +183,9 @@ class CompiledGraph:
         except Exception as exc:
             if self.eager is None or wrote_inputs[0]:
                 raise
+            # the graph as the user wrote it: if it fails too, the error is the program's own
+            # (a singular matrix, a bad index) and propagates as eager's; otherwise it was ours
+            result = self.eager(inputs)
             cause = _first_line(exc)
             if config.strict:
                 raise strict_failure(f"graph {self.report.name}", [], f"a step failed at run time ({cause})") from exc
@@ -193,7 +196,7 @@ class CompiledGraph:
             self.report.mode = "eager (run failed)"
             for entry in self.report.kernels:
                 mark_fell_back(entry, f"graph runs eagerly: {cause}")
-            return self.eager(inputs)
+            return result
 
     def _run_plan(self, inputs: Sequence[Any], wrote_inputs: list[bool]) -> Any:
         env: dict[int, torch.Tensor] = {}
