@@ -77,8 +77,8 @@ class SpecialOpsMixin:
         seed = self.value(seed_value, tuple(Const(0) for _ in seed_value.type.shape), guard)
         offset = lin(idx, out.type.shape)
         deps = offset.vars()
-        offsets = offset.code() if deps else f"({offset.code()})"
-        return self._assign(f"tl.rand({seed.code}, ({offsets}).to(tl.int32)) >= {p!r}", torch.bool, deps | seed.deps)
+        offsets = f"({offset.code()}).to(tl.int32)" if deps else f"tl.full([], {offset.code()}, tl.int32)"
+        return self._assign(f"tl.rand({seed.code}, {offsets}) >= {p!r}", torch.bool, deps | seed.deps)
 
     def _indexing(self, node: Node, out: Value, idx: tuple[Atom, ...],
                   guard: tuple[str, frozenset[str]] | None, kind: str) -> Expr:
@@ -268,13 +268,16 @@ class SpecialOpsMixin:
         if mode == "max" and out.index == 1:
             first_h, first_w = Affine(oh, sh, -ph).code(), Affine(ow, sw, -pw).code()
             best = self._assign(f"tl.where({taps[0][1]}, {cast_code(taps[0][0], cdt)}, float('-inf'))", cdt, deps)
-            where = self._assign(f"(tl.maximum({first_h}, 0) * {w} + tl.maximum({first_w}, 0)).to(tl.int64)",
+            # int64 by promotion (the index may be a Python constant, which has no .to())
+            where = self._assign(f"(tl.zeros([], tl.int64) + (tl.maximum({first_h}, 0) * {w} + "
+                                 f"tl.maximum({first_w}, 0)))",
                                  torch.int64, deps)
             for (tap, cond), flat in zip(taps, flats):
                 # like eager: a NaN tap always wins (the last NaN of the window), so NaN propagates
                 value = cast_code(tap, cdt)
                 better = f"({cond}) & (({value} > {best.code}) | ({value} != {value}))"
-                where = self._assign(f"tl.where({better}, ({flat}).to(tl.int64), {where.code})", torch.int64, deps)
+                where = self._assign(f"tl.where({better}, tl.zeros([], tl.int64) + ({flat}), {where.code})",
+                                     torch.int64, deps)
                 best = self._assign(f"tl.where({better}, {cast_code(tap, cdt)}, {best.code})", cdt, deps)
             return where
         if out.index != 0:
