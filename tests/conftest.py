@@ -27,12 +27,16 @@ def pytest_configure(config: pytest.Config) -> None:
 def _isolate_tilewright(request: pytest.FixtureRequest) -> None:
     import tilewright
 
+    from tilewright.codegen.jit import restore_triton_language
+
     cfg = tilewright.config
+    restore_triton_language()  # Triton's interpreter leaves patches on triton.language behind
     saved = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
     torch._dynamo.reset()
     cfg.verify = False
     cfg.strict = request.node.get_closest_marker("fallback") is None
     yield
     torch._dynamo.reset()
+    restore_triton_language()
     for name, value in saved.items():
         setattr(cfg, name, value)

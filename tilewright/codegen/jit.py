@@ -67,7 +67,31 @@ def ensure_interpreter() -> None:
     if converted:
         log.info("Triton was imported before the interpreter was requested: %d of its helpers now run "
                  "interpreted", len(converted))
+    _language_snapshot.extend((ns, dict(vars(ns))) for ns in namespaces + [tl.core.dtype])
     _interpreter_ready = True
+
+
+#: (namespace, its attributes) of triton.language as ensure_interpreter left it
+_language_snapshot: list[tuple[Any, dict[str, Any]]] = []
+
+
+def restore_triton_language() -> int:
+    """Undo the patches Triton's interpreter leaves on ``triton.language``; returns how many.
+
+    The interpreter swaps ``triton.language.core``'s builtins (``program_id``, ``load``,
+    ``tensor.to``...) for NumPy versions while a kernel runs, and a helper called from inside a
+    kernel (``tl.sum`` -> ``core.reduce``) patches them again without undoing it. A later
+    compile for a real GPU in the same process then fails on its first line ("'block_argument'
+    object has no attribute 'dtype'"). Call this before compiling for a GPU in a process that
+    has run interpreted kernels.
+    """
+    restored = 0
+    for namespace, attrs in _language_snapshot:
+        for attr, value in attrs.items():
+            if vars(namespace).get(attr) is not value:
+                setattr(namespace, attr, value)
+                restored += 1
+    return restored
 
 
 def wrap_kernel(fn: Callable[..., Any], interpret: bool | None = None, **kwargs: Any) -> Any:

@@ -70,6 +70,10 @@ def compile_for_target(job: CompileJob, arch: int = 90, warp_size: int = 32) -> 
     from triton.compiler import ASTSource
     from triton.runtime.jit import JITFunction
 
+    from .jit import restore_triton_language
+
+    restore_triton_language()  # interpreted kernels run earlier in this process leave patches behind
+
     directory = tempfile.mkdtemp(prefix="tw_aot_")
     path = os.path.join(directory, f"{job.fn_name}.py")
     with open(path, "w") as handle:
