@@ -335,6 +335,12 @@ def summarize(results: Sequence[SampleResult]) -> dict[str, Any]:
     for s in worst.values():
         by_op[s] += 1
     compiled = [r for r in results if r.status != "skipped"]
+    reasons: dict[str, int] = {}
+    for r in results:  # why ops ran as ATen calls (by design, or an unsupported case of a lowered op)
+        if r.status == "not-lowered":
+            for f in r.fallbacks:
+                reason = f.split(": ", 1)[-1][:100]
+                reasons[reason] = reasons.get(reason, 0) + 1
     return {
         "ops": len(worst),
         "samples": len(results),
@@ -343,6 +349,7 @@ def summarize(results: Sequence[SampleResult]) -> dict[str, Any]:
         "lowered_samples": sum(1 for r in compiled if r.status != "not-lowered"),
         "samples_by_status": by_sample,
         "ops_by_worst_status": by_op,
+        "not_lowered_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
         "failures": [f"{r.op}[{r.sample}] {r.status}: {r.detail}" for r in results
                      if r.status in ("mismatch", "crash", "runtime-fallback")],
     }

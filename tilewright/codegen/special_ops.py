@@ -147,7 +147,7 @@ class SpecialOpsMixin:
             index: Value = node.args[2]
             if not isinstance(index, Value):
                 raise CodegenError(f"{kind} needs a tensor index")
-            at = idx if kind == "gather" else (idx[dim],)
+            at = idx if kind == "gather" else (idx[dim],) if rank else (Const(0),) * index.type.rank
             if kind == "gather" and index.type.rank == 0:
                 at = ()
             pos = self.value(index, at, guard)

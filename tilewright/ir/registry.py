@@ -331,6 +331,8 @@ def schema_argument(node_target: Any, args: tuple, kwargs: dict, name: str, defa
 def reduction_dims(node_target: Any, args: tuple, kwargs: dict, rank: int) -> list[int]:
     """Sorted, non-negative reduced dimensions of a reduction call (every dim when none given)."""
     dims = schema_argument(node_target, args, kwargs, "dim")
+    if rank == 0:  # a 0-d tensor: dim 0 / -1 name the tensor itself, nothing is reduced
+        return []
     if dims is None or (isinstance(dims, (list, tuple)) and len(dims) == 0):
         return list(range(rank))
     if isinstance(dims, int):
