@@ -5,6 +5,9 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
+
+from .commands._common import fail
 
 #: sub-command name -> module in tilewright.commands exposing ``register(subparsers)``.
 COMMANDS = {
@@ -32,7 +35,31 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # sub-command not built yet
             raise
         module.register(sub)
+    _accept_verbose_anywhere(parser)
     return parser
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every parser below ``parser`` (sub-commands and their actions), depth first."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases map to one parser
+                found.append(child)
+                found.extend(_subparsers(child))
+    return found
+
+
+def _accept_verbose_anywhere(parser: argparse.ArgumentParser) -> None:
+    """Let ``-v`` follow the command too (``tilewright explain X -v``), not only precede it.
+
+    NOTE: the default is SUPPRESS so that a sub-parser that did not see ``-v`` leaves the count
+    the top-level parser took (argparse copies every sub-parser default over the parent's).
+    """
+    for child in _subparsers(parser):
+        if "-v" not in child._option_string_actions:
+            child.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                               help="more logging (-vv for debug)")
 
 
 def _select_interpreter_on_cpu() -> None:
@@ -56,7 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return fail("interrupted", 130)
+    except Exception as exc:  # NOTE: any failure is one line; -v shows the traceback
+        if args.verbose:
+            traceback.print_exc()
+            return fail(f"{args.command}: {type(exc).__name__}: {exc}", 1)
+        return fail(f"{args.command}: {type(exc).__name__}: {exc} (run with -v for the traceback)", 1)
 
 
 if __name__ == "__main__":

@@ -41,23 +41,52 @@ def test_autotune_summary_table_and_tuning_commands(url, tmp_path, capsys):
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 1 and rows[0]["kernel_name"] == "vector_add"
     key = rows[0]["problem_key"]
-    assert main(["tuning", "--storage", url, "show", key[:8], "--json"]) == 0
+    assert main(["tuning", "show", key[:8], "--json", "--storage", url]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert len(shown["measurements"]) >= 3
     assert main(["tuning", "--storage", url, "show", "nosuchkey"]) == 1
     dump = tmp_path / "dump.json"
-    assert main(["tuning", "--storage", url, "export", str(dump)]) == 0
+    assert main(["tuning", "export", "--storage", url, str(dump)]) == 0
     data = json.loads(dump.read_text())
     data["best_configs"].append({"problem_key": "x", "config_json": "{"})
     dump.write_text(json.dumps(data))
     other = f"sqlite:///{tmp_path / 'other.db'}"
-    assert main(["tuning", "--storage", other, "import", str(dump)]) == 0
+    assert main(["tuning", "import", str(dump), "--storage", other]) == 0
     assert "imported 1 entries, rejected 1" in capsys.readouterr().err
     assert main(["tuning", "--storage", other, "prune"]) == 2
-    assert main(["tuning", "--storage", other, "prune", "--all"]) == 0
+    assert main(["tuning", "prune", "--all", "--storage", other]) == 0
     capsys.readouterr()
-    assert main(["tuning", "--storage", other, "list", "--json"]) == 0
+    assert main(["tuning", "list", "--storage", other, "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
+
+
+ACTIONS = {"list": [], "show": ["KEY"], "export": ["-"], "import": ["FILE"], "prune": ["--all"],
+           "migrate": []}
+
+
+@pytest.mark.parametrize("action", sorted(ACTIONS))
+def test_tuning_storage_before_or_after_the_action(action):
+    from tilewright.cli import build_parser
+
+    parser = build_parser()
+    args = ACTIONS[action]
+    assert parser.parse_args(["tuning", "--storage", "A", action, *args]).storage == "A"
+    assert parser.parse_args(["tuning", action, *args, "--storage", "B"]).storage == "B"
+    assert parser.parse_args(["tuning", action, "--storage", "C", *args]).storage == "C"
+    assert parser.parse_args(["tuning", action, *args]).storage is None
+    assert parser.parse_args(["tuning", action, *args]).action == action
+
+
+def test_tuning_list_with_storage_after_the_action_reads_that_database(url, capsys):
+    assert main(["autotune", "autotune.tw_test_kernels:factory", "--trials", "2", "--storage", url,
+                 "--no-progress", "--no-costmodel"]) == 0
+    capsys.readouterr()
+    assert main(["tuning", "list", "--storage", url, "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["kernel_name"] == "vector_add" and row["timing_source"] == "interpreter"
+    assert main(["tuning", "list", "--storage", url]) == 0
+    table = capsys.readouterr().out
+    assert "interpreter" in table and "source" in table
 
 
 def test_autotune_replay_file(url, tmp_path, capsys):

@@ -6,10 +6,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
-from tilewright.cli import COMMANDS, build_parser
+from tilewright.cli import COMMANDS, build_parser, main
 
 FACTORY = '''
 import torch
@@ -26,16 +27,126 @@ def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
 
 
+def _commands(parser) -> list[list[str]]:
+    """Every command line prefix: each sub-command, and each action of those that have them."""
+    found = []
+    for action in parser._actions:
+        if action.__class__.__name__ == "_SubParsersAction":
+            for name, child in action.choices.items():
+                found.append([name])
+                found.extend([name, *rest] for rest in _commands(child))
+    return found
+
+
 def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     parser = build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    assert set(sub.choices) >= {"demo", "explain"}
-    for name in sub.choices:
+    assert set(sub.choices) >= {"demo", "explain", "tuning", "autotune"}
+    assert set(sub.choices) <= set(COMMANDS)
+    commands = _commands(parser)
+    assert ["tuning", "list"] in commands and ["tuning", "migrate"] in commands
+    for words in commands:
         with pytest.raises(SystemExit) as exc:
-            parser.parse_args([name, "--help"])
+            parser.parse_args([*words, "--help"])
         assert exc.value.code == 0
         assert "usage" in capsys.readouterr().out
-    assert set(sub.choices) <= set(COMMANDS)
+
+
+def test_verbose_may_follow_any_command() -> None:
+    parser = build_parser()
+    assert parser.parse_args(["explain", "m:f", "-v"]).verbose == 1
+    assert parser.parse_args(["-v", "explain", "m:f"]).verbose == 1
+    assert parser.parse_args(["explain", "m:f"]).verbose == 0
+    assert parser.parse_args(["tuning", "list", "-vv"]).verbose == 2
+    assert parser.parse_args(["autotune", "m:f", "--trials", "2", "-v"]).verbose == 1
+
+
+# -- bad inputs: one line on stderr, a non-zero exit code, no traceback -------------------------
+
+BAD_MODULE = "raise RuntimeError('broken at import')\n"
+FACTORIES = '''
+def raises():
+    raise RuntimeError("no weights here")
+
+def wrong():
+    return 42
+
+not_callable = 3
+'''
+
+
+@pytest.fixture
+def in_process(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """Run ``main`` in-process from an empty folder, restoring what it changes (env, cwd, path)."""
+    monkeypatch.setenv("TILEWRIGHT_INTERPRET", "1")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    (tmp_path / "badmod.py").write_text(BAD_MODULE)
+    (tmp_path / "cli_factories.py").write_text(FACTORIES)
+    (tmp_path / "bad.mlir").write_text("this is not MLIR\n")
+    (tmp_path / "corrupt.db").write_text("not a database\n")
+    (tmp_path / "bad.json").write_text("{not json")
+    yield tmp_path
+    for name in ("badmod", "cli_factories", "good"):  # imported from tmp_path by the commands
+        sys.modules.pop(name, None)
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv, code, says", [
+    (["explain", "bad.mlir"], 2, "bad.mlir is not valid torch-dialect MLIR"),
+    (["explain", "missing.mlir"], 2, "no such MLIR file: missing.mlir"),
+    (["explain", "missing.py:make"], 2, "no such file missing.py"),
+    (["explain", "no_such_module:make"], 2, "cannot import 'no_such_module'"),
+    (["explain", "badmod:make"], 2, "cannot import 'badmod': RuntimeError: broken at import"),
+    (["explain", "cli_factories:nothing"], 2, "has no callable 'nothing'"),
+    (["explain", "cli_factories:not_callable"], 2, "has no callable 'not_callable'"),
+    (["explain", "cli_factories:raises"], 2, "cli_factories:raises raised RuntimeError: no weights here"),
+    (["explain", "cli_factories:wrong"], 2, "must return (model, example_inputs), got int"),
+    (["explain", "nocolon"], 2, "expected MODULE:FACTORY"),
+    (["tuning", "list", "--storage", "not-a-url"], 2, "cannot open the tuning database"),
+    (["tuning", "list", "--storage", "sqlite:///corrupt.db"], 2, "file is not a database"),
+    (["tuning", "import", "missing.json", "--storage", "sqlite:///t.db"], 2, "No such file"),
+    (["tuning", "import", "bad.json", "--storage", "sqlite:///t.db"], 2, "not JSON"),
+    (["tuning", "export", "no/such/dir/x.json", "--storage", "sqlite:///t.db"], 2, "cannot write"),
+    (["tuning", "show", "nokey", "--storage", "sqlite:///t.db"], 1, "no entry for key"),
+    (["tuning", "prune", "--storage", "sqlite:///t.db"], 2, "say what to prune"),
+    (["autotune", "x:y", "--replay", "missing.json"], 2, "cannot replay missing.json"),
+    (["autotune", "x:y", "--replay", "bad.json"], 2, "cannot replay bad.json"),
+    (["autotune", "no_such_module:make", "--storage", "sqlite:///t.db"], 2, "cannot get kernels"),
+    (["train-costmodel", "missing.jsonl", "--out", "m.json"], 1, "no such file"),
+    (["train-costmodel", "bad.json", "--out", "m.json"], 1, "bad.json"),
+])
+def test_bad_inputs_give_one_line(in_process: Path, capsys: pytest.CaptureFixture[str],
+                                  argv: list[str], code: int, says: str) -> None:
+    assert main(argv) == code
+    assert says in _one_line_error(capsys)
+
+
+def test_unexpected_failure_is_one_line_and_v_shows_the_traceback(
+        in_process: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import tilewright
+
+    (in_process / "good.py").write_text(FACTORY)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("compiler bug\nsecond line")
+
+    monkeypatch.setattr(tilewright, "explain", broken)
+    assert main(["explain", "good:make"]) == 1
+    line = _one_line_error(capsys)
+    assert "compiling good:make failed: RuntimeError: compiler bug second line" in line
+    assert "-v" in line
+    assert main(["explain", "good:make", "-v"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("error: explain: RuntimeError")
 
 
 def test_explain_json(tmp_path: Path) -> None:

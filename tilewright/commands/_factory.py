@@ -7,25 +7,47 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from ._common import one_line
+
 
 class FactoryError(ValueError):
-    """The spec could not be loaded; the message says what to fix."""
+    """The spec could not be loaded; the message (one line) says what to fix."""
+
+    def __init__(self, message: str):
+        super().__init__(one_line(message))
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def load_factory(spec: str, input_shapes: str | None = None) -> tuple[Callable[..., Any], tuple[Any, ...]]:
-    """Return ``(model_or_fn, example_inputs)`` from ``module:factory`` or a ``.mlir`` file."""
+    """Return ``(model_or_fn, example_inputs)`` from ``module:factory`` or a ``.mlir`` file.
+
+    Raises:
+        FactoryError: for anything wrong with the spec: a missing file, a file that is not
+            MLIR, a module that does not import, no such factory, a factory that raises or
+            returns something else than ``(model, example_inputs)``.
+    """
     if spec.endswith(".mlir"):
+        if not Path(spec).is_file():
+            raise FactoryError(f"no such MLIR file: {spec}")
         from ..frontend.mlir import load_mlir_model
 
-        model, inputs = load_mlir_model(spec, input_shapes=input_shapes)
+        try:
+            model, inputs = load_mlir_model(spec, input_shapes=input_shapes)
+        except Exception as exc:  # parse errors, unsupported ops, unsized dynamic dims
+            raise FactoryError(f"cannot load {spec}: {exc}") from exc
         return model, tuple(inputs)
     if ":" not in spec:
-        raise FactoryError(f"expected MODULE:FACTORY (or a .mlir file), got {spec!r}; e.g. mypkg.models:make_gpt2")
+        hint = " (no such file)" if spec.endswith((".py", ".mlir")) and not Path(spec).exists() else ""
+        raise FactoryError(f"expected MODULE:FACTORY (or a .mlir file), got {spec!r}{hint}; "
+                           "e.g. mypkg.models:make_gpt2")
     module_name, attr = spec.rsplit(":", 1)
     try:
         if module_name.endswith(".py") or "/" in module_name:
             path = Path(module_name)
-            if not path.exists():
+            if not path.is_file():
                 raise FactoryError(f"no such file {path}")
             mod_spec = importlib.util.spec_from_file_location(path.stem, path)
             assert mod_spec and mod_spec.loader
@@ -33,14 +55,20 @@ def load_factory(spec: str, input_shapes: str | None = None) -> tuple[Callable[.
             sys.modules[path.stem] = module
             mod_spec.loader.exec_module(module)
         else:
-            sys.path.insert(0, str(Path.cwd()))
+            if str(Path.cwd()) not in sys.path:
+                sys.path.insert(0, str(Path.cwd()))
             module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise FactoryError(f"cannot import {module_name!r}: {exc}") from exc
+    except FactoryError:
+        raise
+    except Exception as exc:  # ImportError, or whatever the module raises while importing
+        raise FactoryError(f"cannot import {module_name!r}: {_describe(exc)}") from exc
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
         raise FactoryError(f"{module_name!r} has no callable {attr!r}")
-    result = factory()
+    try:
+        result = factory()
+    except Exception as exc:
+        raise FactoryError(f"{spec} raised {_describe(exc)}") from exc
     if not (isinstance(result, tuple) and len(result) == 2):
         raise FactoryError(f"{spec} must return (model, example_inputs), got {type(result).__name__}")
     model, inputs = result

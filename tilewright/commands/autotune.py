@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ._common import fail
+
 log = logging.getLogger(__name__)
 
 
@@ -37,7 +39,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=None, help="sampler seed")
     p.add_argument("--no-costmodel", action="store_true", help="search without the cost model")
     p.add_argument("--replay", default=None, metavar="FILE",
-                   help="answer from a timing-record file instead of measuring")
+                   help="answer from a timing-record file instead of measuring (the winners are "
+                        "stored as replayed and never used at compile time)")
     p.add_argument("--heartbeat", type=int, default=10,
                    help="seconds between trial heartbeats; a trial silent for 3x this is re-run")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -99,17 +102,25 @@ def run(args: argparse.Namespace) -> int:
         if os.environ.get("TRITON_INTERPRET", "") in ("", "0"):
             os.environ["TRITON_INTERPRET"] = "1"
     try:
+        measurer = ReplayMeasurer.from_file(args.replay) if args.replay else None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        return fail(f"cannot replay {args.replay}: {why}")
+    try:
         kernels = kernels_of(load_target(args.target))
     except Exception as exc:
-        err.print(f"[red]error:[/red] cannot get kernels from {args.target}: {exc}")
-        return 2
+        return fail(f"cannot get kernels from {args.target}: {type(exc).__name__}: {exc}")
     if not kernels:
-        err.print("[red]error:[/red] the model has no tunable kernels")
-        return 1
-    measurer = ReplayMeasurer.from_file(args.replay) if args.replay else default_measurer()
+        return fail("the model has no tunable kernels", 1)
+    if measurer is None:
+        measurer = default_measurer()
     info = measurer.device_info()
     label = measurer.label if args.replay else info["timing_label"]
-    if not info.get("is_gpu") and not args.replay:
+    if args.replay:
+        err.print(f"Replayed timings from {args.replay}: nothing is measured; the winners are "
+                  "stored with timing source 'replay' and never used at compile time.",
+                  soft_wrap=True)
+    elif not info.get("is_gpu"):
         err.print(f"[yellow]No GPU: {label}.[/yellow]")
     storage = args.storage or config.tuning_url()
     settings = SearchSettings(sampler=args.sampler, trials=args.trials, timeout_s=args.timeout,
@@ -124,13 +135,16 @@ def run(args: argparse.Namespace) -> int:
         err.print("interrupted: finished trials are stored; run the same command to resume")
         return 130
     except sqlalchemy.exc.SQLAlchemyError as exc:
-        err.print(f"[red]error:[/red] tuning database {_safe_url(storage)}: {exc}")
-        return 2
+        return fail(f"tuning database {_safe_url(storage)}: {exc}")
     if args.plot:
-        write_plots(results, Path(args.plot), label)
+        try:
+            write_plots(results, Path(args.plot), label)
+        except OSError as exc:
+            return fail(f"cannot write plots to {args.plot}: {exc.strerror or exc}")
     ok = all(r.config is not None for r in results)
     if args.json:
-        print(json.dumps({"device": info, "timing_label": label, "storage": _safe_url(storage),
+        print(json.dumps({"device": info, "timing_label": label,
+                          "timing_source": measurer.source, "storage": _safe_url(storage),
                           "ok": ok, "kernels": [r.to_dict() for r in results]}, indent=2, default=str))
     else:
         print_summary(results, label)

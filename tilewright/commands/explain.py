@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
+from ._common import fail
 from ._factory import FactoryError, load_factory
 
 
@@ -25,9 +25,14 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         model, inputs = load_factory(args.spec, args.input_shapes)
-    except (FactoryError, ValueError, ImportError) as exc:  # includes the MLIR import errors
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    report = tilewright.explain(model, *inputs, training=args.training or None)
+    except FactoryError as exc:
+        return fail(exc)
+    try:
+        report = tilewright.explain(model, *inputs, training=args.training or None)
+    except Exception as exc:  # NOTE: -v gives the traceback (the CLI's handler)
+        if args.verbose:
+            raise
+        return fail(f"compiling {args.spec} failed: {type(exc).__name__}: {exc} "
+                    "(run with -v for the traceback)", 1)
     print(report.to_json() if args.json else str(report))
     return 0

@@ -17,6 +17,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ._common import fail
+
 log = logging.getLogger(__name__)
 
 #: Targets from the cost-model issue (held-out kernels).
@@ -130,21 +132,21 @@ def run(args: argparse.Namespace) -> int:
     try:
         records = read_records(*args.data)
     except RecordError as exc:
-        log.error("%s", exc)
-        return 1
+        return fail(exc, 1)
     if any(r.synthetic for r in records) and not args.allow_synthetic:
-        log.error("the data contains synthetic records; pass --allow-synthetic (tests only)")
-        return 4
+        return fail("the data contains synthetic records; pass --allow-synthetic (tests only)", 4)
     try:
         model, report = train_model(records, seed=args.seed, n_splits=args.folds, holdout=args.holdout,
                                     evaluate=not args.no_cv,
                                     n_estimators=args.estimators, max_depth=args.max_depth,
                                     learning_rate=args.learning_rate)
     except ValueError as exc:
-        log.error("not enough data to train: %s", exc)
-        return 3
+        return fail(f"not enough data to train: {exc}", 3)
     out = Path(args.out)
-    model.save(out)
+    try:
+        model.save(out)
+    except OSError as exc:
+        return fail(f"cannot write the model to {out}: {exc.strerror or exc}", 1)
     report["model"] = str(out)
     if "cv" in report:
         report["targets"] = _targets(report["cv"], report["synthetic"])
