@@ -28,8 +28,8 @@ def test_put_and_lookup_round_trip(db_url):
     db = TuningDatabase(db_url)
     k = TinyMatmul()
     assert db.lookup(k.problem, k.space, GPU) is None
-    db.put_best(k.problem, k.space, GPU, _best_config(k), time_s=1e-5, default_time_s=2e-5,
-                trials=7, kernel_name=k.name, timing_label="gpu timings")
+    db.put_best(k.problem, k.space, GPU, _best_config(k), timing_source="cuda", time_s=1e-5,
+                default_time_s=2e-5, trials=7, kernel_name=k.name, timing_label="gpu timings")
     entry = db.lookup(k.problem, k.space, GPU)
     assert entry is not None and entry.config == _best_config(k)
     assert entry.time_s == 1e-5 and entry.trials == 7
@@ -43,10 +43,11 @@ def test_put_and_lookup_round_trip(db_url):
 def test_slower_entry_does_not_replace_faster(db_url):
     db = TuningDatabase(db_url)
     k = TinyMatmul()
-    db.put_best(k.problem, k.space, GPU, _best_config(k), time_s=1e-5)
-    db.put_best(k.problem, k.space, GPU, k.space.default_config(), time_s=3e-5)
+    db.put_best(k.problem, k.space, GPU, _best_config(k), timing_source="cuda", time_s=1e-5)
+    db.put_best(k.problem, k.space, GPU, k.space.default_config(), timing_source="cuda", time_s=3e-5)
     assert db.lookup(k.problem, k.space, GPU).config == _best_config(k)
-    db.put_best(k.problem, k.space, GPU, k.space.default_config(), time_s=3e-5, force=True)
+    db.put_best(k.problem, k.space, GPU, k.space.default_config(), timing_source="cuda", time_s=3e-5,
+                force=True)
     assert db.lookup(k.problem, k.space, GPU).config == k.space.default_config()
 
 
@@ -54,13 +55,14 @@ def test_infeasible_config_is_never_stored(db_url):
     db = TuningDatabase(db_url)
     k = TinyMatmul()
     with pytest.raises(InfeasibleConfig):
-        db.put_best(k.problem, k.space, GPU, dict(k.space.default_config(), BLOCK_M=48), time_s=1.0)
+        db.put_best(k.problem, k.space, GPU, dict(k.space.default_config(), BLOCK_M=48),
+                    timing_source="cuda", time_s=1.0)
 
 
 def test_foreign_space_version_is_rejected_and_reported(db_url):
     db = TuningDatabase(db_url)
     k = TinyMatmul()
-    db.put_best(k.problem, k.space, GPU, _best_config(k), time_s=1e-5)
+    db.put_best(k.problem, k.space, GPU, _best_config(k), timing_source="cuda", time_s=1e-5)
     newer = TinyMatmul()
     newer.space.version = "2"
     assert db.lookup(newer.problem, newer.space, GPU) is None
@@ -83,7 +85,7 @@ def _tamper(db, **values):
 def test_corrupt_or_foreign_entries_are_rejected(db_url, values, reason):
     db = TuningDatabase(db_url)
     k = TinyMatmul()
-    db.put_best(k.problem, k.space, GPU, _best_config(k), time_s=1e-5)
+    db.put_best(k.problem, k.space, GPU, _best_config(k), timing_source="cuda", time_s=1e-5)
     _tamper(db, **values)
     assert db.lookup(k.problem, k.space, GPU) is None
     if reason:
@@ -93,7 +95,7 @@ def test_corrupt_or_foreign_entries_are_rejected(db_url, values, reason):
 def test_config_invalid_in_current_space_is_rejected(db_url):
     db = TuningDatabase(db_url)
     k = TinyMatmul()
-    db.put_best(k.problem, k.space, GPU, _best_config(k), time_s=1e-5)
+    db.put_best(k.problem, k.space, GPU, _best_config(k), timing_source="cuda", time_s=1e-5)
     bad = dict(_best_config(k), BLOCK_M=48)
     from tilewright.autotune.space import config_hash
     _tamper(db, config_json=json.dumps(bad), config_hash=config_hash(bad))
@@ -116,7 +118,8 @@ def test_measurements_keep_failures(db_url):
 def test_export_import_round_trip_rejects_corrupt_rows(db_url, tmp_path):
     db = TuningDatabase(db_url)
     k = TinyMatmul()
-    db.put_best(k.problem, k.space, GPU, _best_config(k), time_s=1e-5, kernel_name="mm")
+    db.put_best(k.problem, k.space, GPU, _best_config(k), timing_source="cuda", time_s=1e-5,
+                kernel_name="mm")
     dump = db.export_entries()
     json.dumps(dump)  # plain data
     dump["best_configs"].append(dict(dump["best_configs"][0], config_json="{oops"))
@@ -132,8 +135,9 @@ def test_export_import_round_trip_rejects_corrupt_rows(db_url, tmp_path):
 def test_prune(db_url):
     db = TuningDatabase(db_url)
     k = TinyMatmul()
-    db.put_best(k.problem, k.space, GPU, _best_config(k), time_s=1e-5)
-    db.put_best(k.problem, k.space, dict(GPU, triton_version="3.9.0"), _best_config(k), time_s=1e-5)
+    db.put_best(k.problem, k.space, GPU, _best_config(k), timing_source="cuda", time_s=1e-5)
+    db.put_best(k.problem, k.space, dict(GPU, triton_version="3.9.0"), _best_config(k),
+                timing_source="cuda", time_s=1e-5)
     assert db.prune(triton_version="3.9.0") == 1
     assert len(db.entries()) == 1
     _tamper(db, config_json="{broken")
@@ -148,7 +152,7 @@ def _writer(url: str, worker: int, n: int) -> None:
     for i in range(n):
         cfg = configs[(worker * 31 + i) % len(configs)]
         t = 1e-5 * (1 + ((worker * 7 + i * 13) % 50))
-        db.put_best(k.problem, k.space, GPU, cfg, time_s=t)
+        db.put_best(k.problem, k.space, GPU, cfg, timing_source="cuda", time_s=t)
         db.add_measurements(k.problem, k.space, GPU, [MeasureResult(cfg, "h", t, (t,), None, "x")])
 
 

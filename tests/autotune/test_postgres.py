@@ -45,7 +45,7 @@ def _check_study(url: str, name: str, trials: int, workers: int) -> list:
 def test_database_round_trip_and_concurrent_writers(pg_url):
     db = TuningDatabase(pg_url)
     k = TinyMatmul(m=16 + random.randrange(10_000))  # a key of its own on the shared server
-    db.put_best(k.problem, k.space, GPU, k.space.default_config(), time_s=2e-5)
+    db.put_best(k.problem, k.space, GPU, k.space.default_config(), timing_source="cuda", time_s=2e-5)
     assert db.lookup(k.problem, k.space, GPU).config == k.space.default_config()
     newer = TinyMatmul(m=k.m)
     newer.space.version = "99"

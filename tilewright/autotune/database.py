@@ -9,6 +9,14 @@ Every entry read back is validated against the current :class:`ScheduleSpace`; a
 (another space version or kind, another key) or a corrupt one (JSON that does not parse, wrong
 types, infeasible config) is ignored, logged and listed in :attr:`TuningDatabase.rejected`.
 
+Provenance: every entry and measurement records its *timing source* (``cuda``,
+``interpreter``, ``replay``; empty for entries written before sources were recorded).
+:meth:`TuningDatabase.lookup` serves only entries whose source is the one real measurement of
+the device looked up (``cuda`` on a GPU, ``interpreter`` on the CPU interpreter): replayed and
+unknown-source entries are rejected as *untrusted*. Databases created before the column existed
+get it on open (empty for old rows); :meth:`TuningDatabase.migrate_sources` fills it from the
+stored timing labels when asked (``tilewright tuning migrate``).
+
 Concurrency: SQLite runs in WAL mode with a busy timeout; best-config writes are single
 ``INSERT ... ON CONFLICT DO UPDATE`` statements (SQLite, PostgreSQL) that keep the faster
 entry, so concurrent writers neither corrupt nor regress an entry. Instances are safe to use
@@ -25,8 +33,10 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 
+from .device import (CUDA_LABEL, INTERPRETER_LABEL, REPLAY_LABEL, SOURCE_CUDA, SOURCE_INTERPRETER,
+                     SOURCE_REPLAY, SOURCE_UNKNOWN, TIMING_SOURCES, source_name, trusted_source)
 from .problem import KernelProblem
 from .space import Config, ScheduleSpace, config_hash
 
@@ -51,6 +61,7 @@ best_configs = sa.Table(
     sa.Column("default_time_s", sa.Float, nullable=True),
     sa.Column("trials", sa.Integer, nullable=False, default=0),
     sa.Column("timing_label", sa.String(128), nullable=False, default=""),
+    sa.Column("timing_source", sa.String(16), nullable=False, default="", server_default=""),
     sa.Column("problem_json", sa.Text, nullable=False, default="{}"),
     sa.Column("updated_at", sa.DateTime, nullable=False),
     sa.UniqueConstraint("problem_key", "device_name", "capability", "triton_version",
@@ -72,6 +83,7 @@ measurements = sa.Table(
     sa.Column("time_s", sa.Float, nullable=True),
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("timing_label", sa.String(128), nullable=False, default=""),
+    sa.Column("timing_source", sa.String(16), nullable=False, default="", server_default=""),
     sa.Column("created_at", sa.DateTime, nullable=False),
 )
 
@@ -127,6 +139,7 @@ class BestEntry:
     trials: int
     timing_label: str
     updated_at: dt.datetime
+    timing_source: str = SOURCE_UNKNOWN
 
 
 @dataclass(frozen=True)
@@ -154,6 +167,19 @@ def parse_config(text: Any) -> Config:
         if not isinstance(name, str) or not isinstance(item, (int, str, bool)):
             raise CorruptEntry(f"config field {name!r} has type {type(item).__name__}")
     return value
+
+
+def _untrusted(entry: BestEntry, device: Mapping[str, Any], accept: tuple[str, ...]) -> str:
+    """Why ``entry`` is not served for ``device``."""
+    source = entry.timing_source
+    wanted = " or ".join(repr(a) for a in accept) or "none"
+    if source == SOURCE_UNKNOWN:
+        why = "no timing source recorded (written before sources were; see `tilewright tuning migrate`)"
+    elif source == SOURCE_REPLAY:
+        why = "replayed timings, never measured on this device"
+    else:
+        why = f"timing source {source!r} is not a real measurement on {device.get('name')}"
+    return f"untrusted: {why}; accepted: {wanted}"
 
 
 def _now() -> dt.datetime:
@@ -198,6 +224,7 @@ class TuningDatabase:
         self.engine = make_engine(url)
         self.rejected: list[Rejection] = []
         self._create_tables()
+        self._add_source_columns()
 
     def _create_tables(self) -> None:
         for attempt in range(3):
@@ -209,6 +236,34 @@ class TuningDatabase:
                     raise
                 log.debug("create_all raced (%s); retrying", exc)
 
+    def _add_source_columns(self) -> None:
+        """Schema upgrade of databases made before timing sources: add the column (empty).
+
+        Old rows keep an empty source, which :meth:`lookup` does not trust; nothing is guessed
+        here (see :meth:`migrate_sources`).
+        """
+        for table in (best_configs, measurements):
+            for attempt in range(3):
+                columns = {c["name"] for c in sa.inspect(self.engine).get_columns(table.name)}
+                if "timing_source" in columns:
+                    break
+                try:
+                    with self.engine.begin() as conn:
+                        conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN timing_source "
+                                             "VARCHAR(16) NOT NULL DEFAULT ''")
+                    log.warning("tuning database %s: added column timing_source to %s; its old "
+                                "entries have no timing source and are not used at compile time "
+                                "(`tilewright tuning migrate` fills it from their labels)",
+                                self._safe_url(), table.name)
+                    break
+                except sa.exc.DBAPIError as exc:  # another process added it meanwhile
+                    if attempt == 2:
+                        raise
+                    log.debug("adding timing_source raced (%s); checking again", exc)
+
+    def _safe_url(self) -> str:
+        return make_url(self.url).render_as_string(hide_password=True)
+
     # -- rejection bookkeeping ----------------------------------------------------------------
 
     def _reject(self, row_id: int | None, problem_key: str, reason: str) -> None:
@@ -217,13 +272,21 @@ class TuningDatabase:
 
     # -- best configs -------------------------------------------------------------------------
 
-    def lookup(self, problem: KernelProblem, space: ScheduleSpace,
-               device: Mapping[str, Any]) -> BestEntry | None:
-        """The validated best entry for ``problem`` on ``device``, or None.
+    def lookup(self, problem: KernelProblem, space: ScheduleSpace, device: Mapping[str, Any], *,
+               sources: Iterable[str] | None = None) -> BestEntry | None:
+        """The validated, trusted best entry for ``problem`` on ``device``, or None.
 
         Entries for the same problem and device with another space version, kind or an
-        infeasible/corrupt config are rejected (logged, added to :attr:`rejected`).
+        infeasible/corrupt config are rejected (logged, added to :attr:`rejected`), and so are
+        *untrusted* ones: a timing source other than ``sources``.
+
+        Args:
+            sources: timing sources to accept; None (compile time) accepts only the real
+                measurement of ``device`` (:func:`~tilewright.autotune.device.trusted_source`:
+                ``cuda`` on a GPU, ``interpreter`` on the CPU interpreter), so replayed
+                timings and entries without a source are never served.
         """
+        accept = (trusted_source(device),) if sources is None else tuple(sources)
         key = TuningKey.make(problem, space, device)
         query = sa.select(best_configs).where(
             best_configs.c.problem_key == key.problem_key,
@@ -235,8 +298,12 @@ class TuningDatabase:
         found = None
         for row in rows:
             entry = self._validate_row(row, space, problem)
-            if entry is not None and entry.key == key:
-                found = entry
+            if entry is None or entry.key != key:
+                continue
+            if entry.timing_source not in accept:
+                self._reject(row.get("id"), entry.key.problem_key, _untrusted(entry, device, accept))
+                continue
+            found = entry
         return found
 
     def _validate_row(self, row: Mapping[str, Any], space: ScheduleSpace,
@@ -267,59 +334,88 @@ class TuningDatabase:
         key = TuningKey(*(str(row[f]) for f in KEY_FIELDS))
         return BestEntry(key, str(row["kind"]), str(row.get("kernel_name") or ""), config,
                          row.get("time_s"), row.get("default_time_s"), int(row.get("trials") or 0),
-                         str(row.get("timing_label") or ""), row["updated_at"])
+                         str(row.get("timing_label") or ""), row["updated_at"],
+                         str(row.get("timing_source") or SOURCE_UNKNOWN))
 
     def put_best(self, problem: KernelProblem, space: ScheduleSpace, device: Mapping[str, Any],
-                 config: Config, *, time_s: float | None, default_time_s: float | None = None,
-                 trials: int = 0, kernel_name: str = "", timing_label: str = "",
-                 force: bool = False) -> None:
+                 config: Config, *, time_s: float | None, timing_source: str,
+                 default_time_s: float | None = None, trials: int = 0, kernel_name: str = "",
+                 timing_label: str = "", force: bool = False) -> bool:
         """Store ``config`` as the best for its key, unless a faster entry exists (or ``force``).
+
+        An entry measured for real on its device (see :func:`trusted_source`) always replaces
+        one that was not, and is never replaced by one that was not, ``force`` or not: replaying
+        a timing file cannot overwrite a real measurement.
+
+        Args:
+            timing_source: where ``time_s`` came from, one of ``TIMING_SOURCES``.
+
+        Returns:
+            Whether the entry was written.
 
         Raises:
             InfeasibleConfig: when ``config`` is not a feasible member of ``space``.
+            ValueError: for an unknown ``timing_source``.
         """
+        if timing_source not in TIMING_SOURCES:
+            raise ValueError(f"timing source {timing_source!r} is not one of {TIMING_SOURCES}")
         config = space.validate(config)
         key = TuningKey.make(problem, space, device)
         values = dict(key.as_dict(), kind=space.kind, kernel_name=kernel_name,
                       config_json=json.dumps(config, sort_keys=True), config_hash=config_hash(config),
                       time_s=_finite(time_s), default_time_s=_finite(default_time_s),
-                      trials=int(trials), timing_label=timing_label,
+                      trials=int(trials), timing_label=timing_label, timing_source=timing_source,
                       problem_json=json.dumps(problem.to_dict(), sort_keys=True, default=str),
                       updated_at=_now())
-        self._upsert(values, force)
+        written = self._upsert(values, force, trusted_source(device))
+        if not written:
+            log.info("not storing %s for %s: the stored entry is faster or better founded",
+                     source_name(timing_source), kernel_name or key.problem_key)
+        return written
 
-    def _upsert(self, values: dict[str, Any], force: bool) -> None:
+    def _upsert(self, values: dict[str, Any], force: bool, trusted: str) -> bool:
+        """Insert or update one best-config row; returns whether a row was written.
+
+        ``trusted`` is the real timing source of the row's device: a row of that source and
+        one of another source are never compared by time (the real one wins).
+        """
         dialect = self.engine.dialect.name
         update_cols = {k: v for k, v in values.items() if k not in KEY_FIELDS}
+        new_real = values["timing_source"] == trusted
         if dialect in ("sqlite", "postgresql"):
             if dialect == "sqlite":
                 from sqlalchemy.dialects.sqlite import insert
             else:
                 from sqlalchemy.dialects.postgresql import insert
             stmt = insert(best_configs).values(**values)
-            where = None
-            if not force:
-                old, new = best_configs.c.time_s, stmt.excluded.time_s
-                where = sa.or_(old.is_(None), sa.and_(new.is_not(None), new <= old))
+            old, new = best_configs.c.time_s, stmt.excluded.time_s
+            faster = sa.true() if force else sa.or_(old.is_(None), sa.and_(new.is_not(None), new <= old))
+            old_real = best_configs.c.timing_source == trusted
+            where = sa.or_(sa.not_(old_real), faster) if new_real else sa.and_(sa.not_(old_real), faster)
             stmt = stmt.on_conflict_do_update(index_elements=list(KEY_FIELDS),
                                               set_=update_cols, where=where)
             with self.engine.begin() as conn:
-                conn.execute(stmt)
-            return
+                return conn.execute(stmt).rowcount > 0
         # Other dialects: select-then-write inside one transaction, retried on a race.
         cond = [best_configs.c[f] == values[f] for f in KEY_FIELDS]
         for _ in range(3):
             try:
                 with self.engine.begin() as conn:
-                    old = conn.execute(sa.select(best_configs.c.time_s).where(*cond)).first()
+                    old = conn.execute(sa.select(best_configs.c.time_s, best_configs.c.timing_source)
+                                       .where(*cond)).first()
                     if old is None:
                         conn.execute(sa.insert(best_configs).values(**values))
-                    elif force or old[0] is None or (values["time_s"] is not None
-                                                     and values["time_s"] <= old[0]):
+                        return True
+                    faster = force or old[0] is None or (values["time_s"] is not None
+                                                         and values["time_s"] <= old[0])
+                    old_real = old[1] == trusted
+                    if (not old_real or faster) if new_real else (not old_real and faster):
                         conn.execute(sa.update(best_configs).where(*cond).values(**update_cols))
-                return
+                        return True
+                return False
             except sa.exc.IntegrityError:
                 continue
+        return False
 
     # -- measurements -------------------------------------------------------------------------
 
@@ -329,7 +425,8 @@ class TuningDatabase:
         key = TuningKey.make(problem, space, device).as_dict()
         rows = [dict(key, kind=space.kind, config_json=json.dumps(r.config, sort_keys=True),
                      config_hash=config_hash(r.config), time_s=_finite(r.time_s),
-                     error=r.error, timing_label=r.label or "", created_at=_now())
+                     error=r.error, timing_label=r.label or "",
+                     timing_source=getattr(r, "source", "") or SOURCE_UNKNOWN, created_at=_now())
                 for r in results]
         if rows:
             with self.engine.begin() as conn:
@@ -400,7 +497,10 @@ class TuningDatabase:
         """Import an :meth:`export_entries` dump; corrupt rows are rejected, not imported.
 
         Configs cannot be checked against a space here (no kernel at hand); they are checked
-        again when looked up.
+        again when looked up. Each row keeps the timing source its export states (none: not
+        trusted); an unknown source makes the row corrupt. The same precedence as
+        :meth:`put_best` applies: an imported row never replaces a real measurement with one
+        that is not.
         """
         if data.get("format") != "tilewright-tuning":
             raise ValueError("not a tilewright tuning export (missing format marker)")
@@ -414,8 +514,9 @@ class TuningDatabase:
                 log.warning("not importing entry %s: %s", rej.problem_key, rej.reason)
                 rejected.append(rej)
                 continue
-            self._upsert(values, force)
-            imported += 1
+            trusted = trusted_source({"is_gpu": values["capability"] != "none"})
+            if self._upsert(values, force, trusted):
+                imported += 1
         return imported, rejected
 
     @staticmethod
@@ -434,19 +535,24 @@ class TuningDatabase:
         default_time_s = row.get("default_time_s")
         if default_time_s is not None and not isinstance(default_time_s, (int, float)):
             raise CorruptEntry("default_time_s is not a number")
+        source = row.get("timing_source") or SOURCE_UNKNOWN
+        if source != SOURCE_UNKNOWN and source not in TIMING_SOURCES:
+            raise CorruptEntry(f"unknown timing source {source!r}")
         values = {f: row[f] for f in KEY_FIELDS}
         values.update(kind=row["kind"], kernel_name=str(row.get("kernel_name") or ""),
                       config_json=json.dumps(config, sort_keys=True), config_hash=config_hash(config),
                       time_s=_finite(time_s), default_time_s=_finite(default_time_s),
                       trials=int(row.get("trials") or 0), timing_label=str(row.get("timing_label") or ""),
+                      timing_source=source,
                       problem_json=str(row.get("problem_json") or "{}"), updated_at=_now())
         return values
 
     def prune(self, *, triton_version: str | None = None, device_name: str | None = None,
               older_than_days: float | None = None, corrupt: bool = False,
-              everything: bool = False) -> int:
+              source: str | None = None, everything: bool = False) -> int:
         """Delete entries: from Triton versions other than ``triton_version``, for
-        ``device_name``, older than ``older_than_days``, unparseable ones (``corrupt``), or all.
+        ``device_name``, older than ``older_than_days``, unparseable ones (``corrupt``), of
+        timing source ``source`` (``"unknown"`` for entries without one), or all.
 
         Returns:
             Number of best-config rows deleted (their measurements go with them).
@@ -458,6 +564,7 @@ class TuningDatabase:
             bad |= triton_version is not None and row["triton_version"] != triton_version
             bad |= device_name is not None and row["device_name"] == device_name
             bad |= cutoff is not None and row["updated_at"] < cutoff
+            bad |= source is not None and source_name(row.get("timing_source")) == source
             if corrupt and not bad:
                 try:
                     cfg = parse_config(row["config_json"])
@@ -472,6 +579,33 @@ class TuningDatabase:
                 conn.execute(sa.delete(measurements).where(
                     *[measurements.c[f] == row[f] for f in KEY_FIELDS]))
         return len(doomed)
+
+    def migrate_sources(self, dry_run: bool = False) -> dict[str, int]:
+        """Fill in the timing source of rows without one, from their stored timing label.
+
+        Only the labels tilewright's own measurers wrote are recognised: exactly the CUDA-event
+        label (``cuda``), exactly the interpreter label (``interpreter``), or one starting with
+        ``replayed timings`` (``replay``). Other rows stay unknown (untrusted). Run it only on
+        databases whose rows tilewright wrote (an imported label is taken at its word).
+
+        Returns:
+            Rows (best configs and measurements together) per source they got.
+        """
+        rules = {SOURCE_CUDA: lambda c: c == CUDA_LABEL,
+                 SOURCE_INTERPRETER: lambda c: c == INTERPRETER_LABEL,
+                 SOURCE_REPLAY: lambda c: c.startswith(REPLAY_LABEL)}
+        counts = {s: 0 for s in rules}
+        with self.engine.begin() as conn:
+            for table in (best_configs, measurements):
+                for source, rule in rules.items():
+                    cond = sa.and_(table.c.timing_source == SOURCE_UNKNOWN, rule(table.c.timing_label))
+                    if dry_run:
+                        counts[source] += conn.execute(
+                            sa.select(sa.func.count()).select_from(table).where(cond)).scalar() or 0
+                    else:
+                        counts[source] += conn.execute(
+                            sa.update(table).where(cond).values(timing_source=source)).rowcount
+        return counts
 
     def close(self) -> None:
         """Release pooled connections."""

@@ -20,6 +20,30 @@ CPU_INTERPRETER = "cpu-interpreter"
 INTERPRETER_LABEL = "interpreter timings (Triton CPU interpreter, not GPU performance)"
 #: The label attached to timings taken with CUDA events.
 CUDA_LABEL = "gpu timings (CUDA events)"
+#: How the label of every replayed timing starts (the file's source follows in brackets).
+REPLAY_LABEL = "replayed timings"
+
+#: Timing sources: where a stored time came from (stored with every tuning entry).
+SOURCE_CUDA = "cuda"  #: CUDA events on the GPU named by the entry
+SOURCE_INTERPRETER = "interpreter"  #: wall clock of Triton's CPU interpreter
+SOURCE_REPLAY = "replay"  #: answered from a timing-record file; nothing was run
+SOURCE_UNKNOWN = ""  #: entries written before sources were recorded
+TIMING_SOURCES = (SOURCE_CUDA, SOURCE_INTERPRETER, SOURCE_REPLAY)
+
+
+def trusted_source(device: dict[str, Any] | Any) -> str:
+    """The one timing source compile time trusts for ``device`` (a device-info dict).
+
+    A GPU's entries must have been timed with CUDA events (on that GPU: the device name and
+    capability are part of the key); the CPU interpreter's entries are interpreter timings.
+    Replayed timings and entries of unknown source are never trusted.
+    """
+    return SOURCE_CUDA if device.get("is_gpu") else SOURCE_INTERPRETER
+
+
+def source_name(source: str | None) -> str:
+    """Printable name of a timing source (``unknown`` for entries without one)."""
+    return source or "unknown"
 
 
 def _device_type(device: Any) -> tuple[str, int]:
@@ -41,7 +65,7 @@ def device_info(device: Any = None) -> dict[str, Any]:
 
     Returns:
         A plain dict with ``name``, ``capability`` (e.g. "9.0"; "none" on CPU), ``sm_count``,
-        ``triton_version``, ``is_gpu`` and ``timing_label``; CUDA devices also give
+        ``triton_version``, ``is_gpu``, ``timing_label`` and ``timing_source``; CUDA devices also give
         ``shared_memory_per_block`` and ``l2_cache_bytes`` when torch reports them.
     """
     dev_type, index = _device_type(device)
@@ -56,6 +80,7 @@ def device_info(device: Any = None) -> dict[str, Any]:
             "triton_version": triton.__version__,
             "is_gpu": True,
             "timing_label": CUDA_LABEL,
+            "timing_source": SOURCE_CUDA,
             "shared_memory_per_block": int(getattr(props, "shared_memory_per_block_optin", 0) or 0),
             "l2_cache_bytes": int(getattr(props, "L2_cache_size", 0) or 0),
             "index": index,
@@ -69,6 +94,7 @@ def device_info(device: Any = None) -> dict[str, Any]:
         "triton_version": triton.__version__,
         "is_gpu": False,
         "timing_label": INTERPRETER_LABEL,
+        "timing_source": SOURCE_INTERPRETER,
     }
 
 

@@ -26,13 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .device import CUDA_LABEL, INTERPRETER_LABEL, device_info
+from .device import (CUDA_LABEL, INTERPRETER_LABEL, REPLAY_LABEL, SOURCE_CUDA, SOURCE_INTERPRETER,
+                     SOURCE_REPLAY, device_info)
 from .problem import TunableKernel
 from .space import Config, config_hash
 
 log = logging.getLogger(__name__)
 
-REPLAY_LABEL = "replayed timings"
+__all__ = ["REPLAY_LABEL", "MeasureResult", "Measurer", "CudaMeasurer", "InterpreterMeasurer",
+           "ReplayMeasurer", "CompilePool", "precompile", "load_record"]
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,10 @@ class MeasureResult:
         time_s: median run time in seconds; None when it failed.
         times: every repeat's time in seconds.
         error: why it failed (compile error, launch error, timeout); None on success.
-        label: what kind of timing this is (GPU, interpreter, replay).
+        label: what kind of timing this is (GPU, interpreter, replay), for people.
+        source: where the time came from (``cuda``, ``interpreter``, ``replay``), for
+            machines: compile time trusts only ``cuda`` on a GPU (see
+            :func:`~tilewright.autotune.device.trusted_source`).
     """
 
     config: Config
@@ -54,6 +59,7 @@ class MeasureResult:
     times: tuple[float, ...] = ()
     error: str | None = None
     label: str = ""
+    source: str = ""
 
     @property
     def ok(self) -> bool:
@@ -61,9 +67,9 @@ class MeasureResult:
         return self.error is None and self.time_s is not None
 
     @classmethod
-    def failure(cls, config: Config, error: str, label: str = "") -> "MeasureResult":
+    def failure(cls, config: Config, error: str, label: str = "", source: str = "") -> "MeasureResult":
         """A failed measurement of ``config``."""
-        return cls(dict(config), config_hash(config), None, (), error, label)
+        return cls(dict(config), config_hash(config), None, (), error, label, source)
 
 
 def _short_error(exc: BaseException) -> str:
@@ -76,6 +82,8 @@ class Measurer(abc.ABC):
 
     #: What kind of timings this measurer produces (stored with every record).
     label: str = ""
+    #: Where its timings come from: one of ``device.TIMING_SOURCES`` (stored with every record).
+    source: str = ""
     #: Repeats per measurement (median taken) and warm-up launches before them.
     repeats: int = 5
     warmup: int = 1
@@ -100,7 +108,7 @@ class Measurer(abc.ABC):
         for config in configs:
             h = config_hash(config)
             if h in failed:
-                results.append(MeasureResult.failure(config, failed[h], self.label))
+                results.append(MeasureResult.failure(config, failed[h], self.label, self.source))
                 continue
             results.append(self._safe_time(kernel, config, self.repeats))
         return results
@@ -110,9 +118,9 @@ class Measurer(abc.ABC):
             times = self._time_one(kernel, config, repeats)
         except Exception as exc:  # NOTE: a bad config is data, never a crash of the tuner.
             log.debug("config %s failed: %s", config, exc)
-            return MeasureResult.failure(config, _short_error(exc), self.label)
+            return MeasureResult.failure(config, _short_error(exc), self.label, self.source)
         return MeasureResult(config, config_hash(config), statistics.median(times), tuple(times),
-                             None, self.label)
+                             None, self.label, self.source)
 
     def remeasure(self, kernel: TunableKernel, configs: Sequence[Config],
                   rounds: int = 3) -> list[MeasureResult]:
@@ -139,10 +147,11 @@ class Measurer(abc.ABC):
         for config in configs:
             h = config_hash(config)
             if h in errors or not times[h]:
-                out.append(MeasureResult.failure(config, errors.get(h, "no timing"), self.label))
+                out.append(MeasureResult.failure(config, errors.get(h, "no timing"), self.label,
+                                                 self.source))
             else:
                 out.append(MeasureResult(config, h, statistics.median(times[h]), tuple(times[h]),
-                                         None, self.label))
+                                         None, self.label, self.source))
         return out
 
 
@@ -252,6 +261,7 @@ class CudaMeasurer(Measurer):
     """
 
     label = CUDA_LABEL
+    source = SOURCE_CUDA
 
     def __init__(self, device: str = "cuda", *, repeats: int = 20, warmup: int = 3,
                  compile_workers: int = 4, compile_timeout_s: float = 120.0, input_sets: int = 2):
@@ -320,6 +330,7 @@ class InterpreterMeasurer(Measurer):
     """
 
     label = INTERPRETER_LABEL
+    source = SOURCE_INTERPRETER
 
     def __init__(self, *, repeats: int = 3, warmup: int = 1):
         self.repeats = repeats
@@ -350,8 +361,11 @@ class ReplayMeasurer(Measurer):
         table: recorded outcome per config hash; a missing hash is a failure.
         by_kernel: per-kernel tables (by kernel name, or problem key), used before ``table``.
         delay_s: sleep per measured config (to test kill/resume and concurrency).
-        info: device-info dict to report (defaults to the recorded GPU's, or the CPU's).
+        info: device-info dict to report (defaults to the recorded GPU's, or the CPU's); it
+            always says ``timing_source: replay``, whatever the file claims.
         label: timing label.
+
+    Replayed results have source ``replay``: stored winners are never used at compile time.
     """
 
     table: Mapping[str, float | str | None] = field(default_factory=dict)
@@ -360,9 +374,12 @@ class ReplayMeasurer(Measurer):
     info: dict[str, Any] | None = None
     label: str = REPLAY_LABEL
     calls: list[str] = field(default_factory=list)
+    source: str = SOURCE_REPLAY
 
     def device_info(self) -> dict[str, Any]:
-        return dict(self.info) if self.info else device_info("cpu")
+        info = dict(self.info) if self.info else device_info("cpu")
+        info.update(timing_source=SOURCE_REPLAY, timing_label=self.label)
+        return info
 
     def _time_one(self, kernel: TunableKernel, config: Config, repeats: int) -> list[float]:
         h = config_hash(config)

@@ -37,6 +37,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from .database import space_version
+from .device import SOURCE_REPLAY
 from .measure import MeasureResult, Measurer
 from .problem import TunableKernel
 from .space import Config, ConfigValue, ScheduleSpace, config_hash
@@ -144,10 +145,15 @@ def suggest(trial: optuna.Trial, space: ScheduleSpace) -> Config:
 # -- construction ------------------------------------------------------------------------------
 
 def study_name(kernel: TunableKernel, device: Mapping[str, Any]) -> str:
-    """Study name from the tuning key: same kernel, device and space -> same study."""
+    """Study name from the tuning key: same kernel, device and space -> same study.
+
+    Replayed timings get a study of their own (suffix ``-replay``): a later real search on the
+    device a timing file names must not resume from, or be answered by, replayed trials.
+    """
     dev = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(device["name"]))
-    return (f"tw-{kernel.problem.kind}-{kernel.problem.key()}-{dev}-cc{device['capability']}"
+    name = (f"tw-{kernel.problem.kind}-{kernel.problem.key()}-{dev}-cc{device['capability']}"
             f"-triton{device['triton_version']}-{space_version(kernel.space)}")
+    return name + "-replay" if device.get("timing_source") == SOURCE_REPLAY else name
 
 
 def make_sampler(name: str, seed: int | None = None) -> optuna.samplers.BaseSampler:

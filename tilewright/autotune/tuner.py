@@ -38,6 +38,11 @@ class TuneResult:
     timing_label: str
     study_name: str
     history: list[float] = field(default_factory=list)
+    #: Where the timings came from (``cuda``, ``interpreter``, ``replay``).
+    timing_source: str = ""
+    #: Whether the winner was written to the database (a replayed or interpreter winner never
+    #: replaces a real measurement of the same key).
+    stored: bool = False
 
     @property
     def speedup(self) -> float | None:
@@ -108,6 +113,10 @@ def choose_config(kernel: TunableKernel, *, tune: bool | None = None, device: st
 
     Returns:
         (config, source) with source "database", "tuned", "costmodel" or "default".
+
+    Only database entries measured for real on this device are served ("cuda" timings on a
+    GPU, "interpreter" timings on the CPU interpreter): replayed timings and entries without a
+    recorded timing source are rejected (logged, ``db.rejected``) like corrupt ones.
     """
     from ..config import config as tw_config
 
@@ -255,7 +264,7 @@ def tune_kernels(kernels: list[TunableKernel], *, trials: int | None = None,
                     log.warning("worker process for %s exited with %s", kernel.name, p.exitcode)
             study = create_study(kernel, storage_url, settings, info, None)
             summary = summarize(kernel, study, measurer, settings)
-            results.append(_store(db, kernel, info, summary))
+            results.append(_store(db, kernel, info, summary, measurer.source))
             if bar is not None:
                 bar.finish(kernel.name, summary)
     finally:
@@ -265,17 +274,21 @@ def tune_kernels(kernels: list[TunableKernel], *, trials: int | None = None,
 
 
 def _store(db: TuningDatabase, kernel: TunableKernel, info: Mapping[str, Any],
-           summary: SearchResult) -> TuneResult:
+           summary: SearchResult, source: str) -> TuneResult:
+    stored = False
     if summary.best_config is not None:
-        db.put_best(kernel.problem, kernel.space, info, summary.best_config,
-                    time_s=summary.best_time_s, default_time_s=summary.default_time_s,
-                    trials=summary.measured, kernel_name=kernel.name,
-                    timing_label=summary.timing_label, force=True)
+        stored = db.put_best(kernel.problem, kernel.space, info, summary.best_config,
+                             time_s=summary.best_time_s, timing_source=source,
+                             default_time_s=summary.default_time_s, trials=summary.measured,
+                             kernel_name=kernel.name, timing_label=summary.timing_label, force=True)
+        if not stored:
+            log.warning("%s: the winner (%s) is not stored: the database holds a real measurement "
+                        "of this key", kernel.name, source)
     else:
         log.warning("%s: no config ran successfully in %d trials", kernel.name, summary.measured)
     return TuneResult(kernel.name, kernel.problem.key(), summary.best_config, summary.best_time_s,
                       summary.default_time_s, summary.measured, summary.failed,
-                      summary.timing_label, summary.study_name, summary.history)
+                      summary.timing_label, summary.study_name, summary.history, source, stored)
 
 
 class _Progress:
