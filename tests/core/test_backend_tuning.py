@@ -68,3 +68,34 @@ def test_attention_template_is_tuned_and_served_from_the_database(tmp_path: Path
     torch.testing.assert_close(out, fn(q, k, v), rtol=1e-4, atol=1e-4)
     (template,) = [k for k in second.kernels if k["kind"] == "template"]
     assert template["schedule_source"] == "database"
+
+
+@pytest.mark.parametrize("source", ["replay", ""])
+def test_untrusted_entries_are_not_served_at_compile_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          source: str) -> None:
+    """A replayed (or source-less, pre-provenance) entry for this very kernel is not used."""
+    import sqlalchemy as sa
+
+    from tilewright.autotune.database import best_configs
+
+    url = f"sqlite:///{tmp_path / 'tuning.db'}"
+    monkeypatch.setattr(tilewright.config, "tuning_db_url", url)
+    monkeypatch.setattr(tilewright.config, "autotune_trials", 2)
+    fn = lambda x: torch.softmax(x * 3.0, -1)  # noqa: E731
+    x = torch.randn(5, 40)
+    torch._dynamo.reset()
+    with collect() as first:
+        torch.compile(fn, backend="tilewright", mode="max-autotune")(x)
+    assert [k["schedule_source"] for k in first.kernels] == ["tuned"]
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        assert conn.execute(sa.select(best_configs.c.timing_source)).scalars().all() == ["interpreter"]
+        conn.execute(sa.update(best_configs).values(timing_source=source))
+    engine.dispose()
+
+    torch._dynamo.reset()
+    with collect() as second:
+        out = torch.compile(fn, backend="tilewright")(x)
+    torch.testing.assert_close(out, fn(x))
+    assert [k["schedule_source"] for k in second.kernels] != ["database"]
+    assert second.kernels[0]["schedule_source"] in ("costmodel", "default")
