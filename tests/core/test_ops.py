@@ -491,3 +491,33 @@ def test_prims_convert_element_type() -> None:
     out, report = compile_and_run(fn, x)
     assert_close(out, fn(x))
     assert report.coverage == 1.0, str(report)
+
+
+ONE_ELEMENT: dict[str, Callable[..., Any]] = {
+    # generators at a constant index (a one-element dim): typed scalars, not Python literals
+    "arange_one": lambda x, y: x * torch.arange(1, dtype=torch.float32) + torch.arange(3, 4),
+    "interpolate_to_one_row": lambda x, y: F.interpolate(x[None, None], size=(1, 9), mode="bilinear"),
+    "full_bool": lambda x, y: torch.full_like(x, True, dtype=torch.bool) & (x > 0),
+    "max_pool1d_one_window": lambda x, y: F.max_pool1d(x[:, None, :3], 3, return_indices=True),
+    # bool blocks with a 0-d bool operand
+    "logical_and_0d": lambda x, y: torch.logical_and(x, y),
+    "logical_or_0d": lambda x, y: torch.logical_or(x > 0, y),
+    "bitwise_and_bool": lambda x, y: (x > 0) & (y > 0),
+    # one-element scatters
+    "index_fill_one": lambda x, y: x[:1, :1].index_fill(0, torch.tensor([0]), 2.5),
+    "index_add_one": lambda x, y: x[:1, 0].index_add(0, torch.tensor([0]), y[None]),
+    "index_copy_one": lambda x, y: x[:1, 0].index_copy(0, torch.tensor([0]), y[None]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ONE_ELEMENT))
+def test_one_element_and_scalar_operand_cases(name: str) -> None:
+    """Kernels that once failed at run time in every call (and silently ran their reference)."""
+    x = torch.randn(3, 11)
+    x[0, 0] = 0.0
+    y = torch.tensor(-0.75)
+    fn = ONE_ELEMENT[name]
+    out, report = compile_and_run(fn, x, y)
+    assert_close(out, fn(x, y))
+    assert report.kernels, str(report)
+    assert not [f for f in report.fallbacks if f["reason"].startswith("kernel failed")], str(report.fallbacks)
