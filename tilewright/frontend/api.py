@@ -82,9 +82,9 @@ def tunable_kernels(model: Callable[..., Any], example_inputs: Sequence[Any]) ->
 
     original = compile_mod.compile_graph_for_inputs
 
-    def capture(gm: fx.GraphModule, inputs: Sequence[Any], report: GraphReport,
-                tune: bool | None = None) -> CompiledGraph:
-        cg = original(gm, inputs, report, tune)
+    def capture(gm: fx.GraphModule, inputs: Sequence[Any], report: GraphReport, tune: bool | None = None,
+                eager: Any = None) -> CompiledGraph:
+        cg = original(gm, inputs, report, tune, eager)
         compiled_graphs.append(cg)
         return cg
 
