@@ -119,14 +119,18 @@ def test_healthy_run_counts_every_kernel_as_ran() -> None:
     assert report.to_dict()["kernel_status"]["ran"] == len(report.kernels)
 
 
-@pytest.mark.fallback
-def test_attention_kernel_failure_falls_back_to_its_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+def _fail_attention_forward(monkeypatch: pytest.MonkeyPatch) -> None:
     from tilewright.codegen import attention
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("injected attention failure")
 
     monkeypatch.setattr(attention, "flash_attention_forward", broken)
+
+
+@pytest.mark.fallback
+def test_attention_kernel_failure_falls_back_to_its_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fail_attention_forward(monkeypatch)
     q, k, v = (torch.randn(1, 2, 13, 16) for _ in range(3))
     fn = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True) * 2  # noqa: E731
     out, report = compile_and_run(fn, q, k, v)
@@ -139,19 +143,14 @@ def test_attention_kernel_failure_falls_back_to_its_reference(monkeypatch: pytes
 
 
 def test_attention_kernel_failure_raises_in_strict_mode(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tilewright.codegen import attention
-
-    def broken(*args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("injected attention failure")
-
-    monkeypatch.setattr(attention, "flash_attention_forward", broken)
+    _fail_attention_forward(monkeypatch)
     q = torch.randn(1, 2, 13, 16)
     with pytest.raises(StrictModeError, match="flash_attention.*injected attention failure"):
         compile_and_run(lambda q: F.scaled_dot_product_attention(q, q, q), q)
 
 
-@pytest.mark.fallback
-def test_failing_extern_step_runs_the_graph_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:
+def _fail_cumsum_extern(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The extern call of aten.cumsum raises inside the compiled graph (eager still works)."""
     original = runtime.implementation
 
     def failing(node: Any) -> Any:
@@ -160,6 +159,11 @@ def test_failing_extern_step_runs_the_graph_eagerly(monkeypatch: pytest.MonkeyPa
         return original(node)
 
     monkeypatch.setattr(runtime, "implementation", failing)
+
+
+@pytest.mark.fallback
+def test_failing_extern_step_runs_the_graph_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fail_cumsum_extern(monkeypatch)
     fn = lambda x: torch.cumsum(x.exp(), -1).sigmoid()  # noqa: E731
     x = torch.randn(3, 10)
     compiled = torch.compile(fn, backend="tilewright")
@@ -172,14 +176,7 @@ def test_failing_extern_step_runs_the_graph_eagerly(monkeypatch: pytest.MonkeyPa
 
 
 def test_failing_extern_step_raises_in_strict_mode(monkeypatch: pytest.MonkeyPatch) -> None:
-    original = runtime.implementation
-
-    def failing(node: Any) -> Any:
-        if "cumsum" in node.op:
-            raise RuntimeError("injected extern failure")
-        return original(node)
-
-    monkeypatch.setattr(runtime, "implementation", failing)
+    _fail_cumsum_extern(monkeypatch)
     with pytest.raises(StrictModeError, match="injected extern failure"):
         compile_and_run(lambda x: torch.cumsum(x.exp(), -1), torch.randn(3, 10))
 
