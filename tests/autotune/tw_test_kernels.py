@@ -124,6 +124,12 @@ def slow_factory() -> list[Any]:
     return [SlowVectorAdd(n=500)]
 
 
+def slower_factory() -> list[Any]:
+    """The same kernel (same problem key), each measurement taking 1.5 s: a wide window in
+    which a test polling the study sees a trial in flight, however loaded the machine."""
+    return [SlowVectorAdd(n=500, delay=1.5)]
+
+
 # -- tiny matmul ---------------------------------------------------------------------------------
 
 SMEM_LIMIT = 32 * 1024

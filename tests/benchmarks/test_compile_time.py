@@ -18,7 +18,8 @@ def test_compile_time_cli(tmp_path: Path) -> None:
     out = tmp_path / "ct.json"
     env = {**os.environ, "TILEWRIGHT_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "benchmarks.compile_time", "--repeat", "1", "--device", "cpu",
-                           "--json", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+                           "--json", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=3600)  # a hang guard, not a speed test
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(out.read_text())
     (res,) = doc["results"]

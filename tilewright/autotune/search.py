@@ -60,7 +60,8 @@ class SearchSettings:
     Attributes:
         sampler: "tpe" (multivariate, default), "cmaes" or "random".
         trials: budget of measured trials (duplicates and pruned proposals do not count).
-        timeout_s: wall-clock budget of this process's search (None: unlimited).
+        timeout_s: wall-clock budget of this process's search (None: unlimited), counted
+            on ``clock`` and checked after every trial.
         patience: stop when the best has not improved for this many measured trials.
         topk: cost-model favourites enqueued first (plus the default config).
         filter_keep: fraction of the space (by cost-model rank) that may be measured.
@@ -70,6 +71,7 @@ class SearchSettings:
         heartbeat_s / grace_s: RDB heartbeat interval and the silence after which a RUNNING
             trial counts as dead (its process was killed) and is retried.
         max_proposals_factor: cap on proposals (pruned included) as a multiple of ``trials``.
+        clock: seconds counter for ``timeout_s`` (``time.monotonic``; tests pass a fake one).
     """
 
     sampler: str = "tpe"
@@ -84,6 +86,7 @@ class SearchSettings:
     heartbeat_s: int = 10
     grace_s: int = 30
     max_proposals_factor: int = 10
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
 
 
 @dataclass
@@ -259,13 +262,18 @@ def best_so_far(trials: Sequence[FrozenTrial]) -> list[float]:
 
 
 class _Stopper:
-    """Optuna callback: stop on the measured-trial budget, patience or an exhausted space."""
+    """Optuna callback: stop on the measured-trial budget, the seconds budget, patience or an
+    exhausted space."""
 
     def __init__(self, settings: SearchSettings, candidates: set[str] | None):
         self.settings = settings
         self.candidates = candidates
+        self.start = settings.clock()
 
     def done(self, study: optuna.Study) -> str | None:
+        timeout = self.settings.timeout_s
+        if timeout is not None and self.settings.clock() - self.start >= timeout:
+            return f"{timeout:g} s budget spent"
         trials = measured_trials(study)
         if len(trials) >= self.settings.trials:
             return "trial budget reached"
@@ -459,7 +467,7 @@ def run_search(kernel: TunableKernel, measurer: Measurer, *,
     if not stopper.done(study):
         with _quiet_optuna():
             study.optimize(objective, n_trials=settings.trials * settings.max_proposals_factor + 20,
-                           timeout=settings.timeout_s, catch=(MeasurementFailed,), n_jobs=n_jobs,
+                           catch=(MeasurementFailed,), n_jobs=n_jobs,
                            callbacks=[stopper, progress])
     return summarize(kernel, study, measurer, settings) if finalize else _partial(kernel, study)
 
