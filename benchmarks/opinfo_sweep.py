@@ -52,9 +52,11 @@ STATUSES = ("ok", "mismatch", "crash", "runtime-fallback", "not-lowered", "skipp
 
 #: ops whose outputs are random or uninitialised memory: only shapes and dtypes are compared
 _UNCOMPARABLE_VALUES = ("empty", "new_empty", "empty_like", "empty_strided", "empty_permuted", "new_empty_strided")
-#: substrings of op names whose results are random (values are not compared, the op is skipped)
-_RANDOM = ("rand", "normal", "bernoulli", "dropout", "multinomial", "uniform", "cauchy", "exponential",
-           "geometric", "log_normal", "rrelu", "poisson")
+#: OpInfos (by name or name.variant) whose results are random: not comparable with eager, skipped
+_RANDOM = {"bernoulli", "cauchy", "exponential", "geometric", "log_normal", "multinomial", "normal", "uniform",
+           "rand_like", "randint", "randint_like", "randn", "randn_like", "rand", "randperm",
+           "nn.functional.alpha_dropout", "nn.functional.dropout", "nn.functional.dropout2d",
+           "nn.functional.dropout3d", "nn.functional.feature_alpha_dropout.with_train", "nn.functional.rrelu"}
 
 
 @dataclass
@@ -227,7 +229,7 @@ def run_sample(opinfo: Any, sample: Any, index: int = 0, timeout_s: float = 300.
     key = op_key(opinfo)
     start = time.perf_counter()
     result = SampleResult(key, opinfo.variant_test_name or "", index, "skipped")
-    if any(r in opinfo.name for r in _RANDOM):
+    if opinfo.name in _RANDOM or key in _RANDOM:
         result.detail = "random outputs"
         return result
     fn, tensors = _sample_function(opinfo, sample)
@@ -385,16 +387,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=2, help="samples per op")
     p.add_argument("--shard", default="", help="K/N: every N-th op starting at K")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per sample")
-    p.add_argument("--merge", nargs="*", default=None, help="merge these sweep JSON files into --out")
+    p.add_argument("--merge", nargs="*", default=None,
+                   help="merge these sweep JSON files into --out (a later file's records of an op win)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
                         format="%(levelname)s %(name)s: %(message)s")
     if args.merge is not None:
-        results: list[SampleResult] = []
-        for path in args.merge:
+        by_op: dict[str, list[SampleResult]] = {}
+        for path in args.merge:  # a later file's records of an op replace an earlier file's
             with open(path) as f:
-                results.extend(SampleResult(**r) for r in json.load(f)["results"])
+                records = [SampleResult(**r) for r in json.load(f)["results"]]
+            for op in {r.op for r in records}:
+                by_op[op] = [r for r in records if r.op == op]
+        results = [r for rs in by_op.values() for r in rs]
         write(args.out, results, {"merged": list(args.merge), "torch": torch.__version__})
         print(table(results))
         return 0
