@@ -25,6 +25,7 @@ import argparse  # noqa: E402
 import datetime as _dt  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import math  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import re  # noqa: E402
@@ -48,10 +49,13 @@ log = logging.getLogger("benchmarks.gpu_suite")
 
 SCHEMA = "tilewright-bench/1"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-#: Relative-error floors per dtype; a result passes when its error vs float64 is within
-#: ``max(ERR_FACTOR * eager's error, floor)``.
+#: Relative-error floors per dtype: a tensor passes when its error vs float64 is within
+#: ``ERR_FACTOR * eager's error on that tensor + floor * max(max|ref|, ABS_SCALE_FLOOR)``.
 ERR_FLOOR = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 1.6e-2}
 ERR_FACTOR = 4.0
+#: Smallest scale a tensor's floor is taken relative to (an all-zero reference gets a tiny
+#: absolute floor instead of none).
+ABS_SCALE_FLOOR = 1e-6
 
 
 # ---------------------------------------------------------------------------------------------
@@ -59,7 +63,10 @@ ERR_FACTOR = 4.0
 # ---------------------------------------------------------------------------------------------
 
 def relative_error(outs: Tensors, refs: Tensors) -> float:
-    """Worst over tensors of ``max|out - ref| / max|ref|`` (inf on a shape mismatch or NaN)."""
+    """Worst over tensors of ``max|out - ref| / max|ref|`` (inf on a shape mismatch or NaN).
+
+    A summary for people; the verdict is :func:`check_tensors`, tensor by tensor.
+    """
     if len(outs) != len(refs):
         return float("inf")
     worst = 0.0
@@ -77,8 +84,64 @@ def relative_error(outs: Tensors, refs: Tensors) -> float:
 
 
 def tolerance(dtype: str, eager_err: float) -> float:
-    """The error a compiled result may have, given eager's error in the same dtype."""
-    return max(ERR_FACTOR * eager_err, ERR_FLOOR.get(dtype, 1e-5))
+    """The relative error a compiled tensor may have, given eager's relative error on it."""
+    if not math.isfinite(eager_err):
+        eager_err = 0.0  # NOTE: a broken eager result excuses nothing
+    return ERR_FACTOR * eager_err + ERR_FLOOR.get(dtype, 1e-5)
+
+
+def _abs_error(out: torch.Tensor, ref64: torch.Tensor) -> float:
+    """``max|out - ref|`` (inf on a shape mismatch or a NaN where the reference has none)."""
+    if out.shape != ref64.shape:
+        return float("inf")
+    if not ref64.numel():
+        return 0.0
+    diff = (out.detach().to(torch.float64) - ref64).abs()
+    diff = torch.where(torch.isnan(ref64) & torch.isnan(out.detach().to(torch.float64)),
+                       torch.zeros_like(diff), diff)
+    err = diff.max().item()
+    return float("inf") if err != err else err
+
+
+def check_tensors(outs: Tensors, eager: Tensors, refs: Tensors, dtype: str) -> dict[str, Any]:
+    """Judge each output and gradient on its own against the float64 reference.
+
+    Tensor ``i`` passes when ``max|out_i - ref_i| <= ERR_FACTOR * max|eager_i - ref_i| +
+    floor * max(max|ref_i|, ABS_SCALE_FLOOR)``: eager's error on *that* tensor buys slack
+    for that tensor only, so a near-zero gradient that eager gets badly wrong cannot excuse
+    another tensor (the worst-over-all-tensors check it replaces let all-zero gradients pass).
+
+    Returns:
+        ``ok``, the number of ``tensors`` and ``failing_tensors``, and for the tensor closest to
+        (or furthest past) its bound: ``worst_tensor`` (index), ``max_rel_err`` and
+        ``eager_rel_err`` (relative to ``max|ref|`` of that tensor) and ``tol`` (its bound in
+        the same units; ``max_rel_err <= tol`` exactly when the whole check passes).
+    """
+    n = len(refs)
+    if len(outs) != n or len(eager) != n:
+        return {"ok": False, "tensors": n, "failing_tensors": n, "worst_tensor": None,
+                "max_rel_err": float("inf"), "eager_rel_err": float("nan"), "tol": 0.0,
+                "error": f"{len(outs)} tensors, expected {n}"}
+    floor = ERR_FLOOR.get(dtype, 1e-5)
+    worst: tuple[float, int, float, float, float] | None = None
+    failing = 0
+    for i, (out, eag, ref) in enumerate(zip(outs, eager, refs)):
+        ref64 = ref.detach().to(torch.float64)
+        scale = max(ref64.abs().max().item() if ref.numel() else 0.0, ABS_SCALE_FLOOR)
+        err = _abs_error(out, ref64)
+        eager_err = _abs_error(eag, ref64)
+        bound = ERR_FACTOR * (eager_err if math.isfinite(eager_err) else 0.0) + floor * scale
+        ratio = err / bound if math.isfinite(err) else float("inf")
+        if not ratio <= 1.0:
+            failing += 1
+        if worst is None or ratio > worst[0]:
+            worst = (ratio, i, err / scale, eager_err / scale, bound / scale)
+    if worst is None:  # nothing to compare
+        return {"ok": True, "tensors": 0, "failing_tensors": 0, "worst_tensor": None,
+                "max_rel_err": 0.0, "eager_rel_err": 0.0, "tol": tolerance(dtype, 0.0)}
+    _, index, rel, eager_rel, tol = worst
+    return {"ok": failing == 0, "tensors": n, "failing_tensors": failing, "worst_tensor": index,
+            "max_rel_err": rel, "eager_rel_err": eager_rel, "tol": tol}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,9 +243,12 @@ class Runner:
         """Guard the budget even if an item hangs where SIGALRM cannot reach it (C code).
 
         When the budget runs out before the returned event is set, the thread records the
-        item in flight, saves, prints the table and ends the process.
+        item in flight, saves, prints the table and ends the process. Without a budget there
+        is no watchdog.
         """
         done = threading.Event()
+        if self.budget.unlimited:
+            return done
 
         def watch() -> None:
             if done.wait(max(1.0, self.budget.total_s - self.budget.elapsed() - 2.0)):
@@ -245,7 +311,7 @@ class Runner:
     def run_item(self, item: Item) -> dict[str, Any]:
         """Run one item; failures become fields of the record, never exceptions."""
         record: dict[str, Any] = item.to_dict()
-        t0 = time.monotonic()
+        t0 = self.budget.clock()
         limit = self.budget.item_limit(item.estimate_s, item.kind)
         log.info("%s (est %.0f s, limit %.0f s)", item.key, self.budget.expected(item.estimate_s, item.kind), limit)
         try:
@@ -261,7 +327,7 @@ class Runner:
             self._workload_key, self._workload = None, None
         finally:
             systems.reset_compilers()
-        seconds = time.monotonic() - t0
+        seconds = self.budget.clock() - t0
         record["seconds"] = round(seconds, 3)
         self.budget.observe(item.estimate_s, seconds, item.kind)
         return record
@@ -292,18 +358,16 @@ class Runner:
     def _correctness(self, item: Item) -> dict[str, Any]:
         wl = self.workload(item)
         ref = wl.reference()
-        eager_err = relative_error(wl.step(wl.target), ref)
+        eager = [t.detach().clone() for t in wl.step(wl.target)]
         systems.reset_compilers()
         compiled = systems.prepare(item.system, wl.target)
         cache = self._cache_state(item, item.system)
         with systems.collecting(item.system) as info:
             out, first_s = timed_call(lambda: wl.step(compiled), self.device)
-        err = relative_error(out, ref)
-        del ref, out
-        tol = tolerance(item.dtype, eager_err)
-        rec: dict[str, Any] = {"status": "ok" if err <= tol else "mismatch", "max_rel_err": err,
-                               "eager_rel_err": eager_err, "tol": tol, "first_call_s": round(first_s, 4),
-                               "cache": cache}
+        verdict = check_tensors(out, eager, ref, item.dtype)
+        del ref, out, eager
+        rec: dict[str, Any] = {"status": "ok" if verdict.pop("ok") else "mismatch", **verdict,
+                               "first_call_s": round(first_s, 4), "cache": cache}
         if not item.train:
             # NOTE: one more call gives the end-to-end compile time (Dynamo capture included),
             # measured the way Inductor's is: first call minus second.
@@ -396,7 +460,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_suite", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="directory for the JSON results")
-    p.add_argument("--budget-s", type=float, default=None, help="wall-clock budget (default 480 GPU, 170 CPU)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--budget-s", type=float, default=None,
+                        help="wall-clock budget (default 480 GPU, 170 CPU)")
+    budget.add_argument("--no-budget", action="store_true",
+                        help="no budget: run every item to its end, no item deadline, no watchdog "
+                             "(tests: results that do not depend on the machine's speed)")
     p.add_argument("--cpu", action="store_true", help="CPU mode (default without CUDA)")
     p.add_argument("--cases", default=None, help="comma-separated case names (default: all)")
     p.add_argument("--dtypes", default=None, help="comma-separated dtypes (default: per mode)")
@@ -443,7 +512,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cpu:
         # NOTE: must precede the first tilewright import; kernels then run in the interpreter.
         os.environ.setdefault("TILEWRIGHT_INTERPRET", "1")
-    budget = Budget(args.budget_s or (170.0 if cpu else 480.0), reserve_s=5.0 if cpu else 15.0, start=_T0)
+    total_s = math.inf if args.no_budget else args.budget_s or (170.0 if cpu else 480.0)
+    budget = Budget(total_s, reserve_s=5.0 if cpu else 15.0, start=_T0)
     device = torch.device("cpu" if cpu else "cuda")
     user_db = args.tuning_db or (systems.user_tuning_db_url() if args.sut in ("auto", "tilewright") else None)
     systems.SUT.backend = _choose_sut(args.sut, cpu)
@@ -461,7 +531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     doc: dict[str, Any] = {
         "schema": SCHEMA, "mode": "cpu" if cpu else "gpu", "env": env,
         "sut": {"backend": systems.SUT.backend, "substitute": systems.SUT.substitute},
-        "config": {"budget_s": budget.total_s, "sizes": "small" if cpu else "realistic", "argv": sys.argv[1:],
+        "config": {"budget_s": None if budget.unlimited else budget.total_s, "sizes": "small" if cpu else "realistic", "argv": sys.argv[1:],
                    "err_factor": ERR_FACTOR, "err_floor": ERR_FLOOR, "tune_trials": args.tune_trials,
                    "tuning_db": _redact(user_db), "tuning_db_used": _redact(systems.SUT.tuning_db_url)},
         "cases": {name: case.note for name, case in ALL_CASES.items()},

@@ -11,6 +11,7 @@ item that runs far past its estimate (SIGALRM; main thread, POSIX only).
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import statistics
 import time
@@ -126,23 +127,32 @@ class Budget:
     """A wall-clock budget that learns how optimistic the cost estimates are.
 
     Args:
-        total_s: seconds for the whole run, counted from ``start`` (default: now).
+        total_s: seconds for the whole run, counted from ``start`` (default: now);
+            ``math.inf`` for no budget (every item runs, with no deadline).
         reserve_s: seconds kept back for writing results and the table.
-        start: a ``time.monotonic()`` value (e.g. taken when the process started).
+        start: a ``clock()`` value (e.g. ``time.monotonic()`` taken when the process started).
+        clock: the seconds counter (``time.monotonic``; tests pass a fake one).
     """
 
-    def __init__(self, total_s: float, reserve_s: float = 10.0, start: float | None = None) -> None:
+    def __init__(self, total_s: float, reserve_s: float = 10.0, start: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.total_s = total_s
         self.reserve_s = reserve_s
-        self.start = time.monotonic() if start is None else start
+        self.clock = clock
+        self.start = clock() if start is None else start
         #: Observed/estimated cost ratio, smoothed; scales later estimates of unseen kinds.
         self.ratio = 1.0
         #: The same ratio per kind of item (e.g. "model/correctness"), learned separately.
         self.ratios: dict[str, float] = {}
 
+    @property
+    def unlimited(self) -> bool:
+        """No budget: nothing is skipped for time, no item has a deadline."""
+        return math.isinf(self.total_s)
+
     def elapsed(self) -> float:
         """Seconds since the start."""
-        return time.monotonic() - self.start
+        return self.clock() - self.start
 
     def remaining(self) -> float:
         """Seconds left for items (the reserve excluded)."""
@@ -167,7 +177,10 @@ class Budget:
 
     def item_limit(self, estimate_s: float, kind: str | None = None, slack: float = 4.0,
                    floor_s: float = 45.0) -> float:
-        """Hard limit for one item: generous against its estimate, never past the budget."""
+        """Hard limit for one item: generous against its estimate, never past the budget
+        (``math.inf`` without a budget)."""
+        if self.unlimited:
+            return math.inf
         return max(1.0, min(self.remaining(), max(floor_s, slack * self.expected(estimate_s, kind))))
 
 
@@ -181,8 +194,9 @@ class ItemTimeout(BaseException):
 
 @contextlib.contextmanager
 def deadline(seconds: float) -> Iterator[None]:
-    """Raise :class:`ItemTimeout` in the main thread after ``seconds`` (no-op where unsupported)."""
-    if not hasattr(signal, "setitimer") or seconds <= 0:
+    """Raise :class:`ItemTimeout` in the main thread after ``seconds`` (no-op where unsupported,
+    and for ``seconds`` that are not positive and finite)."""
+    if not hasattr(signal, "setitimer") or not 0 < seconds < math.inf:
         yield
         return
 

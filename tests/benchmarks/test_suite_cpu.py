@@ -1,4 +1,8 @@
-"""The CPU mode of the suite, trimmed to stay under a minute, run as CI runs it (subprocess)."""
+"""The CPU mode of the suite, trimmed, run as CI runs it (subprocess).
+
+It runs without a budget (``--no-budget``): every verdict here holds however slow or loaded
+the machine is. The budget logic itself is tested on a fake clock in ``test_bench_plan.py``.
+"""
 from __future__ import annotations
 
 import json
@@ -22,8 +26,9 @@ def suite_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     env = {**os.environ, "TILEWRIGHT_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.gpu_suite", "--out", str(out), "--cpu", "--cases", CASES,
-         "--budget-s", "55", "--no-train"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+         "--no-budget", "--no-train"],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=3600,  # a hang guard, not a speed test
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = list(out.glob("*-cpu.json"))
@@ -38,11 +43,9 @@ def test_document_structure(suite_run: tuple[dict, str]) -> None:
     for key in ("date", "torch", "triton", "python"):
         assert doc["env"][key]
     assert set(doc["sut"]) == {"backend", "substitute"}
-    assert doc["elapsed_s"] < 60
-    done = {r["key"] for r in doc["records"]} | {s["key"] for s in doc["skipped"]}
-    assert done == set(doc["plan"]), "every planned item is either recorded or skipped"
-    for s in doc["skipped"]:
-        assert s["reason"]
+    assert doc["config"]["budget_s"] is None and doc["elapsed_s"] > 0
+    assert [r["key"] for r in doc["records"]] == doc["plan"], "without a budget every item runs, in order"
+    assert doc["skipped"] == []
 
 
 def test_correctness_first_and_passing(suite_run: tuple[dict, str]) -> None:
@@ -57,6 +60,7 @@ def test_correctness_first_and_passing(suite_run: tuple[dict, str]) -> None:
         assert r["status"] == "ok", r
         assert r["max_rel_err"] <= r["tol"]
         assert r["eager_rel_err"] >= 0
+        assert r["failing_tensors"] == 0 and r["tensors"] >= 1
 
 
 def test_compile_pipeline_against_inductor(suite_run: tuple[dict, str]) -> None:
@@ -65,13 +69,7 @@ def test_compile_pipeline_against_inductor(suite_run: tuple[dict, str]) -> None:
     tw = recs[("correctness", "tilewright")]
     assert tw["status"] == "ok" and tw["cache"] == "cold" and tw["first_call_s"] > 0
     assert tw["pipeline_s"] >= 0 and tw["method"] == "first call minus second call (wall)"
-    inductor = recs.get(("compile", "inductor"))
-    if inductor is None:
-        # NOTE: Inductor's cold start-up alone can take ~25 s on a loaded 2-core runner; the
-        # budget may then drop its compile item, which must be said.
-        skipped = {s["key"]: s["reason"] for s in doc["skipped"]}
-        assert skipped["compile/model/resnet/float32/infer/inductor"].startswith("budget:")
-        return
+    inductor = recs[("compile", "inductor")]
     assert inductor["status"] == "ok", inductor
     assert inductor["pipeline_s"] > 0 and inductor["first_call_s"] >= inductor["second_call_s"]
     assert tw["method"] == inductor["method"]
