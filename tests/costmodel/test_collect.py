@@ -83,7 +83,7 @@ def test_random_kernels_use_builders_and_skip_missing() -> None:
 
 def test_collect_writes_records_and_failures(tmp_path: Path) -> None:
     out = tmp_path / "r.jsonl"
-    summary = collect(_kernels(4), FakeMeasurer(), out, configs_per_kernel=6, budget_s=60,
+    summary = collect(_kernels(4), FakeMeasurer(), out, configs_per_kernel=6, budget_s=None,
                       precompile=lambda k, cs: {config_hash(cs[-1]): "compile error"})
     records = read_records(out)
     assert summary.kernels == 4 and summary.records == len(records) == 24
@@ -97,6 +97,20 @@ def test_collect_stops_at_budget(tmp_path: Path) -> None:
     measurer = FakeMeasurer()
     summary = collect(_kernels(50), measurer, tmp_path / "r.jsonl", configs_per_kernel=2, budget_s=0.0)
     assert summary.stopped_by_budget and summary.kernels == 0 and measurer.calls == 0
+
+
+def test_collect_budget_runs_on_the_clock_it_is_given(tmp_path: Path) -> None:
+    """The fake clock advances 5 s per read (one read per kernel): with a 35 s budget, the sixth
+    kernel would end past it (30 s elapsed + 1.2 x 6 s mean), so exactly 5 are measured."""
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 5.0  # whatever the machine's speed
+        return now[0]
+
+    summary = collect(_kernels(50), FakeMeasurer(), tmp_path / "r.jsonl", configs_per_kernel=2, budget_s=35.0,
+                      clock=clock)
+    assert summary.stopped_by_budget and summary.kernels == 5
 
 
 def test_collect_command_refuses_without_gpu(tmp_path: Path) -> None:

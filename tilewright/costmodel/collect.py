@@ -232,9 +232,10 @@ def results_to_records(kernel: TunableKernel, results: Iterable[Any], device: Ma
 
 
 def collect(kernels: Iterable[tuple[str, TunableKernel]], measurer: MeasurerLike, out: str | Path, *,
-            configs_per_kernel: int = 24, budget_s: float = 600.0, seed: int = 0,
+            configs_per_kernel: int = 24, budget_s: float | None = 600.0, seed: int = 0,
             precompile: Callable[[TunableKernel, Sequence[Config]], Mapping[str, str]] | None = None,
-            on_kernel: Callable[[CollectSummary, str], None] | None = None) -> CollectSummary:
+            on_kernel: Callable[[CollectSummary, str], None] | None = None,
+            clock: Callable[[], float] = time.monotonic) -> CollectSummary:
     """Measure sampled configs of each kernel and append records to ``out`` until the budget ends.
 
     Args:
@@ -243,16 +244,17 @@ def collect(kernels: Iterable[tuple[str, TunableKernel]], measurer: MeasurerLike
         out: JSON Lines file to append to.
         configs_per_kernel: configs sampled per kernel.
         budget_s: wall-clock budget; no new kernel starts when the expected time of one more
-            kernel would exceed it.
+            kernel would exceed it (None: no budget, every kernel is measured).
         seed: config sampling seed.
         precompile: ``(kernel, configs) -> {config_hash: error}``; when given, the next
             kernel compiles in the background while the current one is timed.
         on_kernel: progress callback after each kernel.
+        clock: seconds source for the budget (tests pass a fake one).
     """
     rng = random.Random(seed)
     device = dict(measurer.device_info())
     summary = CollectSummary(device=device)
-    start = time.monotonic()
+    start = clock()
     iterator = iter(kernels)
     pool = cf.ThreadPoolExecutor(max_workers=1) if precompile else None
 
@@ -267,9 +269,9 @@ def collect(kernels: Iterable[tuple[str, TunableKernel]], measurer: MeasurerLike
     try:
         job = next_job()
         while job is not None:
-            elapsed = time.monotonic() - start
+            elapsed = clock() - start
             per_kernel = elapsed / summary.kernels if summary.kernels else 0.0
-            if elapsed + 1.2 * per_kernel > budget_s:
+            if budget_s is not None and elapsed + 1.2 * per_kernel > budget_s:
                 summary.stopped_by_budget = True
                 break
             source, kernel, configs, fut = job
@@ -293,6 +295,6 @@ def collect(kernels: Iterable[tuple[str, TunableKernel]], measurer: MeasurerLike
     finally:
         if pool:
             pool.shutdown(wait=False, cancel_futures=True)
-    summary.seconds = time.monotonic() - start
+    summary.seconds = clock() - start
     log.info("collected %d records from %d kernels in %.0fs", summary.records, summary.kernels, summary.seconds)
     return summary
