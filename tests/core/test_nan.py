@@ -129,3 +129,34 @@ def test_bfloat16_store_rounds_to_nearest_even() -> None:
     want = (a.float() * 1.37 + b.float()).bfloat16()
     assert out.dtype == torch.bfloat16
     assert torch.equal(out.float(), want.float())
+
+
+def test_nan_and_rounding_kernels_compile_for_sm90() -> None:
+    """The interpreter accepts more than Triton's compiler: the NaN-propagating max/min,
+    bit-level bfloat16 rounding and typed one-element scalars must compile for a GPU too."""
+    pytest.importorskip("triton.backends.nvidia")
+    from tilewright.codegen.kernel import GeneratedKernel
+    from tilewright.codegen.targets import compile_in_subprocess, job_for
+    from tilewright.frontend.api import tunable_kernels
+
+    def fn(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        pw = (F.relu(x).clamp(max=2.0) + torch.maximum(x, y) - torch.minimum(x, y)).bfloat16()
+        one = x[:1, :1] * torch.arange(1, dtype=torch.float32) + torch.logical_and(x[:1, :1], y[0, 0])
+        return pw, torch.amax(x * 2.0, dim=1), torch.amin(x[:, :37], dim=1), one
+
+    kernels = [k for k in tunable_kernels(fn, [torch.randn(5, 3001), torch.randn(5, 3001)])
+               if isinstance(k, GeneratedKernel)]
+    jobs = []
+    for k in kernels:
+        configs = [k.config]
+        if k.spec.kind == "reduction":  # both the looped and the persistent variant
+            rnumel = int(k.spec.meta["rnumel"])
+            configs = [c for c in (next((c for c in k.space.enumerate() if int(c["RBLOCK"]) < rnumel), None),
+                                   next((c for c in k.space.enumerate() if int(c["RBLOCK"]) >= rnumel), None))
+                       if c is not None]
+        jobs += [job_for(k, c) for c in configs]
+    assert len(jobs) >= 4
+    assert any("propagate_nan" in j.source for j in jobs) and any("bitcast=True" in j.source for j in jobs)
+    results = compile_in_subprocess(jobs)
+    failed = [r for r in results if not r["ok"]]
+    assert not failed, failed[:2]
