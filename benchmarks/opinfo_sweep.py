@@ -97,10 +97,22 @@ def _time_limit(seconds: float) -> Iterator[None]:
 
 
 def op_database() -> list[Any]:
-    """PyTorch's ``op_db`` (the OpInfos of ``common_methods_invocations``)."""
+    """PyTorch's ``op_db`` (the OpInfos of ``common_methods_invocations``).
+
+    Importing it runs ``torch.backends.disable_global_flags()`` (PyTorch's own test harness
+    freezes the cuDNN/TF32 flags), which would make every later ``torch.backends.cudnn.x = ...``
+    in this process raise; the freeze is undone so the caller's process keeps working.
+    """
     from torch.testing._internal.common_methods_invocations import op_db
 
+    unfreeze_backend_flags()
     return list(op_db)
+
+
+def unfreeze_backend_flags() -> None:
+    """Undo ``torch.backends.disable_global_flags()`` (run by ``torch.testing._internal``)."""
+    if torch.backends.flags_frozen():
+        torch.backends.flags_frozen.__globals__["__allow_nonbracketed_mutation_flag"] = True
 
 
 def op_key(opinfo: Any) -> str:

@@ -38,5 +38,7 @@ def _isolate_tilewright(request: pytest.FixtureRequest) -> None:
     yield
     torch._dynamo.reset()
     restore_triton_language()
+    if torch.backends.flags_frozen():  # torch.testing._internal freezes them on import
+        torch.backends.flags_frozen.__globals__["__allow_nonbracketed_mutation_flag"] = True
     for name, value in saved.items():
         setattr(cfg, name, value)
