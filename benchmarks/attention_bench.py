@@ -117,7 +117,7 @@ def bench_prefill(args: argparse.Namespace, device_smem: int) -> list[dict[str, 
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from tilewright.codegen import attention as A
+    from tilewright.targets.triton.attention import launch as A
 
     flex = block_mask_fn = None
     if not args.no_flex:
@@ -240,7 +240,7 @@ def bench_decode(args: argparse.Namespace, device_smem: int) -> list[dict[str, A
     import torch
     import torch.nn.functional as F
 
-    from tilewright.codegen import attention as A
+    from tilewright.targets.triton.attention import launch as A
 
     records = []
     keys = _ints(args.decode_keys)
@@ -301,7 +301,7 @@ def compile_check(arch: int) -> dict[str, Any]:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from tilewright.codegen import attention_kernels as K
+    from tilewright.targets.triton.attention import kernels as K
 
     pointers = {"Q", "K", "V", "BIAS", "MASK", "SEED", "OUT", "LSE", "DO", "DELTA", "DK", "DV", "DQ", "DS",
                 "OPART", "LPART"}
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import triton
 
-    from tilewright.autotune.device import device_info
+    from tilewright.schedule.device import device_info
 
     info = device_info("cuda")
     smem = int(info.get("shared_memory_per_block") or 99 * 1024)

@@ -132,8 +132,8 @@ def _reference_fn(case: Case, t: dict[str, Any]) -> Callable[[], torch.Tensor]:
 
 
 def _tilewright_fn(case: Case, t: dict[str, Any], config: dict[str, Any] | None) -> Callable[[], torch.Tensor]:
-    from tilewright.codegen.conv import prepare_conv
-    from tilewright.codegen.conv_epilogues import EpilogueBuilder
+    from tilewright.targets.triton.conv.forward import prepare_conv
+    from tilewright.targets.triton.conv.epilogues import EpilogueBuilder
 
     s, p, g = case.stride, case.padding, case.groups
     builder = EpilogueBuilder()
@@ -150,7 +150,7 @@ def _tilewright_fn(case: Case, t: dict[str, Any], config: dict[str, Any] | None)
 
 
 def _tune(case: Case, t: dict[str, Any], trials: int, seed: int) -> tuple[dict[str, Any], float]:
-    from tilewright.codegen.conv import ConvProblem, conv_schedule_space
+    from tilewright.targets.triton.conv.forward import ConvProblem, conv_schedule_space
 
     prob = ConvProblem.from_tensors(t["x"], t["w"], t["b"], case.stride, case.padding, 1,
                                     case.groups)
@@ -174,8 +174,8 @@ def _tune(case: Case, t: dict[str, Any], trials: int, seed: int) -> tuple[dict[s
 def _bottleneck(case: Case, batch: int, dtype: torch.dtype, layout: str, tw: bool,
                 configs: dict[str, Any] | None = None) -> Callable[[], torch.Tensor]:
     """ResNet-50 bottleneck (BN folded): 1x1+relu, 3x3+relu, 1x1 + residual + relu."""
-    from tilewright.codegen.conv import prepare_conv
-    from tilewright.codegen.conv_epilogues import EpilogueBuilder
+    from tilewright.targets.triton.conv.forward import prepare_conv
+    from tilewright.targets.triton.conv.epilogues import EpilogueBuilder
 
     dev, c, mid = DEVICE, case.c_in, case.c_out
     x = _cl(torch.randn(batch, c, case.size, case.size, device=dev, dtype=dtype), layout)
@@ -207,7 +207,7 @@ def _convnext_block(case: Case, batch: int, dtype: torch.dtype, layout: str,
     The tilewright variant runs the depthwise conv as our kernel and the rest in eager torch
     (LayerNorm/MLP fusion belongs to the general fusion pass, measured by the model benchmark).
     """
-    from tilewright.codegen.conv import prepare_conv
+    from tilewright.targets.triton.conv.forward import prepare_conv
 
     dev, c = DEVICE, case.c_in
     x = _cl(torch.randn(batch, c, case.size, case.size, device=dev, dtype=dtype), layout)

@@ -35,9 +35,9 @@ from typing import Any, Callable, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from tilewright.autotune.measure import ReplayMeasurer, load_record  # noqa: E402
-from tilewright.autotune.problem import KernelProblem  # noqa: E402
+from tilewright.schedule.problem import KernelProblem  # noqa: E402
 from tilewright.autotune.search import SearchSettings, run_search  # noqa: E402
-from tilewright.autotune.space import Config, ScheduleSpace, config_hash  # noqa: E402
+from tilewright.schedule.space import Config, ScheduleSpace, config_hash  # noqa: E402
 
 log = logging.getLogger("tuner_replay")
 WITHIN = 1.02
@@ -170,7 +170,7 @@ def record(args: argparse.Namespace) -> int:
     """The ``record`` sub-command: time every feasible config of a model's kernels on a GPU."""
     import torch
 
-    from tilewright.autotune.device import device_info
+    from tilewright.schedule.device import device_info
     from tilewright.autotune.measure import CudaMeasurer
     from tilewright.autotune.tuner import load_kernels
 

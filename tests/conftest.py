@@ -27,7 +27,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def _isolate_tilewright(request: pytest.FixtureRequest) -> None:
     import tilewright
 
-    from tilewright.codegen.jit import restore_triton_language
+    from tilewright.targets.triton.jit import restore_triton_language
 
     cfg = tilewright.config
     restore_triton_language()  # Triton's interpreter leaves patches on triton.language behind

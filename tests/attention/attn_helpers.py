@@ -8,7 +8,7 @@ import torch
 from functorch.compile import make_boxed_func
 from torch._dynamo.backends.common import aot_autograd
 
-from tilewright.passes.attention_rewrite import rewrite_attention
+from tilewright.passes.fx.attention_rewrite import rewrite_attention
 
 FWD = torch.ops.tilewright.flash_attention.default
 BWD = torch.ops.tilewright.flash_attention_backward.default

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tilewright.codegen import attention as A
+from tilewright.targets.triton.attention import launch as A
 from tilewright.ops.attention import attention_reference
 
 

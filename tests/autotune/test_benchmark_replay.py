@@ -20,7 +20,7 @@ def _bench():
 def _record(tmp_path, source):
     k = TinyMatmul()
     configs = list(k.space.enumerate())
-    from tilewright.autotune.space import config_hash
+    from tilewright.schedule.space import config_hash
     rec = {"format": "tilewright-timings", "source": source,
            "device": {"name": "NVIDIA H100", "capability": "9.0", "triton_version": "3.6.0"},
            "kernels": [{"name": k.name, "problem": k.problem.to_dict(),

@@ -153,7 +153,7 @@ def test_workers_rebuild_unpicklable_kernels_from_the_factory(url, caplog):
                "--storage", url, "--workers", "2", "--json", "--seed", "0"])
     assert rc == 0
     assert "exited with" not in caplog.text and "using threads" not in caplog.text
-    from tilewright.autotune.device import device_info
+    from tilewright.schedule.device import device_info
     from tilewright.autotune.search import study_name
 
     (kernel,) = unpicklable_factory()

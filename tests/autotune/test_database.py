@@ -12,9 +12,9 @@ import sqlalchemy as sa
 
 from .tw_test_kernels import TinyMatmul, VectorAdd
 from tilewright.autotune.database import TuningDatabase, best_configs, space_version
-from tilewright.autotune.device import device_info
+from tilewright.schedule.device import device_info
 from tilewright.autotune.measure import MeasureResult
-from tilewright.autotune.space import InfeasibleConfig
+from tilewright.schedule.space import InfeasibleConfig
 
 GPU = {"name": "NVIDIA H100 80GB HBM3", "capability": "9.0", "triton_version": "3.6.0",
        "sm_count": 132, "is_gpu": True}
@@ -97,7 +97,7 @@ def test_config_invalid_in_current_space_is_rejected(db_url):
     k = TinyMatmul()
     db.put_best(k.problem, k.space, GPU, _best_config(k), timing_source="cuda", time_s=1e-5)
     bad = dict(_best_config(k), BLOCK_M=48)
-    from tilewright.autotune.space import config_hash
+    from tilewright.schedule.space import config_hash
     _tamper(db, config_json=json.dumps(bad), config_hash=config_hash(bad))
     assert db.lookup(k.problem, k.space, GPU) is None
     assert "invalid in current space" in db.rejected[-1].reason

@@ -18,7 +18,7 @@ from .conftest import subprocess_env
 from .test_database import GPU, _writer
 from .tw_test_kernels import SlowVectorAdd, TinyMatmul, replay_table
 from tilewright.autotune.database import TuningDatabase
-from tilewright.autotune.device import device_info
+from tilewright.schedule.device import device_info
 from tilewright.autotune.measure import ReplayMeasurer
 from tilewright.autotune.search import SearchSettings, study_name
 from tilewright.autotune.tuner import tune_kernels

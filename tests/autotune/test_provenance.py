@@ -15,10 +15,10 @@ import sqlalchemy as sa
 from .tw_test_kernels import TinyMatmul, VectorAdd, replay_table
 from tilewright.autotune import tuner
 from tilewright.autotune.database import KEY_FIELDS, TuningDatabase, best_configs, measurements
-from tilewright.autotune.device import CUDA_LABEL, INTERPRETER_LABEL, device_info
+from tilewright.schedule.device import CUDA_LABEL, INTERPRETER_LABEL, device_info
 from tilewright.autotune.measure import Measurer, ReplayMeasurer
 from tilewright.autotune.search import SearchSettings, study_name
-from tilewright.autotune.space import config_hash
+from tilewright.schedule.space import config_hash
 from tilewright.cli import main
 
 H100 = {"name": "NVIDIA H100", "capability": "9.0", "triton_version": "3.6.0", "sm_count": 132,

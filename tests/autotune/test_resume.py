@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from .conftest import subprocess_env
 from .tw_test_kernels import SlowVectorAdd
 from tilewright.autotune.database import TuningDatabase
-from tilewright.autotune.device import device_info
+from tilewright.schedule.device import device_info
 from tilewright.autotune.search import study_name
 
 

@@ -12,7 +12,7 @@ from tilewright.autotune.database import TuningDatabase
 from tilewright.autotune.measure import InterpreterMeasurer, ReplayMeasurer, precompile
 from tilewright.autotune.search import (SearchSettings, create_study, make_sampler,
                                         measured_trials, run_search)
-from tilewright.autotune.space import config_hash
+from tilewright.schedule.space import config_hash
 
 
 def _best(table):

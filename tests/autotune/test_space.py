@@ -8,14 +8,14 @@ from .conftest import subprocess_env
 from .tw_test_kernels import SMEM_LIMIT, make_add_space, make_mm_space
 from tilewright.autotune.database import space_version
 from tilewright.autotune.search import encode
-from tilewright.autotune.space import config_hash
+from tilewright.schedule.space import config_hash
 
 
 def test_config_hash_is_order_independent_and_stable_across_processes():
     a = {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4}
     b = {"num_warps": 4, "BLOCK_N": 32, "BLOCK_M": 64}
     assert config_hash(a) == config_hash(b)
-    code = "from tilewright.autotune.space import config_hash; print(config_hash({'num_warps': 4, 'BLOCK_M': 64, 'BLOCK_N': 32}))"
+    code = "from tilewright.schedule.space import config_hash; print(config_hash({'num_warps': 4, 'BLOCK_M': 64, 'BLOCK_N': 32}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=dict(subprocess_env(), PYTHONHASHSEED="123"), check=True)
     assert out.stdout.strip() == config_hash(a)

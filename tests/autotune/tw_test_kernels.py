@@ -14,9 +14,9 @@ import torch
 import triton
 import triton.language as tl
 
-from tilewright.autotune.problem import KernelProblem
-from tilewright.autotune.space import Config, ScheduleSpace, config_hash
-from tilewright.codegen.jit import wrap_kernel
+from tilewright.schedule.problem import KernelProblem
+from tilewright.schedule.space import Config, ScheduleSpace, config_hash
+from tilewright.targets.triton.jit import wrap_kernel
 
 # -- vector add --------------------------------------------------------------------------------
 

@@ -16,9 +16,9 @@ from typing import Any, Callable
 
 import torch
 
-from tilewright.codegen.conv_backward import KERNEL_DGRAD, KERNEL_WGRAD, dgrad_source, wgrad_source
-from tilewright.codegen.conv_epilogues import EpilogueBuilder
-from tilewright.codegen.conv_templates import (KERNEL_DIRECT, KERNEL_IGEMM, default_epilogue, direct_source,
+from tilewright.targets.triton.conv.backward import KERNEL_DGRAD, KERNEL_WGRAD, dgrad_source, wgrad_source
+from tilewright.targets.triton.conv.epilogues import EpilogueBuilder
+from tilewright.targets.triton.conv.templates import (KERNEL_DIRECT, KERNEL_IGEMM, default_epilogue, direct_source,
                                                igemm_source)
 
 EPI, _ = (EpilogueBuilder().bias().activation("gelu").scale_channels("gamma", torch.ones(3))

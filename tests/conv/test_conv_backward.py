@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tilewright.codegen import conv_ops
-from tilewright.codegen.conv import ConvProblem
-from tilewright.codegen.conv_backward import (conv_backward, conv_input_grad,
+from tilewright.targets.triton.conv import ops as conv_ops
+from tilewright.targets.triton.conv.forward import ConvProblem
+from tilewright.targets.triton.conv.backward import (conv_backward, conv_input_grad,
                                               conv_input_grad_direct, conv_weight_grad,
                                               dgrad_schedule_space, wgrad_schedule_space)
 
@@ -120,7 +120,7 @@ def test_kernel_failure_falls_back_once(monkeypatch, caplog):
     x = torch.randn(1, 4, 6, 7, device=DEV)
     w = torch.randn(5, 4, 3, 3, device=DEV)
     ref = F.conv2d(x, w, None, 1, 1)
-    with caplog.at_level("WARNING", logger="tilewright.codegen.conv_ops"):
+    with caplog.at_level("WARNING", logger="tilewright.targets.triton.conv.ops"):
         for _ in range(2):
             out = conv_ops.convolution(x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1)
             torch.testing.assert_close(out, ref)

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tilewright.codegen.conv import (ConvKernel, ConvProblem, Epilogue, conv_forward,
+from tilewright.targets.triton.conv.forward import (ConvKernel, ConvProblem, Epilogue, conv_forward,
                                      conv_schedule_space, epilogue_tensor_args, supports)
-from tilewright.codegen.conv_templates import pixel_offset, store_lines, tensor_params
+from tilewright.targets.triton.conv.templates import pixel_offset, store_lines, tensor_params
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -208,7 +208,7 @@ def test_conv_kernel_tunable(groups):
 @pytest.mark.parametrize("act", ["relu", "gelu", "silu"])
 @pytest.mark.parametrize("groups", [1, 7], ids=["igemm", "direct"])
 def test_epilogue_builder_chains(act, groups):
-    from tilewright.codegen.conv_epilogues import EpilogueBuilder
+    from tilewright.targets.triton.conv.epilogues import EpilogueBuilder
 
     x = torch.randn(2, 7, 9, 8, device=DEV).to(memory_format=torch.channels_last)
     w = torch.randn(14, 7 // groups, 3, 3, device=DEV)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from tilewright.passes.conv_rewrite import fold_batchnorm
+from tilewright.passes.fx.conv_rewrite import fold_batchnorm
 
 from ._capture import compile_with, count_targets
 

@@ -6,10 +6,10 @@ import copy
 import pytest
 import torch
 
-from tilewright.codegen import conv_backward as conv_backward_mod
-from tilewright.codegen import conv_ops
-from tilewright.codegen.conv_ops import lower_convolutions
-from tilewright.passes.conv_rewrite import fold_batchnorm
+from tilewright.targets.triton.conv import backward as conv_backward_mod
+from tilewright.targets.triton.conv import ops as conv_ops
+from tilewright.targets.triton.conv.ops import lower_convolutions
+from tilewright.passes.fx.conv_rewrite import fold_batchnorm
 
 from ._capture import compile_with, count_targets
 

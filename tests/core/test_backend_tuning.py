@@ -46,7 +46,7 @@ def test_attention_template_is_tuned_and_served_from_the_database(tmp_path: Path
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     import torch.nn.functional as F
 
-    from tilewright.codegen import attention
+    from tilewright.targets.triton.attention import launch as attention
 
     monkeypatch.setattr(tilewright.config, "tuning_db_url", f"sqlite:///{tmp_path / 'tuning.db'}")
     monkeypatch.setattr(tilewright.config, "autotune_trials", 2)

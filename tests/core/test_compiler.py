@@ -10,14 +10,14 @@ import torch.nn.functional as F
 from torch.fx.experimental.proxy_tensor import make_fx
 
 import tilewright
-from tilewright.codegen import kernel as kernel_mod
-from tilewright.codegen.runtime import KernelStep
+from tilewright.targets.triton import kernel as kernel_mod
+from tilewright.runtime.graph import KernelStep
 from tilewright.errors import StrictModeError
-from tilewright.frontend.compile import compile_graph_for_inputs, default_passes
+from tilewright.compiler import compile_graph_for_inputs, default_passes
 from tilewright.frontend.fx_import import import_fx
 from tilewright.ir.verify import VerificationError, verify
 from tilewright.passes.fusion import fuse
-from tilewright.frontend.compile import _can_build
+from tilewright.compiler import _can_build
 from tilewright.report import GraphReport, collect
 
 from .helpers import assert_close, compile_and_run

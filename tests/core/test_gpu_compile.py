@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tilewright.codegen.kernel import GeneratedKernel
-from tilewright.codegen.scatter import ScatterKernel
-from tilewright.codegen.targets import CompileJob, compile_in_subprocess, job_for, jobs_for
+from tilewright.targets.triton.kernel import GeneratedKernel
+from tilewright.targets.triton.scatter import ScatterKernel
+from tilewright.targets.triton.cross_compile import CompileJob, compile_in_subprocess, job_for, jobs_for
 from tilewright.frontend.api import tunable_kernels
 
 from ..models.model_zoo import MODELS, main_output

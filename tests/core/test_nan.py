@@ -154,8 +154,8 @@ def test_nan_and_rounding_kernels_compile_for_sm90() -> None:
     """The interpreter accepts more than Triton's compiler: the NaN-propagating max/min,
     bit-level bfloat16 rounding and typed one-element scalars must compile for a GPU too."""
     pytest.importorskip("triton.backends.nvidia")
-    from tilewright.codegen.kernel import GeneratedKernel
-    from tilewright.codegen.targets import compile_in_subprocess, job_for
+    from tilewright.targets.triton.kernel import GeneratedKernel
+    from tilewright.targets.triton.cross_compile import compile_in_subprocess, job_for
     from tilewright.frontend.api import tunable_kernels
 
     def fn(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -5,8 +5,8 @@ import itertools
 
 import pytest
 
-from tilewright.autotune.space import config_hash
-from tilewright.codegen.schedules import matmul_space, pointwise_space, reduction_space
+from tilewright.schedule.space import config_hash
+from tilewright.targets.triton.spaces import matmul_space, pointwise_space, reduction_space
 
 SIZES = [1, 2, 7, 8, 16, 33, 100, 1000, 4097, 65536, 10**6]
 

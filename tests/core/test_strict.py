@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import tilewright
-from tilewright.codegen import runtime
+from tilewright.runtime import graph as runtime
 from tilewright.errors import StrictModeError
 from tilewright.report import collect
 
@@ -120,7 +120,7 @@ def test_healthy_run_counts_every_kernel_as_ran() -> None:
 
 
 def _fail_attention_forward(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tilewright.codegen import attention
+    from tilewright.targets.triton.attention import launch as attention
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("injected attention failure")
@@ -204,7 +204,7 @@ def test_an_op_the_importer_cannot_type_is_an_extern_step_of_its_own() -> None:
 
 @pytest.mark.fallback
 def test_a_graph_that_fails_to_compile_counts_its_ops(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tilewright.frontend import compile as compile_mod
+    from tilewright import compiler as compile_mod
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("injected import failure")
@@ -219,7 +219,7 @@ def test_a_graph_that_fails_to_compile_counts_its_ops(monkeypatch: pytest.Monkey
 
 
 def test_a_graph_that_fails_to_compile_raises_in_strict_mode(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tilewright.frontend import compile as compile_mod
+    from tilewright import compiler as compile_mod
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("injected import failure")

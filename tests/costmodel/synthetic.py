@@ -13,8 +13,8 @@ import math
 import random
 from typing import Any
 
-from tilewright.autotune.problem import KernelProblem
-from tilewright.autotune.space import ScheduleSpace
+from tilewright.schedule.problem import KernelProblem
+from tilewright.schedule.space import ScheduleSpace
 from tilewright.costmodel.devices import device_spec
 from tilewright.costmodel.records import Record
 from tilewright.costmodel.roofline import roofline_seconds

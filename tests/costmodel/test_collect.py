@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tilewright.autotune.measure import MeasureResult
-from tilewright.autotune.problem import KernelProblem
-from tilewright.autotune.space import ScheduleSpace, config_hash
+from tilewright.schedule.problem import KernelProblem
+from tilewright.schedule.space import ScheduleSpace, config_hash
 from tilewright.cli import main
 from tilewright.costmodel.collect import ProblemSpec, collect, random_kernels, random_spec, sample_configs
 from tilewright.costmodel.records import read_records

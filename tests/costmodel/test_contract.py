@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from tilewright.autotune.problem import KernelProblem
+from tilewright.schedule.problem import KernelProblem
 from tilewright.costmodel import DeviceDispatchModel
 from tilewright.costmodel.base import CostModel
 from tilewright.costmodel.dataset import build_dataset

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from tilewright.autotune.problem import KernelProblem
+from tilewright.schedule.problem import KernelProblem
 from tilewright.costmodel.devices import GENERIC, device_family, device_spec
 from tilewright.costmodel.features import FEATURE_NAMES, extract, feature_vector, tile_model
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tilewright.autotune.problem import KernelProblem
+from tilewright.schedule.problem import KernelProblem
 from tilewright.costmodel.records import (SCHEMA_VERSION, Record, RecordError, read_records, validate,
                                           write_records)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from tilewright.autotune.problem import KernelProblem
+from tilewright.schedule.problem import KernelProblem
 from tilewright.costmodel.base import CostModel
 from tilewright.costmodel.roofline import RooflineModel
 

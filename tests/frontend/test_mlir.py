@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tilewright.frontend import mlir as tw_mlir
-from tilewright.frontend.export import ExportError, export_module, export_to_mlir
+from tilewright.frontend.mlir.export import ExportError, export_module, export_to_mlir
 from tilewright.frontend.mlir import (
     MlirExtraMissingError,
     MlirImportError,
@@ -344,7 +344,7 @@ def test_raw_output_type_imports_and_fuses_attention() -> None:
 @needs_torch_mlir
 def test_retarget_moves_constants_and_device_arguments() -> None:
     """CUDA inputs get a graph whose weights and created tensors (arange...) are on CUDA too."""
-    from tilewright.frontend.mlir_compile import retarget
+    from tilewright.frontend.mlir.compile import retarget
 
     model, inputs, module = _exported("llama")
     gm = import_mlir(module).graph_module

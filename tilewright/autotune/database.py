@@ -35,10 +35,10 @@ from typing import Any, Iterable, Mapping
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-from .device import (CUDA_LABEL, INTERPRETER_LABEL, REPLAY_LABEL, SOURCE_CUDA, SOURCE_INTERPRETER,
+from ..schedule.device import (CUDA_LABEL, INTERPRETER_LABEL, REPLAY_LABEL, SOURCE_CUDA, SOURCE_INTERPRETER,
                      SOURCE_REPLAY, SOURCE_UNKNOWN, TIMING_SOURCES, source_name, trusted_source)
-from .problem import KernelProblem
-from .space import Config, ScheduleSpace, config_hash
+from ..schedule.problem import KernelProblem
+from ..schedule.space import Config, ScheduleSpace, config_hash
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +282,7 @@ class TuningDatabase:
 
         Args:
             sources: timing sources to accept; None (compile time) accepts only the real
-                measurement of ``device`` (:func:`~tilewright.autotune.device.trusted_source`:
+                measurement of ``device`` (:func:`~tilewright.schedule.device.trusted_source`:
                 ``cuda`` on a GPU, ``interpreter`` on the CPU interpreter), so replayed
                 timings and entries without a source are never served.
         """

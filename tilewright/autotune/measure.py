@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .device import (CUDA_LABEL, INTERPRETER_LABEL, REPLAY_LABEL, SOURCE_CUDA, SOURCE_INTERPRETER,
+from ..schedule.device import (CUDA_LABEL, INTERPRETER_LABEL, REPLAY_LABEL, SOURCE_CUDA, SOURCE_INTERPRETER,
                      SOURCE_REPLAY, device_info)
-from .problem import TunableKernel
-from .space import Config, config_hash
+from ..schedule.problem import TunableKernel
+from ..schedule.space import Config, config_hash
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class MeasureResult:
         label: what kind of timing this is (GPU, interpreter, replay), for people.
         source: where the time came from (``cuda``, ``interpreter``, ``replay``), for
             machines: compile time trusts only ``cuda`` on a GPU (see
-            :func:`~tilewright.autotune.device.trusted_source`).
+            :func:`~tilewright.schedule.device.trusted_source`).
     """
 
     config: Config

@@ -37,10 +37,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from .database import space_version
-from .device import SOURCE_REPLAY
+from ..schedule.device import SOURCE_REPLAY
 from .measure import MeasureResult, Measurer
-from .problem import TunableKernel
-from .space import Config, ConfigValue, ScheduleSpace, config_hash
+from ..schedule.problem import TunableKernel
+from ..schedule.space import Config, ConfigValue, ScheduleSpace, config_hash
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .database import TuningDatabase
 from .measure import CudaMeasurer, InterpreterMeasurer, Measurer
-from .problem import TunableKernel
+from ..schedule.problem import TunableKernel
 from .search import SearchResult, SearchSettings, create_study, rank_space, run_search, summarize
-from .space import Config
+from ..schedule.space import Config
 
 log = logging.getLogger(__name__)
 

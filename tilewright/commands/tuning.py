@@ -84,7 +84,7 @@ def _dispatch(db: Any, args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ..autotune.device import source_name
+    from ..schedule.device import source_name
 
     err = Console(stderr=True, soft_wrap=True)
     # NOTE: piped output is not cut at 80 columns; cells wrap instead of being elided.

@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from ..autotune.problem import KernelProblem
-from ..autotune.space import ConfigValue
+from ..schedule.problem import KernelProblem
+from ..schedule.space import ConfigValue
 from .base import CostModel
 from .roofline import RooflineModel
 

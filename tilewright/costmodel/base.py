@@ -4,8 +4,8 @@ from __future__ import annotations
 import abc
 from typing import Mapping, Sequence
 
-from ..autotune.problem import KernelProblem
-from ..autotune.space import ConfigValue
+from ..schedule.problem import KernelProblem
+from ..schedule.space import ConfigValue
 
 
 class CostModel(abc.ABC):

@@ -22,22 +22,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
-from ..autotune.problem import TunableKernel
-from ..autotune.space import Config, ScheduleSpace, config_hash
+from ..schedule.problem import TunableKernel
+from ..schedule.space import Config, ScheduleSpace, config_hash
 from .records import Record, write_records
 
 log = logging.getLogger(__name__)
 
 #: kind -> "module:function" building a TunableKernel from a :class:`ProblemSpec`.
 BUILDERS: dict[str, str] = {
-    "pointwise": "tilewright.codegen.problems:pointwise_from_spec",
-    "reduction": "tilewright.codegen.problems:reduction_from_spec",
-    "matmul": "tilewright.codegen.problems:matmul_from_spec",
-    "attention": "tilewright.codegen.problems:attention_from_spec",
+    "pointwise": "tilewright.autotune.problems:pointwise_from_spec",
+    "reduction": "tilewright.autotune.problems:reduction_from_spec",
+    "matmul": "tilewright.autotune.problems:matmul_from_spec",
+    "attention": "tilewright.autotune.problems:attention_from_spec",
     "conv": "tilewright.costmodel.collect:build_conv",
 }
 #: "module:function" returning ``[(source_name, TunableKernel), ...]`` for the model suite.
-MODEL_SUITE = "tilewright.codegen.problems:model_suite_kernels"
+MODEL_SUITE = "tilewright.autotune.problems:model_suite_kernels"
 
 #: Upper bound on configs enumerated when sampling a space.
 MAX_ENUMERATE = 50_000
@@ -111,8 +111,8 @@ def random_spec(kind: str, rng: random.Random) -> ProblemSpec:
 
 
 def build_conv(spec: ProblemSpec) -> TunableKernel:
-    """A :class:`tilewright.codegen.conv.ConvKernel` for a random conv spec."""
-    from ..codegen.conv import ConvKernel, ConvProblem
+    """A :class:`tilewright.targets.triton.conv.forward.ConvKernel` for a random conv spec."""
+    from ..targets.triton.conv.forward import ConvKernel, ConvProblem
 
     d = spec.dims
     conv = ConvProblem.from_shapes((d["N"], d["C"], d["H"], d["W"]),

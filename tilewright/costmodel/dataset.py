@@ -16,9 +16,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..autotune.device import CPU_INTERPRETER
-from ..autotune.problem import KernelProblem
-from ..autotune.space import ConfigValue
+from ..schedule.device import CPU_INTERPRETER
+from ..schedule.problem import KernelProblem
+from ..schedule.space import ConfigValue
 from .devices import device_family, device_spec
 from .features import FEATURE_NAMES, feature_vector
 from .records import Record

@@ -132,7 +132,7 @@ def _capability_str(value: object) -> str | None:
 def device_spec(device: Mapping[str, object] | None) -> DeviceSpec:
     """The :class:`DeviceSpec` for a device-info dict; fields in the dict override the table.
 
-    Recognised keys (those of :func:`tilewright.autotune.device.device_info`): ``name``,
+    Recognised keys (those of :func:`tilewright.schedule.device.device_info`): ``name``,
     ``capability`` (``"9.0"`` or ``(9, 0)``), ``sm_count`` (or ``multi_processor_count``),
     ``shared_memory_per_block``, ``l2_cache_bytes``, ``dram_bw``; ``is_gpu: False`` (the CPU
     interpreter) gives :data:`GENERIC`. Unknown names give :data:`GENERIC`.

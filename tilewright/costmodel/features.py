@@ -17,8 +17,8 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
-from ..autotune.problem import KernelProblem
-from ..autotune.space import ConfigValue
+from ..schedule.problem import KernelProblem
+from ..schedule.space import ConfigValue
 from .devices import DEVICE_SPECS, GENERIC, DeviceSpec, device_family, device_spec  # noqa: F401 (re-exported)
 
 FEATURE_VERSION = "1"
@@ -165,7 +165,7 @@ def _matmul(p: KernelProblem, c: Mapping[str, ConfigValue], spec: DeviceSpec) ->
 def _conv(p: KernelProblem, c: Mapping[str, ConfigValue], spec: DeviceSpec) -> TileModel:
     d, e = p.dims, dtype_bytes(p.dtype)
     if {"M", "GEMM_N", "GEMM_K"} <= set(d):
-        # tilewright.codegen.conv states its implicit GEMM (per group) directly
+        # tilewright.targets.triton.conv.forward states its implicit GEMM (per group) directly
         groups = _dim(d, "G", "groups")
         gm, gn, gk = _dim(d, "M"), _dim(d, "GEMM_N"), _dim(d, "GEMM_K")
         flops = p.flops or 2.0 * gm * gn * gk * groups

@@ -30,8 +30,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..autotune.problem import KernelProblem
-from ..autotune.space import ConfigValue
+from ..schedule.problem import KernelProblem
+from ..schedule.space import ConfigValue
 from .base import CostModel
 from .dataset import MODEL_FEATURES, Dataset, model_inputs, normalized_log_time
 from .devices import device_family

@@ -18,8 +18,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
-from ..autotune.problem import KernelProblem
-from ..autotune.space import Config, config_hash
+from ..schedule.problem import KernelProblem
+from ..schedule.space import Config, config_hash
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class Record:
 
     Attributes:
         kind, fingerprint, dims, dtype, signature, flops, bytes, meta: the
-            :class:`~tilewright.autotune.problem.KernelProblem` measured.
+            :class:`~tilewright.schedule.problem.KernelProblem` measured.
         problem_key: ``KernelProblem.key()`` (kernel + shapes), the grouping unit.
         config: the schedule config; ``config_hash`` its stable hash.
         space_version: version of the schedule space the config came from.

@@ -17,8 +17,8 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
-from ..autotune.problem import KernelProblem
-from ..autotune.space import ConfigValue
+from ..schedule.problem import KernelProblem
+from ..schedule.space import ConfigValue
 from .base import CostModel
 from .devices import DeviceSpec, device_spec
 from .features import TileModel, _int, dtype_bytes, occupancy, tile_model

@@ -73,12 +73,12 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable
 
 def tunable_kernels(model: Callable[..., Any], example_inputs: Sequence[Any]) -> list[Any]:
     """Every generated kernel of ``model`` on ``example_inputs``, as tuner-ready objects."""
-    from ..codegen.runtime import CompiledGraph, ExternStep, KernelStep
+    from ..runtime.graph import CompiledGraph, ExternStep, KernelStep
 
     kernels: list[Any] = []
     seen: set[str] = set()
     compiled_graphs: list[CompiledGraph] = []
-    from . import compile as compile_mod
+    from .. import compiler as compile_mod
 
     original = compile_mod.compile_graph_for_inputs
 

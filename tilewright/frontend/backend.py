@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.fx as fx
 
-from ..codegen.jit import ensure_interpreter, interpret_mode
+from ..targets.triton.jit import ensure_interpreter, interpret_mode
 from ..config import config
 from ..errors import StrictModeError
 from ..report import GraphReport, publish
@@ -86,7 +86,7 @@ class LazyCompiledGraph:
         return lambda inputs: gm(*inputs)
 
     def _compile(self, inputs: Sequence[Any]) -> Callable[[Sequence[Any]], Any]:
-        from .compile import compile_graph_for_inputs
+        from ..compiler import compile_graph_for_inputs
 
         global _warned_cpu
         report = GraphReport(self.name)
@@ -189,7 +189,7 @@ def tilewright_backend(gm: fx.GraphModule, example_inputs: list[Any], **options:
 
 def _rewrite_attention(gm: fx.GraphModule, example_inputs: list[Any]) -> tuple[fx.GraphModule, list[dict[str, Any]]]:
     try:
-        from ..passes.attention_rewrite import rewrite_attention
+        from ..passes.fx.attention_rewrite import rewrite_attention
     except ImportError:
         return gm, []
     try:
@@ -202,7 +202,7 @@ def _rewrite_attention(gm: fx.GraphModule, example_inputs: list[Any]) -> tuple[f
 def _fold_batchnorm(gm: fx.GraphModule) -> int:
     """Fold inference batch norms into the preceding convolutions (exact; 0 when none)."""
     try:
-        from ..passes.conv_rewrite import fold_batchnorm
+        from ..passes.fx.conv_rewrite import fold_batchnorm
 
         return fold_batchnorm(gm)
     except Exception as exc:  # an optimisation must never break the program

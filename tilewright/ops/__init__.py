@@ -1,5 +1,5 @@
 """tilewright custom ops (``torch.ops.tilewright.*``); importing this package registers them."""
-from . import attention  # noqa: F401  (registers tilewright::flash_attention and its backward)
-from . import random  # noqa: F401  (registers tilewright::seed and tilewright::dropout_mask)
+from . import attention
+from . import random
 
 __all__ = ["attention", "random"]

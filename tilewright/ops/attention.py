@@ -3,7 +3,7 @@
 The attention rewrite replaces every matched attention block with a call to
 ``torch.ops.tilewright.flash_attention``; AOTAutograd then puts one forward node per block in
 the forward graph and one ``torch.ops.tilewright.flash_attention_backward`` node in the backward
-graph. Both ops launch the Triton kernels of :mod:`tilewright.codegen.attention` when the
+graph. Both ops launch the Triton kernels of :mod:`tilewright.targets.triton.attention.launch` when the
 tensors are on CUDA or interpreter mode is on, and otherwise compute the same function with a
 torch reference (math), so a graph that holds them always runs.
 
@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..codegen.jit import can_run_kernels
+from ..targets.triton.jit import can_run_kernels
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def _reference_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Opt
                         causal_offset: int, dropout_p: float, bias_grad: bool
                         ) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
     """Analytic math backward (autograd is off inside a custom op's implementation)."""
-    from ..codegen.attention import reduce_to_shape
+    from ..targets.triton.attention.launch import reduce_to_shape
 
     B, H, M, D = q.shape
     HKV, N = k.shape[1], k.shape[2]
@@ -113,7 +113,7 @@ def flash_attention(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], mas
                     dropout_p: float) -> tuple[Tensor, Tensor]:
     """Fused attention forward; returns (out [B, Hq, M, D] contiguous, lse [B, Hq, M] float32)."""
     if _use_kernels(q):
-        from ..codegen.attention import flash_attention_forward
+        from ..targets.triton.attention.launch import flash_attention_forward
 
         return flash_attention_forward(q, k, v, bias=bias, mask=mask, scale=scale, causal=causal,
                                        causal_offset=causal_offset, dropout_p=dropout_p, seed=seed)
@@ -136,7 +136,7 @@ def flash_attention_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, bias
                              bias_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients (dq, dk, dv, dbias); dbias is an empty tensor unless ``bias_grad``."""
     if _use_kernels(q):
-        from ..codegen.attention import flash_attention_backward as launch
+        from ..targets.triton.attention.launch import flash_attention_backward as launch
 
         dq, dk, dv, db = launch(dout, q, k, v, out, lse, bias=bias, mask=mask, scale=scale, causal=causal,
                                 causal_offset=causal_offset, dropout_p=dropout_p, seed=seed,

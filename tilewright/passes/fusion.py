@@ -23,7 +23,7 @@ import networkx as nx
 
 from ..ir.graph import Graph, Node, Value
 from ..ir.registry import lookup
-from .classify import classify
+from ..targets.triton.classify import classify
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,373 @@
+"""The compiled callable: runs kernels, extern ATen calls and view aliases in order.
+
+Planning happens once per specialisation: every step gets the values it reads and writes,
+buffers written by kernels are assigned to reusable slots (a value's slot returns to the pool
+after its last use, including uses through views), and references to dead values are dropped
+as soon as possible so the allocator can reuse memory.
+
+Fallbacks, each logged once, reported in explain (the kernel's status) and counted out of
+coverage — or raised as :class:`~tilewright.errors.StrictModeError` in strict mode:
+
+- a generated kernel that fails to compile or launch runs its group's reference ops;
+- ``verify`` compares each kernel with its reference on its first run; a mismatch is a fallback;
+- a template (fused attention, convolution gradients) that fails runs its torch reference;
+- anything else that fails before the graph has written into its inputs makes the whole graph
+  run eagerly (the FX graph it was compiled from).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from ..config import config
+from ..errors import StrictModeError
+from ..ir.graph import Graph, Node, Value, map_values
+from ..ir.registry import lookup
+from ..report import GraphReport, mark_fell_back, mark_ran
+from ..targets.triton.kernel import GeneratedKernel, evaluate_value, run_reference
+from ..targets.triton.templates import TemplateCall, template_call
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class KernelStep:
+    """Launch a generated kernel (or its reference when it is broken)."""
+
+    kernel: GeneratedKernel
+    inputs: list[Value]
+    outputs: list[Value]
+    slots: list[int]
+    #: outputs written in place into a graph input (output value id -> the input)
+    inplace: dict[int, Value] = field(default_factory=dict)
+    #: the kernel's explain entry (status kept current)
+    entry: dict[str, Any] | None = None
+
+
+@dataclass
+class ExternStep:
+    """Run one node by its torch op (extern ATen call or a hand-written template op)."""
+
+    node: Node
+    #: the template's tunable kernel (fused attention), when it has one
+    kernel: Any = None
+    #: how to run a template node's kernels and its reference (None: a plain extern call)
+    call: TemplateCall | None = None
+    #: the template's explain entry (status kept current)
+    entry: dict[str, Any] | None = None
+    #: set when the template's kernels failed: the reference runs from then on
+    broken: str | None = None
+
+
+@dataclass
+class FreeStep:
+    """Drop references to dead values."""
+
+    value_ids: list[int]
+
+
+@dataclass
+class Plan:
+    """Ordered steps plus the slot sizes of reusable buffers."""
+
+    steps: list[Any] = field(default_factory=list)
+    slot_bytes: dict[int, int] = field(default_factory=dict)
+
+
+def _root(v: Value) -> Value:
+    node = v.producer
+    while node is not None and lookup(node.target).kind == "view":
+        v = node.args[0]
+        node = v.producer
+    return v
+
+
+def _span_bytes(v: Value) -> int:
+    t = v.type
+    if t.numel == 0:
+        return 0
+    return (1 + sum((s - 1) * st for s, st in zip(t.shape, t.strides))) * t.dtype.itemsize
+
+
+def make_plan(graph: Graph, steps: list[Any]) -> Plan:
+    """Add buffer slots and frees to ``steps`` (KernelStep/ExternStep in execution order)."""
+    out_roots = {_root(v).id for v in graph.output_values()}
+    # last step index at which each root buffer is used (directly or through a view)
+    last_use: dict[int, int] = {}
+    for i, step in enumerate(steps):
+        used = step.inputs if isinstance(step, KernelStep) else step.node.inputs
+        for v in used:
+            last_use[_root(v).id] = i
+    owned: set[int] = set()
+    for step in steps:
+        if isinstance(step, KernelStep):
+            owned |= {v.id for v in step.outputs}
+    plan = Plan()
+    free_slots: list[tuple[int, str, int]] = []  # (bytes, device, slot)
+    slot_device: dict[int, str] = {}
+    slot_of: dict[int, int] = {}
+    for i, step in enumerate(steps):
+        if isinstance(step, KernelStep):
+            step.slots = []
+            for v in step.outputs:
+                if v.id in step.inplace:
+                    step.slots.append(-2)  # the input's own memory
+                    continue
+                if v.id in out_roots:
+                    step.slots.append(-1)
+                    continue
+                need = _span_bytes(v)
+                device = str(v.type.device)
+                match = next((s for s in free_slots if s[0] == need and s[1] == device), None)
+                if match is not None:
+                    free_slots.remove(match)
+                    slot = match[2]
+                else:
+                    slot = len(plan.slot_bytes)
+                    plan.slot_bytes[slot] = need
+                    slot_device[slot] = device
+                slot_of[v.id] = slot
+                step.slots.append(slot)
+        # values whose last use is this step die here
+        dead = [rid for rid, last in last_use.items() if last == i and rid not in out_roots]
+        plan.steps.append(step)
+        if dead:
+            plan.steps.append(FreeStep(dead))
+        for rid in dead:
+            if rid in slot_of and rid in owned and rid not in out_roots:
+                slot = slot_of[rid]
+                free_slots.append((plan.slot_bytes[slot], slot_device[slot], slot))
+    return plan
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
+
+
+def strict_failure(what: str, ops: Any, cause: str) -> StrictModeError:
+    """The error strict mode raises for a fallback of ``what`` (kernel name, fused ops, cause)."""
+    return StrictModeError(f"{what} would fall back to its reference (strict mode is on): {cause}; "
+                           f"fused ops: {', '.join(sorted(set(ops))) or '-'}. Turn off tilewright.config.strict "
+                           f"(TILEWRIGHT_STRICT=0) to let it fall back and report it instead.")
+
+
+class CompiledGraph:
+    """Callable running one specialised graph.
+
+    ``eager`` (the FX graph the plan was compiled from) runs the whole graph when a step fails
+    outside any kernel's own fallback — only while nothing has been written into the inputs yet,
+    so a retry can never apply an in-place update twice.
+    """
+
+    def __init__(self, graph: Graph, plan: Plan, report: GraphReport, eager: Any = None) -> None:
+        self.graph = graph
+        self.plan = plan
+        self.report = report
+        self.eager = eager
+        #: why the graph runs eagerly from now on (None: it runs its plan)
+        self.broken: str | None = None
+        self._views_by_root: dict[int, list[int]] = {}
+
+    def __call__(self, inputs: Sequence[Any]) -> Any:
+        if self.broken is not None and self.eager is not None:
+            return self.eager(inputs)
+        wrote_inputs = [False]
+        try:
+            return self._run_plan(inputs, wrote_inputs)
+        except StrictModeError:
+            raise
+        except Exception as exc:
+            if self.eager is None or wrote_inputs[0]:
+                raise
+            # the graph as the user wrote it: if it fails too, the error is the program's own
+            # (a singular matrix, a bad index) and propagates as eager's; otherwise it was ours
+            result = self.eager(inputs)
+            cause = _first_line(exc)
+            if config.strict:
+                raise strict_failure(f"graph {self.report.name}", [], f"a step failed at run time ({cause})") from exc
+            self.broken = cause
+            log.warning("tilewright graph %s failed at run time (%s); it runs eagerly from now on",
+                        self.report.name, cause)
+            self.report.add_fallback(f"graph {self.report.name}", f"failed at run time: {cause}")
+            self.report.mode = "eager (run failed)"
+            for entry in self.report.kernels:
+                mark_fell_back(entry, f"graph runs eagerly: {cause}")
+            return result
+
+    def _run_plan(self, inputs: Sequence[Any], wrote_inputs: list[bool]) -> Any:
+        env: dict[int, torch.Tensor] = {}
+        for v, position in zip(self.graph.inputs, self.graph.input_positions):
+            env[v.id] = inputs[position]
+        for v in self.graph.constants:
+            env[v.id] = v.constant  # type: ignore[assignment]
+        slots: dict[int, torch.Tensor] = {}
+        for step in self.plan.steps:
+            if isinstance(step, KernelStep):
+                wrote_inputs[0] = wrote_inputs[0] or bool(step.inplace)
+                self._run_kernel(step, env, slots)
+            elif isinstance(step, ExternStep):
+                if step.call is not None:
+                    self._run_template(step, env)
+                else:
+                    self._run_extern(step.node, env)
+            else:
+                for vid in step.value_ids:
+                    env.pop(vid, None)
+                self._drop_views(step.value_ids, env)
+        return map_values(self.graph.outputs, lambda v: evaluate_value(v, env))
+
+    def _drop_views(self, root_ids: list[int], env: dict[int, torch.Tensor]) -> None:
+        if not self._views_by_root:
+            for node in self.graph.nodes:
+                if lookup(node.target).kind == "view":
+                    for o in node.outputs:
+                        self._views_by_root.setdefault(_root(o).id, []).append(o.id)
+        for rid in root_ids:
+            for vid in self._views_by_root.get(rid, []):
+                env.pop(vid, None)
+
+    def _alloc(self, v: Value, slot: int, slots: dict[int, torch.Tensor]) -> torch.Tensor:
+        t = v.type
+        if slot < 0:
+            return torch.empty_strided(t.shape, t.strides, dtype=t.dtype, device=t.device)
+        storage = slots.get(slot)
+        if storage is None:
+            storage = torch.empty(max(self.plan.slot_bytes[slot], 1), dtype=torch.uint8, device=t.device)
+            slots[slot] = storage
+        return storage.view(t.dtype)[: max(1, self.plan.slot_bytes[slot] // t.dtype.itemsize)].as_strided(
+            t.shape, t.strides) if t.numel else torch.empty_strided(t.shape, t.strides, dtype=t.dtype, device=t.device)
+
+    def _fall_back(self, kernel: Any, entry: dict[str, Any] | None, cause: str) -> None:
+        """Mark ``kernel`` broken (its reference runs from now on), or raise in strict mode."""
+        ops = list(getattr(getattr(kernel, "spec", None), "ops", []) or getattr(kernel, "ops", []))
+        if config.strict:
+            raise strict_failure(f"kernel {kernel.name}", ops, cause)
+        kernel.broken = cause
+        log.warning("kernel %s failed (%s); running its reference ops %s instead", kernel.name, cause,
+                    sorted(set(ops)))
+        self.report.add_fallback(f"kernel {kernel.name}", f"kernel failed: {cause}")
+        mark_fell_back(entry, cause)
+
+    def _run_kernel(self, step: KernelStep, env: dict[int, torch.Tensor], slots: dict[int, torch.Tensor]) -> None:
+        kernel = step.kernel
+        args = [evaluate_value(v, env) for v in step.inputs]
+        outs = [evaluate_value(step.inplace[v.id], env) if s == -2 else self._alloc(v, s, slots)
+                for v, s in zip(step.outputs, step.slots)]
+        if kernel.broken is None:
+            try:
+                kernel.launch(args + outs)
+            except Exception as exc:  # compile or launch failure: reference from now on
+                self._fall_back(kernel, step.entry, _first_line(exc))
+        if kernel.broken is not None:
+            ref = self._reference(step, env)
+            for o, v in zip(outs, step.outputs):
+                o.copy_(ref[v.id])
+        else:
+            if config.verify and not kernel.verified:
+                kernel.verified = True
+                ref = self._reference(step, env)
+                mismatch = next((m for m in (self._check(kernel, v, o, ref[v.id])
+                                             for o, v in zip(outs, step.outputs)) if m), None)
+                if mismatch is not None:  # this call uses the reference results too
+                    self._fall_back(kernel, step.entry, f"verify mismatch: {mismatch}")
+                    for o, v in zip(outs, step.outputs):
+                        o.copy_(ref[v.id])
+            if kernel.broken is None:
+                mark_ran(step.entry)
+        for o, v in zip(outs, step.outputs):
+            env[v.id] = o
+
+    def _reference(self, step: KernelStep, env: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        local = dict(env)
+        run_reference(step.kernel.nodes, local)
+        return {v.id: local[v.id] for v in step.outputs}
+
+    def _check(self, kernel: GeneratedKernel, v: Value, got: torch.Tensor, want: torch.Tensor) -> str | None:
+        """None when ``got`` matches the reference ``want``, else a description of the mismatch."""
+        rtol, atol = verify_tolerance(kernel, got)
+        ok = torch.allclose(got.float(), want.float(), rtol=rtol, atol=atol, equal_nan=True) \
+            if got.is_floating_point() else torch.equal(got, want)
+        if ok:
+            return None
+        err = (got.float() - want.float()).abs().max().item() if got.is_floating_point() else float("nan")
+        msg = (f"kernel {kernel.name} output %{v.name} differs from its reference "
+               f"(max abs error {err:.3g}); fused ops: {', '.join(kernel.spec.ops)}")
+        log.error(msg)
+        return msg
+
+    def _run_template(self, step: ExternStep, env: dict[int, torch.Tensor]) -> None:
+        assert step.call is not None
+        args = map_values(step.node.args, lambda a: evaluate_value(a, env))
+        kwargs = map_values(step.node.kwargs, lambda a: evaluate_value(a, env))
+        result = None
+        if step.broken is None:
+            try:
+                result = step.call.kernel(*args, **kwargs)
+            except Exception as exc:  # the template's kernels failed: its reference from now on
+                cause = _first_line(exc)
+                if config.strict:
+                    raise strict_failure(f"template {step.node.op}", [step.node.op], cause) from exc
+                step.call.on_kernel_failure(tuple(args), kwargs)
+                step.broken = cause
+                log.warning("template %s failed (%s); running its reference instead", step.node.op, cause)
+                self.report.add_fallback(f"template {step.node.op}", f"kernel failed: {cause}")
+                mark_fell_back(step.entry, cause)
+            else:
+                mark_ran(step.entry)
+        if step.broken is not None:
+            result = step.call.reference(*args, **kwargs)
+        self._store(step.node, result, env)
+
+    def _run_extern(self, node: Node, env: dict[int, torch.Tensor]) -> None:
+        args = map_values(node.args, lambda a: evaluate_value(a, env))
+        kwargs = map_values(node.kwargs, lambda a: evaluate_value(a, env))
+        self._store(node, implementation(node)(*args, **kwargs), env)
+
+    def _store(self, node: Node, result: Any, env: dict[int, torch.Tensor]) -> None:
+        if not node.outputs:
+            return
+        outs = [r for r in result if isinstance(r, torch.Tensor)] if isinstance(result, (list, tuple)) else [result]
+        for v, t in zip(node.outputs, outs):
+            if isinstance(t, torch.Tensor) and tuple(t.stride()) != v.type.strides and t.numel() > 1:
+                # keep the layout the plan was built for
+                fixed = torch.empty_strided(v.type.shape, v.type.strides, dtype=t.dtype, device=t.device)
+                fixed.copy_(t)
+                t = fixed
+            env[v.id] = t
+
+
+def verify_tolerance(kernel: Any, got: torch.Tensor) -> tuple[float, float]:
+    """(rtol, atol) for comparing ``kernel``'s output with its reference under ``verify``.
+
+    float32 outputs of kernels that contain a matmul or convolution on a GPU are judged at TF32
+    precision when torch lets cuBLAS/cuDNN use TF32 (the reference then runs in TF32 too, so
+    the two may differ by TF32 rounding); half types get a wider tolerance.
+    """
+    scale = 1.0 if got.dtype in (torch.float32, torch.float64) else 50.0
+    if got.dtype == torch.float32 and got.device.type == "cuda" and _uses_tf32(kernel):
+        scale = 50.0
+    return config.verify_rtol * scale, config.verify_atol * scale
+
+
+def _uses_tf32(kernel: Any) -> bool:
+    kind = getattr(getattr(kernel, "spec", None), "kind", None) or kernel.describe().get("kind")
+    if kind == "conv":
+        return bool(torch.backends.cudnn.allow_tf32)
+    if kind == "matmul":
+        return bool(torch.backends.cuda.matmul.allow_tf32) or torch.get_float32_matmul_precision() != "highest"
+    return False
+
+
+def implementation(node: Node) -> Any:
+    """The callable that runs ``node``: a template's own implementation, else its torch op."""
+    impl = lookup(node.target).extra.get("impl")
+    if impl is None:
+        return node.target
+    module_name, attr = impl.split(":")
+    import importlib
+
+    return getattr(importlib.import_module(module_name), attr)

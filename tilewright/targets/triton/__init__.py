@@ -1,0 +1,1 @@
+"""tilewright.targets.triton."""

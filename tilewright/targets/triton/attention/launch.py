@@ -1,0 +1,423 @@
+"""Flash-attention launchers, schedule spaces and tunable-kernel wrappers.
+
+The kernels live in :mod:`tilewright.targets.triton.attention.kernels`; this module checks inputs,
+computes broadcast strides (stride 0 for broadcast dims: masks and biases are never expanded
+into memory), picks a config (a plain dict whose keys are the kernels' constexpr names plus
+``num_warps``/``num_stages``) and launches. Public entry points:
+
+* :func:`flash_attention_forward` -> (out, lse); uses the split-K decode path for short queries.
+* :func:`flash_attention_backward` -> (dq, dk, dv, dbias-or-None).
+* :func:`forward_space` / :func:`backward_space` / :func:`decode_space` schedule spaces with
+  shared-memory and register constraints, and :class:`AttentionKernel` (a ``TunableKernel``).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from ....schedule.problem import KernelProblem
+from ....schedule.space import Config, ScheduleSpace
+from . import kernels as K
+from ..jit import cdiv, interpret_mode
+
+log = logging.getLogger(__name__)
+
+#: Version of the attention schedule spaces (part of tuning keys).
+SPACE_VERSION = "1"
+#: Shared memory assumed when the device is unknown (bytes; an A100/H100 opt-in block is larger).
+DEFAULT_SMEM_BYTES = 99 * 1024
+#: Query lengths up to this use the split-K decode path (when there is no dropout).
+DECODE_MAX_M = 16
+#: Keys needed before splitting the key sequence pays off.
+DECODE_MIN_N = 256
+
+
+def head_block(head_dim: int) -> int:
+    """Padded head dimension (power of two, at least 16) used as BLOCK_D."""
+    return max(16, K.next_pow2(head_dim))
+
+
+def _elem_size(dtype: str) -> int:
+    return {"float32": 4, "float16": 2, "bfloat16": 2}.get(dtype, 4)
+
+
+def _smem_fwd(cfg: Mapping[str, Any], block_d: int, elem: int) -> int:
+    """Upper estimate of the forward tile's shared memory (bytes).
+
+    NOTE: fitted to Triton's reported ``shared`` for sm_90 builds (fp16 128x128x128, 2 stages:
+    64 KiB; fp32 128x64x64, 2 stages: 96 KiB), +5% + 1 KiB: half types stage one K/V tile per stage plus Q;
+    float32 dots (IEEE) keep K and V each per stage.
+    """
+    stages = max(1, int(cfg["num_stages"]))
+    per_stage = int(cfg["BLOCK_N"]) * block_d * (2 if elem >= 4 else 1)
+    return int(1.05 * elem * (int(cfg["BLOCK_M"]) * block_d + stages * per_stage)) + 1024
+
+
+def _regs_ok(cfg: Mapping[str, Any], block_d: int) -> str | None:
+    threads = 32 * int(cfg["num_warps"])
+    per_thread = (int(cfg["BLOCK_M"]) * block_d + 2 * int(cfg["BLOCK_M"]) * int(cfg["BLOCK_N"])) / threads
+    if per_thread > 256:
+        return f"~{per_thread:.0f} fp32 registers per thread for accumulator and scores (> 256)"
+    return None
+
+
+def forward_space(head_dim: int, dtype: str = "float16", smem_bytes: int = DEFAULT_SMEM_BYTES) -> ScheduleSpace:
+    """Schedule space of the forward kernel for one head dim and dtype."""
+    block_d, elem = head_block(head_dim), _elem_size(dtype)
+
+    def smem(cfg: Mapping[str, Any]) -> str | None:
+        need = _smem_fwd(cfg, block_d, elem)
+        return None if need <= smem_bytes else f"needs {need} B shared memory > {smem_bytes}"
+
+    default = {"BLOCK_M": 128, "BLOCK_N": 64 if block_d <= 128 else 32,
+               "num_warps": 4 if block_d <= 64 else 8, "num_stages": 3 if block_d <= 64 else 2}
+    space = ScheduleSpace(
+        kind="attention_fwd",
+        params={"BLOCK_M": [16, 32, 64, 128], "BLOCK_N": [16, 32, 64, 128],
+                "num_warps": [2, 4, 8], "num_stages": [1, 2, 3, 4]},
+        constraints=[smem, lambda c: _regs_ok(c, block_d)], version=SPACE_VERSION)
+    space.default = default if space.is_feasible(default) else space.default_config()
+    return space
+
+
+def backward_space(head_dim: int, dtype: str = "float16", smem_bytes: int = DEFAULT_SMEM_BYTES) -> ScheduleSpace:
+    """Schedule space of the two backward kernels (dK/dV and dQ share BLOCK_M/BLOCK_N)."""
+    block_d, elem = head_block(head_dim), _elem_size(dtype)
+
+    def smem(cfg: Mapping[str, Any]) -> str | None:
+        stages = max(1, int(cfg["num_stages"]))
+        # K, V resident; Q and dO staged; one [BLOCK_M, BLOCK_N] tile transposed through smem.
+        # NOTE: within 15% + 4 KiB of Triton's reported ``shared`` for sm_90 builds, from above.
+        raw = elem * (2 * int(cfg["BLOCK_N"]) * block_d + 2 * stages * int(cfg["BLOCK_M"]) * block_d
+                      + int(cfg["BLOCK_M"]) * int(cfg["BLOCK_N"]))
+        need = int(1.15 * raw) + 4096
+        return None if need <= smem_bytes else f"needs {need} B shared memory > {smem_bytes}"
+
+    def regs(cfg: Mapping[str, Any]) -> str | None:
+        threads = 32 * int(cfg["num_warps"])
+        per = (2 * int(cfg["BLOCK_N"]) * block_d + 3 * int(cfg["BLOCK_M"]) * int(cfg["BLOCK_N"])) / threads
+        return None if per <= 256 else f"~{per:.0f} fp32 registers per thread (> 256)"
+
+    default = {"BLOCK_M": 32, "BLOCK_N": 64 if block_d <= 128 else 32,
+               "num_warps": 4 if block_d <= 64 else 8, "num_stages": 1}
+    space = ScheduleSpace(
+        kind="attention_bwd",
+        params={"BLOCK_M": [16, 32, 64, 128], "BLOCK_N": [16, 32, 64, 128],
+                "num_warps": [2, 4, 8], "num_stages": [1, 2, 3]},
+        constraints=[smem, regs], version=SPACE_VERSION)
+    space.default = default if space.is_feasible(default) else space.default_config()
+    return space
+
+
+def decode_space(head_dim: int, dtype: str = "float16", smem_bytes: int = DEFAULT_SMEM_BYTES) -> ScheduleSpace:
+    """Schedule space of the split-K decode kernel; NUM_SPLITS is a schedule parameter."""
+    block_d, elem = head_block(head_dim), _elem_size(dtype)
+
+    def smem(cfg: Mapping[str, Any]) -> str | None:
+        need = _smem_fwd(cfg, block_d, elem)
+        return None if need <= smem_bytes else f"needs {need} B shared memory > {smem_bytes}"
+
+    default = {"NUM_SPLITS": 16, "BLOCK_M": 16, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
+    space = ScheduleSpace(
+        kind="attention_decode",
+        params={"NUM_SPLITS": [1, 2, 4, 8, 16, 32, 64, 128], "BLOCK_M": [16, 32, 64],
+                "BLOCK_N": [16, 32, 64, 128], "num_warps": [2, 4, 8], "num_stages": [1, 2, 3, 4]},
+        constraints=[smem, lambda c: _regs_ok(c, block_d)], version=SPACE_VERSION)
+    space.default = default if space.is_feasible(default) else space.default_config()
+    return space
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _strides4(t: torch.Tensor | None, shape: Sequence[int]) -> tuple[int, int, int, int]:
+    """Strides of ``t`` broadcast to ``shape`` (0 on broadcast dims); zeros when ``t`` is None."""
+    if t is None:
+        return (0, 0, 0, 0)
+    view = torch.broadcast_to(t, tuple(shape)) if t.dim() <= 4 else t
+    return tuple(int(s) for s in view.stride())  # type: ignore[return-value]
+
+
+def _mask_arg(mask: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor:
+    if mask is None:
+        return q  # never read (HAS_MASK is False)
+    return mask.view(torch.uint8) if mask.dtype == torch.bool else mask
+
+
+def _upcast(q: torch.Tensor) -> bool:
+    return interpret_mode() and q.dtype == torch.bfloat16
+
+
+def _dot_precision(q: torch.Tensor) -> str | None:
+    """float32: IEEE dots unless torch itself allows TF32 (then eager uses TF32 too); else default."""
+    if q.dtype != torch.float32:
+        return None
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+
+def _launch_opts(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    if interpret_mode():
+        return {}
+    return {"num_warps": int(cfg["num_warps"]), "num_stages": int(cfg["num_stages"])}
+
+
+def use_decode_path(m: int, n: int, dropout_p: float) -> bool:
+    """Whether the split-K decode kernel handles this shape."""
+    return m <= DECODE_MAX_M and n >= DECODE_MIN_N and dropout_p == 0.0
+
+
+def default_num_splits(batch_heads_kv: int, n: int, block_n: int, device: torch.device) -> int:
+    """Heuristic split count: enough programs for ~2 waves, at least one key block per split."""
+    sms = 8
+    if device.type == "cuda":
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+    want = max(1, (2 * sms) // max(1, batch_heads_kv))
+    splits = 1
+    while splits * 2 <= min(want, max(1, n // block_n), 128):
+        splits *= 2
+    return splits
+
+
+#: Tuned configs keyed by (kernel "fwd"/"bwd"/"decode", :func:`shape_key`); the tuner may fill
+#: this, and launchers called without ``config`` use an entry when there is one.
+CONFIG_OVERRIDES: dict[tuple[str, str], Config] = {}
+
+
+def shape_key(q: torch.Tensor, k: torch.Tensor, causal: bool) -> str:
+    """Key of one attention shape for :data:`CONFIG_OVERRIDES`."""
+    B, H, M, D = q.shape
+    return f"B{B}H{H}K{k.shape[1]}M{M}N{k.shape[2]}D{D}:{str(q.dtype).split('.')[-1]}:{'c' if causal else 'n'}"
+
+
+def device_smem(device: torch.device) -> int:
+    """Opt-in shared memory per block of ``device`` (the default guess off CUDA)."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return int(getattr(props, "shared_memory_per_block_optin", 0) or DEFAULT_SMEM_BYTES)
+    return DEFAULT_SMEM_BYTES
+
+
+def _pick(kind: str, q: torch.Tensor, k: torch.Tensor, causal: bool, config: Mapping[str, Any] | None,
+          space: Callable[[], ScheduleSpace]) -> dict[str, Any]:
+    if config is not None:
+        return dict(config)
+    tuned = CONFIG_OVERRIDES.get((kind, shape_key(q, k, causal)))
+    return dict(tuned) if tuned is not None else space().default_config()
+
+
+# ----------------------------------------------------------------------------- forward
+
+
+def flash_attention_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, bias: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None, scale: float | None = None, causal: bool = False,
+    causal_offset: int = 0, dropout_p: float = 0.0, seed: torch.Tensor | None = None,
+    config: Mapping[str, Any] | None = None, decode: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the fused forward; returns ``out`` [B, Hq, M, D] and ``lse`` [B, Hq, M] (float32).
+
+    Args:
+        q, k, v: [B, Hq, M, D], [B, Hkv, N, D], [B, Hkv, N, D]; any strides; Hq % Hkv == 0.
+        bias: additive float tensor broadcastable to [B, Hq, M, N].
+        mask: boolean keep-mask (True = attend) broadcastable to [B, Hq, M, N].
+        scale: multiplier of q.k (default 1/sqrt(D)).
+        causal: keep key j for query i only when j <= i + causal_offset (0: top-left, SDPA).
+        dropout_p: dropout on the probabilities (needs ``seed``, an int64 tensor of one element).
+        config: schedule config (keys of :func:`forward_space` or :func:`decode_space`).
+        decode: force (True) or forbid (False) the split-K decode path; None decides by shape.
+    """
+    B, H, M, D = q.shape
+    HKV, N = k.shape[1], k.shape[2]
+    if H % HKV:
+        raise ValueError(f"query heads {H} not a multiple of key/value heads {HKV}")
+    scale = float(D ** -0.5 if scale is None else scale)
+    if decode is None:
+        decode = use_decode_path(M, N, dropout_p)
+    if decode and dropout_p == 0.0:
+        return _decode_forward(q, k, v, bias, mask, scale, causal, causal_offset, config)
+    cfg = _pick("fwd", q, k, causal, config, lambda: forward_space(D, str(q.dtype).split(".")[-1], device_smem(q.device)))
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty((B, H, M), dtype=torch.float32, device=q.device)
+    full = (B, H, M, N)
+    grid = (cdiv(M, int(cfg["BLOCK_M"])), B * H)
+    if dropout_p > 0.0 and seed is None:
+        raise ValueError("dropout needs a seed tensor")
+    K.attn_fwd_kernel[grid](
+        q, k, v, bias if bias is not None else q, _mask_arg(mask, q),
+        seed if seed is not None else lse, out, lse,
+        *q.stride(), *k.stride(), *v.stride(), *_strides4(bias, full), *_strides4(mask, full),
+        *out.stride(), H, M, N, D, H // HKV, scale, float(dropout_p), int(causal_offset),
+        HAS_BIAS=bias is not None, HAS_MASK=mask is not None, IS_CAUSAL=bool(causal),
+        HAS_DROPOUT=dropout_p > 0.0, UPCAST=_upcast(q), DOT_PREC=_dot_precision(q),
+        BLOCK_M=int(cfg["BLOCK_M"]), BLOCK_N=int(cfg["BLOCK_N"]), BLOCK_D=head_block(D),
+        **_launch_opts(cfg))
+    return out, lse
+
+
+def _decode_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+                    mask: torch.Tensor | None, scale: float, causal: bool, causal_offset: int,
+                    config: Mapping[str, Any] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split-K decode (flash-decoding): partial softmaxes per key split, then a combine kernel."""
+    B, H, M, D = q.shape
+    HKV, N = k.shape[1], k.shape[2]
+    group = H // HKV
+    tuned = CONFIG_OVERRIDES.get(("decode", shape_key(q, k, causal)))
+    config = config if config is not None else tuned
+    cfg = _pick("decode", q, k, causal, config, lambda: decode_space(D, str(q.dtype).split(".")[-1], device_smem(q.device)))
+    if config is None:
+        cfg["BLOCK_M"] = 16 if group * M <= 16 else (32 if group * M <= 32 else 64)
+        cfg["NUM_SPLITS"] = default_num_splits(B * HKV, N, int(cfg["BLOCK_N"]), q.device)
+    splits = int(cfg["NUM_SPLITS"])
+    block_n = int(cfg["BLOCK_N"])
+    chunk = cdiv(cdiv(N, splits), block_n) * block_n
+    splits = cdiv(N, chunk)
+    opart = torch.empty((B, H, M, splits, D), dtype=torch.float32, device=q.device)
+    lpart = torch.empty((B, H, M, splits), dtype=torch.float32, device=q.device)
+    full = (B, H, M, N)
+    grid = (splits, B * HKV, cdiv(group * M, int(cfg["BLOCK_M"])))
+    K.attn_decode_split_kernel[grid](
+        q, k, v, bias if bias is not None else q, _mask_arg(mask, q), opart, lpart,
+        *q.stride(), *k.stride(), *v.stride(), *_strides4(bias, full), *_strides4(mask, full),
+        H, HKV, M, N, D, group, scale, int(causal_offset), chunk, splits,
+        HAS_BIAS=bias is not None, HAS_MASK=mask is not None, IS_CAUSAL=bool(causal), UPCAST=_upcast(q),
+        DOT_PREC=_dot_precision(q), BLOCK_M=int(cfg["BLOCK_M"]), BLOCK_N=block_n, BLOCK_D=head_block(D), **_launch_opts(cfg))
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty((B, H, M), dtype=torch.float32, device=q.device)
+    K.attn_decode_combine_kernel[(B * H * M,)](
+        opart, lpart, out, lse, *out.stride(), H, M, D, splits,
+        BLOCK_S=max(2, K.next_pow2(splits)), BLOCK_D=head_block(D))
+    return out, lse
+
+
+# ----------------------------------------------------------------------------- backward
+
+
+def flash_attention_backward(
+    dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+    lse: torch.Tensor, *, bias: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+    scale: float | None = None, causal: bool = False, causal_offset: int = 0, dropout_p: float = 0.0,
+    seed: torch.Tensor | None = None, bias_grad: bool = False, config: Mapping[str, Any] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Gradients (dq, dk, dv, dbias) of :func:`flash_attention_forward`.
+
+    ``dbias`` (when ``bias_grad``) is dS summed over the dims where ``bias`` broadcasts; it
+    needs a [B, Hq, M, N] float32 buffer, the only case where scores reach memory.
+    """
+    B, H, M, D = q.shape
+    HKV, N = k.shape[1], k.shape[2]
+    scale = float(D ** -0.5 if scale is None else scale)
+    cfg = _pick("bwd", q, k, causal, config, lambda: backward_space(D, str(q.dtype).split(".")[-1], device_smem(q.device)))
+    block_m, block_n, block_d = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"]), head_block(D)
+    delta = torch.empty((B, H, M), dtype=torch.float32, device=q.device)
+    K.attn_bwd_preprocess_kernel[(cdiv(M, block_m), B * H)](
+        out, dout, delta, *out.stride(), *dout.stride(), H, M, D, BLOCK_M=block_m, BLOCK_D=block_d)
+    lse = lse.contiguous()
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    full = (B, H, M, N)
+    common = dict(HAS_BIAS=bias is not None, HAS_MASK=mask is not None, IS_CAUSAL=bool(causal),
+                  HAS_DROPOUT=dropout_p > 0.0, UPCAST=_upcast(q), DOT_PREC=_dot_precision(q),
+                  BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, **_launch_opts(cfg))
+    bias_arg = bias if bias is not None else q
+    mask_arg = _mask_arg(mask, q)
+    seed_arg = seed if seed is not None else lse
+    strides = (*q.stride(), *k.stride(), *v.stride(), *_strides4(bias, full), *_strides4(mask, full),
+               *dout.stride())
+    K.attn_bwd_dkdv_kernel[(cdiv(N, block_n), B * HKV)](
+        q, k, v, bias_arg, mask_arg, seed_arg, dout, lse, delta, dk, dv, *strides,
+        *dk.stride(), *dv.stride(), H, HKV, M, N, D, H // HKV, scale, float(dropout_p),
+        int(causal_offset), **common)
+    ds = torch.zeros(full, dtype=torch.float32, device=q.device) if bias_grad else delta
+    K.attn_bwd_dq_kernel[(cdiv(M, block_m), B * H)](
+        q, k, v, bias_arg, mask_arg, seed_arg, dout, lse, delta, dq, ds, *strides,
+        *dq.stride(), H, M, N, D, H // HKV, scale, float(dropout_p), int(causal_offset),
+        STORE_DS=bool(bias_grad), **common)
+    dbias = reduce_to_shape(ds, bias.shape).to(bias.dtype) if (bias_grad and bias is not None) else None
+    return dq, dk, dv, dbias
+
+
+def reduce_to_shape(grad: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Sum ``grad`` over the dims where a tensor of ``shape`` was broadcast to ``grad.shape``."""
+    lead = grad.dim() - len(shape)
+    if lead:
+        grad = grad.sum(dim=tuple(range(lead)))
+    dims = tuple(i for i, s in enumerate(shape) if s == 1 and grad.shape[i] != 1)
+    if dims:
+        grad = grad.sum(dim=dims, keepdim=True)
+    return grad.reshape(tuple(shape))
+
+
+# ----------------------------------------------------------------------------- tunable kernels
+
+
+@dataclass
+class AttentionKernel:
+    """A :class:`~tilewright.schedule.problem.TunableKernel` for one attention shape.
+
+    ``which`` is "fwd", "bwd" or "decode"; the problem's meta records causal/mask/bias/GQA.
+    """
+
+    which: str
+    batch: int
+    heads: int
+    kv_heads: int
+    m: int
+    n: int
+    head_dim: int
+    dtype: str = "float16"
+    causal: bool = False
+    smem_bytes: int = DEFAULT_SMEM_BYTES
+    name: str = field(init=False)
+    problem: KernelProblem = field(init=False)
+    space: ScheduleSpace = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.name = f"attention_{self.which}"
+        builders: dict[str, Callable[..., ScheduleSpace]] = {
+            "fwd": forward_space, "bwd": backward_space, "decode": decode_space}
+        self.space = builders[self.which](self.head_dim, self.dtype, self.smem_bytes)
+        flops = 4.0 * self.batch * self.heads * self.m * self.n * self.head_dim
+        if self.causal:
+            flops /= 2
+        if self.which == "bwd":
+            flops *= 2.5
+        elem = _elem_size(self.dtype)
+        io = elem * self.batch * self.head_dim * (2 * self.heads * self.m + 2 * self.kv_heads * self.n)
+        self.problem = KernelProblem(
+            kind="attention", fingerprint=f"flash_{self.which}_v{SPACE_VERSION}",
+            dims={"B": self.batch, "H": self.heads, "HKV": self.kv_heads, "M": self.m, "N": self.n,
+                  "D": self.head_dim},
+            dtype=self.dtype, flops=flops, bytes=float(io),
+            meta={"causal": self.causal, "gqa_ratio": self.heads // self.kv_heads})
+
+    def make_inputs(self, device: str) -> Sequence[Any]:
+        """Random q, k, v (and dout for the backward) on ``device``."""
+        dt = getattr(torch, self.dtype)
+        q = torch.randn(self.batch, self.heads, self.m, self.head_dim, device=device, dtype=dt)
+        k = torch.randn(self.batch, self.kv_heads, self.n, self.head_dim, device=device, dtype=dt)
+        v = torch.randn_like(k)
+        if self.which != "bwd":
+            return [q, k, v]
+        out, lse = flash_attention_forward(q, k, v, causal=self.causal, decode=False)
+        return [q, k, v, out, lse, torch.randn_like(out)]
+
+    def runner(self, config: Config) -> Callable[[Sequence[Any]], None]:
+        """Launcher for ``config`` (validated against the space first)."""
+        cfg = self.space.validate(config)
+        causal = self.causal
+
+        if self.which == "bwd":
+            def run_bwd(inputs: Sequence[Any]) -> None:
+                q, k, v, out, lse, dout = inputs
+                flash_attention_backward(dout, q, k, v, out, lse, causal=causal, config=cfg)
+            return run_bwd
+        decode = self.which == "decode"
+
+        def run_fwd(inputs: Sequence[Any]) -> None:
+            q, k, v = inputs
+            flash_attention_forward(q, k, v, causal=causal, config=cfg, decode=decode)
+        return run_fwd
