@@ -23,7 +23,6 @@ import networkx as nx
 
 from ..ir.graph import Graph, Node, Value
 from ..ir.registry import lookup
-from ..targets.triton.classify import classify
 
 log = logging.getLogger(__name__)
 
@@ -113,17 +112,24 @@ def materialized(nodes: list[Node], members: set[int], out_ids: set[int]) -> set
 
 
 BuildCheck = Callable[[Group, set[int]], str | None]
+#: The lowering kind a target gives a node: ``pointwise``, ``reduction``, ``matmul``, ``conv``,
+#: ``scatter``, ``view``, ``template`` or ``extern``.
+KindOf = Callable[[Node], str]
 
 
-def fuse(graph: Graph, can_build: BuildCheck) -> FusionResult:
-    """Partition ``graph`` into groups; ``can_build(group, materialize)`` returns None or a reason."""
+def fuse(graph: Graph, can_build: BuildCheck, kind_of: KindOf) -> FusionResult:
+    """Partition ``graph`` into groups.
+
+    ``kind_of(node)`` is the target's lowering kind of a node; ``can_build(group, materialize)``
+    returns None when the target can build the group's kernel, else the reason it cannot.
+    """
     out_ids = {v.id for v in graph.output_values()}
     order = {n.id: i for i, n in enumerate(graph.nodes)}
     groups: dict[int, Group] = {}
     node_group: dict[int, Group] = {}
     next_id = 0
     for n in graph.nodes:
-        kind = classify(n)
+        kind = kind_of(n)
         if kind == "view":
             continue
         g = Group(next_id, kind, [n], anchor=n if kind in ANCHORED else None)
