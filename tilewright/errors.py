@@ -18,3 +18,7 @@ class StrictModeError(TilewrightError):
 
 class InterpreterSetupError(TilewrightError):
     """Triton's interpreter was requested but cannot be switched on in this process."""
+
+
+class BuildError(RuntimeError):
+    """A target cannot generate a group's kernel (the message says why); its ops run as ATen calls."""

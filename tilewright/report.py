@@ -36,6 +36,8 @@ class GraphReport:
     mode: str = ""
     specialized: bool = False
     notes: list[str] = field(default_factory=list)
+    #: the graph's launchable and template kernels, as the tuner takes them (not serialised)
+    tunable_kernels: list[Any] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def kernel_ops(self) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -50,7 +51,14 @@ def test_attention_template_is_tuned_and_served_from_the_database(tmp_path: Path
 
     monkeypatch.setattr(tilewright.config, "tuning_db_url", f"sqlite:///{tmp_path / 'tuning.db'}")
     monkeypatch.setattr(tilewright.config, "autotune_trials", 2)
-    monkeypatch.setattr(attention, "CONFIG_OVERRIDES", {})
+    launched: list[Any] = []
+    original = attention.flash_attention_forward
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        launched.append(kwargs.get("config"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(attention, "flash_attention_forward", recording)
     fn = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
     q, k, v = (torch.randn(1, 2, 40, 16) for _ in range(3))
 
@@ -60,7 +68,7 @@ def test_attention_template_is_tuned_and_served_from_the_database(tmp_path: Path
     torch.testing.assert_close(out, fn(q, k, v), rtol=1e-4, atol=1e-4)
     (template,) = [k for k in first.kernels if k["kind"] == "template"]
     assert template["schedule_source"] == "tuned" and template["schedule"]
-    assert attention.CONFIG_OVERRIDES, "the tuned config is installed for the launcher"
+    assert launched and launched[-1] == template["schedule"], "the launcher is given the tuned config"
 
     torch._dynamo.reset()
     with collect() as second:
@@ -68,6 +76,7 @@ def test_attention_template_is_tuned_and_served_from_the_database(tmp_path: Path
     torch.testing.assert_close(out, fn(q, k, v), rtol=1e-4, atol=1e-4)
     (template,) = [k for k in second.kernels if k["kind"] == "template"]
     assert template["schedule_source"] == "database"
+    assert launched[-1] == template["schedule"], "the launcher is given the stored config"
 
 
 @pytest.mark.parametrize("source", ["replay", ""])

@@ -17,7 +17,7 @@ from tilewright.compiler import compile_graph_for_inputs, default_passes
 from tilewright.frontend.fx_import import import_fx
 from tilewright.ir.verify import VerificationError, verify
 from tilewright.passes.fusion import fuse
-from tilewright.compiler import _can_build
+from tilewright.targets import target_for
 from tilewright.report import GraphReport, collect
 
 from .helpers import assert_close, compile_and_run
@@ -207,7 +207,8 @@ def test_fusion_never_creates_cycles() -> None:
     x = torch.randn(6, 6)
     gm, graph = _graph(fn, x)
     default_passes().run(graph)
-    result = fuse(graph, _can_build)
+    target = target_for()
+    result = fuse(graph, target.can_build, target.kind_of)
     index = {g.id: i for i, g in enumerate(result.groups)}
     for g in result.groups:
         for n in g.nodes:

@@ -151,14 +151,14 @@ def test_attention_kernel_failure_raises_in_strict_mode(monkeypatch: pytest.Monk
 
 def _fail_cumsum_extern(monkeypatch: pytest.MonkeyPatch) -> None:
     """The extern call of aten.cumsum raises inside the compiled graph (eager still works)."""
-    original = runtime.implementation
+    original = runtime.CompiledGraph._run_extern
 
-    def failing(node: Any) -> Any:
+    def failing(self: Any, node: Any, env: Any) -> Any:
         if "cumsum" in node.op:
             raise RuntimeError("injected extern failure")
-        return original(node)
+        return original(self, node, env)
 
-    monkeypatch.setattr(runtime, "implementation", failing)
+    monkeypatch.setattr(runtime.CompiledGraph, "_run_extern", failing)
 
 
 @pytest.mark.fallback
@@ -243,7 +243,7 @@ def test_unsupported_convolution_backward_is_an_extern_call_not_a_kernel() -> No
 
 @pytest.mark.parametrize("kind,flag", [("matmul", "matmul"), ("conv", "cudnn")])
 def test_verify_tolerance_follows_tf32(monkeypatch: pytest.MonkeyPatch, kind: str, flag: str) -> None:
-    kernel = SimpleNamespace(spec=SimpleNamespace(kind=kind))
+    kernel = SimpleNamespace(kind=kind)
     on_gpu = SimpleNamespace(dtype=torch.float32, device=SimpleNamespace(type="cuda"))
     on_cpu = SimpleNamespace(dtype=torch.float32, device=SimpleNamespace(type="cpu"))
     monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "highest")
@@ -258,7 +258,7 @@ def test_verify_tolerance_follows_tf32(monkeypatch: pytest.MonkeyPatch, kind: st
         target.allow_tf32 = saved
     assert loose[0] > 10 * exact[0] and loose[1] > 10 * exact[1]
     assert runtime.verify_tolerance(kernel, on_cpu) == exact, "CPU references never use TF32"
-    pointwise = SimpleNamespace(spec=SimpleNamespace(kind="pointwise"))
+    pointwise = SimpleNamespace(kind="pointwise")
     assert runtime.verify_tolerance(pointwise, on_gpu) == exact
 
 

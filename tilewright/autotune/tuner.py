@@ -73,12 +73,9 @@ def default_database() -> TuningDatabase:
 
 
 def default_cost_model() -> Any:
-    """The roofline cost model when it is available, else None."""
-    try:
-        from ..costmodel.roofline import RooflineModel
-    except ImportError:
-        log.debug("no roofline cost model available")
-        return None
+    """The roofline cost model (the learned models are opted into per call)."""
+    from ..costmodel.roofline import RooflineModel
+
     return RooflineModel()
 
 
@@ -147,7 +144,7 @@ def choose_config(kernel: TunableKernel, *, tune: bool | None = None, device: st
 
 def load_kernels(source: str) -> list[TunableKernel]:
     """Kernels of a ``module:factory`` target (see ``tilewright autotune``)."""
-    from ..commands.autotune import kernels_of, load_target
+    from .model_kernels import kernels_of, load_target
 
     return kernels_of(load_target(source))
 

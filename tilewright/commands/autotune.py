@@ -9,15 +9,14 @@ against one PostgreSQL URL share each kernel's Optuna study.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
+from ..autotune.model_kernels import kernels_of, load_target
 from ._common import fail
 
 log = logging.getLogger(__name__)
@@ -47,32 +46,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--plot", default=None, metavar="DIR", help="write best-so-far curves as PNG here")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
-
-
-def load_target(target: str) -> Any:
-    """Import ``module:factory`` (the current directory is importable) and call it."""
-    module_name, sep, attr = target.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"expected module:factory, got {target!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    obj: Any = importlib.import_module(module_name)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj()
-
-
-def kernels_of(made: Any) -> list[Any]:
-    """The tunable kernels of what a factory returned."""
-    if isinstance(made, (list, tuple)) and made and all(hasattr(k, "space") and hasattr(k, "problem")
-                                                       for k in made):
-        return list(made)
-    if isinstance(made, tuple) and len(made) == 2:
-        from ..frontend.api import tunable_kernels
-
-        model, inputs = made
-        return list(tunable_kernels(model, inputs))
-    raise TypeError("the factory must return (model, example_inputs) or a list of TunableKernel")
 
 
 def _fmt_time(t: float | None) -> str:

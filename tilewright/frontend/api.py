@@ -7,7 +7,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.fx as fx
 
-from ..report import GraphReport, Report, collect
+from ..report import Report, collect
 
 log = logging.getLogger(__name__)
 
@@ -72,31 +72,13 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable
 
 
 def tunable_kernels(model: Callable[..., Any], example_inputs: Sequence[Any]) -> list[Any]:
-    """Every generated kernel of ``model`` on ``example_inputs``, as tuner-ready objects."""
-    from ..runtime.graph import CompiledGraph, ExternStep, KernelStep
-
+    """Every kernel of ``model`` on ``example_inputs`` (one per problem), as tuner-ready objects."""
+    report = explain(model, *example_inputs)
     kernels: list[Any] = []
     seen: set[str] = set()
-    compiled_graphs: list[CompiledGraph] = []
-    from .. import compiler as compile_mod
-
-    original = compile_mod.compile_graph_for_inputs
-
-    def capture(gm: fx.GraphModule, inputs: Sequence[Any], report: GraphReport, tune: bool | None = None,
-                eager: Any = None) -> CompiledGraph:
-        cg = original(gm, inputs, report, tune, eager)
-        compiled_graphs.append(cg)
-        return cg
-
-    compile_mod.compile_graph_for_inputs = capture
-    try:
-        explain(model, *example_inputs)
-    finally:
-        compile_mod.compile_graph_for_inputs = original
-    for cg in compiled_graphs:
-        for step in cg.plan.steps:
-            kernel = step.kernel if isinstance(step, (KernelStep, ExternStep)) else None
-            if kernel is not None and kernel.problem.key() not in seen:
+    for graph in report.graphs:
+        for kernel in graph.tunable_kernels:
+            if kernel.problem.key() not in seen:
                 seen.add(kernel.problem.key())
                 kernels.append(kernel)
     return kernels

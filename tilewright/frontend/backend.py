@@ -188,10 +188,8 @@ def tilewright_backend(gm: fx.GraphModule, example_inputs: list[Any], **options:
 
 
 def _rewrite_attention(gm: fx.GraphModule, example_inputs: list[Any]) -> tuple[fx.GraphModule, list[dict[str, Any]]]:
-    try:
-        from ..passes.fx.attention_rewrite import rewrite_attention
-    except ImportError:
-        return gm, []
+    from ..passes.fx.attention_rewrite import rewrite_attention
+
     try:
         return rewrite_attention(gm, example_inputs)
     except Exception as exc:  # an optimisation must never break the program

@@ -253,8 +253,7 @@ for _v in ["view", "_unsafe_view", "reshape", "permute", "transpose", "t", "expa
 
 # --- convolutions: implicit-GEMM / direct templates with fused epilogues ---------------------
 register(OpDef("aten.convolution", "conv"))
-register(OpDef("aten.convolution_backward", "template",
-               extra={"impl": "tilewright.targets.triton.conv.ops:convolution_backward"}))
+register(OpDef("aten.convolution_backward", "template"))
 
 # --- matmul templates ----------------------------------------------------------------------
 register(OpDef("aten.mm", "matmul"))

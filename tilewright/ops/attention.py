@@ -3,9 +3,9 @@
 The attention rewrite replaces every matched attention block with a call to
 ``torch.ops.tilewright.flash_attention``; AOTAutograd then puts one forward node per block in
 the forward graph and one ``torch.ops.tilewright.flash_attention_backward`` node in the backward
-graph. Both ops launch the Triton kernels of :mod:`tilewright.targets.triton.attention.launch` when the
-tensors are on CUDA or interpreter mode is on, and otherwise compute the same function with a
-torch reference (math), so a graph that holds them always runs.
+graph. Here both ops compute their function with a torch reference (math), so a graph that holds
+them always runs; a target registers its kernels for the devices it runs on
+(:mod:`tilewright.targets.triton.attention.ops`), and compiled graphs call the kernels directly.
 
 Semantics (shapes: q [B, Hq, M, D]; k, v [B, Hkv, N, D] with Hq % Hkv == 0)::
 
@@ -19,20 +19,15 @@ Semantics (shapes: q [B, Hq, M, D]; k, v [B, Hkv, N, D] with Hq % Hkv == 0)::
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from ..targets.triton.jit import can_run_kernels
 
 log = logging.getLogger(__name__)
 
 __all__ = ["flash_attention", "flash_attention_backward", "attention_reference", "new_seed", "describe_call"]
-
-
-def _use_kernels(q: Tensor) -> bool:
-    return can_run_kernels(q.device)
 
 
 def _dropout_keep(seed: Tensor, shape: tuple[int, ...], p: float, device: torch.device) -> Tensor:
@@ -83,8 +78,6 @@ def _reference_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Opt
                         causal_offset: int, dropout_p: float, bias_grad: bool
                         ) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
     """Analytic math backward (autograd is off inside a custom op's implementation)."""
-    from ..targets.triton.attention.launch import reduce_to_shape
-
     B, H, M, D = q.shape
     HKV, N = k.shape[1], k.shape[2]
     group = H // HKV
@@ -107,16 +100,22 @@ def _reference_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Opt
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), db
 
 
+def reduce_to_shape(grad: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Sum ``grad`` over the dims where a tensor of ``shape`` was broadcast to ``grad.shape``."""
+    lead = grad.dim() - len(shape)
+    if lead:
+        grad = grad.sum(dim=tuple(range(lead)))
+    dims = tuple(i for i, s in enumerate(shape) if s == 1 and grad.shape[i] != 1)
+    if dims:
+        grad = grad.sum(dim=dims, keepdim=True)
+    return grad.reshape(tuple(shape))
+
+
 @torch.library.custom_op("tilewright::flash_attention", mutates_args=())
 def flash_attention(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], mask: Optional[Tensor],
                     seed: Optional[Tensor], scale: float, causal: bool, causal_offset: int,
                     dropout_p: float) -> tuple[Tensor, Tensor]:
     """Fused attention forward; returns (out [B, Hq, M, D] contiguous, lse [B, Hq, M] float32)."""
-    if _use_kernels(q):
-        from ..targets.triton.attention.launch import flash_attention_forward
-
-        return flash_attention_forward(q, k, v, bias=bias, mask=mask, scale=scale, causal=causal,
-                                       causal_offset=causal_offset, dropout_p=dropout_p, seed=seed)
     out, lse = attention_reference(q, k, v, bias, mask, scale, causal, causal_offset, dropout_p, seed)
     return out.contiguous(), lse.contiguous()
 
@@ -135,15 +134,13 @@ def flash_attention_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, bias
                              scale: float, causal: bool, causal_offset: int, dropout_p: float,
                              bias_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients (dq, dk, dv, dbias); dbias is an empty tensor unless ``bias_grad``."""
-    if _use_kernels(q):
-        from ..targets.triton.attention.launch import flash_attention_backward as launch
+    dq, dk, dv, db = _reference_backward(dout, q, k, v, bias, mask, seed, scale, causal, causal_offset,
+                                         dropout_p, bias_grad and bias is not None)
+    return backward_outputs(q, dq, dk, dv, db)
 
-        dq, dk, dv, db = launch(dout, q, k, v, out, lse, bias=bias, mask=mask, scale=scale, causal=causal,
-                                causal_offset=causal_offset, dropout_p=dropout_p, seed=seed,
-                                bias_grad=bias_grad and bias is not None)
-    else:
-        dq, dk, dv, db = _reference_backward(dout, q, k, v, bias, mask, seed, scale, causal, causal_offset,
-                                             dropout_p, bias_grad and bias is not None)
+
+def backward_outputs(q: Tensor, dq: Tensor, dk: Tensor, dv: Tensor, db: Optional[Tensor]) -> tuple[Tensor, ...]:
+    """The backward op's results: contiguous gradients, an empty dbias when there is none."""
     if db is None:
         db = q.new_empty((0,))
     return dq.contiguous(), dk.contiguous(), dv.contiguous(), db.contiguous()

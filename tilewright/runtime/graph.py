@@ -1,9 +1,6 @@
-"""The compiled callable: runs kernels, extern ATen calls and view aliases in order.
-
-Planning happens once per specialisation: every step gets the values it reads and writes,
-buffers written by kernels are assigned to reusable slots (a value's slot returns to the pool
-after its last use, including uses through views), and references to dead values are dropped
-as soon as possible so the allocator can reuse memory.
+"""The compiled callable: runs a :class:`~tilewright.runtime.plan.Plan`'s kernels, extern ATen
+calls and view aliases in order (target-independent: kernels are launched through
+:class:`~tilewright.schedule.kernel.Kernel`, templates through their runner).
 
 Fallbacks, each logged once, reported in explain (the kernel's status) and counted out of
 coverage — or raised as :class:`~tilewright.errors.StrictModeError` in strict mode:
@@ -17,7 +14,6 @@ coverage — or raised as :class:`~tilewright.errors.StrictModeError` in strict 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -27,120 +23,11 @@ from ..errors import StrictModeError
 from ..ir.graph import Graph, Node, Value, map_values
 from ..ir.registry import lookup
 from ..report import GraphReport, mark_fell_back, mark_ran
-from ..targets.triton.kernel import GeneratedKernel, evaluate_value, run_reference
-from ..targets.triton.templates import TemplateCall, template_call
+from ..schedule.kernel import Kernel
+from .plan import ExternStep, KernelStep, Plan, root_value
+from .reference import evaluate_value, run_reference
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class KernelStep:
-    """Launch a generated kernel (or its reference when it is broken)."""
-
-    kernel: GeneratedKernel
-    inputs: list[Value]
-    outputs: list[Value]
-    slots: list[int]
-    #: outputs written in place into a graph input (output value id -> the input)
-    inplace: dict[int, Value] = field(default_factory=dict)
-    #: the kernel's explain entry (status kept current)
-    entry: dict[str, Any] | None = None
-
-
-@dataclass
-class ExternStep:
-    """Run one node by its torch op (extern ATen call or a hand-written template op)."""
-
-    node: Node
-    #: the template's tunable kernel (fused attention), when it has one
-    kernel: Any = None
-    #: how to run a template node's kernels and its reference (None: a plain extern call)
-    call: TemplateCall | None = None
-    #: the template's explain entry (status kept current)
-    entry: dict[str, Any] | None = None
-    #: set when the template's kernels failed: the reference runs from then on
-    broken: str | None = None
-
-
-@dataclass
-class FreeStep:
-    """Drop references to dead values."""
-
-    value_ids: list[int]
-
-
-@dataclass
-class Plan:
-    """Ordered steps plus the slot sizes of reusable buffers."""
-
-    steps: list[Any] = field(default_factory=list)
-    slot_bytes: dict[int, int] = field(default_factory=dict)
-
-
-def _root(v: Value) -> Value:
-    node = v.producer
-    while node is not None and lookup(node.target).kind == "view":
-        v = node.args[0]
-        node = v.producer
-    return v
-
-
-def _span_bytes(v: Value) -> int:
-    t = v.type
-    if t.numel == 0:
-        return 0
-    return (1 + sum((s - 1) * st for s, st in zip(t.shape, t.strides))) * t.dtype.itemsize
-
-
-def make_plan(graph: Graph, steps: list[Any]) -> Plan:
-    """Add buffer slots and frees to ``steps`` (KernelStep/ExternStep in execution order)."""
-    out_roots = {_root(v).id for v in graph.output_values()}
-    # last step index at which each root buffer is used (directly or through a view)
-    last_use: dict[int, int] = {}
-    for i, step in enumerate(steps):
-        used = step.inputs if isinstance(step, KernelStep) else step.node.inputs
-        for v in used:
-            last_use[_root(v).id] = i
-    owned: set[int] = set()
-    for step in steps:
-        if isinstance(step, KernelStep):
-            owned |= {v.id for v in step.outputs}
-    plan = Plan()
-    free_slots: list[tuple[int, str, int]] = []  # (bytes, device, slot)
-    slot_device: dict[int, str] = {}
-    slot_of: dict[int, int] = {}
-    for i, step in enumerate(steps):
-        if isinstance(step, KernelStep):
-            step.slots = []
-            for v in step.outputs:
-                if v.id in step.inplace:
-                    step.slots.append(-2)  # the input's own memory
-                    continue
-                if v.id in out_roots:
-                    step.slots.append(-1)
-                    continue
-                need = _span_bytes(v)
-                device = str(v.type.device)
-                match = next((s for s in free_slots if s[0] == need and s[1] == device), None)
-                if match is not None:
-                    free_slots.remove(match)
-                    slot = match[2]
-                else:
-                    slot = len(plan.slot_bytes)
-                    plan.slot_bytes[slot] = need
-                    slot_device[slot] = device
-                slot_of[v.id] = slot
-                step.slots.append(slot)
-        # values whose last use is this step die here
-        dead = [rid for rid, last in last_use.items() if last == i and rid not in out_roots]
-        plan.steps.append(step)
-        if dead:
-            plan.steps.append(FreeStep(dead))
-        for rid in dead:
-            if rid in slot_of and rid in owned and rid not in out_roots:
-                slot = slot_of[rid]
-                free_slots.append((plan.slot_bytes[slot], slot_device[slot], slot))
-    return plan
 
 
 def _first_line(exc: BaseException) -> str:
@@ -225,7 +112,7 @@ class CompiledGraph:
             for node in self.graph.nodes:
                 if lookup(node.target).kind == "view":
                     for o in node.outputs:
-                        self._views_by_root.setdefault(_root(o).id, []).append(o.id)
+                        self._views_by_root.setdefault(root_value(o).id, []).append(o.id)
         for rid in root_ids:
             for vid in self._views_by_root.get(rid, []):
                 env.pop(vid, None)
@@ -243,7 +130,7 @@ class CompiledGraph:
 
     def _fall_back(self, kernel: Any, entry: dict[str, Any] | None, cause: str) -> None:
         """Mark ``kernel`` broken (its reference runs from now on), or raise in strict mode."""
-        ops = list(getattr(getattr(kernel, "spec", None), "ops", []) or getattr(kernel, "ops", []))
+        ops = list(kernel.ops)
         if config.strict:
             raise strict_failure(f"kernel {kernel.name}", ops, cause)
         kernel.broken = cause
@@ -286,7 +173,7 @@ class CompiledGraph:
         run_reference(step.kernel.nodes, local)
         return {v.id: local[v.id] for v in step.outputs}
 
-    def _check(self, kernel: GeneratedKernel, v: Value, got: torch.Tensor, want: torch.Tensor) -> str | None:
+    def _check(self, kernel: Kernel, v: Value, got: torch.Tensor, want: torch.Tensor) -> str | None:
         """None when ``got`` matches the reference ``want``, else a description of the mismatch."""
         rtol, atol = verify_tolerance(kernel, got)
         ok = torch.allclose(got.float(), want.float(), rtol=rtol, atol=atol, equal_nan=True) \
@@ -295,7 +182,7 @@ class CompiledGraph:
             return None
         err = (got.float() - want.float()).abs().max().item() if got.is_floating_point() else float("nan")
         msg = (f"kernel {kernel.name} output %{v.name} differs from its reference "
-               f"(max abs error {err:.3g}); fused ops: {', '.join(kernel.spec.ops)}")
+               f"(max abs error {err:.3g}); fused ops: {', '.join(kernel.ops)}")
         log.error(msg)
         return msg
 
@@ -306,7 +193,7 @@ class CompiledGraph:
         result = None
         if step.broken is None:
             try:
-                result = step.call.kernel(*args, **kwargs)
+                result = step.call.run_kernel(args, kwargs)
             except Exception as exc:  # the template's kernels failed: its reference from now on
                 cause = _first_line(exc)
                 if config.strict:
@@ -325,7 +212,7 @@ class CompiledGraph:
     def _run_extern(self, node: Node, env: dict[int, torch.Tensor]) -> None:
         args = map_values(node.args, lambda a: evaluate_value(a, env))
         kwargs = map_values(node.kwargs, lambda a: evaluate_value(a, env))
-        self._store(node, implementation(node)(*args, **kwargs), env)
+        self._store(node, node.target(*args, **kwargs), env)
 
     def _store(self, node: Node, result: Any, env: dict[int, torch.Tensor]) -> None:
         if not node.outputs:
@@ -354,20 +241,9 @@ def verify_tolerance(kernel: Any, got: torch.Tensor) -> tuple[float, float]:
 
 
 def _uses_tf32(kernel: Any) -> bool:
-    kind = getattr(getattr(kernel, "spec", None), "kind", None) or kernel.describe().get("kind")
+    kind = kernel.kind
     if kind == "conv":
         return bool(torch.backends.cudnn.allow_tf32)
     if kind == "matmul":
         return bool(torch.backends.cuda.matmul.allow_tf32) or torch.get_float32_matmul_precision() != "highest"
     return False
-
-
-def implementation(node: Node) -> Any:
-    """The callable that runs ``node``: a template's own implementation, else its torch op."""
-    impl = lookup(node.target).extra.get("impl")
-    if impl is None:
-        return node.target
-    module_name, attr = impl.split(":")
-    import importlib
-
-    return getattr(importlib.import_module(module_name), attr)

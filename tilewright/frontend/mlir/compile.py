@@ -81,9 +81,6 @@ def retarget(gm: torch.fx.GraphModule, device: torch.device) -> torch.fx.GraphMo
     return torch.fx.GraphModule(root, graph)
 
 
-_WARNED_NO_BACKEND = False
-
-
 def prepare_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[torch.Tensor],
                   ) -> tuple[torch.fx.GraphModule, list[dict[str, Any]], list[torch.Tensor]]:
     """The imported graph made ready for ``compile_graph``, as the FX path prepares its own.
@@ -169,11 +166,9 @@ def _materialize_constants(gm: torch.fx.GraphModule) -> None:
 
 
 def _fuse_attention(gm: torch.fx.GraphModule) -> list[dict[str, Any]]:
-    try:
-        from ...config import config
-        from ...passes.fx.attention_rewrite import fuse_attention_blocks
-    except ImportError:
-        return []
+    from ...config import config
+    from ...passes.fx.attention_rewrite import fuse_attention_blocks
+
     if not getattr(config, "fuse_attention", True):
         return []
     try:
@@ -186,16 +181,8 @@ def _fuse_attention(gm: torch.fx.GraphModule) -> list[dict[str, Any]]:
 def _compile_graph(gm: torch.fx.GraphModule, example_inputs: list[torch.Tensor],
                    **options: Any) -> Callable[..., Any]:
     """Hand the graph to the compiler core (``tilewright.frontend.api.compile_graph``)."""
-    global _WARNED_NO_BACKEND
-    try:
-        from ..api import compile_graph
-    except ModuleNotFoundError as exc:
-        if exc.name is None or not exc.name.startswith("tilewright"):
-            raise
-        if not _WARNED_NO_BACKEND:
-            logger.warning("tilewright.frontend.api is not available; running the imported graph eagerly")
-            _WARNED_NO_BACKEND = True
-        return gm
+    from ..api import compile_graph
+
     prepared, blocks, weights = prepare_graph(gm, example_inputs)
     run = compile_graph(prepared, [*example_inputs, *weights], **options)
     lazy = getattr(run, "lazy", None)

@@ -20,14 +20,14 @@ from .emit.expr import CodegenError, Scope, cast_code
 from .pointwise_reduction import _HEADER, _function, _wide
 from .emit.indexing import Dyn, Var, broadcast_index, depends, digits, offset_code
 from .emit.emitter import Emitter
-from .kernel import TunableMixin
+from ...schedule.kernel import Kernel
 from .loader import load_kernel
 from .spaces import pointwise_space
 
 _ATOMIC_DTYPES = (torch.float32,)
 
 
-class ScatterKernel(TunableMixin):
+class ScatterKernel(Kernel):
     """The copy + scatter kernels of one ``aten.index_put`` node (a tunable kernel)."""
 
     kind = "scatter"
@@ -57,19 +57,15 @@ class ScatterKernel(TunableMixin):
             raise CodegenError("index_put values larger than the indexed region")
         self.inputs: list[Value] = []
         self.outputs = [out]
-        self.spec_inputs = self.inputs
         self.numel_copy = out.type.numel
         self.numel_scatter = math.prod(region)
         self.source = self._source(src, [indices[i] for i in used], values, out, first, bshape, region, accumulate)
-        self.space = pointwise_space(max(self.numel_copy, self.numel_scatter))
-        self.config: Config = self.space.default_config()
-        self.config_source = "default"
-        self.broken: str | None = None
-        self.verified = False
+        space = pointwise_space(max(self.numel_copy, self.numel_scatter))
         nbytes = float(sum(v.type.numel * v.type.dtype.itemsize for v in self.inputs + self.outputs))
-        self.problem = KernelProblem("pointwise", f"scatter-{hash(self.source) & 0xffffffff:08x}",
-                                     {"numel": self.numel_scatter}, str(out.type.dtype).replace("torch.", ""),
-                                     (), float(self.numel_scatter), nbytes, {"scatter": True, "accumulate": accumulate})
+        problem = KernelProblem("pointwise", f"scatter-{hash(self.source) & 0xffffffff:08x}",
+                                {"numel": self.numel_scatter}, str(out.type.dtype).replace("torch.", ""),
+                                (), float(self.numel_scatter), nbytes, {"scatter": True, "accumulate": accumulate})
+        super().__init__(name, space, problem)
 
     @property
     def spec(self) -> "ScatterKernel":
@@ -138,13 +134,3 @@ class ScatterKernel(TunableMixin):
             if numel:
                 kernel = load_kernel(self.source, self.name + suffix)
                 kernel[(-(-numel // block),)](*tensors, XBLOCK=block, **opts)
-
-    def launch_values(self) -> list[Value]:
-        """Inputs (indices made in range by zero-filling) then the output."""
-        return self.inputs + self.outputs
-
-    def describe(self) -> dict[str, Any]:
-        """Explain-report entry."""
-        return {"name": self.name, "kind": "scatter", "ops": list(self.ops), "schedule": dict(self.config),
-                "schedule_source": self.config_source, "dims": {"numel": self.numel_scatter},
-                "fallback": self.broken}

@@ -12,8 +12,8 @@ runtime report and count the fallback.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -42,6 +42,16 @@ class TemplateCall:
     reference: Callable[..., Any]
     #: "forward" / "backward" for fused attention (explain counts executed forward blocks)
     attention: str | None = None
+    #: the schedule the kernels launch with (a stored or tuned config); None: their defaults
+    config: Mapping[str, Any] | None = None
+
+    def with_config(self, config: Mapping[str, Any] | None) -> "TemplateCall":
+        """This call with its kernels launched under ``config``."""
+        return replace(self, config=None if config is None else dict(config))
+
+    def run_kernel(self, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> Any:
+        """Launch the kernels (raises when they fail)."""
+        return self.kernel(*args, config=self.config, **kwargs)
 
     def on_kernel_failure(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Note a kernel failure that must change how later calls run."""
@@ -58,13 +68,15 @@ def _dropout_p(which: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> flo
 
 def _attention_forward_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
                               mask: torch.Tensor | None, seed: torch.Tensor | None, scale: float, causal: bool,
-                              causal_offset: int, dropout_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+                              causal_offset: int, dropout_p: float,
+                              config: Mapping[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     from .attention.launch import flash_attention_forward
 
     if dropout_p > 0.0 and _dropout_on_reference:
         raise RuntimeError("dropout attention runs its reference (an earlier dropout kernel fell back)")
     out, lse = flash_attention_forward(q, k, v, bias=bias, mask=mask, scale=scale, causal=causal,
-                                       causal_offset=causal_offset, dropout_p=dropout_p, seed=seed)
+                                       causal_offset=causal_offset, dropout_p=dropout_p, seed=seed,
+                                       config=config)
     return out.contiguous(), lse.contiguous()
 
 
@@ -80,38 +92,35 @@ def _attention_forward_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
 def _attention_backward_kernel(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                bias: torch.Tensor | None, mask: torch.Tensor | None, seed: torch.Tensor | None,
                                out: torch.Tensor, lse: torch.Tensor, scale: float, causal: bool,
-                               causal_offset: int, dropout_p: float, bias_grad: bool) -> tuple[torch.Tensor, ...]:
+                               causal_offset: int, dropout_p: float, bias_grad: bool,
+                               config: Mapping[str, Any] | None = None) -> tuple[torch.Tensor, ...]:
+    from ...ops.attention import backward_outputs
     from .attention.launch import flash_attention_backward
 
     if dropout_p > 0.0 and _dropout_on_reference:
         raise RuntimeError("dropout attention runs its reference (an earlier dropout kernel fell back)")
     dq, dk, dv, db = flash_attention_backward(dout, q, k, v, out, lse, bias=bias, mask=mask, scale=scale,
                                               causal=causal, causal_offset=causal_offset, dropout_p=dropout_p,
-                                              seed=seed, bias_grad=bias_grad and bias is not None)
-    return _attention_grads(q, dq, dk, dv, db)
+                                              seed=seed, bias_grad=bias_grad and bias is not None,
+                                              config=config)
+    return backward_outputs(q, dq, dk, dv, db)
 
 
 def _attention_backward_reference(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                   bias: torch.Tensor | None, mask: torch.Tensor | None, seed: torch.Tensor | None,
                                   out: torch.Tensor, lse: torch.Tensor, scale: float, causal: bool,
                                   causal_offset: int, dropout_p: float, bias_grad: bool) -> tuple[torch.Tensor, ...]:
-    from ...ops.attention import _reference_backward
+    from ...ops.attention import _reference_backward, backward_outputs
 
     dq, dk, dv, db = _reference_backward(dout, q, k, v, bias, mask, seed, scale, causal, causal_offset,
                                          dropout_p, bias_grad and bias is not None)
-    return _attention_grads(q, dq, dk, dv, db)
-
-
-def _attention_grads(q: torch.Tensor, dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor,
-                     db: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-    if db is None:
-        db = q.new_empty((0,))
-    return dq.contiguous(), dk.contiguous(), dv.contiguous(), db.contiguous()
+    return backward_outputs(q, dq, dk, dv, db)
 
 
 def _conv_backward_kernel(grad_out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, bias_sizes: Any,
                           stride: Any, padding: Any, dilation: Any, transposed: bool, output_padding: Any,
-                          groups: int, output_mask: Any) -> tuple[Any, Any, Any]:
+                          groups: int, output_mask: Any, config: Mapping[str, Any] | None = None
+                          ) -> tuple[Any, Any, Any]:
     from .conv.backward import conv_backward
 
     reason = conv_backward_unsupported(tuple(x.shape), tuple(w.shape), stride, padding, dilation, transposed,

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from ....schedule.problem import KernelProblem
+from ....ops.attention import reduce_to_shape
 from ....schedule.space import Config, ScheduleSpace
 from . import kernels as K
 from ..jit import cdiv, interpret_mode
@@ -181,17 +182,6 @@ def default_num_splits(batch_heads_kv: int, n: int, block_n: int, device: torch.
     return splits
 
 
-#: Tuned configs keyed by (kernel "fwd"/"bwd"/"decode", :func:`shape_key`); the tuner may fill
-#: this, and launchers called without ``config`` use an entry when there is one.
-CONFIG_OVERRIDES: dict[tuple[str, str], Config] = {}
-
-
-def shape_key(q: torch.Tensor, k: torch.Tensor, causal: bool) -> str:
-    """Key of one attention shape for :data:`CONFIG_OVERRIDES`."""
-    B, H, M, D = q.shape
-    return f"B{B}H{H}K{k.shape[1]}M{M}N{k.shape[2]}D{D}:{str(q.dtype).split('.')[-1]}:{'c' if causal else 'n'}"
-
-
 def device_smem(device: torch.device) -> int:
     """Opt-in shared memory per block of ``device`` (the default guess off CUDA)."""
     if device.type == "cuda":
@@ -200,12 +190,9 @@ def device_smem(device: torch.device) -> int:
     return DEFAULT_SMEM_BYTES
 
 
-def _pick(kind: str, q: torch.Tensor, k: torch.Tensor, causal: bool, config: Mapping[str, Any] | None,
-          space: Callable[[], ScheduleSpace]) -> dict[str, Any]:
-    if config is not None:
-        return dict(config)
-    tuned = CONFIG_OVERRIDES.get((kind, shape_key(q, k, causal)))
-    return dict(tuned) if tuned is not None else space().default_config()
+def _pick(config: Mapping[str, Any] | None, space: Callable[[], ScheduleSpace]) -> dict[str, Any]:
+    """``config`` when the caller passed one (a tuned or stored schedule), else the space default."""
+    return dict(config) if config is not None else space().default_config()
 
 
 # ----------------------------------------------------------------------------- forward
@@ -238,7 +225,7 @@ def flash_attention_forward(
         decode = use_decode_path(M, N, dropout_p)
     if decode and dropout_p == 0.0:
         return _decode_forward(q, k, v, bias, mask, scale, causal, causal_offset, config)
-    cfg = _pick("fwd", q, k, causal, config, lambda: forward_space(D, str(q.dtype).split(".")[-1], device_smem(q.device)))
+    cfg = _pick(config, lambda: forward_space(D, str(q.dtype).split(".")[-1], device_smem(q.device)))
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, M), dtype=torch.float32, device=q.device)
     full = (B, H, M, N)
@@ -264,9 +251,7 @@ def _decode_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: tor
     B, H, M, D = q.shape
     HKV, N = k.shape[1], k.shape[2]
     group = H // HKV
-    tuned = CONFIG_OVERRIDES.get(("decode", shape_key(q, k, causal)))
-    config = config if config is not None else tuned
-    cfg = _pick("decode", q, k, causal, config, lambda: decode_space(D, str(q.dtype).split(".")[-1], device_smem(q.device)))
+    cfg = _pick(config, lambda: decode_space(D, str(q.dtype).split(".")[-1], device_smem(q.device)))
     if config is None:
         cfg["BLOCK_M"] = 16 if group * M <= 16 else (32 if group * M <= 32 else 64)
         cfg["NUM_SPLITS"] = default_num_splits(B * HKV, N, int(cfg["BLOCK_N"]), q.device)
@@ -309,7 +294,7 @@ def flash_attention_backward(
     B, H, M, D = q.shape
     HKV, N = k.shape[1], k.shape[2]
     scale = float(D ** -0.5 if scale is None else scale)
-    cfg = _pick("bwd", q, k, causal, config, lambda: backward_space(D, str(q.dtype).split(".")[-1], device_smem(q.device)))
+    cfg = _pick(config, lambda: backward_space(D, str(q.dtype).split(".")[-1], device_smem(q.device)))
     block_m, block_n, block_d = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"]), head_block(D)
     delta = torch.empty((B, H, M), dtype=torch.float32, device=q.device)
     K.attn_bwd_preprocess_kernel[(cdiv(M, block_m), B * H)](
@@ -338,17 +323,6 @@ def flash_attention_backward(
         STORE_DS=bool(bias_grad), **common)
     dbias = reduce_to_shape(ds, bias.shape).to(bias.dtype) if (bias_grad and bias is not None) else None
     return dq, dk, dv, dbias
-
-
-def reduce_to_shape(grad: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Sum ``grad`` over the dims where a tensor of ``shape`` was broadcast to ``grad.shape``."""
-    lead = grad.dim() - len(shape)
-    if lead:
-        grad = grad.sum(dim=tuple(range(lead)))
-    dims = tuple(i for i, s in enumerate(shape) if s == 1 and grad.shape[i] != 1)
-    if dims:
-        grad = grad.sum(dim=dims, keepdim=True)
-    return grad.reshape(tuple(shape))
 
 
 # ----------------------------------------------------------------------------- tunable kernels

@@ -1,10 +1,10 @@
-"""Hand-written template ops (fused attention) as tunable kernels of the compiled graph.
+"""The tunable kernel of a fused-attention template node.
 
-A ``tilewright::flash_attention`` node (or its backward) runs by calling its custom op, which
-launches the attention kernels. This module gives the node a
-:class:`~tilewright.targets.triton.attention.launch.AttentionKernel` — so ``tilewright autotune`` tunes it and
-the tuning database serves it — and installs a stored or freshly tuned config where the
-launcher finds it (:data:`~tilewright.targets.triton.attention.launch.CONFIG_OVERRIDES`).
+A ``tilewright::flash_attention`` node (or its backward) runs the attention kernels through its
+:class:`~tilewright.targets.triton.templates.TemplateCall`. This module gives the node an
+:class:`~tilewright.targets.triton.attention.launch.AttentionKernel`, so ``tilewright autotune``
+tunes it and the tuning database serves it; the compiler hands the chosen config to the call
+(``TemplateCall.with_config``), which passes it to the launcher as an argument.
 """
 from __future__ import annotations
 
@@ -42,16 +42,3 @@ def template_kernel(node: Node) -> Any | None:
     except Exception as exc:  # a shape the template's space cannot describe: no tuning for it
         log.debug("no tunable attention kernel for %s: %s", node.op, exc)
         return None
-
-
-def install_config(node: Node, kernel: Any, config: dict[str, Any]) -> None:
-    """Make the attention launcher use ``config`` for this node's shape."""
-    from .launch import CONFIG_OVERRIDES
-
-    offset = 1 if packet_name(node.target) == _BACKWARD else 0
-    q, k = node.args[offset], node.args[offset + 1]
-    batch, heads, m, head_dim = q.type.shape
-    dtype = str(q.type.dtype).split(".")[-1]
-    key = (f"B{batch}H{heads}K{k.type.shape[1]}M{m}N{k.type.shape[2]}D{head_dim}:{dtype}:"
-           f"{'c' if kernel.causal else 'n'}")
-    CONFIG_OVERRIDES[(kernel.which, key)] = dict(config)

@@ -23,7 +23,7 @@ from .templates import Epilogue
 from ..emit.emitter import CodegenError, Emitter, Expr, Scope
 from ..pointwise_reduction import group_outputs
 from ..emit.indexing import Atom, Var, digits, reshape_index
-from ..kernel import TunableMixin
+from ....schedule.kernel import Kernel
 
 
 def conv_support(node: Node) -> str | None:
@@ -41,7 +41,7 @@ def conv_support(node: Node) -> str | None:
                     groups, x.type.dtype)
 
 
-class ConvGroupKernel(TunableMixin):
+class ConvGroupKernel(Kernel):
     """A convolution with a generated epilogue, launchable by the runtime and tunable."""
 
     def __init__(self, name: str, anchor: Node, nodes: list[Node], materialize: set[int]) -> None:
@@ -53,7 +53,6 @@ class ConvGroupKernel(TunableMixin):
 
             if n is not anchor and lookup(n.target).kind != "pointwise":
                 raise CodegenError(f"{n.op} cannot be a convolution epilogue")
-        self.name = name
         self.anchor = anchor
         self.nodes = nodes
         self.outputs = group_outputs(nodes, materialize)
@@ -62,19 +61,13 @@ class ConvGroupKernel(TunableMixin):
         self.epilogue, self.epilogue_inputs = self._epilogue()
         x, w = anchor.args[0], anchor.args[1]
         self.inputs: list[Value] = [x, w] + [v for v in self.epilogue_inputs if v.id not in (x.id, w.id)]
-        self.spec_inputs = self.inputs
         meta_x = torch.empty_strided(x.type.shape, x.type.strides, dtype=x.type.dtype, device="meta")
         meta_w = torch.empty_strided(w.type.shape, w.type.strides, dtype=w.type.dtype, device="meta")
         stride, padding, dilation, _, _, groups = anchor.args[3:9]
         self.conv_args = (list(stride), list(padding), list(dilation), int(groups))
         self.problem_conv = ConvProblem.from_tensors(meta_x, meta_w, None, *self.conv_args)
         self.tunable = ConvKernel(self.problem_conv, self.epilogue, name)
-        self.space = self.tunable.space
-        self.problem: KernelProblem = self.tunable.problem
-        self.config: Config = self.space.default_config()
-        self.config_source = "default"
-        self.broken: str | None = None
-        self.verified = False
+        super().__init__(name, self.tunable.space, self.tunable.problem)
         self.ops = [n.op for n in nodes]
 
     def _epilogue(self) -> tuple[Epilogue, list[Value]]:
@@ -125,16 +118,9 @@ class ConvGroupKernel(TunableMixin):
         out = self.anchor.outputs[0].type
         return torch.empty(1, dtype=x.dtype, device=x.device).as_strided(out.shape, [0] * len(out.shape))
 
-    def launch_values(self) -> list[Value]:
-        """Inputs then outputs, as :meth:`launch` takes them."""
-        return self.inputs + self.outputs
-
-    def describe(self) -> dict[str, Any]:
-        """Explain-report entry: shape, what was fused and the schedule."""
-        return {"name": self.name, "kind": "conv", "ops": list(self.ops), "schedule": dict(self.config),
-                "schedule_source": self.config_source, "dims": dict(self.problem.dims),
-                "fused": list(self.epilogue.fused), "shape": self.tunable.describe(self.config),
-                "fallback": self.broken}
+    def describe_extra(self) -> dict[str, Any]:
+        """What was fused, and the convolution's shape under the current schedule."""
+        return {"fused": list(self.epilogue.fused), "shape": self.tunable.describe(self.config)}
 
     @property
     def fingerprint(self) -> str:

@@ -7,10 +7,11 @@ from typing import Any
 
 import torch
 
+from ....errors import BuildError
 from ....ir.types import triton_dtype
 
 
-class CodegenError(RuntimeError):
+class CodegenError(BuildError):
     """The group cannot be expressed as one kernel (the fusion pass then keeps it apart)."""
 
 

@@ -1,0 +1,83 @@
+"""The Target interface: what a code generator must provide for the compiler, runtime and tuner.
+
+A target turns kernel groups (the output of :mod:`tilewright.passes.fusion`) into launchable
+:class:`~tilewright.schedule.kernel.Kernel` objects for one kind of device. The compiler asks it
+
+- :meth:`Target.kind_of` — how each IR node would be lowered (or that it stays an ATen call);
+- :meth:`Target.can_build` — whether a candidate group (during fusion) can be generated;
+- :meth:`Target.build` — the kernel of a group; its ``space`` is the schedule space and its
+  ``launch``/``runner`` compile and launch it under a config;
+- :meth:`Target.template` — how a hand-written template node (fused attention, convolution
+  gradients) runs here, with its tunable kernel when it has one;
+
+and the tuner asks :meth:`Target.device_info` for the description measurements are keyed by.
+Each target lists the kernel kinds it builds in one registry (its ``builders``), so adding a
+kind or a target touches one folder.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import torch
+
+from ..errors import BuildError
+from ..ir.graph import Node
+from ..schedule.group import Group
+from ..runtime.plan import TemplateRunner
+from ..schedule.kernel import Kernel
+
+#: Builds a group's kernel: ``builder(group, materialize, name)`` (raises when it cannot).
+KernelBuilder = Callable[[Group, set[int], str], Kernel]
+
+
+@dataclass
+class TemplateLowering:
+    """How a template node runs on a target."""
+
+    #: runs the template's kernels, or its reference; ``with_config`` binds a schedule
+    call: Any
+    #: the tunable kernel the tuning database keys the template's schedule by (None: not tunable)
+    kernel: Any = None
+    #: why the template's kernels cannot run this node (then it is a plain extern ATen call)
+    unsupported: str | None = None
+
+
+class Target(ABC):
+    """A code generator for one kind of device."""
+
+    #: short name ("triton", later "cpu")
+    name: str = ""
+    #: kernel kind -> builder, the one place a target's kinds are registered
+    builders: Mapping[str, KernelBuilder] = {}
+
+    @abstractmethod
+    def runs_on(self, device: torch.device) -> bool:
+        """Whether this target's kernels can run tensors on ``device`` in this process."""
+
+    @abstractmethod
+    def kind_of(self, node: Node) -> str:
+        """The lowering kind of ``node``: a key of ``builders``, ``view``, ``template`` or ``extern``."""
+
+    def build(self, group: Group, materialize: set[int], name: str) -> Kernel:
+        """The kernel computing ``group`` (writing the values in ``materialize``); raises when it cannot."""
+        builder = self.builders.get(group.kind)
+        if builder is None:
+            raise BuildError(f"target {self.name} builds no {group.kind} kernels")
+        return builder(group, materialize, name)
+
+    @abstractmethod
+    def can_build(self, group: Group, materialize: set[int]) -> str | None:
+        """None when :meth:`build` would succeed, else the reason it would not."""
+
+    @abstractmethod
+    def template(self, node: Node) -> TemplateLowering | None:
+        """How template ``node`` runs here (None: this target has no kernels for it)."""
+
+    @abstractmethod
+    def device_info(self, device: Any = None) -> dict[str, Any]:
+        """The device description tuning records are keyed by."""
+
+
+__all__ = ["BuildError", "KernelBuilder", "Target", "TemplateLowering", "TemplateRunner"]

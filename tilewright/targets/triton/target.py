@@ -1,0 +1,92 @@
+"""The Triton target: generated Triton kernels on CUDA GPUs (and in Triton's CPU interpreter).
+
+Every kernel kind this target builds is registered in :data:`BUILDERS`; template nodes are
+lowered by :meth:`TritonTarget.template`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ...ir.graph import Node
+from ...schedule.group import Group
+from ...schedule.device import device_info
+from ...schedule.kernel import Kernel
+from ..base import KernelBuilder, Target, TemplateLowering
+from .attention import ops as _attention_ops  # noqa: F401  (registers the ops' Triton kernels)
+from .classify import classify
+from .conv.group import ConvGroupKernel
+from .emit.expr import CodegenError
+from .jit import can_run_kernels
+from .kernel import GeneratedKernel
+from .matmul import MatmulKernelBuilder
+from .pointwise_reduction import FusedKernelBuilder
+from .scatter import ScatterKernel
+
+
+def _fused(group: Group, materialize: set[int], name: str) -> Kernel:
+    return GeneratedKernel(FusedKernelBuilder(name, group.nodes, materialize).build(), group.nodes)
+
+
+def _matmul(group: Group, materialize: set[int], name: str) -> Kernel:
+    assert group.anchor is not None
+    return GeneratedKernel(MatmulKernelBuilder(name, group.anchor, group.nodes, materialize).build(), group.nodes)
+
+
+def _conv(group: Group, materialize: set[int], name: str) -> Kernel:
+    assert group.anchor is not None
+    return ConvGroupKernel(name, group.anchor, group.nodes, materialize)
+
+
+def _scatter(group: Group, materialize: set[int], name: str) -> Kernel:
+    return ScatterKernel(name, group.nodes[0])
+
+
+#: kernel kind -> builder
+BUILDERS: dict[str, KernelBuilder] = {
+    "pointwise": _fused, "reduction": _fused, "matmul": _matmul, "conv": _conv, "scatter": _scatter,
+}
+
+#: what a probe build may raise for a group the builders cannot express
+_BUILD_ERRORS = (CodegenError, NotImplementedError, ValueError, KeyError, IndexError, TypeError, AttributeError)
+
+
+class TritonTarget(Target):
+    """Triton kernels: compiled on CUDA, interpreted on CPU when ``TILEWRIGHT_INTERPRET=1``."""
+
+    name = "triton"
+    builders = BUILDERS
+
+    def runs_on(self, device: torch.device) -> bool:
+        """CUDA always; CPU only in Triton's interpreter."""
+        return can_run_kernels(device)
+
+    def kind_of(self, node: Node) -> str:
+        """The registry's kind, refined by what the Triton builders support."""
+        return classify(node)
+
+    def can_build(self, group: Group, materialize: set[int]) -> str | None:
+        """Build the group's kernel source as a probe (scatter groups are never merged)."""
+        try:
+            self.build(group, materialize, "probe")
+        except CodegenError as exc:
+            return str(exc)
+        except _BUILD_ERRORS as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    def template(self, node: Node) -> TemplateLowering | None:
+        """Fused attention (forward, backward) and convolution gradients."""
+        from .attention.tuning import template_kernel
+        from .templates import template_call, unsupported_reason
+
+        call = template_call(node)
+        if call is None:
+            return None
+        reason = unsupported_reason(node)
+        return TemplateLowering(call, None if reason else template_kernel(node), reason)
+
+    def device_info(self, device: Any = None) -> dict[str, Any]:
+        """The GPU (or interpreter) description tuning records are keyed by."""
+        return device_info(device)
