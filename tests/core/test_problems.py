@@ -6,7 +6,8 @@ import random
 import pytest
 import torch
 
-from tilewright.costmodel.collect import BUILDERS, ProblemSpec, _resolve, sample_configs
+from tilewright.autotune.kernel_zoo import SPEC_BUILDERS
+from tilewright.costmodel.collect import ProblemSpec, sample_configs
 
 
 @pytest.mark.parametrize("spec", [
@@ -18,8 +19,7 @@ from tilewright.costmodel.collect import BUILDERS, ProblemSpec, _resolve, sample
     ProblemSpec("attention", {"B": 1, "H": 2, "M": 40, "N": 40, "D": 16}, "float32", {"causal": True}),
 ])
 def test_builders_make_kernels_that_run_with_sampled_configs(spec: ProblemSpec) -> None:
-    build = _resolve(BUILDERS[spec.kind])
-    assert build is not None
+    build = SPEC_BUILDERS[spec.kind]
     kernel = build(spec)
     assert kernel.problem.kind == spec.kind
     configs = sample_configs(kernel.space, 2, random.Random(0))

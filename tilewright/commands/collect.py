@@ -44,11 +44,12 @@ def register(subparsers: Any) -> None:
 
 def _kernels(args: argparse.Namespace) -> tuple[list[tuple[str, Any]], Iterator[tuple[str, Any]]]:
     """Model-suite kernels (a list) and random kernels (a lazy iterator)."""
-    from ..costmodel.collect import random_kernels, suite_kernels
+    from ..autotune.kernel_zoo import SPEC_BUILDERS, model_suite_kernels
+    from ..costmodel.collect import random_kernels
 
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    suite = [] if args.no_suite else suite_kernels()
-    return suite, random_kernels(kinds, args.per_kind, seed=args.seed)
+    suite = [] if args.no_suite else model_suite_kernels()
+    return suite, random_kernels(kinds, args.per_kind, SPEC_BUILDERS, seed=args.seed)
 
 
 def _dry_run(args: argparse.Namespace) -> int:

@@ -1,19 +1,16 @@
 """Collect cost-model training records on a GPU within a time budget.
 
-Kernels come from two places: random problem shapes of every kernel kind (built by the
-kind's codegen module through :data:`BUILDERS`) and the model suite (:data:`MODEL_SUITE`).
+Kernels come from two places, both handed in by the caller: random problem shapes of every
+kernel kind (built from a :class:`ProblemSpec` by the kind's builder) and the kernels of a model
+suite (``tilewright collect`` takes both from :mod:`tilewright.autotune.kernel_zoo`).
 For each kernel a spread of configs is sampled across its whole schedule space (not only the
 good ones, the default always included), compiled in parallel worker processes while the
 previous kernel is being timed, measured with the autotuner's measurer and appended to a
 JSON Lines file kernel by kernel, so an interrupted run keeps what it measured.
-
-Builders and the suite are imported lazily by dotted name; a kind whose codegen has not
-landed yet is skipped with one log line.
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
-import importlib
 import logging
 import math
 import random
@@ -27,17 +24,6 @@ from ..schedule.space import Config, ScheduleSpace, config_hash
 from .records import Record, write_records
 
 log = logging.getLogger(__name__)
-
-#: kind -> "module:function" building a TunableKernel from a :class:`ProblemSpec`.
-BUILDERS: dict[str, str] = {
-    "pointwise": "tilewright.autotune.problems:pointwise_from_spec",
-    "reduction": "tilewright.autotune.problems:reduction_from_spec",
-    "matmul": "tilewright.autotune.problems:matmul_from_spec",
-    "attention": "tilewright.autotune.problems:attention_from_spec",
-    "conv": "tilewright.costmodel.collect:build_conv",
-}
-#: "module:function" returning ``[(source_name, TunableKernel), ...]`` for the model suite.
-MODEL_SUITE = "tilewright.autotune.problems:model_suite_kernels"
 
 #: Upper bound on configs enumerated when sampling a space.
 MAX_ENUMERATE = 50_000
@@ -110,19 +96,6 @@ def random_spec(kind: str, rng: random.Random) -> ProblemSpec:
     raise ValueError(f"no random problem generator for kind {kind!r}")
 
 
-def build_conv(spec: ProblemSpec) -> TunableKernel:
-    """A :class:`tilewright.targets.triton.conv.forward.ConvKernel` for a random conv spec."""
-    from ..targets.triton.conv.forward import ConvKernel, ConvProblem
-
-    d = spec.dims
-    conv = ConvProblem.from_shapes((d["N"], d["C"], d["H"], d["W"]),
-                                   (d["K"], d["C"] // d["groups"], d["R"], d["S"]),
-                                   bool(spec.meta.get("bias", False)), d["stride"], d["padding"],
-                                   d["dilation"], d["groups"], spec.dtype,
-                                   bool(spec.meta.get("channels_last", False)))
-    return ConvKernel(conv)
-
-
 def sample_configs(space: ScheduleSpace, n: int, rng: random.Random) -> list[Config]:
     """Up to ``n`` distinct feasible configs spread over ``space``, the default first.
 
@@ -157,31 +130,20 @@ def sample_configs(space: ScheduleSpace, n: int, rng: random.Random) -> list[Con
     return list(out.values())[:n]
 
 
-def _resolve(target: str) -> Callable[..., Any] | None:
-    module_name, _, attr = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
-            return None
-        raise
-    return getattr(module, attr, None)
-
-
-def random_kernels(kinds: Sequence[str], per_kind: int, seed: int = 0,
-                   builders: Mapping[str, Callable[[ProblemSpec], TunableKernel]] | None = None,
-                   ) -> Iterator[tuple[str, TunableKernel]]:
+def random_kernels(kinds: Sequence[str], per_kind: int, builders: Mapping[str, Callable[[ProblemSpec], TunableKernel]],
+                   seed: int = 0) -> Iterator[tuple[str, TunableKernel]]:
     """``(source, kernel)`` for ``per_kind`` random problems of each kind, kinds interleaved.
 
-    Kinds without a builder (codegen not there yet) are skipped with a log line; a spec the
-    builder rejects is skipped too.
+    ``builders`` maps a kind to the function building its kernel from a :class:`ProblemSpec`
+    (:data:`tilewright.autotune.kernel_zoo.SPEC_BUILDERS`). Kinds without a builder are skipped
+    with a log line; a spec the builder rejects is skipped too.
     """
     rng = random.Random(seed)
     resolved: dict[str, Callable[[ProblemSpec], TunableKernel]] = {}
     for kind in kinds:
-        fn = (builders or {}).get(kind) or (_resolve(BUILDERS[kind]) if kind in BUILDERS else None)
+        fn = builders.get(kind)
         if fn is None:
-            log.warning("no kernel builder for kind %r yet (%s); skipping it", kind, BUILDERS.get(kind))
+            log.warning("no kernel builder for kind %r; skipping it", kind)
         else:
             resolved[kind] = fn
     for _ in range(per_kind):
@@ -191,15 +153,6 @@ def random_kernels(kinds: Sequence[str], per_kind: int, seed: int = 0,
                 yield f"random:{kind}", fn(spec)
             except Exception as exc:
                 log.info("builder for %s rejected %s: %s", kind, spec.dims, exc)
-
-
-def suite_kernels() -> list[tuple[str, TunableKernel]]:
-    """Kernels of the model suite, or [] when the suite hook is not available."""
-    fn = _resolve(MODEL_SUITE)
-    if fn is None:
-        log.warning("model suite hook %s not available; collecting random kernels only", MODEL_SUITE)
-        return []
-    return list(fn())
 
 
 @dataclass

@@ -20,6 +20,7 @@ the digest is integrity, not authenticity) and models built for other features o
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -241,9 +242,9 @@ class GBMCostModel(CostModel):
 
     # -- persistence -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """The file form: format header, sha256 digest and payload."""
+        """The file form: format header, sha256 digest and payload (a copy: editing it leaves the model as is)."""
         return {"format": FORMAT, "format_version": FORMAT_VERSION,
-                "sha256": payload_digest(self.payload), "payload": self.payload}
+                "sha256": payload_digest(self.payload), "payload": copy.deepcopy(self.payload)}
 
     def save(self, path: str | Path) -> None:
         """Write the model as JSON to ``path``."""

@@ -133,3 +133,24 @@ def model_suite_kernels() -> list[tuple[str, Any]]:
             except Exception as exc:  # a model that fails to compile must not stop collection
                 log.warning("model suite: %s (%s) skipped: %s", name, mode, exc)
     return out
+
+
+def conv_from_spec(spec: Any) -> Any:
+    """A :class:`tilewright.targets.triton.conv.forward.ConvKernel` for a random conv spec."""
+    from ..targets.triton.conv.forward import ConvKernel, ConvProblem
+
+    d = spec.dims
+    conv = ConvProblem.from_shapes((d["N"], d["C"], d["H"], d["W"]),
+                                   (d["K"], d["C"] // d["groups"], d["R"], d["S"]),
+                                   bool(spec.meta.get("bias", False)), d["stride"], d["padding"],
+                                   d["dilation"], d["groups"], spec.dtype,
+                                   bool(spec.meta.get("channels_last", False)))
+    return ConvKernel(conv)
+
+
+#: kind -> the function building a kernel of that kind from a
+#: :class:`~tilewright.costmodel.collect.ProblemSpec` (what ``tilewright collect`` measures)
+SPEC_BUILDERS: dict[str, Callable[[Any], Any]] = {
+    "pointwise": pointwise_from_spec, "reduction": reduction_from_spec, "matmul": matmul_from_spec,
+    "attention": attention_from_spec, "conv": conv_from_spec,
+}
