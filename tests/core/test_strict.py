@@ -17,7 +17,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import tilewright
 from tilewright.runtime import graph as runtime
 from tilewright.errors import StrictModeError
 from tilewright.report import collect

@@ -26,7 +26,7 @@ import torch
 import torch.fx
 
 from .compile import CompiledMlir, prepare_graph
-from .ops import MlirImportError, MlirOpError, Shape, TensorType, resolve_shapes
+from .ops import MlirImportError, MlirOpError, Shape, MlirTensorType, resolve_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +105,8 @@ class ImportedMlir:
     """
 
     graph_module: torch.fx.GraphModule
-    input_types: list[TensorType]
-    output_types: list[TensorType | None]
+    input_types: list[MlirTensorType]
+    output_types: list[MlirTensorType | None]
     source: str
     func_name: str
 
@@ -138,7 +138,7 @@ class ImportedMlir:
 
     def signature(self) -> str:
         """Inputs as ``1x?xf32, 1x8xi64``-style text for messages."""
-        def one(t: TensorType) -> str:
+        def one(t: MlirTensorType) -> str:
             dims = "*" if t.shape is None else "x".join("?" if d is None else str(d) for d in t.shape)
             return f"{dims}:{t.dtype}"
         return ", ".join(one(t) for t in self.input_types)

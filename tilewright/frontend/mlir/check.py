@@ -14,7 +14,7 @@ import torch
 import torch.fx
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from .ops import MlirOpError, TensorType
+from .ops import MlirOpError, MlirTensorType
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class _FakeRunner(torch.fx.Interpreter):
 
 
 def _compare(n: torch.fx.Node, value: Any) -> None:
-    ttype: TensorType | None = n.meta.get("mlir_type")
+    ttype: MlirTensorType | None = n.meta.get("mlir_type")
     if ttype is None or not isinstance(value, torch.Tensor):
         return
     problems = []
@@ -118,8 +118,8 @@ def specialize(gm: torch.fx.GraphModule) -> bool:
             changed = True
             continue
         ttype = n.meta.get("mlir_type")
-        if isinstance(ttype, TensorType) and isinstance(val, torch.Tensor) and not ttype.is_static:
-            n.meta["mlir_type"] = TensorType(tuple(int(s) for s in val.shape), val.dtype)
+        if isinstance(ttype, MlirTensorType) and isinstance(val, torch.Tensor) and not ttype.is_static:
+            n.meta["mlir_type"] = MlirTensorType(tuple(int(s) for s in val.shape), val.dtype)
             changed = True
     gm.graph.lint()
     gm.recompile()

@@ -27,7 +27,7 @@ from .ops import (
     NON_VALUE_OPS,
     MlirOpError,
     VALUE_SEMANTIC_ALIASES,
-    TensorType,
+    MlirTensorType,
     parse_tensor_type,
     resolve_overload,
     schema_arguments,
@@ -73,8 +73,8 @@ class FuncImporter:
         self.graph = torch.fx.Graph()
         self.root = torch.nn.Module()
         self.env: dict[Any, Any] = {}
-        self.input_types: list[TensorType] = []
-        self.output_types: list[TensorType | None] = []
+        self.input_types: list[MlirTensorType] = []
+        self.output_types: list[MlirTensorType | None] = []
         self._n_consts = 0
         self._resource_nodes: dict[str, torch.fx.Node] = {}
 
@@ -184,14 +184,14 @@ class FuncImporter:
                               "operand defined outside the function body") from None
 
     @staticmethod
-    def _annotate(node: torch.fx.Node, op_name: str, loc: str, ttype: TensorType | None) -> None:
+    def _annotate(node: torch.fx.Node, op_name: str, loc: str, ttype: MlirTensorType | None) -> None:
         node.meta["mlir_op"] = op_name
         node.meta["mlir_loc"] = loc
         if ttype is not None:
             node.meta["mlir_type"] = ttype
 
     @staticmethod
-    def _tensor_type(mlir_type: Any, op_name: str, loc: str) -> TensorType | None:
+    def _tensor_type(mlir_type: Any, op_name: str, loc: str) -> MlirTensorType | None:
         try:
             return parse_tensor_type(str(mlir_type))
         except ValueError as exc:

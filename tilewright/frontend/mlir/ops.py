@@ -115,7 +115,7 @@ class MlirOpError(MlirImportError):
 
 
 @dataclasses.dataclass(frozen=True)
-class TensorType:
+class MlirTensorType:
     """A ``!torch.vtensor`` type: ``shape`` has ``None`` for dynamic dims; ``None`` if unranked."""
 
     shape: tuple[int | None, ...] | None
@@ -130,7 +130,7 @@ class TensorType:
 Shape = tuple[int, ...]
 
 
-def resolve_shapes(types: Sequence[TensorType], shapes: Sequence[Shape] | None) -> list[Shape] | None:
+def resolve_shapes(types: Sequence[MlirTensorType], shapes: Sequence[Shape] | None) -> list[Shape] | None:
     """Concrete input shapes from the declared types and the user's shapes; None if unknown."""
     if shapes is None:
         if all(t.is_static for t in types):
@@ -151,7 +151,7 @@ def resolve_shapes(types: Sequence[TensorType], shapes: Sequence[Shape] | None) 
 _VTENSOR_RE = re.compile(r"^!torch\.(v?tensor)(?:<(?:\[(?P<dims>[^\]]*)\]|\*),(?P<elt>.+)>)?$")
 
 
-def parse_tensor_type(type_str: str) -> TensorType | None:
+def parse_tensor_type(type_str: str) -> MlirTensorType | None:
     """Parse a printed ``!torch.vtensor<[2,?],f32>`` type; ``None`` if it is not a tensor type.
 
     Raises:
@@ -172,7 +172,7 @@ def parse_tensor_type(type_str: str) -> TensorType | None:
         if elt not in ELEMENT_TYPES:
             raise ValueError(f"unsupported element type '{elt}' in {type_str}")
         dtype = ELEMENT_TYPES[elt]
-    return TensorType(shape, dtype)
+    return MlirTensorType(shape, dtype)
 
 
 def resolve_overload(op_name: str, n_operands: int, n_results: int) -> torch._ops.OpOverload | None:

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 import torch.fx
 
-from .ops import TensorType
+from .ops import MlirTensorType
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ Rule = Callable[[Node], "Node | None"]
 
 
 # ---------------------------------------------------------------------- matching helpers
-def _ttype(n: Any) -> TensorType | None:
+def _ttype(n: Any) -> MlirTensorType | None:
     return n.meta.get("mlir_type") if isinstance(n, Node) else None
 
 
@@ -54,7 +54,7 @@ def _alpha_one(n: Node, pos: int = 2) -> bool:
 
 
 def _new(like: Node, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None,
-         ttype: TensorType | None = None, what: str = "") -> Node:
+         ttype: MlirTensorType | None = None, what: str = "") -> Node:
     with like.graph.inserting_before(like):
         node = like.graph.call_function(target, args, kwargs or {})
     node.meta["mlir_op"] = f"{what} (recomposed)" if what else like.meta.get("mlir_op")

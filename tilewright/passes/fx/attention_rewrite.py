@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch.fx import Graph, GraphModule, Node
 
-from ...ops import attention as _ops
+from ...ops import attention as _ops  # noqa: F401  (registers torch.ops.tilewright.flash_attention)
 from .attention_masks import dim_eq, dims_of, meta_val
 from .attention_patterns import AttentionBlock, NoMatch, finish_block, matchers
 

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 
 from ...schedule.problem import KernelProblem
 from ...schedule.space import Config
-from ...ir.graph import Node, Value
+from ...ir.graph import Node
 from ...schedule.kernel import Kernel
-from .pointwise_reduction import KernelSource
+from .source import KernelSource
 from .loader import load_kernel
 
 log = logging.getLogger(__name__)

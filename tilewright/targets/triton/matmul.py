@@ -16,7 +16,8 @@ import torch
 from ...ir.graph import Node, Value
 from ...ir.registry import lookup, packet_name
 from .emit.emitter import CodegenError, Emitter, Expr, Scope
-from .pointwise_reduction import _HEADER, KernelSource, _function, _wide, group_outputs, triton_cdiv
+from .jit import cdiv
+from .source import KERNEL_HEADER, KernelSource, group_outputs, int64_cast, kernel_function
 from .emit.indexing import Atom, Var, reshape_index
 from .spaces import matmul_space
 
@@ -83,7 +84,7 @@ class MatmulKernelBuilder:
             sbb, sbk, sbn = sb
         else:
             (sam, sak), (sbk, sbn), sab, sbb = sa, sb, 0, 0
-        wide = _wide([a, b] + self.outputs + list(emitter.inputs.values()), nb * max(m * n, m * k, k * n))
+        wide = int64_cast([a, b] + self.outputs + list(emitter.inputs.values()), nb * max(m * n, m * k, k * n))
         head = [
             "pid = tl.program_id(0)",
             f"bid = tl.program_id(1){wide}",
@@ -114,10 +115,10 @@ class MatmulKernelBuilder:
         params = [emitter.arg_names[v.id] for v in emitter.inputs.values()]
         params += [emitter.arg_name(v, "out") for v in self.outputs]
         params += ["BLOCK_M: tl.constexpr", "BLOCK_N: tl.constexpr", "BLOCK_K: tl.constexpr", "GROUP_M: tl.constexpr"]
-        source = _HEADER + _function(self.name, ", ".join(params), head + scope.lines)
+        source = KERNEL_HEADER + kernel_function(self.name, ", ".join(params), head + scope.lines)
         elem = a.type.dtype.itemsize
         space = matmul_space(m, n, k, elem)
-        grid = lambda c, m=m, n=n, nb=nb: (triton_cdiv(m, int(c["BLOCK_M"])) * triton_cdiv(n, int(c["BLOCK_N"])), nb)  # noqa: E731
+        grid = lambda c, m=m, n=n, nb=nb: (cdiv(m, int(c["BLOCK_M"])) * cdiv(n, int(c["BLOCK_N"])), nb)  # noqa: E731
         flops = 2.0 * nb * m * n * k
         epilogue = [nd.op for nd in self.nodes if nd is not self.anchor]
         return KernelSource(self.name, "matmul", source, self.name, list(emitter.inputs.values()), self.outputs,

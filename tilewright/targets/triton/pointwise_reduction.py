@@ -11,36 +11,19 @@ kernel; reductions that do not depend on each other share a loop.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
-from ...schedule.space import Config, ScheduleSpace
 from ...ir.graph import Node, Value
 from ...ir.registry import lookup, nan_max, nan_min, reduction_dims
 from ...ir.types import compute_dtype, triton_dtype
 from .emit.emitter import CodegenError, Emitter, Expr, Scope, cast_code
 from .emit.indexing import Atom, Const, Var, depends, digits, lin
+from .jit import cdiv
+from .source import KERNEL_HEADER, KernelSource, group_outputs, int64_cast, kernel_function
 from .spaces import pointwise_space, reduction_space
-
-
-@dataclass
-class KernelSource:
-    """Generated source of one kernel and what is needed to launch it."""
-
-    name: str
-    kind: str
-    source: str
-    fn_name: str
-    inputs: list[Value]
-    outputs: list[Value]
-    space: ScheduleSpace
-    grid: Callable[[Config], tuple[int, ...]]
-    dims: dict[str, int]
-    ops: list[str]
-    flops: float = 0.0
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def _reduction_dims(node: Node) -> list[int]:
@@ -121,11 +104,6 @@ def _combine(combine: str, acc: str, value: str) -> str:
     raise CodegenError(f"reduction combine '{combine}' is not supported in kernels")
 
 
-def group_outputs(nodes: list[Node], materialize: set[int]) -> list[Value]:
-    """Outputs of the group's nodes that must be written to memory."""
-    return [o for n in nodes for o in n.outputs if o.id in materialize]
-
-
 class FusedKernelBuilder:
     """Builds the Triton source of a pointwise or reduction group."""
 
@@ -182,7 +160,7 @@ class FusedKernelBuilder:
         if not self.reductions:
             source, inputs = self._build_pointwise(xnumel)
             space = pointwise_space(xnumel)
-            grid = lambda c, n=xnumel: (triton_cdiv(n, int(c["XBLOCK"])),)  # noqa: E731
+            grid = lambda c, n=xnumel: (cdiv(n, int(c["XBLOCK"])),)  # noqa: E731
             kind, dims = "pointwise", {"numel": xnumel}
             meta = {}
         else:
@@ -193,12 +171,12 @@ class FusedKernelBuilder:
             meta = {"persistent_fn": self.name + "_persistent", "looped_fn": self.name + "_looped", "rnumel": rnumel,
                     "contiguous_axis": contiguous, "loop_passes": len(set(self._levels().values())) + 1}
             space = reduction_space(xnumel, rnumel, outer=contiguous == "x")
-            grid = lambda c, n=xnumel: (triton_cdiv(n, int(c["XBLOCK"])),)  # noqa: E731
+            grid = lambda c, n=xnumel: (cdiv(n, int(c["XBLOCK"])),)  # noqa: E731
             kind, dims = "reduction", {"rows": xnumel, "rnumel": rnumel}
         ops = [n.op for n in self.nodes]
         flops = sum(lookup(n.target).flops_per_element * max(o.type.numel for o in n.outputs) for n in self.nodes
                     if n.outputs)
-        return KernelSource(self.name, kind, _HEADER + source, self.name, inputs, self.outputs, space, grid, dims,
+        return KernelSource(self.name, kind, KERNEL_HEADER + source, self.name, inputs, self.outputs, space, grid, dims,
                             ops, float(flops), meta)
 
     def _signature(self, emitter: Emitter, extra: list[str]) -> str:
@@ -217,12 +195,12 @@ class FusedKernelBuilder:
             emitter.store(v, idx, expr, outer, "[XBLOCK]", frozenset(["xindex"]))
         inputs = list(emitter.inputs.values())
         body = [
-            f"xoffset = tl.program_id(0){_wide(inputs + self.outputs, numel)} * XBLOCK",
+            f"xoffset = tl.program_id(0){int64_cast(inputs + self.outputs, numel)} * XBLOCK",
             "xindex = xoffset + tl.arange(0, XBLOCK)",
             f"xmask = xindex < {numel}",
         ] + outer.lines
         sig = self._signature(emitter, ["XBLOCK: tl.constexpr"])
-        return _function(self.name, sig, body), inputs
+        return kernel_function(self.name, sig, body), inputs
 
     def _build_reduction(self, xnumel: int, rnumel: int, persistent: bool) -> tuple[str, list[Value]]:
         fn_name = self.name + ("_persistent" if persistent else "_looped")
@@ -276,7 +254,7 @@ class FusedKernelBuilder:
             idx = self.canonical(v, x, r)
             expr = emitter.value(v, idx)
             emitter.store(v, idx, expr, outer, "[XBLOCK, 1]", frozenset(["xindex"]))
-        wide = _wide(list(emitter.inputs.values()) + self.outputs, xnumel * rnumel)
+        wide = int64_cast(list(emitter.inputs.values()) + self.outputs, xnumel * rnumel)
         head = [
             f"xoffset = tl.program_id(0){wide} * XBLOCK",
             "xindex = xoffset + tl.arange(0, XBLOCK)[:, None]",
@@ -288,7 +266,7 @@ class FusedKernelBuilder:
         if persistent:
             head += ["rindex = rbase", f"rmask = rindex < {rnumel}"]
         sig = self._signature(emitter, ["XBLOCK: tl.constexpr", "RBLOCK: tl.constexpr"])
-        return _function(fn_name, sig, head + outer.lines), list(emitter.inputs.values())
+        return kernel_function(fn_name, sig, head + outer.lines), list(emitter.inputs.values())
 
     def _contiguous_axis(self) -> str:
         """``"r"`` when the reduced elements are contiguous in memory, ``"x"`` when rows are."""
@@ -370,24 +348,3 @@ class FusedKernelBuilder:
             if out_cdt != acc_dtype:
                 outer.lines.append(f"{name} = {name}.to({triton_dtype(out_cdt)})")
             results[info.node.outputs[0].id] = Expr(name, out_cdt, frozenset(["xindex"]))
-
-
-INT32_LIMIT = 2**31 - 1
-
-
-def _wide(values: list[Value], numel: int) -> str:
-    """``.to(tl.int64)`` when any offset of the kernel may overflow 32-bit indexing."""
-    spans = [sum((sz - 1) * abs(st) for sz, st in zip(v.type.shape, v.type.strides)) for v in values]
-    return ".to(tl.int64)" if max(spans + [numel]) >= INT32_LIMIT else ""
-
-
-_HEADER = "import triton\nimport triton.language as tl\n\n\n"
-
-
-def _function(name: str, signature: str, body: list[str]) -> str:
-    return f"def {name}({signature}):\n" + "\n".join("    " + line for line in body) + "\n"
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    """Ceiling division."""
-    return -(-a // b)

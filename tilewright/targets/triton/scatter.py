@@ -9,7 +9,7 @@ embeddings and advanced indexing runs without leaving generated code.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
@@ -17,7 +17,7 @@ from ...schedule.problem import KernelProblem
 from ...schedule.space import Config
 from ...ir.graph import Node, Value
 from .emit.expr import CodegenError, Scope, cast_code
-from .pointwise_reduction import _HEADER, _function, _wide
+from .source import KERNEL_HEADER, int64_cast, kernel_function
 from .emit.indexing import Dyn, Var, broadcast_index, depends, digits, offset_code
 from .emit.emitter import Emitter
 from ...schedule.kernel import Kernel
@@ -119,11 +119,11 @@ class ScatterKernel(Kernel):
         if scatter.arg_names[out.id] != out_name:
             scatter_scope.lines = [line.replace(scatter.arg_names[out.id], out_name) for line in scatter_scope.lines]
         sig = ", ".join(params + [out_name, "XBLOCK: tl.constexpr"])
-        wide = _wide(self.inputs + [out], max(out.type.numel, math.prod(region)))
+        wide = int64_cast(self.inputs + [out], max(out.type.numel, math.prod(region)))
         head = lambda n: [f"xoffset = tl.program_id(0){wide} * XBLOCK",  # noqa: E731
                           "xindex = xoffset + tl.arange(0, XBLOCK)", f"xmask = xindex < {n}"]
-        return _HEADER + _function(self.name + "_copy", sig, head(out.type.numel) + copy_scope.lines) + "\n\n" + \
-            _function(self.name + "_scatter", sig, head(math.prod(region)) + scatter_scope.lines)
+        return KERNEL_HEADER + kernel_function(self.name + "_copy", sig, head(out.type.numel) + copy_scope.lines) + "\n\n" + \
+            kernel_function(self.name + "_scatter", sig, head(math.prod(region)) + scatter_scope.lines)
 
     def launch(self, tensors: Sequence[torch.Tensor], config: Config | None = None) -> None:
         """Copy ``self`` into the output, then scatter ``values`` (inputs then output)."""

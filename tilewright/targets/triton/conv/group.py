@@ -14,14 +14,13 @@ from typing import Any, Sequence
 
 import torch
 
-from ....schedule.problem import KernelProblem
 from ....schedule.space import Config
 from ....ir.graph import Node, Value
 from .forward import ConvKernel, ConvProblem, conv_forward
 from .problem import supports
 from .templates import Epilogue
 from ..emit.emitter import CodegenError, Emitter, Expr, Scope
-from ..pointwise_reduction import group_outputs
+from ..source import group_outputs
 from ..emit.indexing import Atom, Var, digits, reshape_index
 from ....schedule.kernel import Kernel
 
