@@ -25,148 +25,27 @@ from several threads (SQLAlchemy pools connections); each process should make it
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
-import math
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterable, Mapping
+from functools import partial
+from typing import Any, Callable, Iterable, Mapping
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import make_url
 
 from ..schedule.device import (CUDA_LABEL, INTERPRETER_LABEL, REPLAY_LABEL, SOURCE_CUDA, SOURCE_INTERPRETER,
                      SOURCE_REPLAY, SOURCE_UNKNOWN, TIMING_SOURCES, source_name, trusted_source)
 from ..schedule.problem import KernelProblem
 from ..schedule.space import Config, ScheduleSpace, config_hash
+# The tables, records and row helpers live in .schema; they are importable from here as before.
+from .schema import (KEY_FIELDS, BestEntry, CorruptEntry, Rejection, TuningKey, best_configs, best_row,
+                     claims, entry_from_row, import_row, make_engine, measurement_rows, measurements,
+                     metadata, now_utc, parse_config, space_version)
+
+__all__ = ["TuningDatabase", "TuningKey", "BestEntry", "Rejection", "CorruptEntry", "KEY_FIELDS",
+           "best_configs", "measurements", "claims", "metadata", "make_engine", "parse_config",
+           "space_version"]
 
 log = logging.getLogger(__name__)
-
-metadata = sa.MetaData()
-
-#: Best config per key.
-best_configs = sa.Table(
-    "tw_best_configs", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("problem_key", sa.String(64), nullable=False),
-    sa.Column("device_name", sa.String(128), nullable=False),
-    sa.Column("capability", sa.String(32), nullable=False),
-    sa.Column("triton_version", sa.String(32), nullable=False),
-    sa.Column("space_version", sa.String(64), nullable=False),
-    sa.Column("kind", sa.String(32), nullable=False),
-    sa.Column("kernel_name", sa.String(256), nullable=False, default=""),
-    sa.Column("config_json", sa.Text, nullable=False),
-    sa.Column("config_hash", sa.String(32), nullable=False),
-    sa.Column("time_s", sa.Float, nullable=True),
-    sa.Column("default_time_s", sa.Float, nullable=True),
-    sa.Column("trials", sa.Integer, nullable=False, default=0),
-    sa.Column("timing_label", sa.String(128), nullable=False, default=""),
-    sa.Column("timing_source", sa.String(16), nullable=False, default="", server_default=""),
-    sa.Column("problem_json", sa.Text, nullable=False, default="{}"),
-    sa.Column("updated_at", sa.DateTime, nullable=False),
-    sa.UniqueConstraint("problem_key", "device_name", "capability", "triton_version",
-                        "space_version", name="uq_tw_best_key"),
-)
-
-#: One row per measurement (successful or failed).
-measurements = sa.Table(
-    "tw_measurements", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("problem_key", sa.String(64), nullable=False, index=True),
-    sa.Column("device_name", sa.String(128), nullable=False),
-    sa.Column("capability", sa.String(32), nullable=False),
-    sa.Column("triton_version", sa.String(32), nullable=False),
-    sa.Column("space_version", sa.String(64), nullable=False),
-    sa.Column("kind", sa.String(32), nullable=False),
-    sa.Column("config_json", sa.Text, nullable=False),
-    sa.Column("config_hash", sa.String(32), nullable=False),
-    sa.Column("time_s", sa.Float, nullable=True),
-    sa.Column("error", sa.Text, nullable=True),
-    sa.Column("timing_label", sa.String(128), nullable=False, default=""),
-    sa.Column("timing_source", sa.String(16), nullable=False, default="", server_default=""),
-    sa.Column("created_at", sa.DateTime, nullable=False),
-)
-
-#: Which trial of a shared study measures a config (so two workers never measure the same one).
-claims = sa.Table(
-    "tw_claims", metadata,
-    sa.Column("study_name", sa.String(512), primary_key=True),
-    sa.Column("config_hash", sa.String(32), primary_key=True),
-    sa.Column("trial_number", sa.Integer, nullable=False),
-    sa.Column("claimed_at", sa.DateTime, nullable=False),
-)
-
-KEY_FIELDS = ("problem_key", "device_name", "capability", "triton_version", "space_version")
-
-
-def space_version(space: ScheduleSpace) -> str:
-    """The schedule-space version stored in keys: declared version + parameter fingerprint."""
-    return f"{space.kind}-v{space.version}-{space.fingerprint()[:8]}"
-
-
-@dataclass(frozen=True)
-class TuningKey:
-    """Everything a tuning entry is valid for."""
-
-    problem_key: str
-    device_name: str
-    capability: str
-    triton_version: str
-    space_version: str
-
-    @classmethod
-    def make(cls, problem: KernelProblem, space: ScheduleSpace,
-             device: Mapping[str, Any]) -> "TuningKey":
-        """The key of ``problem`` under ``space`` on ``device`` (a device-info dict)."""
-        return cls(problem.key(), str(device["name"]), str(device["capability"]),
-                   str(device["triton_version"]), space_version(space))
-
-    def as_dict(self) -> dict[str, str]:
-        """Column name -> value."""
-        return {f: getattr(self, f) for f in KEY_FIELDS}
-
-
-@dataclass(frozen=True)
-class BestEntry:
-    """A validated best-config entry."""
-
-    key: TuningKey
-    kind: str
-    kernel_name: str
-    config: Config
-    time_s: float | None
-    default_time_s: float | None
-    trials: int
-    timing_label: str
-    updated_at: dt.datetime
-    timing_source: str = SOURCE_UNKNOWN
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """An entry that was ignored, and why."""
-
-    row_id: int | None
-    problem_key: str
-    reason: str
-
-
-class CorruptEntry(ValueError):
-    """A stored entry whose fields do not parse or have the wrong types."""
-
-
-def parse_config(text: Any) -> Config:
-    """Parse a stored config; raises :class:`CorruptEntry` on bad JSON or wrong types."""
-    try:
-        value = json.loads(text) if isinstance(text, str) else text
-    except (TypeError, ValueError) as exc:
-        raise CorruptEntry(f"config is not JSON: {exc}") from exc
-    if not isinstance(value, dict) or not value:
-        raise CorruptEntry("config is not a non-empty object")
-    for name, item in value.items():
-        if not isinstance(name, str) or not isinstance(item, (int, str, bool)):
-            raise CorruptEntry(f"config field {name!r} has type {type(item).__name__}")
-    return value
 
 
 def _untrusted(entry: BestEntry, device: Mapping[str, Any], accept: tuple[str, ...]) -> str:
@@ -180,32 +59,6 @@ def _untrusted(entry: BestEntry, device: Mapping[str, Any], accept: tuple[str, .
     else:
         why = f"timing source {source!r} is not a real measurement on {device.get('name')}"
     return f"untrusted: {why}; accepted: {wanted}"
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-
-
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
-
-
-def make_engine(url: str) -> Engine:
-    """A SQLAlchemy engine for ``url``; SQLite gets WAL mode and a busy timeout."""
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"timeout": 60})
-
-        @sa.event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=60000")
-            cur.close()
-
-        return engine
-    return sa.create_engine(url, pool_pre_ping=True)
 
 
 class TuningDatabase:
@@ -227,14 +80,9 @@ class TuningDatabase:
         self._add_source_columns()
 
     def _create_tables(self) -> None:
-        for attempt in range(3):
-            try:
-                metadata.create_all(self.engine, checkfirst=True)
-                return
-            except sa.exc.DBAPIError as exc:  # another process created them meanwhile
-                if attempt == 2:
-                    raise
-                log.debug("create_all raced (%s); retrying", exc)
+        # another process may create them meanwhile
+        _retry_raced(lambda: metadata.create_all(self.engine, checkfirst=True),
+                     "create_all raced (%s); retrying")
 
     def _add_source_columns(self) -> None:
         """Schema upgrade of databases made before timing sources: add the column (empty).
@@ -243,23 +91,23 @@ class TuningDatabase:
         here (see :meth:`migrate_sources`).
         """
         for table in (best_configs, measurements):
-            for attempt in range(3):
-                columns = {c["name"] for c in sa.inspect(self.engine).get_columns(table.name)}
-                if "timing_source" in columns:
-                    break
-                try:
-                    with self.engine.begin() as conn:
-                        conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN timing_source "
-                                             "VARCHAR(16) NOT NULL DEFAULT ''")
-                    log.warning("tuning database %s: added column timing_source to %s; its old "
-                                "entries have no timing source and are not used at compile time "
-                                "(`tilewright tuning migrate` fills it from their labels)",
-                                self._safe_url(), table.name)
-                    break
-                except sa.exc.DBAPIError as exc:  # another process added it meanwhile
-                    if attempt == 2:
-                        raise
-                    log.debug("adding timing_source raced (%s); checking again", exc)
+            # another process may add it meanwhile
+            _retry_raced(partial(self._add_source_column, table),
+                         "adding timing_source raced (%s); checking again",
+                         skip=partial(self._has_source_column, table))
+
+    def _has_source_column(self, table: sa.Table) -> bool:
+        columns = {c["name"] for c in sa.inspect(self.engine).get_columns(table.name)}
+        return "timing_source" in columns
+
+    def _add_source_column(self, table: sa.Table) -> None:
+        with self.engine.begin() as conn:
+            conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN timing_source "
+                                 "VARCHAR(16) NOT NULL DEFAULT ''")
+        log.warning("tuning database %s: added column timing_source to %s; its old "
+                    "entries have no timing source and are not used at compile time "
+                    "(`tilewright tuning migrate` fills it from their labels)",
+                    self._safe_url(), table.name)
 
     def _safe_url(self) -> str:
         return make_url(self.url).render_as_string(hide_password=True)
@@ -331,11 +179,7 @@ class TuningDatabase:
         if reason:
             self._reject(row.get("id"), pkey, f"invalid in current space: {reason}")
             return None
-        key = TuningKey(*(str(row[f]) for f in KEY_FIELDS))
-        return BestEntry(key, str(row["kind"]), str(row.get("kernel_name") or ""), config,
-                         row.get("time_s"), row.get("default_time_s"), int(row.get("trials") or 0),
-                         str(row.get("timing_label") or ""), row["updated_at"],
-                         str(row.get("timing_source") or SOURCE_UNKNOWN))
+        return entry_from_row(row, config)
 
     def put_best(self, problem: KernelProblem, space: ScheduleSpace, device: Mapping[str, Any],
                  config: Config, *, time_s: float | None, timing_source: str,
@@ -361,12 +205,9 @@ class TuningDatabase:
             raise ValueError(f"timing source {timing_source!r} is not one of {TIMING_SOURCES}")
         config = space.validate(config)
         key = TuningKey.make(problem, space, device)
-        values = dict(key.as_dict(), kind=space.kind, kernel_name=kernel_name,
-                      config_json=json.dumps(config, sort_keys=True), config_hash=config_hash(config),
-                      time_s=_finite(time_s), default_time_s=_finite(default_time_s),
-                      trials=int(trials), timing_label=timing_label, timing_source=timing_source,
-                      problem_json=json.dumps(problem.to_dict(), sort_keys=True, default=str),
-                      updated_at=_now())
+        values = best_row(key, problem, space, config, time_s=time_s, timing_source=timing_source,
+                          default_time_s=default_time_s, trials=trials, kernel_name=kernel_name,
+                          timing_label=timing_label)
         written = self._upsert(values, force, trusted_source(device))
         if not written:
             log.info("not storing %s for %s: the stored entry is faster or better founded",
@@ -422,12 +263,7 @@ class TuningDatabase:
     def add_measurements(self, problem: KernelProblem, space: ScheduleSpace,
                          device: Mapping[str, Any], results: Iterable[Any]) -> int:
         """Append measurement records (objects with config, time_s, error, label)."""
-        key = TuningKey.make(problem, space, device).as_dict()
-        rows = [dict(key, kind=space.kind, config_json=json.dumps(r.config, sort_keys=True),
-                     config_hash=config_hash(r.config), time_s=_finite(r.time_s),
-                     error=r.error, timing_label=r.label or "",
-                     timing_source=getattr(r, "source", "") or SOURCE_UNKNOWN, created_at=_now())
-                for r in results]
+        rows = measurement_rows(TuningKey.make(problem, space, device), space.kind, results)
         if rows:
             with self.engine.begin() as conn:
                 conn.execute(sa.insert(measurements), rows)
@@ -451,7 +287,7 @@ class TuningDatabase:
         try:
             with self.engine.begin() as conn:
                 conn.execute(sa.insert(claims).values(study_name=study_name, config_hash=config_hash_,
-                                                      trial_number=trial_number, claimed_at=_now()))
+                                                      trial_number=trial_number, claimed_at=now_utc()))
             return trial_number
         except sa.exc.IntegrityError:
             pass
@@ -465,7 +301,7 @@ class TuningDatabase:
         with self.engine.begin() as conn:
             result = conn.execute(sa.update(claims).where(
                 claims.c.study_name == study_name, claims.c.config_hash == config_hash_,
-                claims.c.trial_number == old).values(trial_number=new, claimed_at=_now()))
+                claims.c.trial_number == old).values(trial_number=new, claimed_at=now_utc()))
         return result.rowcount == 1
 
     # -- management (the ``tilewright tuning`` command) ---------------------------------------
@@ -507,7 +343,7 @@ class TuningDatabase:
         imported, rejected = 0, []
         for row in data.get("best_configs", []):
             try:
-                values = self._import_row(row)
+                values = import_row(row)
             except CorruptEntry as exc:
                 rej = Rejection(None, str(row.get("problem_key", "?")) if isinstance(row, dict) else "?",
                                 f"corrupt: {exc}")
@@ -518,34 +354,6 @@ class TuningDatabase:
             if self._upsert(values, force, trusted):
                 imported += 1
         return imported, rejected
-
-    @staticmethod
-    def _import_row(row: Any) -> dict[str, Any]:
-        if not isinstance(row, dict):
-            raise CorruptEntry("entry is not an object")
-        for f in KEY_FIELDS + ("kind",):
-            if not isinstance(row.get(f), str) or not row[f]:
-                raise CorruptEntry(f"field {f!r} missing or not a string")
-        config = parse_config(row.get("config_json"))
-        if row.get("config_hash") not in (None, config_hash(config)):
-            raise CorruptEntry("config hash does not match config")
-        time_s = row.get("time_s")
-        if time_s is not None and not isinstance(time_s, (int, float)):
-            raise CorruptEntry("time_s is not a number")
-        default_time_s = row.get("default_time_s")
-        if default_time_s is not None and not isinstance(default_time_s, (int, float)):
-            raise CorruptEntry("default_time_s is not a number")
-        source = row.get("timing_source") or SOURCE_UNKNOWN
-        if source != SOURCE_UNKNOWN and source not in TIMING_SOURCES:
-            raise CorruptEntry(f"unknown timing source {source!r}")
-        values = {f: row[f] for f in KEY_FIELDS}
-        values.update(kind=row["kind"], kernel_name=str(row.get("kernel_name") or ""),
-                      config_json=json.dumps(config, sort_keys=True), config_hash=config_hash(config),
-                      time_s=_finite(time_s), default_time_s=_finite(default_time_s),
-                      trials=int(row.get("trials") or 0), timing_label=str(row.get("timing_label") or ""),
-                      timing_source=source,
-                      problem_json=str(row.get("problem_json") or "{}"), updated_at=_now())
-        return values
 
     def prune(self, *, triton_version: str | None = None, device_name: str | None = None,
               older_than_days: float | None = None, corrupt: bool = False,
@@ -558,7 +366,7 @@ class TuningDatabase:
             Number of best-config rows deleted (their measurements go with them).
         """
         doomed: list[dict[str, Any]] = []
-        cutoff = _now() - dt.timedelta(days=older_than_days) if older_than_days is not None else None
+        cutoff = now_utc() - dt.timedelta(days=older_than_days) if older_than_days is not None else None
         for row in self.entries():
             bad = everything
             bad |= triton_version is not None and row["triton_version"] != triton_version
@@ -610,3 +418,23 @@ class TuningDatabase:
     def close(self) -> None:
         """Release pooled connections."""
         self.engine.dispose()
+
+
+def _retry_raced(step: Callable[[], None], race_message: str, *,
+                 skip: Callable[[], bool] = lambda: False) -> None:
+    """Run a schema ``step`` that another process may race; up to three attempts.
+
+    Each attempt first asks ``skip`` whether the step is no longer needed. A database error
+    (the other process got there first) is logged at debug level with ``race_message`` and
+    retried; the third one is raised.
+    """
+    for attempt in range(3):
+        if skip():
+            return
+        try:
+            step()
+            return
+        except sa.exc.DBAPIError as exc:
+            if attempt == 2:
+                raise
+            log.debug(race_message, exc)

@@ -399,6 +399,27 @@ def run_search(kernel: TunableKernel, measurer: Measurer, *,
     device = dict(device or measurer.device_info())
     space = kernel.space
     ranked = rank_space(kernel, cost_model, device)
+    candidates, filtered = _candidate_hashes(space, ranked, settings)
+    pool = _fallback_pool(space, ranked, candidates, filtered, settings.seed)
+    if candidates is not None and not candidates:
+        log.warning("%s: the schedule space has no feasible config; nothing to tune", kernel.name)
+    study = create_study(kernel, storage, settings, device, ranked, seed_offset)
+    if isinstance(study._storage, optuna.storages.RDBStorage):
+        optuna.storages.fail_stale_trials(study)  # trials of a killed process -> FAIL + retry
+    stopper = _Stopper(settings, candidates)
+    objective = _Objective(kernel, measurer, filtered, pool, stopper, on_result, claims)
+    if not stopper.done(study):
+        with _quiet_optuna():
+            study.optimize(objective, n_trials=settings.trials * settings.max_proposals_factor + 20,
+                           catch=(MeasurementFailed,), n_jobs=n_jobs,
+                           callbacks=[stopper, _progress_callback(on_trial)])
+    return summarize(kernel, study, measurer, settings) if finalize else _partial(kernel, study)
+
+
+def _candidate_hashes(space: ScheduleSpace, ranked: list[Config] | None,
+                      settings: SearchSettings) -> tuple[set[str] | None, set[str]]:
+    """Hashes of the configs worth measuring (None: unknown, too many to enumerate) and of the
+    configs the cost model filters out (its slowest ranks, never the default config)."""
     candidates: set[str] | None = None
     filtered: set[str] = set()
     if ranked is not None:
@@ -409,67 +430,85 @@ def run_search(kernel: TunableKernel, measurer: Measurer, *,
         n = sum(1 for _ in zip(range(MAX_ENUMERATE + 1), space.enumerate()))
         if n <= MAX_ENUMERATE:
             candidates = {config_hash(c) for c in space.enumerate()}
-    # Unmeasured configs to fall back on when the sampler repeats itself: best-ranked first.
-    if ranked is not None:
-        pool = [c for c in ranked if config_hash(c) not in filtered]
-    elif candidates is not None:
-        pool = list(space.enumerate())
-        random.Random(settings.seed).shuffle(pool)
-    else:
-        pool = []
-    if candidates is not None and not candidates:
-        log.warning("%s: the schedule space has no feasible config; nothing to tune", kernel.name)
-    study = create_study(kernel, storage, settings, device, ranked, seed_offset)
-    if isinstance(study._storage, optuna.storages.RDBStorage):
-        optuna.storages.fail_stale_trials(study)  # trials of a killed process -> FAIL + retry
-    stopper = _Stopper(settings, candidates)
+    return candidates, filtered
 
-    def objective(trial: optuna.Trial) -> float:
-        config = suggest(trial, space)
+
+def _fallback_pool(space: ScheduleSpace, ranked: list[Config] | None, candidates: set[str] | None,
+                   filtered: set[str], seed: int | None) -> list[Config]:
+    """Unmeasured configs to fall back on when the sampler repeats itself: best-ranked first
+    (without a ranking: the enumerated space, shuffled; too large to enumerate: none)."""
+    if ranked is not None:
+        return [c for c in ranked if config_hash(c) not in filtered]
+    if candidates is not None:
+        pool = list(space.enumerate())
+        random.Random(seed).shuffle(pool)
+        return pool
+    return []
+
+
+class _Objective:
+    """The Optuna objective of one kernel's search (the steps of the module docstring)."""
+
+    def __init__(self, kernel: TunableKernel, measurer: Measurer, filtered: set[str],
+                 pool: Sequence[Config], stopper: _Stopper,
+                 on_result: Callable[[MeasureResult], None] | None, claims: Any) -> None:
+        self.kernel, self.measurer, self.space = kernel, measurer, kernel.space
+        self.filtered, self.pool, self.stopper = filtered, pool, stopper
+        self.on_result, self.claims = on_result, claims
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        config = suggest(trial, self.space)
         h = config_hash(config)
         trial.set_user_attr("config", config)
         trial.set_user_attr("config_hash", h)
-        reason = space.check(config)
-        if reason:
-            trial.set_user_attr("infeasible", reason)
-            raise optuna.TrialPruned(f"infeasible: {reason}")
-        if h in filtered:
-            trial.set_user_attr("filtered", "cost model ranks it in the slowest part of the space")
-            raise optuna.TrialPruned("filtered by the cost model")
-        previous = _find_previous(trial.study, h, trial.number, wait_s=600.0, claims=claims)
+        self._screen(trial, config, h)
+        previous = _find_previous(trial.study, h, trial.number, wait_s=600.0, claims=self.claims)
         if previous is not None:
             trial.set_user_attr("duplicate_of", previous.number)
-            _enqueue_fresh(trial.study, space, pool, config)
+            _enqueue_fresh(trial.study, self.space, self.pool, config)
             if previous.state == TrialState.COMPLETE and previous.value is not None:
                 return float(previous.value)
             raise optuna.TrialPruned(f"config already failed in trial {previous.number}")
-        if stopper.done(trial.study):  # another worker finished the budget meanwhile
+        if self.stopper.done(trial.study):  # another worker finished the budget meanwhile
             raise optuna.TrialPruned("budget reached")
+        return self._measure(trial, config)
+
+    def _screen(self, trial: optuna.Trial, config: Config, h: str) -> None:
+        """Prune an infeasible config, or one the cost model filters out."""
+        reason = self.space.check(config)
+        if reason:
+            trial.set_user_attr("infeasible", reason)
+            raise optuna.TrialPruned(f"infeasible: {reason}")
+        if h in self.filtered:
+            trial.set_user_attr("filtered", "cost model ranks it in the slowest part of the space")
+            raise optuna.TrialPruned("filtered by the cost model")
+
+    def _measure(self, trial: optuna.Trial, config: Config) -> float:
+        """Time ``config``; a failure raises :class:`MeasurementFailed` (a FAIL trial)."""
         trial.set_user_attr("measuring", True)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        result = measurer.measure(kernel, [config])[0]
-        if on_result is not None:
-            on_result(result)
+        result = self.measurer.measure(self.kernel, [config])[0]
+        if self.on_result is not None:
+            self.on_result(result)
         trial.set_user_attr("measured", True)
         trial.set_user_attr("label", result.label)
         if not result.ok:
             trial.set_user_attr("error", result.error)
-            log.info("%s: config %s failed: %s", kernel.name, config, result.error)
+            log.info("%s: config %s failed: %s", self.kernel.name, config, result.error)
             raise MeasurementFailed(result.error or "measurement failed")
         trial.set_user_attr("times", [float(x) for x in result.times[:64]])
         return float(result.time_s)  # type: ignore[arg-type]
 
+
+def _progress_callback(on_trial: Callable[[int, float], None] | None
+                       ) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """The Optuna callback reporting (measured count, best time so far) after measured trials."""
     def progress(study: optuna.Study, trial: FrozenTrial) -> None:
         if on_trial is not None and is_measured(trial):
             trials = measured_trials(study)
             on_trial(len(trials), best_so_far(trials)[-1] if trials else math.inf)
 
-    if not stopper.done(study):
-        with _quiet_optuna():
-            study.optimize(objective, n_trials=settings.trials * settings.max_proposals_factor + 20,
-                           catch=(MeasurementFailed,), n_jobs=n_jobs,
-                           callbacks=[stopper, progress])
-    return summarize(kernel, study, measurer, settings) if finalize else _partial(kernel, study)
+    return progress
 
 
 class _quiet_optuna:

@@ -82,90 +82,135 @@ def run(args: argparse.Namespace) -> int:
 
 def _dispatch(db: Any, args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.table import Table
-
-    from ..schedule.device import source_name
 
     err = Console(stderr=True, soft_wrap=True)
     # NOTE: piped output is not cut at 80 columns; cells wrap instead of being elided.
     out_console = Console(width=None if sys.stdout.isatty() else 220)
     if args.action in ("list", "show"):
-        rows = db.entries(args.key if args.action == "show" else None)
-        if args.action == "show" and not rows:
-            return fail(f"no entry for key {args.key!r}", 1)
-        if args.json:
-            out: Any = [{k: (str(v) if k == "updated_at" else v) for k, v in r.items()} for r in rows]
-            if args.action == "show":
-                out = {"entries": out, "measurements": [
-                    {k: str(v) if k == "created_at" else v for k, v in m.items()}
-                    for r in rows for m in db.measurements_for(r["problem_key"])]}
-            print(json.dumps(out, indent=2, default=str))
-            return 0
-        table = Table(title=f"tuning entries ({len(rows)})")
-        for col in ("key", "kernel", "kind", "device", "triton", "space", "time", "default", "trials",
-                    "source", "timing", "config"):
-            table.add_column(col, overflow="fold")
-        for r in rows:
-            table.add_row(r["problem_key"], r["kernel_name"], r["kind"],
-                          f"{r['device_name']} ({r['capability']})", r["triton_version"],
-                          r["space_version"], _fmt(r["time_s"]), _fmt(r["default_time_s"]),
-                          str(r["trials"]), source_name(r.get("timing_source")), r["timing_label"],
-                          r["config_json"])
-        out_console.print(table)
-        if args.action == "show":
-            m = Table(title="measurements")
-            for col in ("config", "time", "error", "source", "timing"):
-                m.add_column(col, overflow="fold")
-            for r in rows:
-                for rec in db.measurements_for(r["problem_key"]):
-                    m.add_row(rec["config_json"], _fmt(rec["time_s"]), (rec["error"] or "")[:80],
-                              source_name(rec.get("timing_source")), rec["timing_label"])
-            out_console.print(m)
-        return 0
+        return _list_or_show(db, args, out_console)
     if args.action == "export":
-        text = json.dumps(db.export_entries(args.measurements), indent=2, default=str)
-        if args.file == "-":
-            sys.stdout.write(text + "\n")
-            return 0
-        try:
-            Path(args.file).write_text(text)
-        except OSError as exc:
-            return fail(f"cannot write {args.file}: {exc.strerror or exc}")
-        err.print(f"wrote {len(db.entries())} entries to {args.file}")
-        return 0
+        return _export(db, args, err)
     if args.action == "import":
-        try:
-            data = json.loads(Path(args.file).read_text())
-        except OSError as exc:
-            return fail(f"cannot import {args.file}: {exc.strerror or exc}")
-        except ValueError as exc:
-            return fail(f"cannot import {args.file}: not JSON ({exc})")
-        if not isinstance(data, dict):
-            return fail(f"cannot import {args.file}: not a tilewright tuning export")
-        try:
-            n, rejected = db.import_entries(data, force=args.force)
-        except ValueError as exc:
-            return fail(f"cannot import {args.file}: {exc}")
-        err.print(f"imported {n} entries, rejected {len(rejected)}")
-        for rej in rejected:
-            err.print(f"  rejected {rej.problem_key}: {one_line(rej.reason)}")
-        return 0
+        return _import(db, args, err)
     if args.action == "prune":
-        import triton
-
-        if not (args.other_triton or args.device or args.older_than is not None or args.corrupt
-                or args.source or args.all):
-            return fail("say what to prune (--other-triton, --device, --older-than, --corrupt, "
-                        "--source or --all)")
-        n = db.prune(triton_version=triton.__version__ if args.other_triton else None,
-                     device_name=args.device, older_than_days=args.older_than,
-                     corrupt=args.corrupt, source=args.source, everything=args.all)
-        err.print(f"pruned {n} entries")
-        return 0
+        return _prune(db, args, err)
     if args.action == "migrate":
-        counts = db.migrate_sources(dry_run=args.dry_run)
-        verb = "would set" if args.dry_run else "set"
-        err.print(f"{verb} the timing source of " + ", ".join(f"{n} rows to {s}" for s, n in counts.items())
-                  + "; rows whose label names no source stay unknown (never used at compile time)")
-        return 0
+        return _migrate(db, args, err)
     return 2
+
+
+def _list_or_show(db: Any, args: argparse.Namespace, out_console: Any) -> int:
+    """``list`` / ``show KEY``: the entries (and, for show, their measurements), as JSON or tables."""
+    rows = db.entries(args.key if args.action == "show" else None)
+    if args.action == "show" and not rows:
+        return fail(f"no entry for key {args.key!r}", 1)
+    if args.json:
+        _print_json(db, args, rows)
+        return 0
+    out_console.print(_entries_table(rows))
+    if args.action == "show":
+        out_console.print(_measurements_table(db, rows))
+    return 0
+
+
+def _print_json(db: Any, args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    """Print ``rows`` as JSON (``show``: with their measurements)."""
+    out: Any = [{k: (str(v) if k == "updated_at" else v) for k, v in r.items()} for r in rows]
+    if args.action == "show":
+        out = {"entries": out, "measurements": [
+            {k: str(v) if k == "created_at" else v for k, v in m.items()}
+            for r in rows for m in db.measurements_for(r["problem_key"])]}
+    print(json.dumps(out, indent=2, default=str))
+
+
+def _entries_table(rows: list[dict[str, Any]]) -> Any:
+    """A rich table of best-config rows."""
+    from rich.table import Table
+
+    from ..schedule.device import source_name
+
+    table = Table(title=f"tuning entries ({len(rows)})")
+    for col in ("key", "kernel", "kind", "device", "triton", "space", "time", "default", "trials",
+                "source", "timing", "config"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["problem_key"], r["kernel_name"], r["kind"],
+                      f"{r['device_name']} ({r['capability']})", r["triton_version"],
+                      r["space_version"], _fmt(r["time_s"]), _fmt(r["default_time_s"]),
+                      str(r["trials"]), source_name(r.get("timing_source")), r["timing_label"],
+                      r["config_json"])
+    return table
+
+
+def _measurements_table(db: Any, rows: list[dict[str, Any]]) -> Any:
+    """A rich table of the measurements of ``rows``' problem keys."""
+    from rich.table import Table
+
+    from ..schedule.device import source_name
+
+    m = Table(title="measurements")
+    for col in ("config", "time", "error", "source", "timing"):
+        m.add_column(col, overflow="fold")
+    for r in rows:
+        for rec in db.measurements_for(r["problem_key"]):
+            m.add_row(rec["config_json"], _fmt(rec["time_s"]), (rec["error"] or "")[:80],
+                      source_name(rec.get("timing_source")), rec["timing_label"])
+    return m
+
+
+def _export(db: Any, args: argparse.Namespace, err: Any) -> int:
+    """``export FILE``: the database as JSON, to a file or stdout (``-``)."""
+    text = json.dumps(db.export_entries(args.measurements), indent=2, default=str)
+    if args.file == "-":
+        sys.stdout.write(text + "\n")
+        return 0
+    try:
+        Path(args.file).write_text(text)
+    except OSError as exc:
+        return fail(f"cannot write {args.file}: {exc.strerror or exc}")
+    err.print(f"wrote {len(db.entries())} entries to {args.file}")
+    return 0
+
+
+def _import(db: Any, args: argparse.Namespace, err: Any) -> int:
+    """``import FILE``: load an export; corrupt entries are listed, not imported."""
+    try:
+        data = json.loads(Path(args.file).read_text())
+    except OSError as exc:
+        return fail(f"cannot import {args.file}: {exc.strerror or exc}")
+    except ValueError as exc:
+        return fail(f"cannot import {args.file}: not JSON ({exc})")
+    if not isinstance(data, dict):
+        return fail(f"cannot import {args.file}: not a tilewright tuning export")
+    try:
+        n, rejected = db.import_entries(data, force=args.force)
+    except ValueError as exc:
+        return fail(f"cannot import {args.file}: {exc}")
+    err.print(f"imported {n} entries, rejected {len(rejected)}")
+    for rej in rejected:
+        err.print(f"  rejected {rej.problem_key}: {one_line(rej.reason)}")
+    return 0
+
+
+def _prune(db: Any, args: argparse.Namespace, err: Any) -> int:
+    """``prune``: delete the entries the flags select (at least one flag is required)."""
+    import triton
+
+    if not (args.other_triton or args.device or args.older_than is not None or args.corrupt
+            or args.source or args.all):
+        return fail("say what to prune (--other-triton, --device, --older-than, --corrupt, "
+                    "--source or --all)")
+    n = db.prune(triton_version=triton.__version__ if args.other_triton else None,
+                 device_name=args.device, older_than_days=args.older_than,
+                 corrupt=args.corrupt, source=args.source, everything=args.all)
+    err.print(f"pruned {n} entries")
+    return 0
+
+
+def _migrate(db: Any, args: argparse.Namespace, err: Any) -> int:
+    """``migrate``: give rows without a timing source the one their label names."""
+    counts = db.migrate_sources(dry_run=args.dry_run)
+    verb = "would set" if args.dry_run else "set"
+    err.print(f"{verb} the timing source of " + ", ".join(f"{n} rows to {s}" for s, n in counts.items())
+              + "; rows whose label names no source stay unknown (never used at compile time)")
+    return 0

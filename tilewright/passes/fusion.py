@@ -123,6 +123,26 @@ def fuse(graph: Graph, can_build: BuildCheck, kind_of: KindOf) -> FusionResult:
     ``kind_of(node)`` is the target's lowering kind of a node; ``can_build(group, materialize)``
     returns None when the target can build the group's kernel, else the reason it cannot.
     """
+    part = _initial_partition(graph, can_build, kind_of)
+    rejected: set[tuple[int, int]] = set()
+    while _merge_round(part, can_build, rejected):
+        pass
+    return _ordered_result(part)
+
+
+@dataclass
+class _Partition:
+    """The groups of a fusion in progress."""
+
+    out_ids: set[int]
+    #: node id -> position in the graph
+    order: dict[int, int]
+    groups: dict[int, Group]
+    node_group: dict[int, Group]
+
+
+def _initial_partition(graph: Graph, can_build: BuildCheck, kind_of: KindOf) -> _Partition:
+    """Every non-view node in a group of its own (extern when the target cannot build it)."""
     out_ids = {v.id for v in graph.output_values()}
     order = {n.id: i for i, n in enumerate(graph.nodes)}
     groups: dict[int, Group] = {}
@@ -141,103 +161,136 @@ def fuse(graph: Graph, can_build: BuildCheck, kind_of: KindOf) -> FusionResult:
                 g.anchor = None
         groups[g.id] = g
         node_group[n.id] = g
+    return _Partition(out_ids, order, groups, node_group)
 
-    def edges() -> nx.DiGraph:
-        dag = nx.DiGraph()
-        dag.add_nodes_from(groups)
-        for g in groups.values():
-            for n in g.nodes:
-                for v in n.inputs:
-                    p = producer_node(v)
-                    if p is not None and p.id in node_group and node_group[p.id] is not g:
-                        dag.add_edge(node_group[p.id].id, g.id)
-                if lookup(n.target).extra.get("inplace") and isinstance(n.args[0], Value):
-                    # every other reader of the old contents runs before the in-place write
-                    readers, _ = _non_view_users(n.args[0], out_ids)
-                    for r in readers:
-                        if r is not n and r.id in node_group and node_group[r.id] is not g:
-                            dag.add_edge(node_group[r.id].id, g.id)
-        return dag
 
-    def compatible(p: Group, c: Group) -> str | None:
-        if p.kind not in FUSABLE or c.kind not in FUSABLE:
-            return None
-        if any(lookup(n.target).extra.get("inplace") for n in p.nodes + c.nodes):
-            return None  # in-place writes keep their own kernel, after every reader
-        if c.kind in ANCHORED:
-            return None  # no prologue fusion
-        if p.kind in ANCHORED:
-            if c.kind != "pointwise" or c.numel() != p.numel():
-                return None
-            return p.kind
-        if p.kind == "pointwise" and c.kind == "pointwise":
-            return "pointwise" if p.numel() == c.numel() else None
-        if p.kind == "pointwise" and c.kind == "reduction":
-            return "reduction" if p.numel() in (c.numel(), c.row_numel()) else None
-        if p.kind == "reduction" and c.kind == "pointwise":
-            return "reduction" if c.numel() in (p.numel(), p.row_numel()) else None
-        if p.kind == "reduction" and c.kind == "reduction":
-            return "reduction" if (p.numel(), p.row_numel()) == (c.numel(), c.row_numel()) else None
+def _group_dag(part: _Partition) -> nx.DiGraph:
+    """Dependencies between groups: producer -> consumer, and reader -> in-place writer."""
+    dag = nx.DiGraph()
+    dag.add_nodes_from(part.groups)
+    node_group = part.node_group
+    for g in part.groups.values():
+        for n in g.nodes:
+            for v in n.inputs:
+                p = producer_node(v)
+                if p is not None and p.id in node_group and node_group[p.id] is not g:
+                    dag.add_edge(node_group[p.id].id, g.id)
+            if lookup(n.target).extra.get("inplace") and isinstance(n.args[0], Value):
+                # every other reader of the old contents runs before the in-place write
+                readers, _ = _non_view_users(n.args[0], part.out_ids)
+                for r in readers:
+                    if r is not n and r.id in node_group and node_group[r.id] is not g:
+                        dag.add_edge(node_group[r.id].id, g.id)
+    return dag
+
+
+def _fusion_kind(p: Group, c: Group) -> str | None:
+    """The kind of producer ``p`` and consumer ``c`` merged, or None when they are not compatible."""
+    if p.kind not in FUSABLE or c.kind not in FUSABLE:
         return None
+    if any(lookup(n.target).extra.get("inplace") for n in p.nodes + c.nodes):
+        return None  # in-place writes keep their own kernel, after every reader
+    if c.kind in ANCHORED:
+        return None  # no prologue fusion
+    if p.kind in ANCHORED:
+        if c.kind != "pointwise" or c.numel() != p.numel():
+            return None
+        return p.kind
+    if p.kind == "pointwise" and c.kind == "pointwise":
+        return "pointwise" if p.numel() == c.numel() else None
+    if p.kind == "pointwise" and c.kind == "reduction":
+        return "reduction" if p.numel() in (c.numel(), c.row_numel()) else None
+    if p.kind == "reduction" and c.kind == "pointwise":
+        return "reduction" if c.numel() in (p.numel(), p.row_numel()) else None
+    if p.kind == "reduction" and c.kind == "reduction":
+        return "reduction" if (p.numel(), p.row_numel()) == (c.numel(), c.row_numel()) else None
+    return None
 
-    def saved_bytes(p: Group, c: Group) -> int:
-        members = {n.id for n in p.nodes}
-        cmembers = {n.id for n in c.nodes}
-        total = 0
-        for n in p.nodes:
-            for o in n.outputs:
-                users, escapes = _non_view_users(o, out_ids)
-                if not any(u.id in cmembers for u in users):
-                    continue
-                outside = escapes or any(u.id not in members | cmembers for u in users)
-                total += o.type.numel * o.type.dtype.itemsize * (1 if outside else 2)
-        return total
 
-    rejected: set[tuple[int, int]] = set()
-    changed = True
-    while changed:
-        changed = False
-        dag = edges()
-        candidates = []
-        for pid, cid in dag.edges:
-            if (pid, cid) in rejected:
+def _saved_bytes(p: Group, c: Group, out_ids: set[int]) -> int:
+    """Memory traffic saved by merging ``p`` into its consumer ``c`` (a value no longer
+    written and read back, or at least no longer read back)."""
+    members = {n.id for n in p.nodes}
+    cmembers = {n.id for n in c.nodes}
+    total = 0
+    for n in p.nodes:
+        for o in n.outputs:
+            users, escapes = _non_view_users(o, out_ids)
+            if not any(u.id in cmembers for u in users):
                 continue
-            kind = compatible(groups[pid], groups[cid])
-            if kind:
-                candidates.append((saved_bytes(groups[pid], groups[cid]), pid, cid, kind))
-        candidates.sort(key=lambda t: -t[0])
-        dirty: set[int] = set()
-        for _, pid, cid, kind in candidates:
-            if pid in dirty or cid in dirty:
-                continue  # contracting an edge only changes reachability around its ends
-            p, c = groups[pid], groups[cid]
-            # a cycle would appear if another path leads from p to c
-            others = [s for s in dag.successors(pid) if s != cid]
-            if any(nx.has_path(dag, s, cid) for s in others):
-                rejected.add((pid, cid))
-                continue
-            nodes = sorted(p.nodes + c.nodes, key=lambda n: order[n.id])
-            anchor = p.anchor if kind in ANCHORED else None
-            merged = Group(p.id, kind, nodes, anchor)
-            members = {n.id for n in nodes}
-            reason = can_build(merged, materialized(nodes, members, out_ids))
-            if reason:
-                log.debug("not fusing groups %d and %d: %s", pid, cid, reason)
-                rejected.add((pid, cid))
-                continue
-            groups[pid] = merged
-            del groups[cid]
-            for n in nodes:
-                node_group[n.id] = merged
-            dirty |= {pid, cid}
-            # earlier verdicts about the two groups no longer hold for the merged one
-            rejected = {pair for pair in rejected if not ({pair[0], pair[1]} & {pid, cid})}
-            changed = True
-    dag = edges()
+            outside = escapes or any(u.id not in members | cmembers for u in users)
+            total += o.type.numel * o.type.dtype.itemsize * (1 if outside else 2)
+    return total
+
+
+def _ranked_candidates(part: _Partition, dag: nx.DiGraph,
+                       rejected: set[tuple[int, int]]) -> list[tuple[int, int, int, str]]:
+    """Compatible (saved bytes, producer, consumer, merged kind) edges, most saved first."""
+    candidates = []
+    for pid, cid in dag.edges:
+        if (pid, cid) in rejected:
+            continue
+        kind = _fusion_kind(part.groups[pid], part.groups[cid])
+        if kind:
+            candidates.append((_saved_bytes(part.groups[pid], part.groups[cid], part.out_ids),
+                               pid, cid, kind))
+    candidates.sort(key=lambda t: -t[0])
+    return candidates
+
+
+def _merge_round(part: _Partition, can_build: BuildCheck, rejected: set[tuple[int, int]]) -> bool:
+    """Merge what one pass over the ranked candidates allows; returns whether anything merged.
+
+    Pairs that cannot merge are added to ``rejected``.
+    """
+    dag = _group_dag(part)
+    changed = False
+    dirty: set[int] = set()
+    for _, pid, cid, kind in _ranked_candidates(part, dag, rejected):
+        if pid in dirty or cid in dirty:
+            continue  # contracting an edge only changes reachability around its ends
+        merged = _merged_group(part, dag, pid, cid, kind, can_build)
+        if merged is None:
+            rejected.add((pid, cid))
+            continue
+        part.groups[pid] = merged
+        del part.groups[cid]
+        for n in merged.nodes:
+            part.node_group[n.id] = merged
+        dirty |= {pid, cid}
+        # earlier verdicts about the two groups no longer hold for the merged one
+        rejected -= {pair for pair in rejected if {pair[0], pair[1]} & {pid, cid}}
+        changed = True
+    return changed
+
+
+def _merged_group(part: _Partition, dag: nx.DiGraph, pid: int, cid: int, kind: str,
+                  can_build: BuildCheck) -> Group | None:
+    """Groups ``pid`` and ``cid`` as one group of ``kind``, or None when merging them would
+    create a cycle or the target cannot build the result."""
+    p, c = part.groups[pid], part.groups[cid]
+    # a cycle would appear if another path leads from p to c
+    others = [s for s in dag.successors(pid) if s != cid]
+    if any(nx.has_path(dag, s, cid) for s in others):
+        return None
+    nodes = sorted(p.nodes + c.nodes, key=lambda n: part.order[n.id])
+    anchor = p.anchor if kind in ANCHORED else None
+    merged = Group(p.id, kind, nodes, anchor)
+    members = {n.id for n in nodes}
+    reason = can_build(merged, materialized(nodes, members, part.out_ids))
+    if reason:
+        log.debug("not fusing groups %d and %d: %s", pid, cid, reason)
+        return None
+    return merged
+
+
+def _ordered_result(part: _Partition) -> FusionResult:
+    """The groups in execution order (ties: graph order) and every value they materialize."""
+    dag = _group_dag(part)
     ordered_ids = list(nx.lexicographical_topological_sort(
-        dag, key=lambda gid: min(order[n.id] for n in groups[gid].nodes)))
-    ordered = [groups[i] for i in ordered_ids]
+        dag, key=lambda gid: min(part.order[n.id] for n in part.groups[gid].nodes)))
+    ordered = [part.groups[i] for i in ordered_ids]
     materialize: set[int] = set()
     for g in ordered:
-        materialize |= materialized(g.nodes, {n.id for n in g.nodes}, out_ids)
-    return FusionResult(ordered, materialize, node_group)
+        materialize |= materialized(g.nodes, {n.id for n in g.nodes}, part.out_ids)
+    return FusionResult(ordered, materialize, part.node_group)

@@ -393,54 +393,8 @@ def match_softmax(sm: Node) -> AttentionBlock:
         raise NoMatch("softmax not over the last dim")
     if sm.target is aten.softmax.int and len(args) > 2 and args[2] not in (None, torch.float32, _dtype(args[0])):
         raise NoMatch("softmax to a lower-precision dtype")
-    fwd_nodes: list[Node] = [sm]
-    # -- forwards: casts and dropout, then matmul(p, v)
-    dropout_p = 0.0
-    cur = sm
-    while True:
-        user = single_user(cur)
-        t = target_of(user)
-        if t in _CAST_TARGETS:
-            fwd_nodes.append(user)
-            cur = user
-            continue
-        if t is aten.dropout.default and user.args[0] is cur:
-            if dropout_p:
-                raise NoMatch("two dropouts on the probabilities")
-            dropout_p = float(user.args[1]) if bool(user.args[2]) else 0.0
-            fwd_nodes.append(user)
-            cur = user
-            continue
-        if t is aten.native_dropout.default and user.args[0] is cur:
-            g = single_user(user)
-            if target_of(g) is not operator.getitem or g.args[1] != 0 or dropout_p:
-                raise NoMatch("native_dropout mask used, or two dropouts")
-            train = user.args[2] if len(user.args) > 2 else True
-            dropout_p = float(user.args[1]) if train else 0.0
-            fwd_nodes.extend([user, g])
-            cur = g
-            continue
-        if t in _MATMUL and user.args[0] is cur and user.args[1] is not cur:
-            pv, v_node = user, user.args[1]
-            break
-        if t is aten.einsum.default and _einsum_pv(user, cur) is not None:
-            pv, v_node = user, _einsum_pv(user, cur)
-            break
-        raise NoMatch(f"{user.name}: {t} after softmax is not a cast, dropout or p @ v")
-    # -- backwards: the score chain down to matmul(q, kT)
-    steps: list[_Step] = []
-    cur = args[0]
-    while True:
-        if not isinstance(cur, Node):
-            raise NoMatch("scores are not a graph value")
-        if single_user(cur) is not (steps[-1].node if steps else sm):
-            raise NoMatch(f"{cur.name} escapes")
-        if is_qk(cur):
-            qk = cur
-            break
-        prev = _score_operand(cur)
-        steps.append(_score_step(cur, prev))
-        cur = prev
+    pv, v_node, fwd_nodes, dropout_p = _prob_chain(sm)
+    qk, steps = _score_chain(sm)
     dead_order = [pv] + list(reversed(fwd_nodes)) + [s.node for s in steps] + [qk]
     # -- q, kT with constant factors folded
     form, alpha, pre_bias = "explicit", 1.0, None
@@ -470,7 +424,72 @@ def match_softmax(sm: Node) -> AttentionBlock:
         if not isinstance(pre_bias[0], Node):
             raise NoMatch("baddbmm input is not a tensor")
         _add_additive(block, pre_bias[0], pre_bias[1])
-    # -- interpret the score chain in data-flow order (matmul -> softmax)
+    scale = _fold_score_steps(block, steps, scale)
+    if any(f > EXCLUDE_THRESHOLD for f in block.fills):
+        raise NoMatch(f"a mask fill scaled to {max(block.fills):.3g} no longer excludes (> {EXCLUDE_THRESHOLD})")
+    block.scale = scale
+    return block
+
+
+def _prob_chain(sm: Node) -> tuple[Node, Node, list[Node], float]:
+    """Forwards from softmax: casts and dropout, then matmul(p, v).
+
+    Returns:
+        The p @ v node, the v operand, the nodes from ``sm`` on (in order) and the dropout rate.
+    """
+    fwd_nodes: list[Node] = [sm]
+    dropout_p = 0.0
+    cur = sm
+    while True:
+        user = single_user(cur)
+        t = target_of(user)
+        if t in _CAST_TARGETS:
+            fwd_nodes.append(user)
+            cur = user
+            continue
+        if t is aten.dropout.default and user.args[0] is cur:
+            if dropout_p:
+                raise NoMatch("two dropouts on the probabilities")
+            dropout_p = float(user.args[1]) if bool(user.args[2]) else 0.0
+            fwd_nodes.append(user)
+            cur = user
+            continue
+        if t is aten.native_dropout.default and user.args[0] is cur:
+            g = single_user(user)
+            if target_of(g) is not operator.getitem or g.args[1] != 0 or dropout_p:
+                raise NoMatch("native_dropout mask used, or two dropouts")
+            train = user.args[2] if len(user.args) > 2 else True
+            dropout_p = float(user.args[1]) if train else 0.0
+            fwd_nodes.extend([user, g])
+            cur = g
+            continue
+        if t in _MATMUL and user.args[0] is cur and user.args[1] is not cur:
+            return user, user.args[1], fwd_nodes, dropout_p
+        if t is aten.einsum.default and _einsum_pv(user, cur) is not None:
+            return user, _einsum_pv(user, cur), fwd_nodes, dropout_p
+        raise NoMatch(f"{user.name}: {t} after softmax is not a cast, dropout or p @ v")
+
+
+def _score_chain(sm: Node) -> tuple[Node, list[_Step]]:
+    """Backwards from softmax: the score chain down to matmul(q, kT) (the qk node, and the
+    steps read from softmax back to it); every intermediate must have a single user."""
+    steps: list[_Step] = []
+    cur = sm.args[0]
+    while True:
+        if not isinstance(cur, Node):
+            raise NoMatch("scores are not a graph value")
+        if single_user(cur) is not (steps[-1].node if steps else sm):
+            raise NoMatch(f"{cur.name} escapes")
+        if is_qk(cur):
+            return cur, steps
+        prev = _score_operand(cur)
+        steps.append(_score_step(cur, prev))
+        cur = prev
+
+
+def _fold_score_steps(block: AttentionBlock, steps: list[_Step], scale: float) -> float:
+    """Interpret the score chain in data-flow order (matmul -> softmax) into ``block``'s biases,
+    masks and fills; returns ``scale`` times the chain's scale factors."""
     for step in reversed(steps):
         if step.kind == "scale":
             scale *= step.data
@@ -481,10 +500,7 @@ def match_softmax(sm: Node) -> AttentionBlock:
         elif step.kind == "mask":
             _add_keep(block, step.data[0], step.data[1])
             block.fills.append(step.data[2])
-    if any(f > EXCLUDE_THRESHOLD for f in block.fills):
-        raise NoMatch(f"a mask fill scaled to {max(block.fills):.3g} no longer excludes (> {EXCLUDE_THRESHOLD})")
-    block.scale = scale
-    return block
+    return scale
 
 
 def _score_operand(node: Node) -> Node:

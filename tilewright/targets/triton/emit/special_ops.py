@@ -31,6 +31,33 @@ def _pair(v: Any, default: Any) -> tuple[int, int]:
     return (v[0], v[0]) if len(v) == 1 else (v[0], v[1])
 
 
+#: An emission guard: (mask code, the index variables it depends on), or None.
+Guard = tuple[str, frozenset[str]] | None
+
+
+def _norm_dim(d: int, rank: int) -> int:
+    """``d`` as a non-negative dim of a rank-``rank`` tensor (rank 0 counts as 1)."""
+    return d + max(rank, 1) if d < 0 else d
+
+
+def _slice_selection(node: Node, src: Value, rank: int, idx: tuple[Atom, ...]) -> tuple[int, str, Atom]:
+    """slice_scatter's dim, the condition that the index along it is in the slice, and the
+    matching index into the scattered value."""
+    dim = _norm_dim(node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0), rank)
+    size = src.type.shape[dim]
+    start = node.args[3] if len(node.args) > 3 else node.kwargs.get("start")
+    end = node.args[4] if len(node.args) > 4 else node.kwargs.get("end")
+    step = node.args[5] if len(node.args) > 5 else node.kwargs.get("step", 1)
+    start = 0 if start is None else (start + size if start < 0 else start)
+    end = size if end is None else min(size, end + size if end < 0 else end)
+    pos = idx[dim].code()
+    cond = f"({pos} >= {start}) & ({pos} < {end})"
+    if step != 1:
+        cond += f" & ((({pos}) - {start}) % {step} == 0)"
+    inner = Dyn(f"((({pos}) - {start}) // {step})", idx[dim].vars()) if step != 1 else Affine(idx[dim], 1, -start)
+    return dim, cond, inner
+
+
 class SpecialOpsMixin:
     """Emission of the special pointwise ops (mixed into the Emitter)."""
 
@@ -81,103 +108,112 @@ class SpecialOpsMixin:
         return self._assign(f"tl.rand({seed.code}, {offsets}) >= {p!r}", torch.bool, deps | seed.deps)
 
     def _indexing(self, node: Node, out: Value, idx: tuple[Atom, ...],
-                  guard: tuple[str, frozenset[str]] | None, kind: str) -> Expr:
+                  guard: Guard, kind: str) -> Expr:
         """gather / index_select (indirect loads) and slice/select_scatter (guarded selects)."""
         src: Value = node.args[0]
         rank = out.type.rank
         cdt = compute_dtype(out.type.dtype)
-
-        def norm(d: int) -> int:
-            return d + max(rank, 1) if d < 0 else d
-
         if kind == "constant_pad_nd":
-            pad = list(node.args[1])
-            fill = node.args[2] if len(node.args) > 2 else node.kwargs.get("value", 0)
-            src_idx = list(idx)
-            conds: list[str] = []
-            for k in range(len(pad) // 2):
-                d = rank - 1 - k
-                before = pad[2 * k]
-                pos = Affine(idx[d], 1, -before) if before else idx[d]
-                src_idx[d] = pos
-                conds.append(f"({pos.code()} >= 0) & ({pos.code()} < {src.type.shape[d]})")
-            cond = " & ".join(conds) or "True"
-            deps = frozenset().union(*(a.vars() for a in idx)) | (guard[1] if guard else frozenset())
-            inner = self.value(src, tuple(src_idx), ((f"({guard[0]}) & " if guard else "") + f"({cond})", deps))
-            return self._assign(f"tl.where({cond}, {cast_code(inner, cdt)}, {literal(fill)})", cdt, inner.deps | deps)
-        if kind == "scatter":  # scatter(self, dim, index, value) with one index per row along dim
-            dim = norm(node.args[1])
-            index = node.args[2]
-            fill = node.args[3] if len(node.args) > 3 else node.kwargs.get("value")
-            reduce = node.kwargs.get("reduce")
-            if not isinstance(index, Value) or isinstance(fill, Value) or fill is None or reduce is not None:
-                raise CodegenError("only scatter with a scalar value and no reduce is generated")
-            ishape = list(index.type.shape)
-            if ishape[dim] != 1 or [s for i, s in enumerate(ishape) if i != dim] != \
-                    [s for i, s in enumerate(src.type.shape) if i != dim]:
-                raise CodegenError("scatter needs one index per row along its dim")
-            at = list(idx)
-            at[dim] = Const(0)
-            target = self.value(index, tuple(at), guard)
-            old = self.value(src, idx, guard)
-            hit = f"({target.code} == {idx[dim].code()})"
-            return self._assign(f"tl.where({hit}, {literal(fill)}, {cast_code(old, cdt)})", cdt,
-                                target.deps | old.deps | idx[dim].vars())
-        if kind == "index":  # advanced indexing x[..., i0, i1, ...] with consecutive index tensors
-            indices = list(node.args[1])
-            used = [i for i, t in enumerate(indices) if t is not None]
-            if not used or used != list(range(used[0], used[-1] + 1)) or \
-                    not all(isinstance(indices[i], Value) for i in used):
-                raise CodegenError("index with non-consecutive or non-tensor indices is not generated")
-            first = used[0]
-            bshape = tuple(torch.broadcast_shapes(*(indices[i].type.shape for i in used)))
-            ib = len(bshape)
-            at = idx[first:first + ib]
-            src_idx = list(idx[:first])
-            for i in used:
-                t = indices[i]
-                pos = self.value(t, broadcast_index(at, bshape, t.type.shape), guard)
-                if t.type.dtype == torch.bool:
-                    raise CodegenError("boolean mask indexing is not generated")
-                src_idx.append(Dyn(f"tl.where({pos.code} < 0, {pos.code} + {src.type.shape[i]}, {pos.code})", pos.deps))
-            src_idx.extend(idx[first + ib:])
-            return self.value(src, tuple(src_idx), guard)
+            return self._constant_pad(node, src, rank, idx, guard, cdt)
+        if kind == "scatter":
+            return self._scatter_one(node, src, rank, idx, guard, cdt)
+        if kind == "index":
+            return self._advanced_index(node, src, idx, guard)
         if kind in ("gather", "index_select"):
-            dim = norm(node.args[1])
-            index: Value = node.args[2]
-            if not isinstance(index, Value):
-                raise CodegenError(f"{kind} needs a tensor index")
-            at = idx if kind == "gather" else (idx[dim],) if rank else (Const(0),) * index.type.rank
-            if kind == "gather" and index.type.rank == 0:
-                at = ()
-            pos = self.value(index, at, guard)
-            src_idx = list(idx)
-            if src.type.rank:
-                src_idx[dim] = Dyn(pos.code, pos.deps)
-            return self.value(src, tuple(src_idx), guard)
+            return self._gather_along(node, src, rank, idx, guard, kind)
+        if kind in ("slice_scatter", "select_scatter"):
+            return self._select_scatter(node, src, rank, idx, guard, cdt, kind)
+        raise CodegenError(f"unknown indexing op {kind}")  # pragma: no cover - registry and emitter disagree
+
+    def _constant_pad(self, node: Node, src: Value, rank: int, idx: tuple[Atom, ...],
+                      guard: Guard, cdt: torch.dtype) -> Expr:
+        """constant_pad_nd: the source at shifted indices inside it, the fill value outside."""
+        pad = list(node.args[1])
+        fill = node.args[2] if len(node.args) > 2 else node.kwargs.get("value", 0)
+        src_idx = list(idx)
+        conds: list[str] = []
+        for k in range(len(pad) // 2):
+            d = rank - 1 - k
+            before = pad[2 * k]
+            pos = Affine(idx[d], 1, -before) if before else idx[d]
+            src_idx[d] = pos
+            conds.append(f"({pos.code()} >= 0) & ({pos.code()} < {src.type.shape[d]})")
+        cond = " & ".join(conds) or "True"
+        deps = frozenset().union(*(a.vars() for a in idx)) | (guard[1] if guard else frozenset())
+        inner = self.value(src, tuple(src_idx), ((f"({guard[0]}) & " if guard else "") + f"({cond})", deps))
+        return self._assign(f"tl.where({cond}, {cast_code(inner, cdt)}, {literal(fill)})", cdt, inner.deps | deps)
+
+    def _scatter_one(self, node: Node, src: Value, rank: int, idx: tuple[Atom, ...],
+                     guard: Guard, cdt: torch.dtype) -> Expr:
+        """scatter(self, dim, index, value) with one index per row along dim."""
+        dim = _norm_dim(node.args[1], rank)
+        index = node.args[2]
+        fill = node.args[3] if len(node.args) > 3 else node.kwargs.get("value")
+        reduce = node.kwargs.get("reduce")
+        if not isinstance(index, Value) or isinstance(fill, Value) or fill is None or reduce is not None:
+            raise CodegenError("only scatter with a scalar value and no reduce is generated")
+        ishape = list(index.type.shape)
+        if ishape[dim] != 1 or [s for i, s in enumerate(ishape) if i != dim] != \
+                [s for i, s in enumerate(src.type.shape) if i != dim]:
+            raise CodegenError("scatter needs one index per row along its dim")
+        at = list(idx)
+        at[dim] = Const(0)
+        target = self.value(index, tuple(at), guard)
+        old = self.value(src, idx, guard)
+        hit = f"({target.code} == {idx[dim].code()})"
+        return self._assign(f"tl.where({hit}, {literal(fill)}, {cast_code(old, cdt)})", cdt,
+                            target.deps | old.deps | idx[dim].vars())
+
+    def _advanced_index(self, node: Node, src: Value, idx: tuple[Atom, ...], guard: Guard) -> Expr:
+        """Advanced indexing x[..., i0, i1, ...] with consecutive index tensors."""
+        indices = list(node.args[1])
+        used = [i for i, t in enumerate(indices) if t is not None]
+        if not used or used != list(range(used[0], used[-1] + 1)) or \
+                not all(isinstance(indices[i], Value) for i in used):
+            raise CodegenError("index with non-consecutive or non-tensor indices is not generated")
+        first = used[0]
+        bshape = tuple(torch.broadcast_shapes(*(indices[i].type.shape for i in used)))
+        ib = len(bshape)
+        at = idx[first:first + ib]
+        src_idx = list(idx[:first])
+        for i in used:
+            t = indices[i]
+            pos = self.value(t, broadcast_index(at, bshape, t.type.shape), guard)
+            if t.type.dtype == torch.bool:
+                raise CodegenError("boolean mask indexing is not generated")
+            src_idx.append(Dyn(f"tl.where({pos.code} < 0, {pos.code} + {src.type.shape[i]}, {pos.code})", pos.deps))
+        src_idx.extend(idx[first + ib:])
+        return self.value(src, tuple(src_idx), guard)
+
+    def _gather_along(self, node: Node, src: Value, rank: int, idx: tuple[Atom, ...],
+                      guard: Guard, kind: str) -> Expr:
+        """gather / index_select: the source loaded at the index tensor's value along dim."""
+        dim = _norm_dim(node.args[1], rank)
+        index: Value = node.args[2]
+        if not isinstance(index, Value):
+            raise CodegenError(f"{kind} needs a tensor index")
+        at = idx if kind == "gather" else (idx[dim],) if rank else (Const(0),) * index.type.rank
+        if kind == "gather" and index.type.rank == 0:
+            at = ()
+        pos = self.value(index, at, guard)
+        src_idx = list(idx)
+        if src.type.rank:
+            src_idx[dim] = Dyn(pos.code, pos.deps)
+        return self.value(src, tuple(src_idx), guard)
+
+    def _select_scatter(self, node: Node, src: Value, rank: int, idx: tuple[Atom, ...],
+                        guard: Guard, cdt: torch.dtype, kind: str) -> Expr:
+        """slice_scatter / select_scatter: the value where the index along dim is selected, the
+        source elsewhere."""
+        value: Value = node.args[1]
         if kind == "slice_scatter":
-            value: Value = node.args[1]
-            dim = norm(node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0))
-            size = src.type.shape[dim]
-            start = node.args[3] if len(node.args) > 3 else node.kwargs.get("start")
-            end = node.args[4] if len(node.args) > 4 else node.kwargs.get("end")
-            step = node.args[5] if len(node.args) > 5 else node.kwargs.get("step", 1)
-            start = 0 if start is None else (start + size if start < 0 else start)
-            end = size if end is None else min(size, end + size if end < 0 else end)
-            pos = idx[dim].code()
-            cond = f"({pos} >= {start}) & ({pos} < {end})"
-            if step != 1:
-                cond += f" & ((({pos}) - {start}) % {step} == 0)"
-            inner = Dyn(f"((({pos}) - {start}) // {step})", idx[dim].vars()) if step != 1 else Affine(idx[dim], 1, -start)
-        elif kind == "select_scatter":
-            value = node.args[1]
-            dim = norm(node.args[2])
+            dim, cond, inner = _slice_selection(node, src, rank, idx)
+        else:
+            dim = _norm_dim(node.args[2], rank)
             index_ = node.args[3] + (src.type.shape[dim] if node.args[3] < 0 else 0)
             pos = idx[dim].code()
             cond = f"({pos} == {index_})"
             inner = None
-        else:  # pragma: no cover - registry and emitter disagree
-            raise CodegenError(f"unknown indexing op {kind}")
         deps = idx[dim].vars() | (guard[1] if guard else frozenset())
         sub_guard = ((f"({guard[0]}) & " if guard else "") + f"({cond})", deps)
         if inner is None:
