@@ -19,6 +19,11 @@ Config = dict[str, ConfigValue]
 Constraint = Callable[[Mapping[str, ConfigValue]], str | None]
 
 
+def next_pow2(n: int) -> int:
+    """Smallest power of two >= n (1 for n <= 1): how tile sizes are capped by a problem size."""
+    return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
+
+
 def config_hash(config: Mapping[str, ConfigValue]) -> str:
     """Stable short hash of a config (independent of key order)."""
     canon = json.dumps(dict(sorted(config.items())), sort_keys=True, separators=(",", ":"))

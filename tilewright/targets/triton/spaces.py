@@ -8,17 +8,62 @@ shapes, and tiles far larger than the problem.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Mapping
 
-from ...schedule.space import ConfigValue, ScheduleSpace
+from ...schedule.space import ConfigValue, Constraint, ScheduleSpace, next_pow2
 
 SHARED_MEMORY_BYTES = 227 * 1024
 SPACE_VERSION = "1"
 
+#: The number of values a config's program holds, e.g. its accumulator tile.
+Count = Callable[[Mapping[str, ConfigValue]], float]
 
-def next_pow2(n: int) -> int:
-    """Smallest power of two >= n (1 for n <= 1)."""
-    return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
+
+def product_of(*names: str) -> Count:
+    """Count: the product of the named parameters (``product_of("BLOCK_M", "BLOCK_N")``: the tile)."""
+    def count(c: Mapping[str, ConfigValue]) -> float:
+        total = 1
+        for name in names:
+            total *= int(c[name])
+        return total
+    return count
+
+
+def register_budget(values: Count, most: float, too_many: str, least: float = 0.0,
+                    too_few: str = "") -> Constraint:
+    """Constraint on the registers one thread holds: ``values(config)`` over ``32 * num_warps`` threads.
+
+    Rejects a config whose per-thread share is above ``most`` with ``too_many`` (a format string
+    that may name ``{per_thread}``) and one whose share is below ``least`` (warps left idle by a
+    small tile) with ``too_few``.
+    """
+    def check(c: Mapping[str, ConfigValue]) -> str | None:
+        per_thread = values(c) / (32 * int(c["num_warps"]))
+        if per_thread > most:
+            return too_many.format(per_thread=per_thread)
+        if per_thread < least:
+            return too_few
+        return None
+    return check
+
+
+def shared_memory_budget(need: Callable[[Mapping[str, ConfigValue]], int], limit: int,
+                         reason: str = "needs {need} B shared memory > {limit}") -> Constraint:
+    """Constraint: the ``need(config)`` bytes of shared memory fit in ``limit``; else ``reason``
+    (a format string that may name ``{need}`` and ``{limit}``)."""
+    def check(c: Mapping[str, ConfigValue]) -> str | None:
+        bytes_needed = need(c)
+        return None if bytes_needed <= limit else reason.format(need=bytes_needed, limit=limit)
+    return check
+
+
+def tile_within(caps: Mapping[str, int]) -> Constraint:
+    """Constraint: no tile parameter exceeds its cap (the padded problem size along that axis)."""
+    def check(c: Mapping[str, ConfigValue]) -> str | None:
+        if any(int(c[name]) > cap for name, cap in caps.items()):
+            return "tile larger than the problem"
+        return None
+    return check
 
 
 def pointwise_space(numel: int) -> ScheduleSpace:
@@ -26,17 +71,12 @@ def pointwise_space(numel: int) -> ScheduleSpace:
     cap = max(64, next_pow2(numel))
     blocks = [b for b in (64, 128, 256, 512, 1024, 2048, 4096) if b <= cap]
 
-    def fits(c: Mapping[str, ConfigValue]) -> str | None:
-        if int(c["XBLOCK"]) < 32 * int(c["num_warps"]) // 4:
-            return "fewer than 8 elements per warp"
-        if int(c["XBLOCK"]) // (32 * int(c["num_warps"])) > 32:
-            return "more than 32 elements per thread"
-        return None
-
+    per_thread = register_budget(product_of("XBLOCK"), 32, "more than 32 elements per thread",
+                                 least=1 / 4, too_few="fewer than 8 elements per warp")
     xblock = min(1024, cap)
     default = {"XBLOCK": xblock, "num_warps": 4 if xblock >= 512 else (2 if xblock >= 128 else 1), "num_stages": 1}
     return ScheduleSpace("pointwise", {"XBLOCK": blocks, "num_warps": [1, 2, 4, 8], "num_stages": [1]},
-                         [fits], default, SPACE_VERSION)
+                         [per_thread], default, SPACE_VERSION)
 
 
 def reduction_space(xnumel: int, rnumel: int, outer: bool = False) -> ScheduleSpace:
@@ -52,16 +92,16 @@ def reduction_space(xnumel: int, rnumel: int, outer: bool = False) -> ScheduleSp
     x_cap = next_pow2(xnumel)
     xblocks = [b for b in (1, 2, 4, 8, 16, 32, 64, 128) if b <= max(1, x_cap)]
 
-    def fits(c: Mapping[str, ConfigValue]) -> str | None:
+    def tile_size(c: Mapping[str, ConfigValue]) -> str | None:
         elems = int(c["XBLOCK"]) * int(c["RBLOCK"])
         threads = 32 * int(c["num_warps"])
         if elems > 16384 * 2:
             return f"tile of {elems} elements exceeds the register budget"
-        if elems // threads > 128:
-            return "more than 128 elements per thread"
         if elems < threads // 2 and elems < 64:
             return "tile smaller than half the threads"
         return None
+
+    per_thread = register_budget(product_of("XBLOCK", "RBLOCK"), 128, "more than 128 elements per thread")
 
     if outer and x_cap >= 8:
         xblock = min(x_cap, 64)
@@ -75,27 +115,24 @@ def reduction_space(xnumel: int, rnumel: int, outer: bool = False) -> ScheduleSp
     warps = 8 if elems >= 4096 else 4 if elems >= 1024 else 2 if elems >= 256 else 1
     default = {"XBLOCK": xblock, "RBLOCK": rblock, "num_warps": warps, "num_stages": 1}
     return ScheduleSpace("reduction", {"XBLOCK": xblocks, "RBLOCK": rblocks, "num_warps": [1, 2, 4, 8, 16],
-                                       "num_stages": [1]}, [fits], default, SPACE_VERSION)
+                                       "num_stages": [1]},
+                         [tile_size, per_thread], default, SPACE_VERSION)
 
 
 def matmul_space(m: int, n: int, k: int, elem_bytes: int) -> ScheduleSpace:
     """Tile sizes, group size, warps and stages of the matmul template."""
     sizes = [16, 32, 64, 128, 256]
 
-    def fits(c: Mapping[str, ConfigValue]) -> str | None:
+    def smem(c: Mapping[str, ConfigValue]) -> int:
         bm, bn, bk = int(c["BLOCK_M"]), int(c["BLOCK_N"]), int(c["BLOCK_K"])
-        warps, stages = int(c["num_warps"]), int(c["num_stages"])
-        smem = (bm * bk + bk * bn) * elem_bytes * stages
-        if smem > SHARED_MEMORY_BYTES:
-            return f"needs {smem} bytes of shared memory"
-        if bm * bn // (32 * warps) > 256:
-            return "accumulator exceeds 256 registers per thread"
-        if bm * bn < 64 * warps:
-            return "tile too small for the warps"
-        if bm > max(16, next_pow2(m)) or bn > max(16, next_pow2(n)) or bk > max(16, next_pow2(k)):
-            return "tile larger than the problem"
-        return None
+        return (bm * bk + bk * bn) * elem_bytes * int(c["num_stages"])
 
+    constraints = [shared_memory_budget(smem, SHARED_MEMORY_BYTES, "needs {need} bytes of shared memory"),
+                   register_budget(product_of("BLOCK_M", "BLOCK_N"), 256,
+                                   "accumulator exceeds 256 registers per thread",
+                                   least=2, too_few="tile too small for the warps"),
+                   tile_within({"BLOCK_M": max(16, next_pow2(m)), "BLOCK_N": max(16, next_pow2(n)),
+                                "BLOCK_K": max(16, next_pow2(k))})]
     bm = min(128, max(16, next_pow2(m)))
     bn = min(128, max(16, next_pow2(n)))
     bk = min(64 if elem_bytes <= 2 else 32, max(16, next_pow2(k)))
@@ -104,4 +141,4 @@ def matmul_space(m: int, n: int, k: int, elem_bytes: int) -> ScheduleSpace:
                "num_stages": 3 if elem_bytes <= 2 else 2}
     return ScheduleSpace("matmul", {"BLOCK_M": sizes, "BLOCK_N": sizes, "BLOCK_K": [16, 32, 64, 128],
                                     "GROUP_M": [1, 4, 8], "num_warps": [2, 4, 8], "num_stages": [1, 2, 3, 4, 5]},
-                         [fits], default, SPACE_VERSION)
+                         constraints, default, SPACE_VERSION)

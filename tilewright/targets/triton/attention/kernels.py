@@ -20,7 +20,6 @@ and 3.9, compiled or interpreted.
 """
 from __future__ import annotations
 
-import triton
 import triton.language as tl
 
 from ..jit import triton_jit
@@ -58,6 +57,91 @@ def _dropout_keep(seed, pid_bh, offs_m, offs_n, M, N, dropout_p):
 
 
 @triton_jit
+def _dropout_seed(SEED, HAS_DROPOUT: tl.constexpr):
+    """The dropout seed (read once per program; 0, never used, without dropout)."""
+    seed = 0
+    if HAS_DROPOUT:
+        seed = tl.load(SEED)
+    return seed
+
+
+@triton_jit
+def _batch_head(pid_bh, HEADS):
+    """(batch, head) of a flattened batch * head index."""
+    # NOTE: int64 batch/head indices: b * stride_b can pass 2**31 for long KV caches.
+    return (pid_bh // HEADS).to(tl.int64), (pid_bh % HEADS).to(tl.int64)
+
+
+@triton_jit
+def _block_prologue(HEADS, D, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Program ids of a (row block, batch * head) grid.
+
+    Returns (block id, batch * head id, batch, head, the block's BLOCK row offsets, the
+    head-dim offsets, the head-dim mask).
+    """
+    pid = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b, h = _batch_head(pid_bh, HEADS)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, BLOCK_D)
+    return pid, pid_bh, b, h, offs, offs_d, offs_d < D
+
+
+@triton_jit
+def _causal_key_end(N, pid_m, causal_offset, BLOCK_M: tl.constexpr, IS_CAUSAL: tl.constexpr):
+    """End of the keys query block ``pid_m`` visits: with a causal mask, key blocks wholly above
+    the diagonal are never visited."""
+    hi = N
+    if IS_CAUSAL:
+        hi = tl.minimum(N, (pid_m + 1) * BLOCK_M + causal_offset)
+    return hi
+
+
+@triton_jit
+def _tile_has_valid(MASK, offs_m, offs_n, M, N, smm, smn, HAS_MASK: tl.constexpr):
+    """False when the boolean mask is all false over this tile (the tile is then skipped)."""
+    run = True
+    if HAS_MASK:
+        mk = tl.load(MASK + offs_m[:, None] * smm + offs_n[None, :] * smn,
+                     mask=(offs_m[:, None] < M) & (offs_n[None, :] < N), other=0)
+        run = tl.max(mk.to(tl.int32)) > 0
+    return run
+
+
+@triton_jit
+def _softmax_step(s, m_i, l_i):
+    """Online softmax over one key block of log2-domain scores ``s``: (p, alpha, new max, new sum).
+
+    ``p`` is relative to the new running max and ``alpha`` rescales what was accumulated; rows
+    with no valid score so far keep max -inf without producing NaN.
+    """
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.math.exp2(s - m_safe[:, None])
+    alpha = tl.math.exp2(m_i - m_safe)
+    return p, alpha, m_new, l_i * alpha + tl.sum(p, 1)
+
+
+@triton_jit
+def _softmax_finish(acc, m_i, l_i):
+    """(normalised output, natural-log lse) of the online softmax; an empty row gives 0 and -inf."""
+    empty = l_i == 0.0
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) / 1.4426950408889634)
+    return out, lse
+
+
+@triton_jit
+def _row_stats(LSE, DELTA, pid_bh, offs_m, M):
+    """The backward's per-row terms: the forward's lse in the log2 domain (+inf for an empty row,
+    so its p is 0) and delta."""
+    lse = tl.load(LSE + pid_bh * M + offs_m, mask=offs_m < M, other=0.0)
+    lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
+    delta = tl.load(DELTA + pid_bh * M + offs_m, mask=offs_m < M, other=0.0)
+    return lse, delta
+
+
+@triton_jit
 def attn_fwd_kernel(
     Q, K, V, BIAS, MASK, SEED, OUT, LSE,
     sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
@@ -69,16 +153,9 @@ def attn_fwd_kernel(
 ):
     """Flash-attention forward: one program per (query block, batch*head); writes out and lse."""
     # -- program ids -> (batch, head, kv head, rows)
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    # NOTE: int64 batch/head indices: b * stride_b can pass 2**31 for long KV caches.
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
+    pid_m, pid_bh, b, h, offs_m, offs_d, d_ok = _block_prologue(H, D, BLOCK_M, BLOCK_D)
     hk = h // GROUP
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
     offs_n0 = tl.arange(0, BLOCK_N)
-    d_ok = offs_d < D
     # -- pointers
     q_ptrs = Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd
     K_base = K + b * skb + hk * skh
@@ -89,24 +166,15 @@ def attn_fwd_kernel(
     if UPCAST:
         q = q.to(tl.float32)
     qk_scale = scale * 1.4426950408889634
-    seed = 0
-    if HAS_DROPOUT:
-        seed = tl.load(SEED)
+    seed = _dropout_seed(SEED, HAS_DROPOUT)
     # -- online softmax over key blocks
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.full([BLOCK_M], 0.0, tl.float32)
     acc = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
-    hi = N
-    if IS_CAUSAL:
-        hi = tl.minimum(N, (pid_m + 1) * BLOCK_M + causal_offset)
+    hi = _causal_key_end(N, pid_m, causal_offset, BLOCK_M, IS_CAUSAL)
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + offs_n0
-        run = True
-        if HAS_MASK:
-            mk = tl.load(MASK_base + offs_m[:, None] * smm + offs_n[None, :] * smn,
-                         mask=(offs_m[:, None] < M) & (offs_n[None, :] < N), other=0)
-            run = tl.max(mk.to(tl.int32)) > 0
-        if run:
+        if _tile_has_valid(MASK_base, offs_m, offs_n, M, N, smm, smn, HAS_MASK):
             k_t = tl.load(K_base + offs_n[None, :] * skn + offs_d[:, None] * skd,
                           mask=(offs_n[None, :] < N) & d_ok[:, None], other=0.0)
             if UPCAST:
@@ -114,11 +182,7 @@ def attn_fwd_kernel(
             s = _score_tile(q, k_t, offs_m, offs_n, M, N, qk_scale, causal_offset,
                             BIAS_base, sbm, sbn, MASK_base, smm, smn,
                             HAS_BIAS, HAS_MASK, IS_CAUSAL, DOT_PREC)
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.math.exp2(s - m_safe[:, None])
-            alpha = tl.math.exp2(m_i - m_safe)
-            l_i = l_i * alpha + tl.sum(p, 1)
+            p, alpha, m_new, l_i = _softmax_step(s, m_i, l_i)
             if HAS_DROPOUT:
                 keep = _dropout_keep(seed, pid_bh, offs_m, offs_n, M, N, dropout_p)
                 p = tl.where(keep, p / (1.0 - dropout_p), 0.0)
@@ -129,9 +193,7 @@ def attn_fwd_kernel(
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
             m_i = m_new
     # -- normalise, store out and natural-log lse
-    empty = l_i == 0.0
-    out = acc / tl.where(empty, 1.0, l_i)[:, None]
-    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) / 1.4426950408889634)
+    out, lse = _softmax_finish(acc, m_i, l_i)
     o_ptrs = OUT + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod
     tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=(offs_m[:, None] < M) & d_ok[None, :])
     tl.store(LSE + pid_bh * M + offs_m, lse, mask=offs_m < M)
@@ -141,13 +203,7 @@ def attn_fwd_kernel(
 def attn_bwd_preprocess_kernel(OUT, DO, DELTA, sob, soh, som, sod, sdb, sdh, sdm, sdd, H, M, D,
                                BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """delta[b, h, m] = sum_d out * dout (the row term of the softmax gradient)."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    # NOTE: int64 batch/head indices: b * stride_b can pass 2**31 for long KV caches.
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
+    _, pid_bh, b, h, offs_m, offs_d, _ = _block_prologue(H, D, BLOCK_M, BLOCK_D)
     ok = (offs_m[:, None] < M) & (offs_d[None, :] < D)
     o = tl.load(OUT + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod, mask=ok, other=0.0)
     do = tl.load(DO + b * sdb + h * sdh + offs_m[:, None] * sdm + offs_d[None, :] * sdd, mask=ok, other=0.0)
@@ -167,14 +223,8 @@ def attn_bwd_dkdv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """dK and dV for one key block of one kv head, summed over the GROUP query heads sharing it."""
-    pid_n = tl.program_id(0)
-    pid_bhk = tl.program_id(1)
-    b = (pid_bhk // HKV).to(tl.int64)
-    hk = (pid_bhk % HKV).to(tl.int64)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
+    pid_n, _, b, hk, offs_n, offs_d, d_ok = _block_prologue(HKV, D, BLOCK_N, BLOCK_D)
     offs_m0 = tl.arange(0, BLOCK_M)
-    d_ok = offs_d < D
     kv_ok = (offs_n[:, None] < N) & d_ok[None, :]
     k = tl.load(K + b * skb + hk * skh + offs_n[:, None] * skn + offs_d[None, :] * skd, mask=kv_ok, other=0.0)
     v = tl.load(V + b * svb + hk * svh + offs_n[:, None] * svn + offs_d[None, :] * svd, mask=kv_ok, other=0.0)
@@ -184,9 +234,7 @@ def attn_bwd_dkdv_kernel(
     k_t = tl.trans(k)
     v_t = tl.trans(v)
     qk_scale = scale * 1.4426950408889634
-    seed = 0
-    if HAS_DROPOUT:
-        seed = tl.load(SEED)
+    seed = _dropout_seed(SEED, HAS_DROPOUT)
     dk = tl.full([BLOCK_N, BLOCK_D], 0.0, tl.float32)
     dv = tl.full([BLOCK_N, BLOCK_D], 0.0, tl.float32)
     lo = 0
@@ -202,21 +250,14 @@ def attn_bwd_dkdv_kernel(
         MASK_base = MASK + b * smb + h * smh
         for start_m in range(lo, M, BLOCK_M):
             offs_m = start_m + offs_m0
-            run = True
-            if HAS_MASK:
-                mk = tl.load(MASK_base + offs_m[:, None] * smm + offs_n[None, :] * smn,
-                             mask=(offs_m[:, None] < M) & (offs_n[None, :] < N), other=0)
-                run = tl.max(mk.to(tl.int32)) > 0
-            if run:
+            if _tile_has_valid(MASK_base, offs_m, offs_n, M, N, smm, smn, HAS_MASK):
                 q_ok = (offs_m[:, None] < M) & d_ok[None, :]
                 q = tl.load(Q_base + offs_m[:, None] * sqm + offs_d[None, :] * sqd, mask=q_ok, other=0.0)
                 do = tl.load(DO_base + offs_m[:, None] * sdm + offs_d[None, :] * sdd, mask=q_ok, other=0.0)
                 if UPCAST:
                     q = q.to(tl.float32)
                     do = do.to(tl.float32)
-                lse = tl.load(LSE + pid_bh * M + offs_m, mask=offs_m < M, other=0.0)
-                lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
-                delta = tl.load(DELTA + pid_bh * M + offs_m, mask=offs_m < M, other=0.0)
+                lse, delta = _row_stats(LSE, DELTA, pid_bh, offs_m, M)
                 s = _score_tile(q, k_t, offs_m, offs_n, M, N, qk_scale, causal_offset,
                                 BIAS_base, sbm, sbn, MASK_base, smm, smn,
                                 HAS_BIAS, HAS_MASK, IS_CAUSAL, DOT_PREC)
@@ -249,45 +290,27 @@ def attn_bwd_dq_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """dQ for one query block; optionally stores dS (= d bias) into a [B, H, M, N] buffer."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    # NOTE: int64 batch/head indices: b * stride_b can pass 2**31 for long KV caches.
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
+    pid_m, pid_bh, b, h, offs_m, offs_d, d_ok = _block_prologue(H, D, BLOCK_M, BLOCK_D)
     hk = h // GROUP
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
     offs_n0 = tl.arange(0, BLOCK_N)
-    d_ok = offs_d < D
     q_ok = (offs_m[:, None] < M) & d_ok[None, :]
     q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd, mask=q_ok, other=0.0)
     do = tl.load(DO + b * sdb + h * sdh + offs_m[:, None] * sdm + offs_d[None, :] * sdd, mask=q_ok, other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
         do = do.to(tl.float32)
-    lse = tl.load(LSE + pid_bh * M + offs_m, mask=offs_m < M, other=0.0)
-    lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
-    delta = tl.load(DELTA + pid_bh * M + offs_m, mask=offs_m < M, other=0.0)
+    lse, delta = _row_stats(LSE, DELTA, pid_bh, offs_m, M)
     K_base = K + b * skb + hk * skh
     V_base = V + b * svb + hk * svh
     BIAS_base = BIAS + b * sbb + h * sbh
     MASK_base = MASK + b * smb + h * smh
     qk_scale = scale * 1.4426950408889634
-    seed = 0
-    if HAS_DROPOUT:
-        seed = tl.load(SEED)
+    seed = _dropout_seed(SEED, HAS_DROPOUT)
     dq = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
-    hi = N
-    if IS_CAUSAL:
-        hi = tl.minimum(N, (pid_m + 1) * BLOCK_M + causal_offset)
+    hi = _causal_key_end(N, pid_m, causal_offset, BLOCK_M, IS_CAUSAL)
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + offs_n0
-        run = True
-        if HAS_MASK:
-            mk = tl.load(MASK_base + offs_m[:, None] * smm + offs_n[None, :] * smn,
-                         mask=(offs_m[:, None] < M) & (offs_n[None, :] < N), other=0)
-            run = tl.max(mk.to(tl.int32)) > 0
-        if run:
+        if _tile_has_valid(MASK_base, offs_m, offs_n, M, N, smm, smn, HAS_MASK):
             kv_ok = (offs_n[None, :] < N) & d_ok[:, None]
             k_t = tl.load(K_base + offs_n[None, :] * skn + offs_d[:, None] * skd, mask=kv_ok, other=0.0)
             v_t = tl.load(V_base + offs_n[None, :] * svn + offs_d[:, None] * svd, mask=kv_ok, other=0.0)
@@ -330,8 +353,7 @@ def attn_decode_split_kernel(
     pid_s = tl.program_id(0)
     pid_bhk = tl.program_id(1)
     pid_r = tl.program_id(2)
-    b = (pid_bhk // HKV).to(tl.int64)
-    hk = (pid_bhk % HKV).to(tl.int64)
+    b, hk = _batch_head(pid_bhk, HKV)
     offs_r = pid_r * BLOCK_M + tl.arange(0, BLOCK_M)
     r_ok = offs_r < GROUP * M
     g = offs_r // M
@@ -372,20 +394,14 @@ def attn_decode_split_kernel(
                            mask=tile_ok, other=0.0)
             s = s + bias.to(tl.float32) * 1.4426950408889634
         s = tl.where(valid, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(s - m_safe[:, None])
-        alpha = tl.math.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
+        p, alpha, m_new, l_i = _softmax_step(s, m_i, l_i)
         v = tl.load(V + b * svb + hk * svh + offs_n[:, None] * svn + offs_d[None, :] * svd,
                     mask=n_ok[:, None] & d_ok[None, :], other=0.0)
         if UPCAST:
             v = v.to(tl.float32)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
         m_i = m_new
-    empty = l_i == 0.0
-    out = acc / tl.where(empty, 1.0, l_i)[:, None]
-    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) / 1.4426950408889634)
+    out, lse = _softmax_finish(acc, m_i, l_i)
     row = (b * H + h) * M + offs_m
     tl.store(OPART + (row[:, None] * NUM_SPLITS + pid_s) * D + offs_d[None, :], out,
              mask=r_ok[:, None] & d_ok[None, :])
@@ -399,8 +415,7 @@ def attn_decode_combine_kernel(OPART, LPART, OUT, LSE, sob, soh, som, sod, H, M,
     row = tl.program_id(0)
     bh = row // M
     m = row % M
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
+    b, h = _batch_head(bh, H)
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
     s_ok = offs_s < NUM_SPLITS
@@ -416,8 +431,3 @@ def attn_decode_combine_kernel(OPART, LPART, OUT, LSE, sob, soh, som, sod, H, M,
     lse = tl.where(total == 0.0, float("-inf"), m_safe + tl.log(denom))
     tl.store(OUT + b * sob + h * soh + m * som + offs_d * sod, out.to(OUT.dtype.element_ty), mask=offs_d < D)
     tl.store(LSE + row, lse)
-
-
-def next_pow2(x: int) -> int:
-    """Smallest power of two >= x."""
-    return triton.next_power_of_2(max(1, int(x)))

@@ -20,7 +20,8 @@ import torch
 
 from ....schedule.problem import KernelProblem
 from ....ops.attention import reduce_to_shape
-from ....schedule.space import Config, ScheduleSpace
+from ....schedule.space import Config, ConfigValue, Constraint, ScheduleSpace, next_pow2
+from ..spaces import register_budget, shared_memory_budget
 from . import kernels as K
 from ..jit import cdiv, interpret_mode
 
@@ -38,7 +39,7 @@ DECODE_MIN_N = 256
 
 def head_block(head_dim: int) -> int:
     """Padded head dimension (power of two, at least 16) used as BLOCK_D."""
-    return max(16, K.next_pow2(head_dim))
+    return max(16, next_pow2(head_dim))
 
 
 def _elem_size(dtype: str) -> int:
@@ -57,78 +58,70 @@ def _smem_fwd(cfg: Mapping[str, Any], block_d: int, elem: int) -> int:
     return int(1.05 * elem * (int(cfg["BLOCK_M"]) * block_d + stages * per_stage)) + 1024
 
 
-def _regs_ok(cfg: Mapping[str, Any], block_d: int) -> str | None:
-    threads = 32 * int(cfg["num_warps"])
-    per_thread = (int(cfg["BLOCK_M"]) * block_d + 2 * int(cfg["BLOCK_M"]) * int(cfg["BLOCK_N"])) / threads
-    if per_thread > 256:
-        return f"~{per_thread:.0f} fp32 registers per thread for accumulator and scores (> 256)"
-    return None
+def _smem_bwd(cfg: Mapping[str, Any], block_d: int, elem: int) -> int:
+    """Upper estimate of the backward kernels' shared memory (bytes).
+
+    K, V resident; Q and dO staged; one [BLOCK_M, BLOCK_N] tile transposed through smem.
+    NOTE: within 15% + 4 KiB of Triton's reported ``shared`` for sm_90 builds, from above.
+    """
+    stages = max(1, int(cfg["num_stages"]))
+    raw = elem * (2 * int(cfg["BLOCK_N"]) * block_d + 2 * stages * int(cfg["BLOCK_M"]) * block_d
+                  + int(cfg["BLOCK_M"]) * int(cfg["BLOCK_N"]))
+    return int(1.15 * raw) + 4096
+
+
+def _fwd_registers(block_d: int) -> Constraint:
+    """Forward and decode: the [BLOCK_M, BLOCK_D] accumulator plus two [BLOCK_M, BLOCK_N] score tiles."""
+    return register_budget(lambda c: int(c["BLOCK_M"]) * block_d + 2 * int(c["BLOCK_M"]) * int(c["BLOCK_N"]), 256,
+                           "~{per_thread:.0f} fp32 registers per thread for accumulator and scores (> 256)")
+
+
+def _bwd_registers(block_d: int) -> Constraint:
+    """Backward: the dK and dV accumulators plus three [BLOCK_M, BLOCK_N] tiles (p, dp, ds)."""
+    return register_budget(lambda c: 2 * int(c["BLOCK_N"]) * block_d + 3 * int(c["BLOCK_M"]) * int(c["BLOCK_N"]),
+                           256, "~{per_thread:.0f} fp32 registers per thread (> 256)")
+
+
+def _attention_space(kind: str, params: dict[str, list[ConfigValue]], smem: Callable[[Mapping[str, Any]], int],
+                     smem_bytes: int, registers: Constraint, default: Config) -> ScheduleSpace:
+    """A space with the shared-memory and register constraints; ``default`` unless it is infeasible,
+    then the first feasible config."""
+    space = ScheduleSpace(kind=kind, params=params,
+                          constraints=[shared_memory_budget(smem, smem_bytes), registers], version=SPACE_VERSION)
+    space.default = default if space.is_feasible(default) else space.default_config()
+    return space
 
 
 def forward_space(head_dim: int, dtype: str = "float16", smem_bytes: int = DEFAULT_SMEM_BYTES) -> ScheduleSpace:
     """Schedule space of the forward kernel for one head dim and dtype."""
     block_d, elem = head_block(head_dim), _elem_size(dtype)
-
-    def smem(cfg: Mapping[str, Any]) -> str | None:
-        need = _smem_fwd(cfg, block_d, elem)
-        return None if need <= smem_bytes else f"needs {need} B shared memory > {smem_bytes}"
-
     default = {"BLOCK_M": 128, "BLOCK_N": 64 if block_d <= 128 else 32,
                "num_warps": 4 if block_d <= 64 else 8, "num_stages": 3 if block_d <= 64 else 2}
-    space = ScheduleSpace(
-        kind="attention_fwd",
-        params={"BLOCK_M": [16, 32, 64, 128], "BLOCK_N": [16, 32, 64, 128],
-                "num_warps": [2, 4, 8], "num_stages": [1, 2, 3, 4]},
-        constraints=[smem, lambda c: _regs_ok(c, block_d)], version=SPACE_VERSION)
-    space.default = default if space.is_feasible(default) else space.default_config()
-    return space
+    return _attention_space(
+        "attention_fwd", {"BLOCK_M": [16, 32, 64, 128], "BLOCK_N": [16, 32, 64, 128],
+                          "num_warps": [2, 4, 8], "num_stages": [1, 2, 3, 4]},
+        lambda c: _smem_fwd(c, block_d, elem), smem_bytes, _fwd_registers(block_d), default)
 
 
 def backward_space(head_dim: int, dtype: str = "float16", smem_bytes: int = DEFAULT_SMEM_BYTES) -> ScheduleSpace:
     """Schedule space of the two backward kernels (dK/dV and dQ share BLOCK_M/BLOCK_N)."""
     block_d, elem = head_block(head_dim), _elem_size(dtype)
-
-    def smem(cfg: Mapping[str, Any]) -> str | None:
-        stages = max(1, int(cfg["num_stages"]))
-        # K, V resident; Q and dO staged; one [BLOCK_M, BLOCK_N] tile transposed through smem.
-        # NOTE: within 15% + 4 KiB of Triton's reported ``shared`` for sm_90 builds, from above.
-        raw = elem * (2 * int(cfg["BLOCK_N"]) * block_d + 2 * stages * int(cfg["BLOCK_M"]) * block_d
-                      + int(cfg["BLOCK_M"]) * int(cfg["BLOCK_N"]))
-        need = int(1.15 * raw) + 4096
-        return None if need <= smem_bytes else f"needs {need} B shared memory > {smem_bytes}"
-
-    def regs(cfg: Mapping[str, Any]) -> str | None:
-        threads = 32 * int(cfg["num_warps"])
-        per = (2 * int(cfg["BLOCK_N"]) * block_d + 3 * int(cfg["BLOCK_M"]) * int(cfg["BLOCK_N"])) / threads
-        return None if per <= 256 else f"~{per:.0f} fp32 registers per thread (> 256)"
-
     default = {"BLOCK_M": 32, "BLOCK_N": 64 if block_d <= 128 else 32,
                "num_warps": 4 if block_d <= 64 else 8, "num_stages": 1}
-    space = ScheduleSpace(
-        kind="attention_bwd",
-        params={"BLOCK_M": [16, 32, 64, 128], "BLOCK_N": [16, 32, 64, 128],
-                "num_warps": [2, 4, 8], "num_stages": [1, 2, 3]},
-        constraints=[smem, regs], version=SPACE_VERSION)
-    space.default = default if space.is_feasible(default) else space.default_config()
-    return space
+    return _attention_space(
+        "attention_bwd", {"BLOCK_M": [16, 32, 64, 128], "BLOCK_N": [16, 32, 64, 128],
+                          "num_warps": [2, 4, 8], "num_stages": [1, 2, 3]},
+        lambda c: _smem_bwd(c, block_d, elem), smem_bytes, _bwd_registers(block_d), default)
 
 
 def decode_space(head_dim: int, dtype: str = "float16", smem_bytes: int = DEFAULT_SMEM_BYTES) -> ScheduleSpace:
     """Schedule space of the split-K decode kernel; NUM_SPLITS is a schedule parameter."""
     block_d, elem = head_block(head_dim), _elem_size(dtype)
-
-    def smem(cfg: Mapping[str, Any]) -> str | None:
-        need = _smem_fwd(cfg, block_d, elem)
-        return None if need <= smem_bytes else f"needs {need} B shared memory > {smem_bytes}"
-
     default = {"NUM_SPLITS": 16, "BLOCK_M": 16, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
-    space = ScheduleSpace(
-        kind="attention_decode",
-        params={"NUM_SPLITS": [1, 2, 4, 8, 16, 32, 64, 128], "BLOCK_M": [16, 32, 64],
-                "BLOCK_N": [16, 32, 64, 128], "num_warps": [2, 4, 8], "num_stages": [1, 2, 3, 4]},
-        constraints=[smem, lambda c: _regs_ok(c, block_d)], version=SPACE_VERSION)
-    space.default = default if space.is_feasible(default) else space.default_config()
-    return space
+    return _attention_space(
+        "attention_decode", {"NUM_SPLITS": [1, 2, 4, 8, 16, 32, 64, 128], "BLOCK_M": [16, 32, 64],
+                             "BLOCK_N": [16, 32, 64, 128], "num_warps": [2, 4, 8], "num_stages": [1, 2, 3, 4]},
+        lambda c: _smem_fwd(c, block_d, elem), smem_bytes, _fwd_registers(block_d), default)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -273,7 +266,7 @@ def _decode_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: tor
     lse = torch.empty((B, H, M), dtype=torch.float32, device=q.device)
     K.attn_decode_combine_kernel[(B * H * M,)](
         opart, lpart, out, lse, *out.stride(), H, M, D, splits,
-        BLOCK_S=max(2, K.next_pow2(splits)), BLOCK_D=head_block(D))
+        BLOCK_S=max(2, next_pow2(splits)), BLOCK_D=head_block(D))
     return out, lse
 
 

@@ -25,8 +25,11 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ....schedule.space import Config, ConfigValue, ScheduleSpace
-from .forward import SPACE_VERSION, ConvProblem, as_5d, conv_forward, supports
+from ....schedule.space import ConfigValue, ScheduleSpace, next_pow2
+from ..spaces import product_of, register_budget, tile_within
+from .forward import SPACE_VERSION, ConvProblem, as_5d, conv_forward, launch_args, supports
+from .space import with_default
+from .templates import dot_precision, kernel_signature, module_source, unravel
 from ..jit import cdiv
 from ..loader import load_kernel
 
@@ -34,7 +37,10 @@ log = logging.getLogger(__name__)
 
 KERNEL_WGRAD = "tw_conv_wgrad"
 
-_WGRAD_BODY = '''
+
+def _wgrad_body(precision: str) -> str:
+    """Body of ``tw_conv_wgrad``; ``precision`` is the ``tl.dot`` keyword."""
+    return f'''
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     g = tl.program_id(2)
@@ -45,11 +51,7 @@ _WGRAD_BODY = '''
     K_TOT = CG * KD * KH * KW
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < K_TOT
-    kw_n = offs_n % KW
-    t_n = offs_n // KW
-    kh_n = t_n % KH
-    t_n = t_n // KH
-    kd_n = t_n % KD
+{unravel("offs_n", "t_n", ("kw_n", "kh_n", "kd_n"), ("KW", "KH", "KD"))}
     c_n = g * CG + t_n // KD
     P = N * OD * OH * OW
     offs_k = tl.arange(0, BLOCK_K)
@@ -58,11 +60,7 @@ _WGRAD_BODY = '''
     for p0 in range(0, P, BLOCK_K):
         pp = p0 + offs_k
         m_p = pp < P
-        ow = pp % OW
-        t_p = pp // OW
-        oh = t_p % OH
-        t_p = t_p // OH
-        od = t_p % OD
+{unravel("pp", "t_p", ("ow", "oh", "od"), ("OW", "OH", "OD"), 8)}
         n = (t_p // OD).to(tl.int64)
         dy_off = n * stride_dn + od * stride_dd + oh * stride_dh + ow * stride_dw
         a = tl.load(dy_ptr + co[:, None].to(tl.int64) * stride_dc + dy_off[None, :],
@@ -85,40 +83,30 @@ _WGRAD_BODY = '''
 
 def wgrad_source(allow_tf32: bool = False) -> str:
     """Source of the weight-gradient kernel ``tw_conv_wgrad``."""
-    precision = "" if allow_tf32 else ', input_precision="ieee"'
-    head = (f"def {KERNEL_WGRAD}(\n    dy_ptr, x_ptr, gw_ptr,\n"
-            "    N, C, D, H, W, K_OUT, OD, OH, OW, KD, KH, KW, CG, KG,\n"
-            "    stride_d, stride_h, stride_w, pad_d, pad_h, pad_w, dil_d, dil_h, dil_w,\n"
-            "    stride_dn, stride_dc, stride_dd, stride_dh, stride_dw,\n"
-            "    stride_xn, stride_xc, stride_xd, stride_xh, stride_xw,\n"
-            "    stride_gk, stride_gc, stride_gd, stride_gh, stride_gw,\n"
-            "    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,\n):")
-    body = _WGRAD_BODY.replace("{precision}", precision)
-    return f"import triton\nimport triton.language as tl\n\n\n{head}{body}"
+    head = kernel_signature(KERNEL_WGRAD, ["dy_ptr", "x_ptr", "gw_ptr"], ["dn", "xn", "gk"],
+                            ["BLOCK_M", "BLOCK_N", "BLOCK_K"])
+    return module_source(head, _wgrad_body(dot_precision(allow_tf32)))
+
+
+def _gradient_gemm_space(kind: str, m: int, n: int) -> ScheduleSpace:
+    """Schedule space of a gradient GEMM whose output is ``m`` x ``n`` (tiles capped by its size)."""
+    cap_m, cap_n = max(16, next_pow2(m)), max(16, next_pow2(n))
+    out_of_range = "accumulator per thread out of range"
+    space = ScheduleSpace(kind=kind, params={
+        "BLOCK_M": [16, 32, 64, 128], "BLOCK_N": [16, 32, 64, 128], "BLOCK_K": [16, 32, 64],
+        "num_warps": [2, 4, 8], "num_stages": [2, 3, 4]},
+        constraints=[tile_within({"BLOCK_M": cap_m, "BLOCK_N": cap_n}),
+                     register_budget(product_of("BLOCK_M", "BLOCK_N"), 128, out_of_range,
+                                     least=4, too_few=out_of_range)],
+        version=SPACE_VERSION)
+    return with_default(space, {"BLOCK_M": min(64, cap_m), "BLOCK_N": min(64, cap_n), "BLOCK_K": 32,
+                                "num_warps": 4, "num_stages": 3})
 
 
 def wgrad_schedule_space(problem: ConvProblem) -> ScheduleSpace:
     """Schedule space of the weight-gradient GEMM (M=KG, N=CG*taps, K=pixels)."""
-    m_pix, n_gemm, k_gemm = problem.gemm
-    cap_m = max(16, 1 << max(0, (n_gemm - 1).bit_length()))
-    cap_n = max(16, 1 << max(0, (k_gemm - 1).bit_length()))
-
-    def fits(c: Mapping[str, ConfigValue]) -> str | None:
-        if int(c["BLOCK_M"]) > cap_m or int(c["BLOCK_N"]) > cap_n:
-            return "tile larger than the problem"
-        per_thread = int(c["BLOCK_M"]) * int(c["BLOCK_N"]) / (int(c["num_warps"]) * 32)
-        return None if 4 <= per_thread <= 128 else "accumulator per thread out of range"
-
-    space = ScheduleSpace(kind="conv_wgrad", params={
-        "BLOCK_M": [16, 32, 64, 128], "BLOCK_N": [16, 32, 64, 128], "BLOCK_K": [16, 32, 64],
-        "num_warps": [2, 4, 8], "num_stages": [2, 3, 4]}, constraints=[fits],
-        version=SPACE_VERSION)
-    want: Config = {"BLOCK_M": min(64, cap_m), "BLOCK_N": min(64, cap_n), "BLOCK_K": 32,
-                    "num_warps": 4, "num_stages": 3}
-    if not space.is_feasible(want):
-        want = min(space.enumerate(), key=lambda c: sum(c[k] != v for k, v in want.items()))
-    space.default = want
-    return space
+    _, n_gemm, k_gemm = problem.gemm
+    return _gradient_gemm_space("conv_wgrad", n_gemm, k_gemm)
 
 
 def conv_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, w_shape: Sequence[int],
@@ -132,20 +120,23 @@ def conv_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, w_shape: Sequence[
     gw = torch.empty(list(w_shape), dtype=x.dtype, device=x.device)
     tf32 = x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32
     kernel = load_kernel(wgrad_source(tf32), KERNEL_WGRAD)
-    od, oh, ow = problem.out_size
     grid = (cdiv(problem.kg, int(cfg["BLOCK_M"])), cdiv(problem.gemm[2], int(cfg["BLOCK_N"])),
             groups)
-    kernel[grid](grad_out, x, gw, problem.n, problem.c_in, *problem.in_size, problem.c_out,
-                 od, oh, ow, *problem.kernel, problem.cg, problem.kg, *problem.stride,
-                 *problem.padding, *problem.dilation, *as_5d(grad_out).stride(),
-                 *as_5d(x).stride(), *as_5d(gw).stride(), BLOCK_M=int(cfg["BLOCK_M"]),
-                 BLOCK_N=int(cfg["BLOCK_N"]), BLOCK_K=int(cfg["BLOCK_K"]),
-                 num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]))
+    kernel[grid](*launch_args(problem, as_5d(grad_out), as_5d(x), as_5d(gw)), **_launch_keywords(cfg))
     return gw
+
+
+def _launch_keywords(cfg: Mapping[str, ConfigValue]) -> dict[str, int]:
+    """A gradient kernel's constexprs and launch options: every key of its (validated) config."""
+    return {k: int(v) for k, v in cfg.items()}
+
 
 KERNEL_DGRAD = "tw_conv_dgrad"
 
-_DGRAD_BODY = """
+
+def _dgrad_body(precision: str) -> str:
+    """Body of ``tw_conv_dgrad``; ``precision`` is the ``tl.dot`` keyword."""
+    return f"""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     g = tl.program_id(2)
@@ -153,11 +144,7 @@ _DGRAD_BODY = """
     M = N * D * H * W
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
-    iw = offs_m % W
-    t_m = offs_m // W
-    ih = t_m % H
-    t_m = t_m // H
-    id_ = t_m % D
+{unravel("offs_m", "t_m", ("iw", "ih", "id_"), ("W", "H", "D"))}
     n = (t_m // D).to(tl.int64)
     # -- input channels of group g (columns)
     offs_c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -170,11 +157,7 @@ _DGRAD_BODY = """
     for k0 in range(0, K_TOT, BLOCK_K):
         kk = k0 + offs_k
         m_k = kk < K_TOT
-        kw_k = kk % KW
-        t_k = kk // KW
-        kh_k = t_k % KH
-        t_k = t_k // KH
-        kd_k = t_k % KD
+{unravel("kk", "t_k", ("kw_k", "kh_k", "kd_k"), ("KW", "KH", "KD"), 8)}
         co = g * KG + t_k // KD
         td = (id_ + pad_d)[:, None] - (kd_k * dil_d)[None, :]
         th = (ih + pad_h)[:, None] - (kh_k * dil_h)[None, :]
@@ -211,40 +194,15 @@ def dgrad_source(allow_tf32: bool = False) -> str:
     ``K`` = output channels of the group x taps; taps that do not land on the stride lattice
     are masked out.
     """
-    precision = "" if allow_tf32 else ', input_precision="ieee"'
-    head = (f"def {KERNEL_DGRAD}(\n    dy_ptr, w_ptr, dx_ptr,\n"
-            "    N, C, D, H, W, K_OUT, OD, OH, OW, KD, KH, KW, CG, KG,\n"
-            "    stride_d, stride_h, stride_w, pad_d, pad_h, pad_w, dil_d, dil_h, dil_w,\n"
-            "    stride_dn, stride_dc, stride_dd, stride_dh, stride_dw,\n"
-            "    stride_wk, stride_wc, stride_wd, stride_wh, stride_ww,\n"
-            "    stride_xn, stride_xc, stride_xd, stride_xh, stride_xw,\n"
-            "    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,\n):")
-    body = _DGRAD_BODY.replace("{precision}", precision)
-    return f"import triton\nimport triton.language as tl\n\n\n{head}{body}"
+    head = kernel_signature(KERNEL_DGRAD, ["dy_ptr", "w_ptr", "dx_ptr"], ["dn", "wk", "xn"],
+                            ["BLOCK_M", "BLOCK_N", "BLOCK_K"])
+    return module_source(head, _dgrad_body(dot_precision(allow_tf32)))
 
 
 def dgrad_schedule_space(problem: ConvProblem) -> ScheduleSpace:
     """Schedule space of the input-gradient GEMM (M=input pixels, N=CG, K=KG*taps)."""
     pixels = problem.n * problem.in_size[0] * problem.in_size[1] * problem.in_size[2]
-    cap_m = max(16, 1 << max(0, (pixels - 1).bit_length()))
-    cap_n = max(16, 1 << max(0, (problem.cg - 1).bit_length()))
-
-    def fits(c: Mapping[str, ConfigValue]) -> str | None:
-        if int(c["BLOCK_M"]) > cap_m or int(c["BLOCK_N"]) > cap_n:
-            return "tile larger than the problem"
-        per_thread = int(c["BLOCK_M"]) * int(c["BLOCK_N"]) / (int(c["num_warps"]) * 32)
-        return None if 4 <= per_thread <= 128 else "accumulator per thread out of range"
-
-    space = ScheduleSpace(kind="conv_dgrad", params={
-        "BLOCK_M": [16, 32, 64, 128], "BLOCK_N": [16, 32, 64, 128], "BLOCK_K": [16, 32, 64],
-        "num_warps": [2, 4, 8], "num_stages": [2, 3, 4]}, constraints=[fits],
-        version=SPACE_VERSION)
-    want: Config = {"BLOCK_M": min(64, cap_m), "BLOCK_N": min(64, cap_n), "BLOCK_K": 32,
-                    "num_warps": 4, "num_stages": 3}
-    if not space.is_feasible(want):
-        want = min(space.enumerate(), key=lambda c: sum(c[k] != v for k, v in want.items()))
-    space.default = want
-    return space
+    return _gradient_gemm_space("conv_dgrad", pixels, problem.cg)
 
 
 def conv_input_grad_direct(grad_out: torch.Tensor, x_shape: Sequence[int], w: torch.Tensor,
@@ -263,16 +221,10 @@ def conv_input_grad_direct(grad_out: torch.Tensor, x_shape: Sequence[int], w: to
         dx = torch.empty(list(x_shape), dtype=w.dtype, device=w.device)
     tf32 = w.dtype == torch.float32 and torch.backends.cudnn.allow_tf32
     kernel = load_kernel(dgrad_source(tf32), KERNEL_DGRAD)
-    od, oh, ow = problem.out_size
     d_, h_, w_ = problem.in_size
     grid = (cdiv(problem.n * d_ * h_ * w_, int(cfg["BLOCK_M"])), cdiv(problem.cg, int(cfg["BLOCK_N"])),
             groups)
-    kernel[grid](grad_out, w, dx, problem.n, problem.c_in, *problem.in_size, problem.c_out,
-                 od, oh, ow, *problem.kernel, problem.cg, problem.kg, *problem.stride,
-                 *problem.padding, *problem.dilation, *as_5d(grad_out).stride(),
-                 *as_5d(w).stride(), *as_5d(dx).stride(), BLOCK_M=int(cfg["BLOCK_M"]),
-                 BLOCK_N=int(cfg["BLOCK_N"]), BLOCK_K=int(cfg["BLOCK_K"]),
-                 num_warps=int(cfg["num_warps"]), num_stages=int(cfg["num_stages"]))
+    kernel[grid](*launch_args(problem, as_5d(grad_out), as_5d(w), as_5d(dx)), **_launch_keywords(cfg))
     return dx
 
 

@@ -119,12 +119,13 @@ def _packed(config: Mapping[str, ConfigValue], x: torch.Tensor,
             pack_weight(w, str(config.get("W_LAYOUT", "as_is"))))
 
 
-def launch_args(problem: ConvProblem, x5: torch.Tensor, w5: torch.Tensor) -> list[Any]:
-    """Pointers, sizes and strides (groups 1-3 of the argument convention)."""
+def launch_args(problem: ConvProblem, *tensors: torch.Tensor) -> list[Any]:
+    """Pointers, sizes and strides (groups 1-3 of the argument convention) of the 5-D
+    ``tensors``: ``x5, w5`` for the forward kernels; ``dy5`` and two more for the gradient kernels."""
     od, oh, ow = problem.out_size
-    return [x5, w5, problem.n, problem.c_in, *problem.in_size, problem.c_out, od, oh, ow,
+    return [*tensors, problem.n, problem.c_in, *problem.in_size, problem.c_out, od, oh, ow,
             *problem.kernel, problem.cg, problem.kg, *problem.stride, *problem.padding,
-            *problem.dilation, *x5.stride(), *w5.stride()]
+            *problem.dilation, *(s for t in tensors for s in t.stride())]
 
 
 def grid(problem: ConvProblem, config: Mapping[str, ConfigValue]) -> tuple[int, int]:

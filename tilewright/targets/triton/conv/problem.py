@@ -26,10 +26,6 @@ def _triple(v: int | Sequence[int], dims: int, fill: int) -> tuple[int, int, int
     return tuple([fill] * (3 - dims) + vals)  # type: ignore[return-value]
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (int(n) - 1).bit_length())
-
-
 @dataclass(frozen=True)
 class ConvProblem:
     """One forward convolution, promoted to 3-D (leading unit spatial dims for 1-D / 2-D).

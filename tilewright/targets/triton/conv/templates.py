@@ -35,13 +35,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+from ..source import KERNEL_HEADER
+
 KERNEL_IGEMM = "tw_conv_igemm"
 KERNEL_DIRECT = "tw_conv_direct"
 
 _SIZE_ARGS = ("N, C, D, H, W, K_OUT, OD, OH, OW, KD, KH, KW, CG, KG,\n"
               "    stride_d, stride_h, stride_w, pad_d, pad_h, pad_w, dil_d, dil_h, dil_w,")
-_STRIDE_ARGS = ("stride_xn, stride_xc, stride_xd, stride_xh, stride_xw,\n"
-                "    stride_wk, stride_wc, stride_wd, stride_wh, stride_ww,")
 
 
 @dataclass
@@ -111,22 +111,72 @@ def _indent(lines: list[str], n: int) -> str:
     return "\n".join(pad + line for line in lines)
 
 
+def kernel_signature(name: str, pointers: list[str], strided: list[str], constexprs: list[str],
+                     extra: str | None = None) -> str:
+    """``def name(...):`` in the argument order of the convention above.
+
+    Args:
+        pointers: the tensor pointers (``["x_ptr", "w_ptr"]``).
+        strided: one entry per tensor whose 5 strides follow the sizes: its stride prefix and
+            leading dim, e.g. ``"xn"`` (``stride_xn, stride_xc, ..., stride_xw``) or ``"wk"``.
+        constexprs: the constexpr tile parameters.
+        extra: a line of further parameters (the epilogue's) before the constexprs.
+    """
+    strides = [", ".join(f"stride_{t[0]}{d}" for d in t[1] + "cdhw") + "," for t in strided]
+    lines = [", ".join(pointers) + ",", _SIZE_ARGS, *strides, *([extra] if extra is not None else []),
+             ", ".join(f"{c}: tl.constexpr" for c in constexprs) + ","]
+    return f"def {name}(\n" + "".join(f"    {line}\n" for line in lines) + "):"
+
+
+def module_source(head: str, body: str) -> str:
+    """The source of a kernel module: Triton's imports, the kernel's signature and its body."""
+    return f"{KERNEL_HEADER}{head}{body}"
+
+
+def dot_precision(allow_tf32: bool) -> str:
+    """The ``tl.dot`` keyword for float32 inputs: IEEE unless TF32 is allowed."""
+    return "" if allow_tf32 else ', input_precision="ieee"'
+
+
+def unravel(index: str, rest: str, digits: tuple[str, str, str], sizes: tuple[str, str, str],
+            indent: int = 4) -> str:
+    """Lines splitting the flat ``index`` into its three fastest-varying digits.
+
+    ``digits[i]`` gets the digit of size ``sizes[i]`` (fastest first); ``rest // sizes[2]`` is
+    what remains (the slowest part, e.g. the batch index), for the caller's next line.
+    """
+    (d0, d1, d2), (s0, s1, s2) = digits, sizes
+    return _indent([f"{d0} = {index} % {s0}", f"{rest} = {index} // {s0}", f"{d1} = {rest} % {s1}",
+                    f"{rest} = {rest} // {s1}", f"{d2} = {rest} % {s2}"], indent)
+
+
+def _tap_loops(indent: int, row_mask: str = "") -> str:
+    """Headers of the loops over the kernel taps (kd, kh, kw) around an input pixel.
+
+    Inside the innermost loop (``indent + 12``), ``id_, ih, iw`` is the tap's input pixel and
+    ``m_pix`` whether it lies inside the input (and satisfies ``row_mask``, e.g. ``"mask_m & "``).
+    """
+    return _indent(["for kd in range(KD):",
+                    "    id_ = id0 + kd * dil_d",
+                    f"    m_d = {row_mask}(id_ >= 0) & (id_ < D)",
+                    "    for kh in range(KH):",
+                    "        ih = ih0 + kh * dil_h",
+                    "        m_h = m_d & (ih >= 0) & (ih < H)",
+                    "        for kw in range(KW):",
+                    "            iw = iw0 + kw * dil_w",
+                    "            m_pix = m_h & (iw >= 0) & (iw < W)"], indent)
+
+
 def _signature(name: str, epilogue: Epilogue, constexprs: list[str]) -> str:
-    epi = "".join(f"{p}, " for p in epilogue.params)
-    consts = ", ".join(f"{c}: tl.constexpr" for c in constexprs)
-    return (f"def {name}(\n    x_ptr, w_ptr,\n    {_SIZE_ARGS}\n    {_STRIDE_ARGS}\n"
-            f"    {epi}\n    {consts},\n):")
+    return kernel_signature(name, ["x_ptr", "w_ptr"], ["xn", "wk"], constexprs,
+                            extra="".join(f"{p}, " for p in epilogue.params))
 
 
-_PIXELS = """
+_PIXELS = f"""
     # -- output pixels of this tile: m = ((n*OD + od)*OH + oh)*OW + ow
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
-    ow_idx = offs_m % OW
-    t_m = offs_m // OW
-    oh_idx = t_m % OH
-    t_m = t_m // OH
-    od_idx = t_m % OD
+{unravel("offs_m", "t_m", ("ow_idx", "oh_idx", "od_idx"), ("OW", "OH", "OD"))}
     n_idx = t_m // OD
     id0 = od_idx * stride_d - pad_d
     ih0 = oh_idx * stride_h - pad_h
@@ -147,6 +197,69 @@ _ALIASES = """
 """
 
 
+def _epilogue_block(epilogue: Epilogue) -> str:
+    """The 2-D aliases, then the epilogue's lines, closing a kernel body."""
+    return f"{_ALIASES}    # -- epilogue\n{_indent(epilogue.lines, 4)}\n"
+
+
+def _tap_order_loop(precision: str) -> str:
+    """``k_order="tap"``: loops over the kernel taps, then over blocks of the group's channels."""
+    return f"""
+{_tap_loops(4, "mask_m & ")}
+                x_pix = x_base + id_ * stride_xd + ih * stride_xh + iw * stride_xw
+                w_tap = w_base + kd * stride_wd + kh * stride_wh + kw * stride_ww
+                for c0 in range(0, CG, BLOCK_K):
+                    cc = c0 + offs_k
+                    m_c = cc < CG
+                    a = tl.load(x_pix[:, None] + cc[None, :] * stride_xc,
+                                mask=m_pix[:, None] & m_c[None, :], other=0.0)
+                    b = tl.load(w_tap[None, :] + cc[:, None] * stride_wc,
+                                mask=m_c[:, None] & mask_n[None, :], other=0.0)
+                    acc += tl.dot(a, b{precision})
+"""
+
+
+def _flat_order_loop(precision: str) -> str:
+    """``k_order="flat"``: one loop over the flattened ``(c, kd, kh, kw)`` index."""
+    return f"""
+    K_TOT = CG * KD * KH * KW
+    for k0 in range(0, K_TOT, BLOCK_K):
+        kk = k0 + offs_k
+        m_k = kk < K_TOT
+        # k = ((c*KD + kd)*KH + kh)*KW + kw, the weight's own (c, kd, kh, kw) order
+{unravel("kk", "t_k", ("kw_k", "kh_k", "kd_k"), ("KW", "KH", "KD"), 8)}
+        c_k = t_k // KD
+        id_ = id0[:, None] + (kd_k * dil_d)[None, :]
+        ih = ih0[:, None] + (kh_k * dil_h)[None, :]
+        iw = iw0[:, None] + (kw_k * dil_w)[None, :]
+        m_a = (mask_m[:, None] & m_k[None, :] & (id_ >= 0) & (id_ < D) & (ih >= 0) & (ih < H)
+               & (iw >= 0) & (iw < W))
+        a = tl.load(x_base[:, None] + (c_k * stride_xc)[None, :] + id_ * stride_xd
+                    + ih * stride_xh + iw * stride_xw, mask=m_a, other=0.0)
+        w_off = c_k * stride_wc + kd_k * stride_wd + kh_k * stride_wh + kw_k * stride_ww
+        b = tl.load(w_base[None, :] + w_off[:, None], mask=m_k[:, None] & mask_n[None, :], other=0.0)
+        acc += tl.dot(a, b{precision})
+"""
+
+
+_K_LOOPS = {"tap": _tap_order_loop, "flat": _flat_order_loop}
+
+_SWIZZLED_PROGRAM = """
+    # -- program ids: swizzled (pid_m, pid_n) on axis 0, group on axis 1
+    M = N * OD * OH * OW
+    pid = tl.program_id(0)
+    g = tl.program_id(1)
+    num_pid_m = (M + BLOCK_M - 1) // BLOCK_M
+    num_pid_n = (KG + BLOCK_N - 1) // BLOCK_N
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+"""
+
+
 def igemm_source(epilogue: Epilogue, k_order: str = "tap", allow_tf32: bool = False) -> str:
     """Source of the implicit-GEMM convolution kernel ``tw_conv_igemm``.
 
@@ -162,70 +275,11 @@ def igemm_source(epilogue: Epilogue, k_order: str = "tap", allow_tf32: bool = Fa
             e.g. a 3-channel stem).
         allow_tf32: let float32 ``tl.dot`` use TF32 on the GPU.
     """
-    precision = "" if allow_tf32 else ', input_precision="ieee"'
-    if k_order == "tap":
-        loop = f"""
-    for kd in range(KD):
-        id_ = id0 + kd * dil_d
-        m_d = mask_m & (id_ >= 0) & (id_ < D)
-        for kh in range(KH):
-            ih = ih0 + kh * dil_h
-            m_h = m_d & (ih >= 0) & (ih < H)
-            for kw in range(KW):
-                iw = iw0 + kw * dil_w
-                m_pix = m_h & (iw >= 0) & (iw < W)
-                x_pix = x_base + id_ * stride_xd + ih * stride_xh + iw * stride_xw
-                w_tap = w_base + kd * stride_wd + kh * stride_wh + kw * stride_ww
-                for c0 in range(0, CG, BLOCK_K):
-                    cc = c0 + offs_k
-                    m_c = cc < CG
-                    a = tl.load(x_pix[:, None] + cc[None, :] * stride_xc,
-                                mask=m_pix[:, None] & m_c[None, :], other=0.0)
-                    b = tl.load(w_tap[None, :] + cc[:, None] * stride_wc,
-                                mask=m_c[:, None] & mask_n[None, :], other=0.0)
-                    acc += tl.dot(a, b{precision})
-"""
-    elif k_order == "flat":
-        loop = f"""
-    K_TOT = CG * KD * KH * KW
-    for k0 in range(0, K_TOT, BLOCK_K):
-        kk = k0 + offs_k
-        m_k = kk < K_TOT
-        # k = ((c*KD + kd)*KH + kh)*KW + kw, the weight's own (c, kd, kh, kw) order
-        kw_k = kk % KW
-        t_k = kk // KW
-        kh_k = t_k % KH
-        t_k = t_k // KH
-        kd_k = t_k % KD
-        c_k = t_k // KD
-        id_ = id0[:, None] + (kd_k * dil_d)[None, :]
-        ih = ih0[:, None] + (kh_k * dil_h)[None, :]
-        iw = iw0[:, None] + (kw_k * dil_w)[None, :]
-        m_a = (mask_m[:, None] & m_k[None, :] & (id_ >= 0) & (id_ < D) & (ih >= 0) & (ih < H)
-               & (iw >= 0) & (iw < W))
-        a = tl.load(x_base[:, None] + (c_k * stride_xc)[None, :] + id_ * stride_xd
-                    + ih * stride_xh + iw * stride_xw, mask=m_a, other=0.0)
-        w_off = c_k * stride_wc + kd_k * stride_wd + kh_k * stride_wh + kw_k * stride_ww
-        b = tl.load(w_base[None, :] + w_off[:, None], mask=m_k[:, None] & mask_n[None, :], other=0.0)
-        acc += tl.dot(a, b{precision})
-"""
-    else:
+    if k_order not in _K_LOOPS:
         raise ValueError(f"unknown k_order {k_order!r}")
+    loop = _K_LOOPS[k_order](dot_precision(allow_tf32))
     head = _signature(KERNEL_IGEMM, epilogue, ["BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"])
-    body = f"""
-    # -- program ids: swizzled (pid_m, pid_n) on axis 0, group on axis 1
-    M = N * OD * OH * OW
-    pid = tl.program_id(0)
-    g = tl.program_id(1)
-    num_pid_m = (M + BLOCK_M - 1) // BLOCK_M
-    num_pid_n = (KG + BLOCK_N - 1) // BLOCK_N
-    num_pid_in_group = GROUP_M * num_pid_n
-    group_id = pid // num_pid_in_group
-    first_pid_m = group_id * GROUP_M
-    group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_n = (pid % num_pid_in_group) // group_size_m
-{_PIXELS}
+    body = f"""{_SWIZZLED_PROGRAM}{_PIXELS}
     # -- output channels of this tile (global index) and base pointers
     offs_nl = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_nl < KG
@@ -235,10 +289,8 @@ def igemm_source(epilogue: Epilogue, k_order: str = "tap", allow_tf32: bool = Fa
     w_base = w_ptr + offs_n.to(tl.int64) * stride_wk
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     # -- reduction over K, gathering the input tile on the fly{loop}
-{_ALIASES}    # -- epilogue
-{_indent(epilogue.lines, 4)}
-"""
-    return f"import triton\nimport triton.language as tl\n\n\n{head}{body}"
+{_epilogue_block(epilogue)}"""
+    return module_source(head, body)
 
 
 def direct_source(epilogue: Epilogue) -> str:
@@ -266,21 +318,11 @@ def direct_source(epilogue: Epilogue) -> str:
     for c in range(CG):
         x_c = x_base[:, None] + ((c_first + c).to(tl.int64) * stride_xc)[None, :]
         w_c = w_base + c * stride_wc
-        for kd in range(KD):
-            id_ = id0 + kd * dil_d
-            m_d = (id_ >= 0) & (id_ < D)
-            for kh in range(KH):
-                ih = ih0 + kh * dil_h
-                m_h = m_d & (ih >= 0) & (ih < H)
-                for kw in range(KW):
-                    iw = iw0 + kw * dil_w
-                    m_pix = m_h & (iw >= 0) & (iw < W)
+{_tap_loops(8)}
                     pix = id_ * stride_xd + ih * stride_xh + iw * stride_xw
                     xv = tl.load(x_c + pix[:, None], mask=m_tile & m_pix[:, None], other=0.0)
                     wv = tl.load(w_c + kd * stride_wd + kh * stride_wh + kw * stride_ww,
                                  mask=mask_n, other=0.0)
                     acc += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
-{_ALIASES}    # -- epilogue
-{_indent(epilogue.lines, 4)}
-"""
-    return f"import triton\nimport triton.language as tl\n\n\n{head}{body}"
+{_epilogue_block(epilogue)}"""
+    return module_source(head, body)
