@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -134,6 +135,35 @@ def test_cpu_without_interpreter_runs_eagerly_with_a_warning(monkeypatch: pytest
     assert_close(out, fn(x))
     assert report.graphs[0].mode == "eager (cpu)"
     assert report.coverage == 0.0 and report.graphs[0].compute_ops == 2, "an eager graph's ops count, uncovered"
+
+
+@pytest.mark.fallback
+def test_cpu_without_interpreter_runs_dynamos_own_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not the decomposed, attention-rewritten graph: SDPA stays SDPA, so eager's CPU kernels run."""
+    import torch.nn.functional as F
+
+    from tilewright.frontend import backend
+
+    monkeypatch.setattr(backend, "interpret_mode", lambda: False)
+    monkeypatch.setattr(backend, "_warned_cpu", True)
+    seen: list[str] = []
+    original = backend._as_written
+
+    def spy(gm: torch.fx.GraphModule) -> Any:
+        seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return original(gm)
+
+    monkeypatch.setattr(backend, "_as_written", spy)
+    fn = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True).sum(-1).exp()  # noqa: E731
+    q, k, v = (torch.randn(2, 3, 9, 8, requires_grad=True) for _ in range(3))
+    with collect() as report:
+        out = torch.compile(fn, backend="tilewright")(q, k, v)
+        out.sum().backward()
+    assert_close(out, fn(q, k, v))
+    assert any("scaled_dot_product_attention" in s for s in seen), seen
+    assert [g.mode for g in report.graphs] == ["eager (cpu)"], "one graph, no AOT forward/backward split"
+    assert report.graphs[0].name.endswith("_dynamo") and report.attention_fused == 0
+    assert q.grad is not None and torch.isfinite(q.grad).all()
 
 
 def test_cpu_without_interpreter_raises_in_strict_mode(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import operator
 import warnings
 from typing import Any, Callable, Sequence
 
@@ -88,7 +89,6 @@ class LazyCompiledGraph:
     def _compile(self, inputs: Sequence[Any]) -> Callable[[Sequence[Any]], Any]:
         from ..compiler import compile_graph_for_inputs
 
-        global _warned_cpu
         report = GraphReport(self.name)
         report.attention_blocks = list(self.attention_blocks) if self.kind != "backward" else []
         if self.symbolic:
@@ -96,15 +96,7 @@ class LazyCompiledGraph:
             report.notes.append(f"dynamic shapes: specialised for {len(self.cache) + 1} concrete signature(s)")
         devices = {a.device.type for a in inputs if isinstance(a, torch.Tensor)}
         if "cuda" not in devices and not interpret_mode():
-            if config.strict:
-                raise StrictModeError(f"graph {self.name} would run eagerly (strict mode is on): its tensors are on "
-                                      "CPU and TILEWRIGHT_INTERPRET is not set; use CUDA tensors, or set "
-                                      "TILEWRIGHT_INTERPRET=1 to run the generated kernels in Triton's interpreter")
-            if not _warned_cpu:
-                warnings.warn("tilewright: tensors are on CPU and TILEWRIGHT_INTERPRET is not set, so graphs run "
-                              "eagerly; use CUDA tensors, or set TILEWRIGHT_INTERPRET=1 to run the generated "
-                              "kernels in Triton's interpreter", stacklevel=2)
-                _warned_cpu = True
+            _check_cpu_eager(self.name)
             report.mode = "eager (cpu)"
             report.compute_ops = count_compute_ops(self.gm)
             report.notes.append("ran eagerly: CPU tensors without TILEWRIGHT_INTERPRET=1")
@@ -165,6 +157,8 @@ def tilewright_backend(gm: fx.GraphModule, example_inputs: list[Any], **options:
     opts = dict(options.get("options") or {})
     mode = options.get("mode") or opts.get("mode")
     tune: bool | None = True if (mode == "max-autotune" or opts.get("autotune") or options.get("autotune")) else None
+    if _runs_eagerly_on_cpu(example_inputs):
+        return _as_written(gm)
     attention_blocks: list[dict[str, Any]] = []
     if config.fuse_attention:
         gm, attention_blocks = _rewrite_attention(gm, example_inputs)
@@ -185,6 +179,65 @@ def tilewright_backend(gm: fx.GraphModule, example_inputs: list[Any], **options:
     compiler = aot_autograd(fw_compiler=fw_compiler, bw_compiler=bw_compiler, inference_compiler=inference_compiler,
                             decompositions=decomposition_table(), keep_inference_input_mutations=True)
     return compiler(gm, example_inputs)
+
+
+_CPU_EAGER = ("tensors are on CPU and TILEWRIGHT_INTERPRET is not set, so graphs run eagerly as written; use "
+              "CUDA tensors, or set TILEWRIGHT_INTERPRET=1 to run the generated kernels in Triton's interpreter")
+
+
+def _runs_eagerly_on_cpu(example_inputs: Sequence[Any]) -> bool:
+    """No CUDA tensor and no interpreter: no tilewright kernel can run this graph."""
+    devices = {a.device.type for a in example_inputs if isinstance(a, torch.Tensor)}
+    return "cuda" not in devices and not interpret_mode()
+
+
+def _check_cpu_eager(name: str) -> None:
+    """Strict mode: refuse to run eagerly; otherwise warn once."""
+    global _warned_cpu
+    if config.strict:
+        raise StrictModeError(f"graph {name} would run eagerly (strict mode is on): its tensors are on CPU and "
+                              "TILEWRIGHT_INTERPRET is not set; use CUDA tensors, or set TILEWRIGHT_INTERPRET=1 "
+                              "to run the generated kernels in Triton's interpreter")
+    if not _warned_cpu:
+        warnings.warn(f"tilewright: {_CPU_EAGER}", stacklevel=3)
+        _warned_cpu = True
+
+
+def count_dynamo_ops(gm: fx.GraphModule) -> int:
+    """Compute ops of a Dynamo (torch-level) graph: calls other than getitem and views."""
+    count = 0
+    for node in gm.graph.nodes:
+        if node.op == "call_function":
+            count += node.target is not operator.getitem and getattr(node.target, "__name__", "") not in _VIEWS
+        elif node.op == "call_method":
+            count += node.target not in _VIEWS
+        elif node.op == "call_module":
+            count += 1
+    return count
+
+
+_VIEWS = frozenset({"view", "reshape", "permute", "transpose", "expand", "contiguous", "size", "dim", "t",
+                    "unsqueeze", "squeeze", "flatten", "unflatten", "narrow", "select", "split", "chunk",
+                    "view_as", "expand_as", "type_as", "to", "float", "detach"})
+
+
+def _as_written(gm: fx.GraphModule) -> Callable[..., Any]:
+    """Run Dynamo's own graph (not decomposed, no attention rewrite): exactly eager's work."""
+    name = f"graph{next(_graph_counter)}_dynamo"
+    if config.strict:  # raised when the graph runs: Dynamo would wrap an error raised while compiling
+
+        def refuse(*args: Any) -> Any:
+            _check_cpu_eager(name)
+
+        return refuse
+    _check_cpu_eager(name)
+    report = GraphReport(name)
+    report.mode = "eager (cpu)"
+    report.compute_ops = count_dynamo_ops(gm)
+    report.notes.append("ran eagerly as written (Dynamo's graph, not decomposed): CPU tensors without "
+                        "TILEWRIGHT_INTERPRET=1")
+    publish(report)
+    return gm
 
 
 def _rewrite_attention(gm: fx.GraphModule, example_inputs: list[Any]) -> tuple[fx.GraphModule, list[dict[str, Any]]]:

@@ -42,9 +42,7 @@ class MatmulKernelBuilder:
         self.anchor = anchor
         self.nodes = nodes
         self.ids = {n.id for n in nodes}
-        self.outputs = group_outputs(nodes, materialize)
-        if not self.outputs:
-            raise CodegenError("matmul group has no outputs")
+        self.outputs = group_outputs(nodes, materialize, "matmul group")
         for n in nodes:
             if n is not anchor and lookup(n.target).kind != "pointwise":
                 raise CodegenError(f"{n.op} cannot be a matmul epilogue")

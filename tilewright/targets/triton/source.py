@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from ...ir.graph import Node, Value
 from ...schedule.space import Config, ScheduleSpace
+from .emit.expr import CodegenError
 
 
 @dataclass
@@ -31,9 +32,12 @@ class KernelSource:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def group_outputs(nodes: list[Node], materialize: set[int]) -> list[Value]:
-    """Outputs of the group's nodes that must be written to memory."""
-    return [o for n in nodes for o in n.outputs if o.id in materialize]
+def group_outputs(nodes: list[Node], materialize: set[int], what: str = "group") -> list[Value]:
+    """Outputs of the group's nodes that must be written to memory (raises when there are none)."""
+    outputs = [o for n in nodes for o in n.outputs if o.id in materialize]
+    if not outputs:
+        raise CodegenError(f"{what} has no outputs")
+    return outputs
 
 
 INT32_LIMIT = 2**31 - 1

@@ -54,9 +54,7 @@ class ConvGroupKernel(Kernel):
                 raise CodegenError(f"{n.op} cannot be a convolution epilogue")
         self.anchor = anchor
         self.nodes = nodes
-        self.outputs = group_outputs(nodes, materialize)
-        if not self.outputs:
-            raise CodegenError("convolution group has no outputs")
+        self.outputs = group_outputs(nodes, materialize, "convolution group")
         self.epilogue, self.epilogue_inputs = self._epilogue()
         x, w = anchor.args[0], anchor.args[1]
         self.inputs: list[Value] = [x, w] + [v for v in self.epilogue_inputs if v.id not in (x.id, w.id)]
