@@ -59,12 +59,12 @@ def _kernel_name(group: Group, index: int) -> str:
     return f"tw_{tag}{index}_" + "_".join(interesting[:3])[:40]
 
 
-def choose_schedule(kernel: Kernel, tune: bool | None = None) -> None:
+def choose_schedule(kernel: Kernel, tune: bool | None = None, cost_model: Any = "auto") -> None:
     """Pick the kernel's config: tuning database, cost model, or the heuristic default."""
     from .autotune.tuner import choose_config
 
     try:
-        config, source = choose_config(kernel, tune=tune)
+        config, source = choose_config(kernel, tune=tune, cost_model=cost_model)
     except Exception as exc:  # the tuner must never break a compile
         log.warning("schedule selection failed for %s (%s); using the default config", kernel.name, exc)
         return
@@ -102,16 +102,23 @@ def compile_graph_for_inputs(gm: fx.GraphModule, inputs: Sequence[Any], report: 
     graph = import_fx(gm, inputs)
     t1 = time.perf_counter()
     default_passes().run(graph)
-    target = target_for()
+    target = target_for(_device_of(inputs))
     fusion = fuse(graph, target.can_build, target.kind_of)
     t2 = time.perf_counter()
     steps = _build_steps(graph, fusion, target, report, tune)
+    target.prepare([s.kernel for s in steps if isinstance(s, KernelStep)])
     plan = make_plan(graph, steps)
     t3 = time.perf_counter()
     report.timings["import"] = report.timings.get("import", 0.0) + t1 - t0
     report.timings["passes"] = report.timings.get("passes", 0.0) + t2 - t1
     report.timings["codegen"] = report.timings.get("codegen", 0.0) + t3 - t2
     return CompiledGraph(graph, plan, report, eager)
+
+
+def _device_of(inputs: Sequence[Any]) -> Any:
+    """The device of the graph's tensors (CUDA when any is on CUDA)."""
+    devices = [a.device for a in inputs if hasattr(a, "device") and hasattr(a, "data_ptr")]
+    return next((d for d in devices if d.type == "cuda"), devices[0] if devices else None)
 
 
 def _build_steps(graph: Graph, fusion: FusionResult, target: Target, report: GraphReport,
@@ -130,7 +137,7 @@ def _build_steps(graph: Graph, fusion: FusionResult, target: Target, report: Gra
         else:
             node = group.nodes[0]
             steps.append(ExternStep(node))
-            reason = group.reason or ("no Triton lowering for this op; runs as an ATen call"
+            reason = group.reason or (f"no {target.label} lowering for this op; runs as an ATen call"
                                       if lookup(node.target).kind == "extern" else "not lowered")
             report.add_fallback(node.op, reason)
     report.compute_ops += compute_ops
@@ -155,7 +162,8 @@ def _kernel_steps(group: Group, index: int, fusion: FusionResult, target: Target
         log.warning("kernel %s could not be generated (%s); its ops run as ATen calls", name, exc)
         report.add_fallback(f"kernel {name}", f"codegen failed: {exc}")
         return [ExternStep(n) for n in group.nodes]
-    choose_schedule(kernel, tune)
+    # NOTE: the cost model knows GPUs only; other targets keep their defaults until they are measured
+    choose_schedule(kernel, tune, "auto" if target.name == "triton" else None)
     inplace = {n.outputs[0].id: n.args[0] for n in group.nodes if lookup(n.target).extra.get("inplace")}
     entry = report.add_kernel(kernel.describe(), len(group.nodes))
     report.tunable_kernels.append(kernel)

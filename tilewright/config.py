@@ -61,6 +61,9 @@ class Config:
     #: SQLAlchemy URL of the tuning database; None means ``sqlite:///<cache_dir>/tuning.db``.
     tuning_db_url: str | None = field(default_factory=lambda: os.environ.get("TILEWRIGHT_TUNING_DB") or None)
     autotune: bool = field(default_factory=lambda: _env_flag("TILEWRIGHT_AUTOTUNE"))
+    #: Code generator for CPU tensors: "cpu" (native C++/OpenMP kernels), or "auto"/"triton"
+    #: (Triton kernels, run in the interpreter when ``interpret`` is on).
+    target: str = field(default_factory=lambda: os.environ.get("TILEWRIGHT_TARGET", "auto").strip().lower() or "auto")
     #: Trials per kernel when tuning at compile time.
     autotune_trials: int = 20
     #: Fuse pointwise epilogues into matmul templates.

@@ -95,14 +95,14 @@ class LazyCompiledGraph:
             report.specialized = True
             report.notes.append(f"dynamic shapes: specialised for {len(self.cache) + 1} concrete signature(s)")
         devices = {a.device.type for a in inputs if isinstance(a, torch.Tensor)}
-        if "cuda" not in devices and not interpret_mode():
+        if "cuda" not in devices and not interpret_mode() and config.target != "cpu":
             _check_cpu_eager(self.name)
             report.mode = "eager (cpu)"
             report.compute_ops = count_compute_ops(self.gm)
             report.notes.append("ran eagerly: CPU tensors without TILEWRIGHT_INTERPRET=1")
             publish(report)
             return self._eager()
-        report.mode = "cuda" if "cuda" in devices else "interpreter"
+        report.mode = "cuda" if "cuda" in devices else ("cpu" if config.target == "cpu" else "interpreter")
         if report.mode == "interpreter":
             ensure_interpreter()
         if self.kind == "inference" and not self._folded:
@@ -160,7 +160,7 @@ def tilewright_backend(gm: fx.GraphModule, example_inputs: list[Any], **options:
     if _runs_eagerly_on_cpu(example_inputs):
         return _as_written(gm)
     attention_blocks: list[dict[str, Any]] = []
-    if config.fuse_attention:
+    if config.fuse_attention and not _native_cpu(example_inputs):  # no CPU attention kernel yet: SDPA stays
         gm, attention_blocks = _rewrite_attention(gm, example_inputs)
 
     def fw_compiler(g: fx.GraphModule, ex: list[Any]) -> LazyCompiledGraph:
@@ -186,9 +186,15 @@ _CPU_EAGER = ("tensors are on CPU and TILEWRIGHT_INTERPRET is not set, so graphs
 
 
 def _runs_eagerly_on_cpu(example_inputs: Sequence[Any]) -> bool:
-    """No CUDA tensor and no interpreter: no tilewright kernel can run this graph."""
+    """No CUDA tensor, no interpreter and no native CPU target: no tilewright kernel can run this graph."""
     devices = {a.device.type for a in example_inputs if isinstance(a, torch.Tensor)}
-    return "cuda" not in devices and not interpret_mode()
+    return "cuda" not in devices and not interpret_mode() and config.target != "cpu"
+
+
+def _native_cpu(example_inputs: Sequence[Any]) -> bool:
+    """The graph's kernels come from the native CPU target."""
+    devices = {a.device.type for a in example_inputs if isinstance(a, torch.Tensor)}
+    return "cuda" not in devices and config.target == "cpu"
 
 
 def _check_cpu_eager(name: str) -> None:

@@ -47,8 +47,9 @@ class TemplateLowering:
 class Target(ABC):
     """A code generator for one kind of device."""
 
-    #: short name ("triton", later "cpu")
+    #: short name ("triton", "cpu") and how reports name its kernels' language
     name: str = ""
+    label: str = ""
     #: kernel kind -> builder, the one place a target's kinds are registered
     builders: Mapping[str, KernelBuilder] = {}
 
@@ -74,6 +75,9 @@ class Target(ABC):
     @abstractmethod
     def template(self, node: Node) -> TemplateLowering | None:
         """How template ``node`` runs here (None: this target has no kernels for it)."""
+
+    def prepare(self, kernels: list[Kernel]) -> None:
+        """Make the graph's kernels launchable together (e.g. one shared library); raises BuildError."""
 
     @abstractmethod
     def device_info(self, device: Any = None) -> dict[str, Any]:

@@ -56,6 +56,7 @@ class TritonTarget(Target):
     """Triton kernels: compiled on CUDA, interpreted on CPU when ``TILEWRIGHT_INTERPRET=1``."""
 
     name = "triton"
+    label = "Triton"
     builders = BUILDERS
 
     def runs_on(self, device: torch.device) -> bool:

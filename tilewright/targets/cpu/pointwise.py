@@ -1,0 +1,226 @@
+"""C++/OpenMP source for fused pointwise groups, and the kernel that launches it.
+
+A group's nodes all produce the iteration shape ``S``. The kernel walks ``S`` as rows (every dim
+but the last, decomposed once per row) times the last dim, split into blocks of ``BLOCK``
+elements; OpenMP spreads the (row, block) tasks over ``threads`` threads and the inner loop over
+the block is a unit-stride ``omp simd`` loop. Each operand is read through its own strides, with
+stride 0 on broadcast dims, so broadcasting and strided views cost no copies. Values produced
+inside the group stay in registers; only the values something outside the group reads are
+stored, through the output's own strides.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import math
+from typing import Any, Sequence
+
+import torch
+
+from ...errors import BuildError
+from ...ir.graph import Node, Value
+from ...ir.registry import lookup, packet_name
+from ...schedule.kernel import Kernel
+from ...schedule.problem import KernelProblem
+from ...schedule.space import Config, ScheduleSpace
+from .scalar_ops import BODIES, CPP_TYPES, OPERAND_CAST, literal
+
+SPACE_VERSION = "1"
+
+
+def supported_node(node: Node) -> str | None:
+    """None when this module generates ``node``, else why not."""
+    name = packet_name(node.target)
+    if name not in BODIES:
+        return f"no C++ body for {name}"
+    if lookup(node.target).extra.get("inplace"):
+        return "in-place writes are not generated for CPU yet"
+    for v in node.inputs + node.outputs:
+        if v.type.dtype not in CPP_TYPES:
+            return f"{v.type.dtype} is not generated for CPU yet"
+        if v.type.device.type != "cpu":
+            return f"operand on {v.type.device}"
+    if any(isinstance(v, Value) for v in node.kwargs.values()):
+        return "tensor keyword arguments"
+    if len(node.outputs) != 1 or node.outputs[0].type.numel == 0:
+        return "not one non-empty output"
+    if name == "aten._to_copy" and node.kwargs.get("layout") not in (None, torch.strided):
+        return "layout change"
+    return None
+
+
+def pointwise_space(numel: int, cores: int) -> ScheduleSpace:
+    """Threads and inner block size; the default uses every core once the work is large enough."""
+    threads = sorted({1, *(t for t in (2, 4, 8, 16, 32, 64) if t <= cores), cores})
+    blocks = [256, 1024, 4096, 16384]
+    default_threads = cores if numel >= 32768 else 1
+    return ScheduleSpace("pointwise", {"BLOCK": list(blocks), "threads": threads},
+                         default={"BLOCK": 4096, "threads": default_threads}, version=SPACE_VERSION)
+
+
+def _broadcast_strides(v: Value, shape: tuple[int, ...]) -> list[int]:
+    """Strides of ``v`` read at indices of ``shape`` (0 on broadcast dims); raises when it is not a broadcast."""
+    lead = len(shape) - v.type.rank
+    if lead < 0:
+        raise BuildError(f"operand %{v.name} {v.type} has more dims than the iteration shape {shape}")
+    strides = []
+    for d, size in enumerate(shape):
+        dv = d - lead
+        if dv < 0 or v.type.shape[dv] == 1:
+            strides.append(0)
+        elif v.type.shape[dv] == size:
+            strides.append(v.type.strides[dv])
+        else:
+            raise BuildError(f"operand %{v.name} {v.type} does not broadcast to {shape}")
+    return strides
+
+
+class PointwiseSource:
+    """The C++ function of one pointwise group (``name`` is its C symbol)."""
+
+    def __init__(self, name: str, nodes: list[Node], materialize: set[int]) -> None:
+        self.name = name
+        self.nodes = nodes
+        for node in nodes:
+            reason = supported_node(node)
+            if reason:
+                raise BuildError(f"{node.op}: {reason}")
+        self.shape = tuple(nodes[0].outputs[0].type.shape)
+        ids = {n.outputs[0].id for n in nodes}
+        for node in nodes:
+            if tuple(node.outputs[0].type.shape) != self.shape:
+                raise BuildError(f"{node.op} produces {node.outputs[0].type.shape}, the group iterates {self.shape}")
+            for a in node.inputs:
+                if a.id in ids and tuple(a.type.shape) != self.shape:
+                    raise BuildError("a group value is read through a view")
+        self.outputs = [o for n in nodes for o in n.outputs if o.id in materialize]
+        if not self.outputs:
+            raise BuildError("group has no outputs")
+        self.inputs: list[Value] = []
+        for node in nodes:
+            for a in node.inputs:
+                if a.id not in ids and all(a.id != i.id for i in self.inputs):
+                    self.inputs.append(a)
+        self.strides = {v.id: _broadcast_strides(v, self.shape) for v in self.inputs + self.outputs}
+        # local names in order of appearance: the same group always gives the same source text
+        self.local: dict[int, str] = {}
+        for v in self.inputs + [n.outputs[0] for n in nodes]:
+            self.local.setdefault(v.id, f"v{len(self.local)}")
+        self.source = self._function()
+
+    def _var(self, v: Value) -> str:
+        return self.local[v.id]
+
+    def _base(self, v: Value) -> str:
+        return "b" + self.local[v.id][1:]
+
+    def _operand(self, arg: Any, node: Node, index: int, ctype: str) -> str:
+        if isinstance(arg, Value):
+            code = self._var(arg)
+            mode = OPERAND_CAST.get(packet_name(node.target), "out")
+            keep = mode == "none" or (mode == "where" and index == 0) or (mode == "masked_fill" and index == 1)
+            if mode == "promote":
+                others = [a.type.dtype for a in node.inputs]
+                ctype = CPP_TYPES[others[0] if len(others) == 1 else torch.promote_types(*others[:2])]
+            return code if keep else f"(({ctype}){code})"
+        if arg is None:
+            return "None"
+        return literal(arg) if packet_name(node.target) in ("aten.where", "aten.masked_fill") and index == 0 \
+            else f"(({ctype}){literal(arg)})"
+
+    def _body(self) -> list[str]:
+        lines = []
+        for v in self.inputs:
+            t = CPP_TYPES[v.type.dtype]
+            lines.append(f"const {t} {self._var(v)} = in{self.inputs.index(v)}[{self._base(v)} + j * "
+                         f"{self.strides[v.id][-1] if self.shape else 0}];")
+        for node in self.nodes:
+            out = node.outputs[0]
+            t = CPP_TYPES[out.type.dtype]
+            args = [self._operand(a, node, i, t) for i, a in enumerate(node.args)]
+            if packet_name(node.target) == "aten.where" and not isinstance(node.args[1], Value) \
+                    and not isinstance(node.args[2], Value):
+                args = [args[0], f"(({t}){literal(node.args[1])})", f"(({t}){literal(node.args[2])})"]
+            expr = BODIES[packet_name(node.target)](args, dict(node.kwargs), t)
+            lines.append(f"const {t} {self._var(out)} = ({t})({expr});")
+        for k, v in enumerate(self.outputs):
+            lines.append(f"out{k}[{self._base(v)} + j * {self.strides[v.id][-1] if self.shape else 0}] = {self._var(v)};")
+        return lines
+
+    def _function(self) -> str:
+        shape = self.shape or (1,)
+        rows, length = math.prod(shape[:-1]), shape[-1]
+        values = self.inputs + self.outputs
+        params = [f"const void* p_in{i}" for i in range(len(self.inputs))]
+        params += [f"void* p_out{i}" for i in range(len(self.outputs))]
+        casts = [f"  const {CPP_TYPES[v.type.dtype]}* in{i} = (const {CPP_TYPES[v.type.dtype]}*)p_in{i};"
+                 for i, v in enumerate(self.inputs)]
+        casts += [f"  {CPP_TYPES[v.type.dtype]}* out{i} = ({CPP_TYPES[v.type.dtype]}*)p_out{i};"
+                  for i, v in enumerate(self.outputs)]
+        row_index = ["    int64_t rest = r;"]
+        bases = {v.id: [] for v in values}
+        for d in range(len(shape) - 2, -1, -1):
+            row_index.append(f"    const int64_t i{d} = rest % {shape[d]}; rest /= {shape[d]};")
+            for v in values:
+                stride = self.strides[v.id][d] if self.shape else 0
+                if stride:
+                    bases[v.id].append(f"i{d} * INT64_C({stride})")
+        row_index += [f"    const int64_t {self._base(v)} = {' + '.join(bases[v.id]) or '0'};" for v in values]
+        body = "\n".join("      " + line for line in self._body())
+        return f"""extern "C" void {self.name}({', '.join(params + ['int64_t block', 'int threads'])}) {{
+{chr(10).join(casts)}
+  const int64_t blocks = ({length} + block - 1) / block;
+  const int64_t tasks = INT64_C({rows}) * blocks;
+  #pragma omp parallel for num_threads(threads) schedule(static) if(threads > 1)
+  for (int64_t task = 0; task < tasks; ++task) {{
+    const int64_t r = task / blocks;
+    const int64_t j0 = (task % blocks) * block;
+    const int64_t j1 = j0 + block < {length} ? j0 + block : {length};
+{chr(10).join(row_index)}
+    #pragma omp simd
+    for (int64_t j = j0; j < j1; ++j) {{
+{body}
+    }}
+  }}
+}}
+"""
+
+
+class CpuKernel(Kernel):
+    """A generated C++ kernel of the CPU target: one function in its graph's shared library."""
+
+    kind = "pointwise"
+
+    def __init__(self, source: PointwiseSource, cores: int) -> None:
+        self.source = source
+        self.nodes = source.nodes
+        self.inputs = source.inputs
+        self.outputs = source.outputs
+        self.ops = [n.op for n in source.nodes]
+        numel = math.prod(source.shape)
+        values = self.inputs + self.outputs
+        signature = tuple((list(v.type.shape), str(v.type.dtype), list(v.type.strides)) for v in values)
+        fingerprint = hashlib.sha256(source.source.replace(source.name, "K").encode()).hexdigest()[:16]
+        nbytes = float(sum(v.type.numel * v.type.dtype.itemsize for v in values))
+        flops = float(numel * sum(lookup(n.target).flops_per_element for n in source.nodes))
+        dtype = str(self.outputs[0].type.dtype).replace("torch.", "")
+        problem = KernelProblem("pointwise", f"cpu-{fingerprint}", {"numel": numel}, dtype, signature, flops, nbytes,
+                                {"ops": len(source.nodes), "target": "cpu"})
+        super().__init__(source.name, pointwise_space(numel, cores), problem)
+        #: set by the target once the graph's library is built: the C function
+        self.function: Any = None
+        self.library: Any = None
+
+    def bind(self, library: Any) -> None:
+        """Take this kernel's function from its graph's loaded library."""
+        fn = getattr(library, self.name)
+        fn.restype = None
+        fn.argtypes = [ctypes.c_void_p] * len(self.inputs + self.outputs) + [ctypes.c_int64, ctypes.c_int]
+        self.function, self.library = fn, library
+
+    def launch(self, tensors: Sequence[torch.Tensor], config: Config | None = None) -> None:
+        """Call the C function on ``tensors`` (inputs then outputs)."""
+        if self.function is None:
+            raise BuildError(f"kernel {self.name} has no compiled library (the build failed or never ran)")
+        config = config or self.config
+        self.function(*[t.data_ptr() for t in tensors], int(config["BLOCK"]), int(config["threads"]))

@@ -1,0 +1,93 @@
+"""The native CPU target: C++/OpenMP kernels built with the system compiler, one library per graph.
+
+What it generates today: fused pointwise groups (any rank, broadcasting, strided operands,
+float32/float64/integer/bool). Everything else — reductions, matmuls, convolutions, attention,
+half types — stays an ATen call, counted and shown in explain as a fallback with its reason.
+Selected with ``TILEWRIGHT_TARGET=cpu`` (``tilewright.config.target = "cpu"``).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from ...ir.graph import Node
+from ...ir.registry import lookup
+from ...schedule.group import Group
+from ...schedule.kernel import Kernel
+from ..base import KernelBuilder, Target, TemplateLowering
+from .pointwise import CpuKernel, PointwiseSource, supported_node
+from .scalar_ops import PRELUDE
+
+log = logging.getLogger(__name__)
+
+
+def _cores() -> int:
+    from .toolchain import cpu_description
+
+    return int(cpu_description().get("cores") or 1)
+
+
+def _pointwise(group: Group, materialize: set[int], name: str) -> Kernel:
+    return CpuKernel(PointwiseSource(name, group.nodes, materialize), _cores())
+
+
+#: kernel kind -> builder
+BUILDERS: dict[str, KernelBuilder] = {"pointwise": _pointwise}
+
+
+class CpuTarget(Target):
+    """C++ kernels for CPU tensors."""
+
+    name = "cpu"
+    label = "C++"
+    builders = BUILDERS
+
+    def runs_on(self, device: torch.device) -> bool:
+        """CPU tensors."""
+        return torch.device(device).type == "cpu"
+
+    def kind_of(self, node: Node) -> str:
+        """``view``, ``pointwise`` for generated ops, ``extern`` for the rest (templates too)."""
+        kind = lookup(node.target).kind
+        if kind == "view":
+            return "view"
+        if kind == "pointwise" and supported_node(node) is None:
+            return "pointwise"
+        return "extern"
+
+    def can_build(self, group: Group, materialize: set[int]) -> str | None:
+        """Generate the group's source as a probe."""
+        try:
+            self.build(group, materialize, "probe")
+        except (ValueError, KeyError, TypeError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # BuildError and anything the probe trips on: keep the group apart
+            return str(exc)
+        return None
+
+    def template(self, node: Node) -> TemplateLowering | None:
+        """No template kernels yet: template nodes run their ATen op."""
+        return None
+
+    def prepare(self, kernels: list[Kernel]) -> None:
+        """Build one shared library holding every kernel of the graph and bind each kernel to it."""
+        cpu_kernels = [k for k in kernels if isinstance(k, CpuKernel)]
+        if not cpu_kernels:
+            return
+        from .build import build_library, load_library
+
+        source = PRELUDE + "\n" + "\n".join(k.source.source for k in cpu_kernels)
+        library = load_library(build_library(source, cpu_kernels[0].name))
+        for kernel in cpu_kernels:
+            kernel.bind(library)
+
+    def device_info(self, device: Any = None) -> dict[str, Any]:
+        """The CPU description tuning records are keyed by (model, ISA flags, compiler)."""
+        from .toolchain import cpu_description, find_compiler
+
+        info = dict(cpu_description())
+        compiler = find_compiler()
+        info.update({"name": info.get("model", "cpu"), "is_gpu": False, "compiler": compiler.version})
+        return info
