@@ -49,6 +49,16 @@ def supported_node(node: Node) -> str | None:
     return None
 
 
+def promoted_ctype(node: Node) -> str:
+    """The C++ type both sides of a comparison are converted to (torch's type promotion)."""
+    dtypes = [a.type.dtype for a in node.inputs]
+    dtype = dtypes[0] if len(dtypes) == 1 else torch.promote_types(*dtypes[:2])
+    scalars = [a for a in node.args if isinstance(a, (bool, int, float)) and not isinstance(a, Value)]
+    if not dtype.is_floating_point and any(isinstance(s, float) for s in scalars):
+        return "double"
+    return CPP_TYPES[dtype]
+
+
 def pointwise_space(numel: int, cores: int) -> ScheduleSpace:
     """Threads and inner block size; the default uses every core once the work is large enough."""
     threads = sorted({1, *(t for t in (2, 4, 8, 16, 32, 64) if t <= cores), cores})
@@ -114,14 +124,17 @@ class PointwiseSource:
     def _base(self, v: Value) -> str:
         return "b" + self.local[v.id][1:]
 
+    def launch_args(self, config: Config) -> list[int]:
+        """Scalar arguments after the tensors: the inner block size and the thread count."""
+        return [int(config["BLOCK"]), int(config["threads"])]
+
     def _operand(self, arg: Any, node: Node, index: int, ctype: str) -> str:
+        mode = OPERAND_CAST.get(packet_name(node.target), "out")
+        if mode == "promote":
+            ctype = promoted_ctype(node)
         if isinstance(arg, Value):
             code = self._var(arg)
-            mode = OPERAND_CAST.get(packet_name(node.target), "out")
             keep = mode == "none" or (mode == "where" and index == 0) or (mode == "masked_fill" and index == 1)
-            if mode == "promote":
-                others = [a.type.dtype for a in node.inputs]
-                ctype = CPP_TYPES[others[0] if len(others) == 1 else torch.promote_types(*others[:2])]
             return code if keep else f"(({ctype}){code})"
         if arg is None:
             return "None"
@@ -167,7 +180,7 @@ class PointwiseSource:
                     bases[v.id].append(f"i{d} * INT64_C({stride})")
         row_index += [f"    const int64_t {self._base(v)} = {' + '.join(bases[v.id]) or '0'};" for v in values]
         body = "\n".join("      " + line for line in self._body())
-        return f"""extern "C" void {self.name}({', '.join(params + ['int64_t block', 'int threads'])}) {{
+        return f"""extern "C" void {self.name}({', '.join(params + ['int64_t block', 'int64_t threads'])}) {{
 {chr(10).join(casts)}
   const int64_t blocks = ({length} + block - 1) / block;
   const int64_t tasks = INT64_C({rows}) * blocks;
@@ -187,26 +200,28 @@ class PointwiseSource:
 
 
 class CpuKernel(Kernel):
-    """A generated C++ kernel of the CPU target: one function in its graph's shared library."""
+    """A generated C++ kernel of the CPU target: one function in its graph's shared library.
 
-    kind = "pointwise"
+    ``source`` is a :class:`PointwiseSource` or a reduction source: the C function's text, its
+    nodes, inputs and outputs, and ``launch_args(config)`` (the scalars after the tensors).
+    """
 
-    def __init__(self, source: PointwiseSource, cores: int) -> None:
+    def __init__(self, source: Any, kind: str, space: ScheduleSpace, numel: int) -> None:
         self.source = source
+        self.kind = kind
         self.nodes = source.nodes
         self.inputs = source.inputs
         self.outputs = source.outputs
         self.ops = [n.op for n in source.nodes]
-        numel = math.prod(source.shape)
         values = self.inputs + self.outputs
         signature = tuple((list(v.type.shape), str(v.type.dtype), list(v.type.strides)) for v in values)
         fingerprint = hashlib.sha256(source.source.replace(source.name, "K").encode()).hexdigest()[:16]
         nbytes = float(sum(v.type.numel * v.type.dtype.itemsize for v in values))
         flops = float(numel * sum(lookup(n.target).flops_per_element for n in source.nodes))
         dtype = str(self.outputs[0].type.dtype).replace("torch.", "")
-        problem = KernelProblem("pointwise", f"cpu-{fingerprint}", {"numel": numel}, dtype, signature, flops, nbytes,
+        problem = KernelProblem(kind, f"cpu-{fingerprint}", {"numel": numel}, dtype, signature, flops, nbytes,
                                 {"ops": len(source.nodes), "target": "cpu"})
-        super().__init__(source.name, pointwise_space(numel, cores), problem)
+        super().__init__(source.name, space, problem)
         #: set by the target once the graph's library is built: the C function
         self.function: Any = None
         self.library: Any = None
@@ -215,12 +230,12 @@ class CpuKernel(Kernel):
         """Take this kernel's function from its graph's loaded library."""
         fn = getattr(library, self.name)
         fn.restype = None
-        fn.argtypes = [ctypes.c_void_p] * len(self.inputs + self.outputs) + [ctypes.c_int64, ctypes.c_int]
+        scalars = self.source.launch_args(self.config)
+        fn.argtypes = [ctypes.c_void_p] * len(self.inputs + self.outputs) + [ctypes.c_int64] * len(scalars)
         self.function, self.library = fn, library
 
     def launch(self, tensors: Sequence[torch.Tensor], config: Config | None = None) -> None:
         """Call the C function on ``tensors`` (inputs then outputs)."""
         if self.function is None:
             raise BuildError(f"kernel {self.name} has no compiled library (the build failed or never ran)")
-        config = config or self.config
-        self.function(*[t.data_ptr() for t in tensors], int(config["BLOCK"]), int(config["threads"]))
+        self.function(*[t.data_ptr() for t in tensors], *self.source.launch_args(config or self.config))

@@ -1,13 +1,16 @@
 """The native CPU target: C++/OpenMP kernels built with the system compiler, one library per graph.
 
 What it generates today: fused pointwise groups (any rank, broadcasting, strided operands,
-float32/float64/integer/bool). Everything else — reductions, matmuls, convolutions, attention,
-half types — stays an ATen call, counted and shown in explain as a fallback with its reason.
+float32/float64/integer/bool) and reduction groups (sum, mean, amax, amin, any, all over any dims,
+with pointwise prologues and epilogues, several levels: softmax, layer norm). Everything else —
+matmuls, convolutions, attention, scatters, gathers, half types — stays an ATen call, counted and
+shown in explain as a fallback with its reason.
 Selected with ``TILEWRIGHT_TARGET=cpu`` (``tilewright.config.target = "cpu"``).
 """
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import torch
@@ -17,7 +20,8 @@ from ...ir.registry import lookup
 from ...schedule.group import Group
 from ...schedule.kernel import Kernel
 from ..base import KernelBuilder, Target, TemplateLowering
-from .pointwise import CpuKernel, PointwiseSource, supported_node
+from .pointwise import CpuKernel, PointwiseSource, pointwise_space, supported_node
+from .reduction import ReductionSource, reduction_space, supported_reduction
 from .scalar_ops import PRELUDE
 
 log = logging.getLogger(__name__)
@@ -30,11 +34,18 @@ def _cores() -> int:
 
 
 def _pointwise(group: Group, materialize: set[int], name: str) -> Kernel:
-    return CpuKernel(PointwiseSource(name, group.nodes, materialize), _cores())
+    source = PointwiseSource(name, group.nodes, materialize)
+    numel = math.prod(source.shape)
+    return CpuKernel(source, "pointwise", pointwise_space(numel, _cores()), numel)
+
+
+def _reduction(group: Group, materialize: set[int], name: str) -> Kernel:
+    source = ReductionSource(name, group.nodes, materialize)
+    return CpuKernel(source, "reduction", reduction_space(source.rows, _cores()), source.rows * source.count)
 
 
 #: kernel kind -> builder
-BUILDERS: dict[str, KernelBuilder] = {"pointwise": _pointwise}
+BUILDERS: dict[str, KernelBuilder] = {"pointwise": _pointwise, "reduction": _reduction}
 
 
 class CpuTarget(Target):
@@ -55,6 +66,8 @@ class CpuTarget(Target):
             return "view"
         if kind == "pointwise" and supported_node(node) is None:
             return "pointwise"
+        if kind == "reduction" and supported_reduction(node) is None:
+            return "reduction"
         return "extern"
 
     def can_build(self, group: Group, materialize: set[int]) -> str | None:

@@ -1,0 +1,305 @@
+"""C++/OpenMP source for reduction groups: softmax, layer norm, means, sums, max/min, any/all.
+
+A group reduces one element shape ``E`` over the same dims ``D``; every node is either in element
+space (shape ``E``), or in row space (the reduction's output shape, with or without the reduced
+dims kept). OpenMP spreads rows over threads; each row runs one pass over its elements per
+reduction *level* (softmax: the max first, then the sum of ``exp(x - max)``) and, when the group
+writes element values (softmax's probabilities), a final pass. Element values are recomputed in
+each pass instead of stored (they are cheap pointwise expressions); row values are scalars.
+Sums accumulate in double (integers in int64), so long float32 rows lose no precision.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+from ...errors import BuildError
+from ...ir.graph import Node, Value
+from ...ir.registry import lookup, packet_name, reduction_dims
+from ...schedule.space import ScheduleSpace
+from .pointwise import promoted_ctype, supported_node
+from .scalar_ops import BODIES, CPP_TYPES, OPERAND_CAST, literal
+
+SPACE_VERSION = "1"
+_COMBINES = {"aten.sum": "sum", "aten.mean": "sum", "aten.amax": "max", "aten.amin": "min",
+             "aten.any": "or", "aten.all": "and"}
+
+
+def supported_reduction(node: Node) -> str | None:
+    """None when this module generates reduction ``node``, else why not."""
+    name = packet_name(node.target)
+    if name not in _COMBINES:
+        return f"no C++ reduction for {name}"
+    if len(node.outputs) != 1 or not isinstance(node.args[0], Value):
+        return "not a single-output tensor reduction"
+    for v in (node.args[0], node.outputs[0]):
+        if v.type.dtype not in CPP_TYPES or v.type.device.type != "cpu":
+            return f"{v.type.dtype} on {v.type.device} is not generated for CPU yet"
+    if node.args[0].type.numel == 0:
+        return "empty input"
+    return None
+
+
+def reduction_space(rows: int, cores: int) -> ScheduleSpace:
+    """Threads over rows (one thread for a handful of rows)."""
+    threads = sorted({1, *(t for t in (2, 4, 8, 16, 32, 64) if t <= cores), cores})
+    return ScheduleSpace("reduction", {"threads": threads},
+                         default={"threads": cores if rows >= 4 * cores else 1}, version=SPACE_VERSION)
+
+
+class ReductionSource:
+    """The C++ function of one reduction group (``name`` is its C symbol)."""
+
+    def __init__(self, name: str, nodes: list[Node], materialize: set[int]) -> None:
+        self.name = name
+        self.nodes = nodes
+        reductions = [n for n in nodes if lookup(n.target).kind == "reduction"]
+        if not reductions:
+            raise BuildError("no reduction in the group")
+        for n in nodes:
+            reason = supported_reduction(n) if n in reductions else supported_node(n)
+            if reason:
+                raise BuildError(f"{n.op}: {reason}")
+        first = reductions[0].args[0].type
+        self.element_shape = tuple(first.shape)
+        self.dims = reduction_dims(reductions[0].target, reductions[0].args, reductions[0].kwargs, first.rank)
+        for r in reductions:
+            dims = reduction_dims(r.target, r.args, r.kwargs, r.args[0].type.rank)
+            if tuple(r.args[0].type.shape) != self.element_shape or dims != self.dims or not dims:
+                raise BuildError("reductions of one kernel must reduce one shape over the same dims")
+        self.kept = [d for d in range(len(self.element_shape)) if d not in self.dims]
+        self.keep_shape = tuple(1 if d in self.dims else s for d, s in enumerate(self.element_shape))
+        self.row_shape = tuple(self.element_shape[d] for d in self.kept)
+        self.rows = math.prod(self.row_shape)
+        self.count = math.prod(self.element_shape[d] for d in self.dims)
+        self.reductions = reductions
+        self._classify(nodes, materialize)
+        self.source = self._function()
+
+    # -- structure ---------------------------------------------------------------------------
+    def _classify(self, nodes: list[Node], materialize: set[int]) -> None:
+        self.space: dict[int, str] = {}
+        self.level: dict[int, int] = {}
+        ids = {n.outputs[0].id for n in nodes}
+        for n in nodes:
+            out = n.outputs[0]
+            internal = [a for a in n.inputs if a.id in ids]
+            if n in self.reductions:
+                if any(self.space[a.id] != "element" for a in internal):
+                    raise BuildError("a reduction reads a row value")
+                self.space[out.id] = "row"
+                self.level[out.id] = 1 + max((self.level[a.id] for a in internal), default=0)
+                continue
+            shape = tuple(out.type.shape)
+            if shape == self.element_shape:
+                self.space[out.id] = "element"
+            elif shape in (self.keep_shape, self.row_shape) and out.type.numel == self.rows:
+                self.space[out.id] = "row"
+                if any(self.space[a.id] == "element" for a in internal):
+                    raise BuildError("a row value reads an element value")
+            else:
+                raise BuildError(f"{n.op} produces {shape}, neither the element nor the row shape")
+            for a in internal:
+                if self.space[a.id] == "row" and self.space[out.id] == "element" and tuple(a.type.shape) != self.keep_shape:
+                    raise BuildError("an element value reads a row value without its kept dims")
+            self.level[out.id] = max((self.level[a.id] for a in internal), default=0)
+        self.ids = ids
+        self.outputs = [n.outputs[0] for n in nodes if n.outputs[0].id in materialize]
+        if not self.outputs:
+            raise BuildError("group has no outputs")
+        self.inputs: list[Value] = []
+        for n in nodes:
+            for a in n.inputs:
+                if a.id not in ids and all(a.id != i.id for i in self.inputs):
+                    self.inputs.append(a)
+        self.local = {v.id: f"v{k}" for k, v in enumerate(self.inputs + [n.outputs[0] for n in nodes])}
+
+    # -- indexing ----------------------------------------------------------------------------
+    def _offset(self, v: Value, shape: tuple[int, ...], index: list[str]) -> str:
+        """Offset of ``v`` read at ``index`` (one C++ expression per dim of ``shape``), broadcasting."""
+        lead = len(shape) - v.type.rank
+        if lead < 0:
+            raise BuildError(f"operand %{v.name} {v.type} has more dims than {shape}")
+        terms = []
+        for d, size in enumerate(shape):
+            dv = d - lead
+            if dv < 0 or v.type.shape[dv] == 1:
+                continue
+            if v.type.shape[dv] != size:
+                raise BuildError(f"operand %{v.name} {v.type} does not broadcast to {shape}")
+            if v.type.strides[dv]:
+                terms.append(f"{index[d]} * INT64_C({v.type.strides[dv]})")
+        return " + ".join(terms) or "0"
+
+    def _element_index(self) -> list[str]:
+        return [f"k{d}" if d in self.kept else f"e{d}" for d in range(len(self.element_shape))]
+
+    def _row_index(self, shape: tuple[int, ...]) -> list[str]:
+        if shape == self.keep_shape:
+            return [f"k{d}" if d in self.kept else "0" for d in range(len(shape))]
+        return [f"k{d}" for d in self.kept]
+
+    # -- code --------------------------------------------------------------------------------
+    def _load(self, v: Value, space: str, shape: tuple[int, ...]) -> str:
+        t = CPP_TYPES[v.type.dtype]
+        index = self._element_index() if space == "element" else self._row_index(shape)
+        return f"const {t} {self.local[v.id]} = in{self.inputs.index(v)}[{self._offset(v, shape, index)}];"
+
+    def _expr(self, node: Node) -> str:
+        out = node.outputs[0]
+        t = CPP_TYPES[out.type.dtype]
+        mode = OPERAND_CAST.get(packet_name(node.target), "out")
+        ctype = promoted_ctype(node) if mode == "promote" else t
+        args = []
+        for i, a in enumerate(node.args):
+            if isinstance(a, Value):
+                keep = mode == "none" or (mode == "where" and i == 0) or (mode == "masked_fill" and i == 1)
+                args.append(self.local[a.id] if keep else f"(({ctype}){self.local[a.id]})")
+            elif a is None:
+                args.append("None")
+            elif isinstance(a, (bool, int, float)):
+                cond = packet_name(node.target) in ("aten.where", "aten.masked_fill") and i == 0
+                args.append(literal(a) if cond else f"(({ctype}){literal(a)})")
+            else:
+                args.append("None")
+        return f"const {t} {self.local[out.id]} = ({t})({BODIES[packet_name(node.target)](args, dict(node.kwargs), t)});"
+
+    def _needed(self, targets: list[Value], space: str) -> list[Node]:
+        """Nodes of ``space`` (in order) that ``targets`` depend on inside the group."""
+        want: set[int] = set()
+        stack = [v.id for v in targets]
+        producers = {n.outputs[0].id: n for n in self.nodes}
+        while stack:
+            vid = stack.pop()
+            if vid in want or vid not in producers or self.space[vid] != space:
+                continue
+            want.add(vid)
+            if producers[vid] not in self.reductions:
+                stack.extend(a.id for a in producers[vid].inputs)
+        return [n for n in self.nodes if n.outputs[0].id in want and n not in self.reductions]
+
+    def _element_loop(self, body: list[str], reductions: str = "") -> list[str]:
+        dims = self.dims
+        head = [f"#pragma omp simd{reductions}" if len(dims) == 1 and reductions is not None else "",
+                f"for (int64_t e = 0; e < INT64_C({self.count}); ++e) {{"]
+        split = ["  int64_t rest_e = e;"]
+        for d in reversed(dims):
+            split.append(f"  const int64_t e{d} = rest_e % {self.element_shape[d]}; rest_e /= {self.element_shape[d]};")
+        if len(dims) == 1:
+            split = [f"  const int64_t e{dims[0]} = e;"]
+        return [h for h in head if h] + split + ["  " + line for line in body] + ["}"]
+
+    def _pass_body(self, level: int, reductions: list[Node]) -> list[str]:
+        loads, seen = [], set()
+        nodes = self._needed([r.args[0] for r in reductions], "element")
+        for n in nodes + reductions:
+            for a in n.inputs:
+                if a.id not in self.ids and a.id not in seen:
+                    seen.add(a.id)
+                    loads.append(self._load(a, "element", self.element_shape))
+        body = loads + [self._expr(n) for n in nodes]
+        for r in reductions:
+            acc, x = f"acc{self.local[r.outputs[0].id]}", self.local[r.args[0].id]
+            combine = _COMBINES[packet_name(r.target)]
+            body.append({"sum": f"{acc} += {x};", "max": f"{acc} = tw_max({acc}, (decltype({acc})){x});",
+                         "min": f"{acc} = tw_min({acc}, (decltype({acc})){x});", "or": f"{acc} = {acc} || ({x} != 0);",
+                         "and": f"{acc} = {acc} && ({x} != 0);"}[combine])
+        return body
+
+    def _accumulator(self, r: Node) -> list[str]:
+        out = r.outputs[0]
+        t = CPP_TYPES[out.type.dtype]
+        combine = _COMBINES[packet_name(r.target)]
+        acc_t = {"sum": "double" if out.type.dtype.is_floating_point else ("bool" if t == "bool" else "int64_t"),
+                 "or": "bool", "and": "bool"}.get(combine, t)
+        if combine == "sum" and t == "bool":
+            acc_t = "int64_t"
+        init = {"sum": "0", "or": "false", "and": "true",
+                "max": f"-std::numeric_limits<{t}>::infinity()" if out.type.dtype.is_floating_point
+                else f"std::numeric_limits<{t}>::lowest()",
+                "min": f"std::numeric_limits<{t}>::infinity()" if out.type.dtype.is_floating_point
+                else f"std::numeric_limits<{t}>::max()"}[combine]
+        return [f"{acc_t} acc{self.local[out.id]} = {init};"]
+
+    def _finish(self, r: Node) -> str:
+        out = r.outputs[0]
+        t = CPP_TYPES[out.type.dtype]
+        acc = f"acc{self.local[out.id]}"
+        value = f"{acc} / (double)INT64_C({self.count})" if lookup(r.target).extra.get("mean") else acc
+        self._done.add(out.id)
+        return f"const {t} {self.local[out.id]} = ({t})({value});"
+
+    def _row_body(self) -> list[str]:
+        lines: list[str] = []
+        max_level = max(self.level[r.outputs[0].id] for r in self.reductions)
+        for level in range(1, max_level + 1):
+            reds = [r for r in self.reductions if self.level[r.outputs[0].id] == level]
+            for r in reds:
+                lines += self._accumulator(r)
+            sums_only = all(_COMBINES[packet_name(r.target)] == "sum" for r in reds)
+            clause = (" reduction(+:" + ", ".join(f"acc{self.local[r.outputs[0].id]}" for r in reds) + ")") \
+                if sums_only else None
+            lines += self._element_loop(self._pass_body(level, reds), clause)
+            lines += [self._finish(r) for r in reds]
+            lines += self._row_nodes()
+        element_outputs = [v for v in self.outputs if self.space[v.id] == "element"]
+        if element_outputs:
+            nodes = self._needed(element_outputs, "element")
+            loads, seen = [], set()
+            for n in nodes:
+                for a in n.inputs:
+                    if a.id not in self.ids and a.id not in seen:
+                        seen.add(a.id)
+                        loads.append(self._load(a, "element", self.element_shape))
+            stores = [f"out{self.outputs.index(v)}[{self._offset(v, self.element_shape, self._element_index())}] = "
+                      f"{self.local[v.id]};" for v in element_outputs]
+            lines += self._element_loop(loads + [self._expr(n) for n in nodes] + stores, "")
+        for v in self.outputs:
+            if self.space[v.id] == "row":
+                shape = tuple(v.type.shape)
+                lines.append(f"out{self.outputs.index(v)}[{self._offset(v, shape, self._row_index(shape))}] = "
+                             f"{self.local[v.id]};")
+        return lines
+
+    def _row_nodes(self) -> list[str]:
+        """Row-space nodes whose operands are all available now (in order)."""
+        lines = []
+        for n in self.nodes:
+            out = n.outputs[0]
+            if n in self.reductions or self.space[out.id] != "row" or out.id in self._done:
+                continue
+            if not all(a.id not in self.ids or a.id in self._done for a in n.inputs):
+                continue
+            for a in n.inputs:
+                if a.id not in self.ids:
+                    lines.append(self._load(a, "row", tuple(out.type.shape)))
+            lines.append(self._expr(n))
+            self._done.add(out.id)
+        return lines
+
+    def _function(self) -> str:
+        self._done: set[int] = set()
+        params = [f"const void* p_in{i}" for i in range(len(self.inputs))]
+        params += [f"void* p_out{i}" for i in range(len(self.outputs))]
+        casts = [f"  const {CPP_TYPES[v.type.dtype]}* in{i} = (const {CPP_TYPES[v.type.dtype]}*)p_in{i};"
+                 for i, v in enumerate(self.inputs)]
+        casts += [f"  {CPP_TYPES[v.type.dtype]}* out{i} = ({CPP_TYPES[v.type.dtype]}*)p_out{i};"
+                  for i, v in enumerate(self.outputs)]
+        split = ["    int64_t rest = r;"]
+        for d in reversed(self.kept):
+            split.append(f"    const int64_t k{d} = rest % {self.element_shape[d]}; rest /= {self.element_shape[d]};")
+        body = self._row_body()
+        return f"""extern "C" void {self.name}({', '.join(params + ['int64_t threads'])}) {{
+{chr(10).join(casts)}
+  #pragma omp parallel for num_threads(threads) schedule(static) if(threads > 1)
+  for (int64_t r = 0; r < INT64_C({self.rows}); ++r) {{
+{chr(10).join(split)}
+{chr(10).join('    ' + line for line in body)}
+  }}
+}}
+"""
+
+    def launch_args(self, config: Any) -> list[int]:
+        """Scalar arguments after the tensors."""
+        return [int(config["threads"])]
