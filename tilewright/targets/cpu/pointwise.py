@@ -49,6 +49,19 @@ def supported_node(node: Node) -> str | None:
     return None
 
 
+def check_no_view_of(inputs: list[Value], ids: set[int]) -> None:
+    """Raise when an operand is a view of a value the group computes (it is not in memory)."""
+    for v in inputs:
+        node = v.producer
+        while node is not None and lookup(node.target).kind == "view":
+            src = node.args[0]
+            if not isinstance(src, Value):
+                break
+            if src.id in ids:
+                raise BuildError(f"%{v.name} is a view of a value computed inside the group")
+            node = src.producer
+
+
 def promoted_ctype(node: Node) -> str:
     """The C++ type both sides of a comparison are converted to (torch's type promotion)."""
     dtypes = [a.type.dtype for a in node.inputs]
@@ -111,6 +124,7 @@ class PointwiseSource:
             for a in node.inputs:
                 if a.id not in ids and all(a.id != i.id for i in self.inputs):
                     self.inputs.append(a)
+        check_no_view_of(self.inputs, ids)
         self.strides = {v.id: _broadcast_strides(v, self.shape) for v in self.inputs + self.outputs}
         # local names in order of appearance: the same group always gives the same source text
         self.local: dict[int, str] = {}

@@ -18,7 +18,7 @@ from ...errors import BuildError
 from ...ir.graph import Node, Value
 from ...ir.registry import lookup, packet_name, reduction_dims
 from ...schedule.space import ScheduleSpace
-from .pointwise import promoted_ctype, supported_node
+from .pointwise import check_no_view_of, promoted_ctype, supported_node
 from .scalar_ops import BODIES, CPP_TYPES, OPERAND_CAST, literal
 
 SPACE_VERSION = "1"
@@ -113,6 +113,7 @@ class ReductionSource:
             for a in n.inputs:
                 if a.id not in ids and all(a.id != i.id for i in self.inputs):
                     self.inputs.append(a)
+        check_no_view_of(self.inputs, ids)
         self.local = {v.id: f"v{k}" for k, v in enumerate(self.inputs + [n.outputs[0] for n in nodes])}
 
     # -- indexing ----------------------------------------------------------------------------
