@@ -203,10 +203,26 @@ class ReductionSource:
         for r in reductions:
             acc, x = f"acc{self.local[r.outputs[0].id]}", self.local[r.args[0].id]
             combine = _COMBINES[packet_name(r.target)]
-            body.append({"sum": f"{acc} += {x};", "max": f"{acc} = tw_max({acc}, (decltype({acc})){x});",
-                         "min": f"{acc} = tw_min({acc}, (decltype({acc})){x});", "or": f"{acc} = {acc} || ({x} != 0);",
-                         "and": f"{acc} = {acc} && ({x} != 0);"}[combine])
+            if combine in ("max", "min"):
+                op = ">" if combine == "max" else "<"
+                body.append(f"{acc} = {x} {op} {acc} ? (decltype({acc})){x} : {acc};")
+                if r.args[0].type.dtype.is_floating_point:
+                    body.append(f"nan{acc} = nan{acc} | ({x} != {x});")
+            else:
+                body.append({"sum": f"{acc} += {x};", "or": f"{acc} = {acc} || ({x} != 0);",
+                             "and": f"{acc} = {acc} && ({x} != 0);"}[combine])
         return body
+
+    def _simd_clause(self, reductions: list[Node]) -> str:
+        """The ``omp simd`` reduction clauses of one pass (max/min track NaN in a flag)."""
+        clauses = []
+        for r in reductions:
+            acc = f"acc{self.local[r.outputs[0].id]}"
+            combine = _COMBINES[packet_name(r.target)]
+            clauses.append(f"reduction({ {'sum': '+', 'max': 'max', 'min': 'min', 'or': '||', 'and': '&&'}[combine]}:{acc})")
+            if combine in ("max", "min") and r.args[0].type.dtype.is_floating_point:
+                clauses.append(f"reduction(|:nan{acc})")
+        return " " + " ".join(clauses)
 
     def _accumulator(self, r: Node) -> list[str]:
         out = r.outputs[0]
@@ -221,13 +237,18 @@ class ReductionSource:
                 else f"std::numeric_limits<{t}>::lowest()",
                 "min": f"std::numeric_limits<{t}>::infinity()" if out.type.dtype.is_floating_point
                 else f"std::numeric_limits<{t}>::max()"}[combine]
-        return [f"{acc_t} acc{self.local[out.id]} = {init};"]
+        lines = [f"{acc_t} acc{self.local[out.id]} = {init};"]
+        if combine in ("max", "min") and r.args[0].type.dtype.is_floating_point:
+            lines.append(f"int nanacc{self.local[out.id]} = 0;")
+        return lines
 
     def _finish(self, r: Node) -> str:
         out = r.outputs[0]
         t = CPP_TYPES[out.type.dtype]
         acc = f"acc{self.local[out.id]}"
         value = f"{acc} / (double)INT64_C({self.count})" if lookup(r.target).extra.get("mean") else acc
+        if _COMBINES[packet_name(r.target)] in ("max", "min") and r.args[0].type.dtype.is_floating_point:
+            value = f"(nan{acc} ? std::numeric_limits<{t}>::quiet_NaN() : {acc})"
         self._done.add(out.id)
         return f"const {t} {self.local[out.id]} = ({t})({value});"
 
@@ -238,10 +259,7 @@ class ReductionSource:
             reds = [r for r in self.reductions if self.level[r.outputs[0].id] == level]
             for r in reds:
                 lines += self._accumulator(r)
-            sums_only = all(_COMBINES[packet_name(r.target)] == "sum" for r in reds)
-            clause = (" reduction(+:" + ", ".join(f"acc{self.local[r.outputs[0].id]}" for r in reds) + ")") \
-                if sums_only else None
-            lines += self._element_loop(self._pass_body(level, reds), clause)
+            lines += self._element_loop(self._pass_body(level, reds), self._simd_clause(reds))
             lines += [self._finish(r) for r in reds]
             lines += self._row_nodes()
         element_outputs = [v for v in self.outputs if self.space[v.id] == "element"]

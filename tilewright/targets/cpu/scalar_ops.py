@@ -21,15 +21,99 @@ CPP_TYPES: dict[torch.dtype, str] = {
 #: helpers every kernel library starts with
 PRELUDE = r"""#include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 
 template <class T> static inline T tw_max(T a, T b) { return (a != a) ? a : ((b != b) ? b : (a > b ? a : b)); }
 template <class T> static inline T tw_min(T a, T b) { return (a != a) ? a : ((b != b) ? b : (a < b ? a : b)); }
-template <class T> static inline T tw_sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
 template <class T> static inline T tw_sign(T x) { return x > T(0) ? T(1) : (x < T(0) ? T(-1) : T(0)); }
 static inline int64_t tw_floordiv(int64_t a, int64_t b) { int64_t q = a / b; return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q; }
-"""
 
+// Branch-free float32 math the compiler vectorizes inside `omp simd` loops (libm's expf/logf are
+// scalar calls). Cephes-style range reduction and polynomials: exp and log within 2 ulp over
+// their whole range, inf/NaN/0 handled like libm; double precision uses libm.
+static inline float tw_bits_to_float(int32_t i) { float f; std::memcpy(&f, &i, 4); return f; }
+static inline int32_t tw_float_to_bits(float f) { int32_t i; std::memcpy(&i, &f, 4); return i; }
+static inline float tw_exp(float x) {
+  const float hi = 88.72283905206835f, lo = -103.972077083991796f;
+  float xc = x > hi ? hi : (x < lo ? lo : x);
+  float n = std::nearbyint(xc * 1.44269504088896341f);
+  float r = xc - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500E-4f;
+  p = p * r + 1.3981999507E-3f;
+  p = p * r + 8.3334519073E-3f;
+  p = p * r + 4.1665795894E-2f;
+  p = p * r + 1.6666665459E-1f;
+  p = p * r + 5.0000001201E-1f;
+  p = p * r * r + r + 1.0f;
+  // 2^n in two steps so that n down to -150 (subnormal results) stays exact
+  int32_t n1 = (int32_t)n / 2, n2 = (int32_t)n - n1;
+  float result = p * tw_bits_to_float((n1 + 127) << 23) * tw_bits_to_float((n2 + 127) << 23);
+  result = x > hi ? std::numeric_limits<float>::infinity() : result;
+  return x != x ? x : result;
+}
+static inline double tw_exp(double x) { return std::exp(x); }
+static inline float tw_log(float x) {
+  int32_t bits = tw_float_to_bits(x);
+  const bool sub = x < 1.17549435e-38f;
+  const float xs = sub ? x * 8388608.0f : x;  // subnormals: scale by 2^23 first
+  bits = tw_float_to_bits(xs);
+  int32_t e = ((bits >> 23) & 0xff) - 126;
+  float m = tw_bits_to_float((bits & 0x007fffff) | 0x3f000000);  // mantissa in [0.5, 1)
+  const bool small = m < 0.707106781186547524f;
+  e = small ? e - 1 : e;
+  m = small ? m + m - 1.0f : m - 1.0f;
+  const float z = m * m;
+  float y = 7.0376836292E-2f;
+  y = y * m - 1.1514610310E-1f;
+  y = y * m + 1.1676998740E-1f;
+  y = y * m - 1.2420140846E-1f;
+  y = y * m + 1.4249322787E-1f;
+  y = y * m - 1.6668057665E-1f;
+  y = y * m + 2.0000714765E-1f;
+  y = y * m - 2.4999993993E-1f;
+  y = y * m + 3.3333331174E-1f;
+  y = y * m * z;
+  const float fe = (float)e - (sub ? 23.0f : 0.0f);
+  y = y + fe * -2.12194440e-4f - 0.5f * z;
+  float result = m + y + fe * 0.693359375f;
+  result = x == 0.0f ? -std::numeric_limits<float>::infinity() : result;
+  result = x < 0.0f ? std::numeric_limits<float>::quiet_NaN() : result;
+  result = x == std::numeric_limits<float>::infinity() ? x : result;
+  return x != x ? x : result;
+}
+static inline double tw_log(double x) { return std::log(x); }
+template <class T> static inline T tw_sigmoid(T x) { return T(1) / (T(1) + tw_exp(-x)); }
+static inline float tw_tanh(float x) {
+  // tanh(x) = sign(x) (1 - e) / (1 + e) with e = exp(-2|x|): no cancellation for large |x|,
+  // and a polynomial near 0 where 1 - e loses digits
+  const float a = std::fabs(x);
+  const float e = tw_exp(-2.0f * a);
+  const float big = (1.0f - e) / (1.0f + e);
+  const float z = x * x;
+  const float small = a * (1.0f + z * (-0.333333333f + z * (0.133333333f + z * (-0.0539682540f + z * 0.0218694885f))));
+  const float r = a < 0.125f ? small : big;
+  return x != x ? x : std::copysign(r, x);
+}
+static inline double tw_tanh(double x) { return std::tanh(x); }
+static inline float tw_erf(float x) {
+  // erf via erfc's rational approximation (Numerical Recipes erfcc, |rel err| < 1.2e-7) away from 0
+  const float z = std::fabs(x);
+  const float t = 1.0f / (1.0f + 0.5f * z);
+  const float poly = -z * z - 1.26551223f + t * (1.00002368f + t * (0.37409196f + t * (0.09678418f +
+                     t * (-0.18628806f + t * (0.27886807f + t * (-1.13520398f + t * (1.48851587f +
+                     t * (-0.82215223f + t * 0.17087277f))))))));
+  const float big = 1.0f - t * tw_exp(poly);
+  // near 0 the series (2/sqrt(pi)) (x - x^3/3 + x^5/10 - x^7/42 + x^9/216 - x^11/1320) keeps full precision
+  const float s = z * z;
+  const float small = z * 1.12837916709551257f * (1.0f + s * (-0.333333333f + s * (0.1f + s * (-0.0238095238f +
+                      s * (0.00462962963f + s * -0.000757575758f)))));
+  const float r = z < 0.5f ? small : big;
+  return x != x ? x : std::copysign(r, x);
+}
+static inline double tw_erf(double x) { return std::erf(x); }
+"""
 Body = Callable[[list[str], dict[str, Any], str], str]
 
 
@@ -65,8 +149,8 @@ def _div(a: list[str], k: dict[str, Any], t: str) -> str:
 def _gelu(a: list[str], k: dict[str, Any], t: str) -> str:
     x = a[0]
     if k.get("approximate", "none") == "tanh":
-        return f"(({t})0.5 * {x} * (({t})1 + std::tanh(({t})0.7978845608028654 * ({x} + ({t})0.044715 * {x} * {x} * {x}))))"
-    return f"(({t})0.5 * {x} * (({t})1 + std::erf({x} * ({t})0.7071067811865476)))"
+        return f"(({t})0.5 * {x} * (({t})1 + tw_tanh(({t})0.7978845608028654 * ({x} + ({t})0.044715 * {x} * {x} * {x}))))"
+    return f"(({t})0.5 * {x} * (({t})1 + tw_erf({x} * ({t})0.7071067811865476)))"
 
 
 def _pow(a: list[str], k: dict[str, Any], t: str) -> str:
@@ -99,10 +183,10 @@ BODIES: dict[str, Body] = {
     "aten.true_divide": lambda a, k, t: f"({a[0]} / {a[1]})",
     "aten.neg": lambda a, k, t: f"(-{a[0]})",
     "aten.abs": _unary("std::abs"),
-    "aten.exp": _unary("std::exp"),
+    "aten.exp": _unary("tw_exp"),
     "aten.exp2": _unary("std::exp2"),
     "aten.expm1": _unary("std::expm1"),
-    "aten.log": _unary("std::log"),
+    "aten.log": _unary("tw_log"),
     "aten.log2": _unary("std::log2"),
     "aten.log1p": _unary("std::log1p"),
     "aten.sqrt": _unary("std::sqrt"),
@@ -110,11 +194,11 @@ BODIES: dict[str, Body] = {
     "aten.reciprocal": lambda a, k, t: f"(({t})1 / {a[0]})",
     "aten.sin": _unary("std::sin"),
     "aten.cos": _unary("std::cos"),
-    "aten.tanh": _unary("std::tanh"),
+    "aten.tanh": _unary("tw_tanh"),
     "aten.sigmoid": lambda a, k, t: f"tw_sigmoid<{t}>({a[0]})",
     "aten.relu": lambda a, k, t: f"tw_max<{t}>({a[0]}, ({t})0)",
     "aten.silu": lambda a, k, t: f"({a[0]} * tw_sigmoid<{t}>({a[0]}))",
-    "aten.erf": _unary("std::erf"),
+    "aten.erf": _unary("tw_erf"),
     "aten.floor": _unary("std::floor"),
     "aten.ceil": _unary("std::ceil"),
     "aten.round": _unary("std::nearbyint"),
