@@ -8,6 +8,7 @@ stays integral. Ops missing here are not generated (the node stays an ATen call,
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Callable
 
 import torch
@@ -153,10 +154,23 @@ def _gelu(a: list[str], k: dict[str, Any], t: str) -> str:
     return f"(({t})0.5 * {x} * (({t})1 + tw_erf({x} * ({t})0.7071067811865476)))"
 
 
+_SCALAR_OPERAND = re.compile(r"^\(\(\w+\)(?:INT64_C\()?(-?[0-9.]+(?:e[-+]?[0-9]+)?)\)?\)$")
+
+
 def _pow(a: list[str], k: dict[str, Any], t: str) -> str:
+    base, match = a[0], _SCALAR_OPERAND.match(a[1])
+    if t in ("float", "double") and match is not None:
+        e = float(match.group(1))
+        special = {0.5: f"std::sqrt({base})", -0.5: f"(({t})1 / std::sqrt({base}))", 1.0: base,
+                   -1.0: f"(({t})1 / {base})"}
+        if e in special:
+            return special[e]
+        if e == int(e) and 2 <= abs(e) <= 8:  # repeated multiplication: exact and vectorizes
+            prod = " * ".join([base] * int(abs(e)))
+            return f"({prod})" if e > 0 else f"(({t})1 / ({prod}))"
     if t in ("float", "double"):
-        return f"std::pow({a[0]}, {a[1]})"
-    return f"({t})std::llround(std::pow((double){a[0]}, (double){a[1]}))"
+        return f"std::pow({base}, {a[1]})"
+    return f"({t})std::llround(std::pow((double){base}, (double){a[1]}))"
 
 
 def _clamp(a: list[str], k: dict[str, Any], t: str) -> str:
