@@ -65,16 +65,40 @@ def _model_cases() -> list[Case]:
     return cases
 
 
-def _compile(system: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    import tilewright
+#: the tilewright target each system runs with (set before each of its calls: the target is read
+#: when a graph is compiled, and each system must keep its own graphs)
+_TARGETS = {"tilewright_cpu": "cpu", "tilewright_eager_fallback": "auto"}
 
-    torch._dynamo.reset()
+
+def _tilewright_cpu(gm: Any, example_inputs: Any) -> Any:
+    from tilewright.frontend.backend import tilewright_backend
+
+    return tilewright_backend(gm, example_inputs)
+
+
+def _tilewright_eager_fallback(gm: Any, example_inputs: Any) -> Any:
+    from tilewright.frontend.backend import tilewright_backend
+
+    return tilewright_backend(gm, example_inputs)
+
+
+def _compile(system: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The system's callable; tilewright systems get their own backend function so Dynamo keeps
+    their compiled graphs apart (one backend name would share one cache entry)."""
     if system == "eager":
         return fn
     if system == "inductor":
         return torch.compile(fn)
-    tilewright.config.target = "cpu" if system == "tilewright_cpu" else "auto"
-    return torch.compile(fn, backend="tilewright")
+    backend = {"tilewright_cpu": _tilewright_cpu, "tilewright_eager_fallback": _tilewright_eager_fallback}[system]
+    return torch.compile(fn, backend=backend)
+
+
+def _call(system: str, fn: Callable[..., Any], inputs: tuple[Any, ...]) -> Any:
+    import tilewright
+
+    if system in _TARGETS:
+        tilewright.config.target = _TARGETS[system]
+    return fn(*inputs)
 
 
 def _time(fn: Callable[[], Any], reps: int) -> float:
@@ -88,13 +112,14 @@ def run_case(case: Case, systems: list[str], rounds: int, reps: int) -> dict[str
     """Compile ``case`` with every system, check outputs, time them interleaved."""
     name, fn, make = case
     inputs = make()
+    torch._dynamo.reset()
     with torch.no_grad():
         want = fn(*inputs)
         compiled, compile_s = {}, {}
         for system in systems:
             start = time.perf_counter()
             compiled[system] = _compile(system, fn)
-            got = compiled[system](*inputs)  # first call compiles
+            got = _call(system, compiled[system], inputs)  # first call compiles
             compile_s[system] = time.perf_counter() - start
             a = got.logits if hasattr(got, "logits") else getattr(got, "last_hidden_state", got)
             b = want.logits if hasattr(want, "logits") else getattr(want, "last_hidden_state", want)
@@ -102,8 +127,11 @@ def run_case(case: Case, systems: list[str], rounds: int, reps: int) -> dict[str
         medians: dict[str, list[float]] = {s: [] for s in systems}
         for _ in range(rounds):
             for system in systems:
-                medians[system].append(_time(lambda: compiled[system](*inputs), reps))
+                medians[system].append(_time(lambda: _call(system, compiled[system], inputs), reps))
     result: dict[str, Any] = {"case": name, "systems": {}}
+    import tilewright
+
+    result["tilewright_cpu_kernels"] = _kernel_summary(tilewright, fn, inputs) if "tilewright_cpu" in systems else None
     eager = statistics.median(medians["eager"])
     for system in systems:
         m = statistics.median(medians[system])
@@ -111,6 +139,18 @@ def run_case(case: Case, systems: list[str], rounds: int, reps: int) -> dict[str
                                      "max_ms": max(medians[system]) * 1e3, "speedup_vs_eager": eager / m,
                                      "compile_and_first_call_s": compile_s[system]}
     return result
+
+
+def _kernel_summary(tilewright: Any, fn: Callable[..., Any], inputs: tuple[Any, ...]) -> dict[str, Any]:
+    """What the CPU target made of the case: kernels by kind, coverage, ATen fallbacks."""
+    tilewright.config.target = "cpu"
+    with torch.no_grad():
+        report = tilewright.explain(fn, *inputs)
+    kinds: dict[str, int] = {}
+    for k in report.kernels:
+        kinds[k["kind"]] = kinds.get(k["kind"], 0) + 1
+    return {"kernels": kinds, "coverage": round(report.coverage, 3),
+            "aten_ops": sorted({f["op"].split(".")[1] for f in report.fallbacks if "." in f["op"]})}
 
 
 def main() -> int:

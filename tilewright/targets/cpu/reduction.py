@@ -22,6 +22,8 @@ from .pointwise import check_no_view_of, promoted_ctype, supported_node
 from .scalar_ops import BODIES, CPP_TYPES, OPERAND_CAST, literal
 
 SPACE_VERSION = "1"
+#: longest row whose costly element values are kept in a per-row scratch buffer between passes
+_SCRATCH_LIMIT = 16384
 _COMBINES = {"aten.sum": "sum", "aten.mean": "sum", "aten.amax": "max", "aten.amin": "min",
              "aten.any": "or", "aten.all": "and"}
 
@@ -114,6 +116,7 @@ class ReductionSource:
                 if a.id not in ids and all(a.id != i.id for i in self.inputs):
                     self.inputs.append(a)
         check_no_view_of(self.inputs, ids)
+        self.values = {v.id: v for v in self.inputs + [n.outputs[0] for n in nodes]}
         self.local = {v.id: f"v{k}" for k, v in enumerate(self.inputs + [n.outputs[0] for n in nodes])}
 
     # -- indexing ----------------------------------------------------------------------------
@@ -164,16 +167,24 @@ class ReductionSource:
                 args.append(literal(a) if cond else f"(({ctype}){literal(a)})")
             else:
                 args.append("None")
-        return f"const {t} {self.local[out.id]} = ({t})({BODIES[packet_name(node.target)](args, dict(node.kwargs), t)});"
+        body = BODIES[packet_name(node.target)](args, dict(node.kwargs), t)
+        divisor = node.args[1] if packet_name(node.target) == "aten.div" and len(node.args) > 1 else None
+        if (isinstance(divisor, Value) and self.space.get(divisor.id) == "row" and self.space[out.id] == "element"
+                and t in ("float", "double") and node.kwargs.get("rounding_mode") is None):
+            # dividing every element of a row by one row value: multiply by its reciprocal, which the
+            # compiler hoists out of the loop (as ATen's softmax does; within an ulp of the quotient)
+            body = f"({args[0]} * (({t})1 / {args[1]}))"
+        return f"const {t} {self.local[out.id]} = ({t})({body});"
 
     def _needed(self, targets: list[Value], space: str) -> list[Node]:
-        """Nodes of ``space`` (in order) that ``targets`` depend on inside the group."""
+        """Nodes of ``space`` (in order) that ``targets`` depend on inside the group (values kept in a
+        row scratch buffer by an earlier pass are read from it, not recomputed)."""
         want: set[int] = set()
         stack = [v.id for v in targets]
         producers = {n.outputs[0].id: n for n in self.nodes}
         while stack:
             vid = stack.pop()
-            if vid in want or vid not in producers or self.space[vid] != space:
+            if vid in want or vid not in producers or self.space[vid] != space or vid in self._cached:
                 continue
             want.add(vid)
             if producers[vid] not in self.reductions:
@@ -191,15 +202,39 @@ class ReductionSource:
             split = [f"  const int64_t e{dims[0]} = e;"]
         return [h for h in head if h] + split + ["  " + line for line in body] + ["}"]
 
-    def _pass_body(self, level: int, reductions: list[Node]) -> list[str]:
+    def _scratch_loads(self, nodes: list[Node], targets: list[Value]) -> list[str]:
+        """Reads of the scratch-kept values that ``nodes`` (or ``targets`` directly) use."""
+        used = {a.id for n in nodes for a in n.inputs} | {v.id for v in targets}
+        return [f"const {CPP_TYPES[self.values[vid].type.dtype]} {self.local[vid]} = {name}[e];"
+                for vid, name in self._cached.items() if vid in used]
+
+    def _keep_for_later(self, nodes: list[Node], later: list[Value]) -> list[str]:
+        """Store this pass's costly element values that later passes use in row scratch buffers
+        (softmax's exp(x - max) is computed once, not once per pass)."""
+        if not later or self.count > _SCRATCH_LIMIT:
+            return []
+        needed_later = {n.outputs[0].id for n in self._needed(later, "element")}
+        stores = []
+        for n in nodes:
+            vid = n.outputs[0].id
+            if vid in needed_later and lookup(n.target).flops_per_element >= 4:
+                name = f"scr{self.local[vid]}"
+                self._scratch.append(f"{CPP_TYPES[n.outputs[0].type.dtype]} {name}[{self.count}];")
+                stores.append(f"{name}[e] = {self.local[vid]};")
+                self._pending[vid] = name
+        return stores
+
+    def _pass_body(self, level: int, reductions: list[Node], later: list[Value]) -> list[str]:
         loads, seen = [], set()
-        nodes = self._needed([r.args[0] for r in reductions], "element")
+        targets = [r.args[0] for r in reductions]
+        nodes = self._needed(targets, "element")
         for n in nodes + reductions:
             for a in n.inputs:
                 if a.id not in self.ids and a.id not in seen:
                     seen.add(a.id)
                     loads.append(self._load(a, "element", self.element_shape))
-        body = loads + [self._expr(n) for n in nodes]
+        body = loads + self._scratch_loads(nodes, targets) + [self._expr(n) for n in nodes]
+        body += self._keep_for_later(nodes, later)
         for r in reductions:
             acc, x = f"acc{self.local[r.outputs[0].id]}", self.local[r.args[0].id]
             combine = _COMBINES[packet_name(r.target)]
@@ -255,14 +290,17 @@ class ReductionSource:
     def _row_body(self) -> list[str]:
         lines: list[str] = []
         max_level = max(self.level[r.outputs[0].id] for r in self.reductions)
+        element_outputs = [v for v in self.outputs if self.space[v.id] == "element"]
         for level in range(1, max_level + 1):
             reds = [r for r in self.reductions if self.level[r.outputs[0].id] == level]
+            later = [r.args[0] for r in self.reductions if self.level[r.outputs[0].id] > level] + element_outputs
             for r in reds:
                 lines += self._accumulator(r)
-            lines += self._element_loop(self._pass_body(level, reds), self._simd_clause(reds))
+            lines += self._element_loop(self._pass_body(level, reds, later), self._simd_clause(reds))
+            self._cached.update(self._pending)
+            self._pending.clear()
             lines += [self._finish(r) for r in reds]
             lines += self._row_nodes()
-        element_outputs = [v for v in self.outputs if self.space[v.id] == "element"]
         if element_outputs:
             nodes = self._needed(element_outputs, "element")
             loads, seen = [], set()
@@ -273,7 +311,8 @@ class ReductionSource:
                         loads.append(self._load(a, "element", self.element_shape))
             stores = [f"out{self.outputs.index(v)}[{self._offset(v, self.element_shape, self._element_index())}] = "
                       f"{self.local[v.id]};" for v in element_outputs]
-            lines += self._element_loop(loads + [self._expr(n) for n in nodes] + stores, "")
+            body = loads + self._scratch_loads(nodes, element_outputs) + [self._expr(n) for n in nodes] + stores
+            lines += self._element_loop(body, "")
         for v in self.outputs:
             if self.space[v.id] == "row":
                 shape = tuple(v.type.shape)
@@ -299,6 +338,9 @@ class ReductionSource:
 
     def _function(self) -> str:
         self._done: set[int] = set()
+        self._cached: dict[int, str] = {}
+        self._pending: dict[int, str] = {}
+        self._scratch: list[str] = []
         params = [f"const void* p_in{i}" for i in range(len(self.inputs))]
         params += [f"void* p_out{i}" for i in range(len(self.outputs))]
         casts = [f"  const {CPP_TYPES[v.type.dtype]}* in{i} = (const {CPP_TYPES[v.type.dtype]}*)p_in{i};"
@@ -309,6 +351,7 @@ class ReductionSource:
         for d in reversed(self.kept):
             split.append(f"    const int64_t k{d} = rest % {self.element_shape[d]}; rest /= {self.element_shape[d]};")
         body = self._row_body()
+        body = self._scratch + body  # scratch buffers are declared at the top of the row
         return f"""extern "C" void {self.name}({', '.join(params + ['int64_t threads'])}) {{
 {chr(10).join(casts)}
   #pragma omp parallel for num_threads(threads) schedule(static) if(threads > 1)

@@ -1,0 +1,16 @@
+"""The CPU target's tests need a C++ compiler; on a machine without one they are skipped (and say so)."""
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from tilewright.targets.cpu.toolchain import NoCompilerError, find_compiler
+
+    try:
+        find_compiler()
+    except NoCompilerError as exc:
+        skip = pytest.mark.skip(reason=f"no C++ compiler on this machine: {exc}")
+        for item in items:
+            if "tests/cpu/" in str(item.fspath).replace("\\", "/"):
+                item.add_marker(skip)
