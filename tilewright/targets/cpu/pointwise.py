@@ -23,7 +23,7 @@ from ...ir.registry import lookup, packet_name
 from ...schedule.kernel import Kernel
 from ...schedule.problem import KernelProblem
 from ...schedule.space import Config, ScheduleSpace
-from .scalar_ops import BODIES, CPP_TYPES, OPERAND_CAST, literal
+from .scalar_ops import BODIES, CPP_TYPES, OPERAND_CAST, literal, load_code, result_code, storage_type, store_code
 
 SPACE_VERSION = "1"
 
@@ -159,8 +159,8 @@ class PointwiseSource:
         lines = []
         for v in self.inputs:
             t = CPP_TYPES[v.type.dtype]
-            lines.append(f"const {t} {self._var(v)} = in{self.inputs.index(v)}[{self._base(v)} + j * "
-                         f"{self.strides[v.id][-1] if self.shape else 0}];")
+            element = f"in{self.inputs.index(v)}[{self._base(v)} + j * {self.strides[v.id][-1] if self.shape else 0}]"
+            lines.append(f"const {t} {self._var(v)} = {load_code(v.type.dtype, element)};")
         for node in self.nodes:
             out = node.outputs[0]
             t = CPP_TYPES[out.type.dtype]
@@ -169,9 +169,10 @@ class PointwiseSource:
                     and not isinstance(node.args[2], Value):
                 args = [args[0], f"(({t}){literal(node.args[1])})", f"(({t}){literal(node.args[2])})"]
             expr = BODIES[packet_name(node.target)](args, dict(node.kwargs), t)
-            lines.append(f"const {t} {self._var(out)} = ({t})({expr});")
+            lines.append(f"const {t} {self._var(out)} = {result_code(out.type.dtype, expr)};")
         for k, v in enumerate(self.outputs):
-            lines.append(f"out{k}[{self._base(v)} + j * {self.strides[v.id][-1] if self.shape else 0}] = {self._var(v)};")
+            lines.append(f"out{k}[{self._base(v)} + j * {self.strides[v.id][-1] if self.shape else 0}] = "
+                         f"{store_code(v.type.dtype, self._var(v))};")
         return lines
 
     def _function(self) -> str:
@@ -180,9 +181,9 @@ class PointwiseSource:
         values = self.inputs + self.outputs
         params = [f"const void* p_in{i}" for i in range(len(self.inputs))]
         params += [f"void* p_out{i}" for i in range(len(self.outputs))]
-        casts = [f"  const {CPP_TYPES[v.type.dtype]}* in{i} = (const {CPP_TYPES[v.type.dtype]}*)p_in{i};"
+        casts = [f"  const {storage_type(v.type.dtype)}* in{i} = (const {storage_type(v.type.dtype)}*)p_in{i};"
                  for i, v in enumerate(self.inputs)]
-        casts += [f"  {CPP_TYPES[v.type.dtype]}* out{i} = ({CPP_TYPES[v.type.dtype]}*)p_out{i};"
+        casts += [f"  {storage_type(v.type.dtype)}* out{i} = ({storage_type(v.type.dtype)}*)p_out{i};"
                   for i, v in enumerate(self.outputs)]
         row_index = ["    int64_t rest = r;"]
         bases = {v.id: [] for v in values}

@@ -19,7 +19,7 @@ from ...ir.graph import Node, Value
 from ...ir.registry import lookup, packet_name, reduction_dims
 from ...schedule.space import ScheduleSpace
 from .pointwise import check_no_view_of, promoted_ctype, supported_node
-from .scalar_ops import BODIES, CPP_TYPES, OPERAND_CAST, literal
+from .scalar_ops import BODIES, CPP_TYPES, OPERAND_CAST, literal, load_code, result_code, storage_type, store_code
 
 SPACE_VERSION = "1"
 #: longest row whose costly element values are kept in a per-row scratch buffer between passes
@@ -148,7 +148,8 @@ class ReductionSource:
     def _load(self, v: Value, space: str, shape: tuple[int, ...]) -> str:
         t = CPP_TYPES[v.type.dtype]
         index = self._element_index() if space == "element" else self._row_index(shape)
-        return f"const {t} {self.local[v.id]} = in{self.inputs.index(v)}[{self._offset(v, shape, index)}];"
+        element = f"in{self.inputs.index(v)}[{self._offset(v, shape, index)}]"
+        return f"const {t} {self.local[v.id]} = {load_code(v.type.dtype, element)};"
 
     def _expr(self, node: Node) -> str:
         out = node.outputs[0]
@@ -174,7 +175,7 @@ class ReductionSource:
             # dividing every element of a row by one row value: multiply by its reciprocal, which the
             # compiler hoists out of the loop (as ATen's softmax does; within an ulp of the quotient)
             body = f"({args[0]} * (({t})1 / {args[1]}))"
-        return f"const {t} {self.local[out.id]} = ({t})({body});"
+        return f"const {t} {self.local[out.id]} = {result_code(out.type.dtype, body)};"
 
     def _needed(self, targets: list[Value], space: str) -> list[Node]:
         """Nodes of ``space`` (in order) that ``targets`` depend on inside the group (values kept in a
@@ -285,7 +286,7 @@ class ReductionSource:
         if _COMBINES[packet_name(r.target)] in ("max", "min") and r.args[0].type.dtype.is_floating_point:
             value = f"(nan{acc} ? std::numeric_limits<{t}>::quiet_NaN() : {acc})"
         self._done.add(out.id)
-        return f"const {t} {self.local[out.id]} = ({t})({value});"
+        return f"const {t} {self.local[out.id]} = {result_code(out.type.dtype, value)};"
 
     def _row_body(self) -> list[str]:
         lines: list[str] = []
@@ -310,14 +311,14 @@ class ReductionSource:
                         seen.add(a.id)
                         loads.append(self._load(a, "element", self.element_shape))
             stores = [f"out{self.outputs.index(v)}[{self._offset(v, self.element_shape, self._element_index())}] = "
-                      f"{self.local[v.id]};" for v in element_outputs]
+                      f"{store_code(v.type.dtype, self.local[v.id])};" for v in element_outputs]
             body = loads + self._scratch_loads(nodes, element_outputs) + [self._expr(n) for n in nodes] + stores
             lines += self._element_loop(body, "")
         for v in self.outputs:
             if self.space[v.id] == "row":
                 shape = tuple(v.type.shape)
                 lines.append(f"out{self.outputs.index(v)}[{self._offset(v, shape, self._row_index(shape))}] = "
-                             f"{self.local[v.id]};")
+                             f"{store_code(v.type.dtype, self.local[v.id])};")
         return lines
 
     def _row_nodes(self) -> list[str]:
@@ -343,9 +344,9 @@ class ReductionSource:
         self._scratch: list[str] = []
         params = [f"const void* p_in{i}" for i in range(len(self.inputs))]
         params += [f"void* p_out{i}" for i in range(len(self.outputs))]
-        casts = [f"  const {CPP_TYPES[v.type.dtype]}* in{i} = (const {CPP_TYPES[v.type.dtype]}*)p_in{i};"
+        casts = [f"  const {storage_type(v.type.dtype)}* in{i} = (const {storage_type(v.type.dtype)}*)p_in{i};"
                  for i, v in enumerate(self.inputs)]
-        casts += [f"  {CPP_TYPES[v.type.dtype]}* out{i} = ({CPP_TYPES[v.type.dtype]}*)p_out{i};"
+        casts += [f"  {storage_type(v.type.dtype)}* out{i} = ({storage_type(v.type.dtype)}*)p_out{i};"
                   for i, v in enumerate(self.outputs)]
         split = ["    int64_t rest = r;"]
         for d in reversed(self.kept):

@@ -13,11 +13,36 @@ from typing import Any, Callable
 
 import torch
 
-#: torch dtype -> C++ element type (half types are not generated yet: they stay ATen calls)
+#: torch dtype -> the C++ type values of that dtype are computed in (bfloat16 computes in float,
+#: rounded to bfloat16 after every op as eager does; float16 is not generated yet)
 CPP_TYPES: dict[torch.dtype, str] = {
     torch.float32: "float", torch.float64: "double", torch.int64: "int64_t", torch.int32: "int32_t",
     torch.int16: "int16_t", torch.int8: "int8_t", torch.uint8: "uint8_t", torch.bool: "bool",
+    torch.bfloat16: "float",
 }
+#: torch dtype -> the C++ type of its elements in memory, where it differs from the compute type
+_STORAGE_TYPES: dict[torch.dtype, str] = {torch.bfloat16: "uint16_t"}
+
+
+def storage_type(dtype: torch.dtype) -> str:
+    """The C++ element type of ``dtype`` in memory."""
+    return _STORAGE_TYPES.get(dtype, CPP_TYPES[dtype])
+
+
+def load_code(dtype: torch.dtype, element: str) -> str:
+    """The compute-type value of a loaded element."""
+    return f"tw_bf16_load({element})" if dtype == torch.bfloat16 else element
+
+
+def store_code(dtype: torch.dtype, value: str) -> str:
+    """The in-memory element for a computed value."""
+    return f"tw_bf16_store({value})" if dtype == torch.bfloat16 else value
+
+
+def result_code(dtype: torch.dtype, expr: str) -> str:
+    """An op's result in its dtype (bfloat16 results are rounded to bfloat16, as eager's are)."""
+    t = CPP_TYPES[dtype]
+    return f"tw_round_bf16(({t})({expr}))" if dtype == torch.bfloat16 else f"({t})({expr})"
 
 #: helpers every kernel library starts with
 PRELUDE = r"""#include <cmath>
@@ -28,6 +53,13 @@ PRELUDE = r"""#include <cmath>
 template <class T> static inline T tw_max(T a, T b) { return (a != a) ? a : ((b != b) ? b : (a > b ? a : b)); }
 template <class T> static inline T tw_min(T a, T b) { return (a != a) ? a : ((b != b) ? b : (a < b ? a : b)); }
 template <class T> static inline T tw_sign(T x) { return x > T(0) ? T(1) : (x < T(0) ? T(-1) : T(0)); }
+static inline float tw_bf16_load(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; std::memcpy(&f, &u, 4); return f; }
+static inline uint16_t tw_bf16_store(float f) {  // round to nearest even; NaN stays a quiet NaN
+  uint32_t u; std::memcpy(&u, &f, 4);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return f != f ? (uint16_t)0x7fc0 : (uint16_t)rounded;
+}
+static inline float tw_round_bf16(float f) { return tw_bf16_load(tw_bf16_store(f)); }
 static inline int64_t tw_floordiv(int64_t a, int64_t b) { int64_t q = a / b; return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q; }
 
 // Branch-free float32 math the compiler vectorizes inside `omp simd` loops (libm's expf/logf are

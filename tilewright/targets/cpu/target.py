@@ -1,9 +1,9 @@
 """The native CPU target: C++/OpenMP kernels built with the system compiler, one library per graph.
 
 What it generates today: fused pointwise groups (any rank, broadcasting, strided operands,
-float32/float64/integer/bool) and reduction groups (sum, mean, amax, amin, any, all over any dims,
+float32/float64/bfloat16/integer/bool) and reduction groups (sum, mean, amax, amin, any, all over any dims,
 with pointwise prologues and epilogues, several levels: softmax, layer norm). Everything else —
-matmuls, convolutions, attention, scatters, gathers, half types — stays an ATen call, counted and
+matmuls, convolutions, attention, scatters, gathers, float16 — stays an ATen call, counted and
 shown in explain as a fallback with its reason.
 Selected with ``TILEWRIGHT_TARGET=cpu`` (``tilewright.config.target = "cpu"``).
 """
