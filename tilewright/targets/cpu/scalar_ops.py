@@ -69,7 +69,10 @@ static inline float tw_bits_to_float(int32_t i) { float f; std::memcpy(&f, &i, 4
 static inline int32_t tw_float_to_bits(float f) { int32_t i; std::memcpy(&i, &f, 4); return i; }
 static inline float tw_exp(float x) {
   const float hi = 88.72283905206835f, lo = -103.972077083991796f;
-  float xc = x > hi ? hi : (x < lo ? lo : x);
+  // lanes below lo (masked scores are -inf) compute exp(0) and select 0: a subnormal intermediate
+  // would take the slow microcoded path for the whole vector
+  const bool under = x < lo;
+  float xc = x > hi ? hi : (under ? 0.0f : x);
   float n = std::nearbyint(xc * 1.44269504088896341f);
   float r = xc - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
@@ -83,7 +86,7 @@ static inline float tw_exp(float x) {
   // 2^n in two steps so that n down to -150 (subnormal results) stays exact
   int32_t n1 = (int32_t)n / 2, n2 = (int32_t)n - n1;
   float result = p * tw_bits_to_float((n1 + 127) << 23) * tw_bits_to_float((n2 + 127) << 23);
-  result = x > hi ? std::numeric_limits<float>::infinity() : result;
+  result = x > hi ? std::numeric_limits<float>::infinity() : (under ? 0.0f : result);
   return x != x ? x : result;
 }
 static inline double tw_exp(double x) { return std::exp(x); }
