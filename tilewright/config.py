@@ -87,3 +87,27 @@ class Config:
 
 
 config = Config()
+
+
+def cache_subdir(name: str) -> Path:
+    """``<config.cache_dir>/<name>`` (created), or ``<tmp>/tilewright-<name>`` when that is not writable."""
+    import tempfile
+
+    path = Path(config.cache_dir) / name
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    except OSError:  # read-only home: fall back to a temp dir
+        path = Path(tempfile.gettempdir()) / f"tilewright-{name}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def write_debug_file(filename: str, text: str) -> None:
+    """Write ``text`` to ``<debug_dir>/<filename>`` when ``config.debug_dir`` (``TILEWRIGHT_DEBUG_DIR``) is set."""
+    debug_dir = config.debug_dir or os.environ.get("TILEWRIGHT_DEBUG_DIR")
+    if not debug_dir:
+        return
+    path = Path(debug_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / filename).write_text(text)

@@ -16,14 +16,13 @@ import logging
 import os
 import re
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from ...config import config
+from ...config import cache_subdir, write_debug_file
 from ...errors import BuildError
 from .toolchain import Compiler, compile_flags, cpu_description, find_compiler
 
@@ -48,14 +47,7 @@ class CompileError(BuildError):
 
 def cache_dir() -> Path:
     """``<config.cache_dir>/cpu`` (created), or a temp-dir fallback when that is not writable."""
-    path = Path(config.cache_dir) / "cpu"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    except OSError:  # read-only home: fall back to a temp dir
-        path = Path(tempfile.gettempdir()) / "tilewright-cpu"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+    return cache_subdir("cpu")
 
 
 def cache_key(source: str, compiler: Compiler, flags: list[str]) -> str:
@@ -92,12 +84,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _dump_debug_source(stem: str, source: str) -> None:
-    debug_dir = config.debug_dir or os.environ.get("TILEWRIGHT_DEBUG_DIR")
-    if not debug_dir:
-        return
-    path = Path(debug_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / f"{stem}.cpp").write_text(source)
+    write_debug_file(f"{stem}.cpp", source)
 
 
 def _excerpt(output: str) -> str:

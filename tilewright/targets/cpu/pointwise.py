@@ -62,6 +62,29 @@ def check_no_view_of(inputs: list[Value], ids: set[int]) -> None:
             node = src.producer
 
 
+def group_io(nodes: list[Node], ids: set[int], materialize: set[int]) -> tuple[list[Value], list[Value]]:
+    """The group's operands from outside (in order of first use) and the values it must store."""
+    outputs = [o for n in nodes for o in n.outputs if o.id in materialize]
+    if not outputs:
+        raise BuildError("group has no outputs")
+    inputs: list[Value] = []
+    for node in nodes:
+        for a in node.inputs:
+            if a.id not in ids and all(a.id != i.id for i in inputs):
+                inputs.append(a)
+    check_no_view_of(inputs, ids)
+    return inputs, outputs
+
+
+def pointer_casts(inputs: list[Value], outputs: list[Value]) -> list[str]:
+    """The kernel's typed views of its ``void*`` arguments (``in0``..., ``out0``...)."""
+    lines = [f"  const {storage_type(v.type.dtype)}* in{i} = (const {storage_type(v.type.dtype)}*)p_in{i};"
+             for i, v in enumerate(inputs)]
+    lines += [f"  {storage_type(v.type.dtype)}* out{i} = ({storage_type(v.type.dtype)}*)p_out{i};"
+              for i, v in enumerate(outputs)]
+    return lines
+
+
 def promoted_ctype(node: Node) -> str:
     """The C++ type both sides of a comparison are converted to (torch's type promotion)."""
     dtypes = [a.type.dtype for a in node.inputs]
@@ -81,7 +104,7 @@ def pointwise_space(numel: int, cores: int) -> ScheduleSpace:
                          default={"BLOCK": 4096, "threads": default_threads}, version=SPACE_VERSION)
 
 
-def _broadcast_strides(v: Value, shape: tuple[int, ...]) -> list[int]:
+def broadcast_strides(v: Value, shape: tuple[int, ...]) -> list[int]:
     """Strides of ``v`` read at indices of ``shape`` (0 on broadcast dims); raises when it is not a broadcast."""
     lead = len(shape) - v.type.rank
     if lead < 0:
@@ -116,16 +139,8 @@ class PointwiseSource:
             for a in node.inputs:
                 if a.id in ids and tuple(a.type.shape) != self.shape:
                     raise BuildError("a group value is read through a view")
-        self.outputs = [o for n in nodes for o in n.outputs if o.id in materialize]
-        if not self.outputs:
-            raise BuildError("group has no outputs")
-        self.inputs: list[Value] = []
-        for node in nodes:
-            for a in node.inputs:
-                if a.id not in ids and all(a.id != i.id for i in self.inputs):
-                    self.inputs.append(a)
-        check_no_view_of(self.inputs, ids)
-        self.strides = {v.id: _broadcast_strides(v, self.shape) for v in self.inputs + self.outputs}
+        self.inputs, self.outputs = group_io(nodes, ids, materialize)
+        self.strides = {v.id: broadcast_strides(v, self.shape) for v in self.inputs + self.outputs}
         # local names in order of appearance: the same group always gives the same source text
         self.local: dict[int, str] = {}
         for v in self.inputs + [n.outputs[0] for n in nodes]:
@@ -181,10 +196,7 @@ class PointwiseSource:
         values = self.inputs + self.outputs
         params = [f"const void* p_in{i}" for i in range(len(self.inputs))]
         params += [f"void* p_out{i}" for i in range(len(self.outputs))]
-        casts = [f"  const {storage_type(v.type.dtype)}* in{i} = (const {storage_type(v.type.dtype)}*)p_in{i};"
-                 for i, v in enumerate(self.inputs)]
-        casts += [f"  {storage_type(v.type.dtype)}* out{i} = ({storage_type(v.type.dtype)}*)p_out{i};"
-                  for i, v in enumerate(self.outputs)]
+        casts = pointer_casts(self.inputs, self.outputs)
         row_index = ["    int64_t rest = r;"]
         bases = {v.id: [] for v in values}
         for d in range(len(shape) - 2, -1, -1):

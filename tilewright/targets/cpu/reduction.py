@@ -18,8 +18,8 @@ from ...errors import BuildError
 from ...ir.graph import Node, Value
 from ...ir.registry import lookup, packet_name, reduction_dims
 from ...schedule.space import ScheduleSpace
-from .pointwise import check_no_view_of, promoted_ctype, supported_node
-from .scalar_ops import BODIES, CPP_TYPES, OPERAND_CAST, literal, load_code, result_code, storage_type, store_code
+from .pointwise import broadcast_strides, group_io, pointer_casts, promoted_ctype, supported_node
+from .scalar_ops import BODIES, CPP_TYPES, OPERAND_CAST, literal, load_code, result_code, store_code
 
 SPACE_VERSION = "1"
 #: longest row whose costly element values are kept in a per-row scratch buffer between passes
@@ -107,33 +107,14 @@ class ReductionSource:
                     raise BuildError("an element value reads a row value without its kept dims")
             self.level[out.id] = max((self.level[a.id] for a in internal), default=0)
         self.ids = ids
-        self.outputs = [n.outputs[0] for n in nodes if n.outputs[0].id in materialize]
-        if not self.outputs:
-            raise BuildError("group has no outputs")
-        self.inputs: list[Value] = []
-        for n in nodes:
-            for a in n.inputs:
-                if a.id not in ids and all(a.id != i.id for i in self.inputs):
-                    self.inputs.append(a)
-        check_no_view_of(self.inputs, ids)
+        self.inputs, self.outputs = group_io(nodes, ids, materialize)
         self.values = {v.id: v for v in self.inputs + [n.outputs[0] for n in nodes]}
         self.local = {v.id: f"v{k}" for k, v in enumerate(self.inputs + [n.outputs[0] for n in nodes])}
 
     # -- indexing ----------------------------------------------------------------------------
     def _offset(self, v: Value, shape: tuple[int, ...], index: list[str]) -> str:
         """Offset of ``v`` read at ``index`` (one C++ expression per dim of ``shape``), broadcasting."""
-        lead = len(shape) - v.type.rank
-        if lead < 0:
-            raise BuildError(f"operand %{v.name} {v.type} has more dims than {shape}")
-        terms = []
-        for d, size in enumerate(shape):
-            dv = d - lead
-            if dv < 0 or v.type.shape[dv] == 1:
-                continue
-            if v.type.shape[dv] != size:
-                raise BuildError(f"operand %{v.name} {v.type} does not broadcast to {shape}")
-            if v.type.strides[dv]:
-                terms.append(f"{index[d]} * INT64_C({v.type.strides[dv]})")
+        terms = [f"{i} * INT64_C({s})" for i, s in zip(index, broadcast_strides(v, shape)) if s]
         return " + ".join(terms) or "0"
 
     def _element_index(self) -> list[str]:
@@ -344,10 +325,7 @@ class ReductionSource:
         self._scratch: list[str] = []
         params = [f"const void* p_in{i}" for i in range(len(self.inputs))]
         params += [f"void* p_out{i}" for i in range(len(self.outputs))]
-        casts = [f"  const {storage_type(v.type.dtype)}* in{i} = (const {storage_type(v.type.dtype)}*)p_in{i};"
-                 for i, v in enumerate(self.inputs)]
-        casts += [f"  {storage_type(v.type.dtype)}* out{i} = ({storage_type(v.type.dtype)}*)p_out{i};"
-                  for i, v in enumerate(self.outputs)]
+        casts = pointer_casts(self.inputs, self.outputs)
         split = ["    int64_t rest = r;"]
         for d in reversed(self.kept):
             split.append(f"    const int64_t k{d} = rest % {self.element_shape[d]}; rest /= {self.element_shape[d]};")

@@ -11,11 +11,10 @@ import importlib.util
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from ...config import config
+from ...config import cache_subdir, write_debug_file
 from .jit import interpret_mode, wrap_kernel
 
 log = logging.getLogger(__name__)
@@ -24,24 +23,12 @@ _loaded: dict[tuple[str, str, bool], Any] = {}
 
 
 def _source_dir() -> Path:
-    path = Path(config.cache_dir) / "kernels"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    except OSError:  # read-only home: fall back to a temp dir
-        path = Path(tempfile.gettempdir()) / "tilewright-kernels"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+    return cache_subdir("kernels")
 
 
 def dump_debug_source(name: str, source: str) -> None:
     """Write ``source`` to ``$TILEWRIGHT_DEBUG_DIR/<name>.py`` when a debug dir is set."""
-    debug_dir = config.debug_dir or os.environ.get("TILEWRIGHT_DEBUG_DIR")
-    if not debug_dir:
-        return
-    path = Path(debug_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / f"{name}.py").write_text(source)
+    write_debug_file(f"{name}.py", source)
 
 
 def load_kernel(source: str, fn_name: str, interpret: bool | None = None) -> Any:
