@@ -57,7 +57,8 @@ class CompiledGraph:
         self.eager = eager
         #: why the graph runs eagerly from now on (None: it runs its plan)
         self.broken: str | None = None
-        self._views_by_root: dict[int, list[int]] = {}
+        #: view values by the buffer they alias (built on first use; None until then)
+        self._views_by_root: dict[int, list[int]] | None = None
 
     def __call__(self, inputs: Sequence[Any]) -> Any:
         if self.broken is not None and self.eager is not None:
@@ -108,7 +109,8 @@ class CompiledGraph:
         return map_values(self.graph.outputs, lambda v: evaluate_value(v, env))
 
     def _drop_views(self, root_ids: list[int], env: dict[int, torch.Tensor]) -> None:
-        if not self._views_by_root:
+        if self._views_by_root is None:  # NOTE: an empty map is a valid answer (a graph without views)
+            self._views_by_root = {}
             for node in self.graph.nodes:
                 if lookup(node.target).kind == "view":
                     for o in node.outputs:
