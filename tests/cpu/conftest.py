@@ -14,3 +14,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if "tests/cpu/" in str(item.fspath).replace("\\", "/"):
                 item.add_marker(skip)
+
+
+@pytest.fixture
+def cpu_target(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Graphs of the test compile for the native CPU target (Dynamo's cache starts empty)."""
+    import torch
+
+    import tilewright
+
+    monkeypatch.setattr(tilewright.config, "target", "cpu")
+    torch._dynamo.reset()

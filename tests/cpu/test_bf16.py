@@ -8,25 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import tilewright
 from tilewright.report import collect
 
 from ..models.model_zoo import MODELS, main_output
+from .helpers import run_compiled
 
 BF16 = torch.bfloat16
 
-
-@pytest.fixture(autouse=True)
-def cpu_target(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tilewright.config, "target", "cpu")
-    torch._dynamo.reset()
-
-
-def _run(fn: Callable[..., Any], *inputs: torch.Tensor) -> tuple[Any, Any]:
-    with collect() as report:
-        out = torch.compile(fn, backend="tilewright")(*inputs)
-    torch._dynamo.reset()
-    return out, report
+pytestmark = pytest.mark.usefixtures("cpu_target")
 
 
 @pytest.mark.parametrize("name,fn,make,bit_exact", [
@@ -44,7 +33,7 @@ def test_bf16_kernels_match_eager(name: str, fn: Callable[..., Any], make: Calla
                                   bit_exact: bool) -> None:
     torch.manual_seed(0)
     inputs = make()
-    out, report = _run(fn, *inputs)
+    out, report = run_compiled(fn, *inputs)
     want = fn(*inputs)
     assert out.dtype == want.dtype
     if bit_exact:  # same per-op rounding to bfloat16 as eager, no transcendental functions

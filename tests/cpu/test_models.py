@@ -7,16 +7,11 @@ from typing import Any
 import pytest
 import torch
 
-import tilewright
 from tilewright.report import collect
 
 from ..models.model_zoo import MODELS, main_output
 
-
-@pytest.fixture(autouse=True)
-def cpu_target(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tilewright.config, "target", "cpu")
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("cpu_target")
 
 
 def _float64(model: torch.nn.Module, inputs: tuple[Any, ...]) -> torch.Tensor:

@@ -11,18 +11,9 @@ import torch.nn.functional as F
 import tilewright
 from tilewright.report import collect
 
+from .helpers import run_compiled
 
-@pytest.fixture(autouse=True)
-def cpu_target(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tilewright.config, "target", "cpu")
-    torch._dynamo.reset()
-
-
-def _run(fn: Callable[..., Any], *inputs: torch.Tensor) -> tuple[Any, Any]:
-    with collect() as report:
-        out = torch.compile(fn, backend="tilewright")(*inputs)
-    torch._dynamo.reset()
-    return out, report
+pytestmark = pytest.mark.usefixtures("cpu_target")
 
 
 def _ran_in_kernels(report: Any) -> None:
@@ -66,7 +57,7 @@ CASES: list[tuple[str, Callable[..., Any], Callable[..., tuple[torch.Tensor, ...
 def test_pointwise_matches_torch(name: str, fn: Callable[..., Any], make: Callable[[], tuple[torch.Tensor, ...]]) -> None:
     torch.manual_seed(0)
     inputs = make()
-    out, report = _run(fn, *inputs)
+    out, report = run_compiled(fn, *inputs)
     want = fn(*inputs)
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5, equal_nan=True)
     _ran_in_kernels(report)
@@ -77,7 +68,7 @@ def test_nan_and_inf_propagate_like_torch() -> None:
     y = torch.tensor([1.0, float("nan"), 0.0, float("nan"), -2.0, 3.0])
     fn = lambda x, y: torch.stack([torch.relu(x), torch.maximum(x, y), torch.minimum(x, y), x.clamp(-1, 1),  # noqa: E731
                                    torch.isnan(x + y).float(), torch.sigmoid(x), torch.exp(x)])
-    out, report = _run(fn, x, y)
+    out, report = run_compiled(fn, x, y)
     torch.testing.assert_close(out, fn(x, y), equal_nan=True)
     assert any(k["status"] == "ran" for k in report.kernels)
 
@@ -85,7 +76,7 @@ def test_nan_and_inf_propagate_like_torch() -> None:
 def test_outputs_keep_their_strides_and_intermediates_stay_in_registers() -> None:
     x = torch.randn(12, 20)
     fn = lambda x: ((x + 1).t() * 2, (x * x).cumsum(0))  # noqa: E731  (cumsum stays an ATen call)
-    (a, s), report = _run(fn, x)
+    (a, s), report = run_compiled(fn, x)
     wa, ws = fn(x)
     torch.testing.assert_close(a, wa)
     torch.testing.assert_close(s, ws)
@@ -118,7 +109,7 @@ def test_library_is_cached_across_compiles() -> None:
 
     fn = lambda x: torch.exp(x) * 3 + x  # noqa: E731
     x = torch.randn(17, 4)
-    _run(fn, x)
+    run_compiled(fn, x)
     calls: list[Any] = []
     original = build._run_compiler
 
@@ -128,7 +119,7 @@ def test_library_is_cached_across_compiles() -> None:
 
     build._run_compiler = counting  # type: ignore[assignment]
     try:
-        out, report = _run(fn, x)
+        out, report = run_compiled(fn, x)
     finally:
         build._run_compiler = original  # type: ignore[assignment]
     torch.testing.assert_close(out, fn(x))

@@ -7,21 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import tilewright
 from tilewright.report import collect
 
+from .helpers import run_compiled
 
-@pytest.fixture(autouse=True)
-def cpu_target(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tilewright.config, "target", "cpu")
-    torch._dynamo.reset()
-
-
-def _run(fn: Callable[..., Any], *inputs: torch.Tensor) -> tuple[Any, Any]:
-    with collect() as report:
-        out = torch.compile(fn, backend="tilewright")(*inputs)
-    torch._dynamo.reset()
-    return out, report
+pytestmark = pytest.mark.usefixtures("cpu_target")
 
 
 CASES: list[tuple[str, Callable[..., Any], Callable[[], tuple[torch.Tensor, ...]]]] = [
@@ -49,7 +39,7 @@ CASES: list[tuple[str, Callable[..., Any], Callable[[], tuple[torch.Tensor, ...]
 def test_reduction_matches_torch(name: str, fn: Callable[..., Any], make: Callable[[], tuple[torch.Tensor, ...]]) -> None:
     torch.manual_seed(0)
     inputs = make()
-    out, report = _run(fn, *inputs)
+    out, report = run_compiled(fn, *inputs)
     want = fn(*inputs)
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-4)
     assert any(k["kind"] == "reduction" and k["status"] == "ran" for k in report.kernels), report.kernels
@@ -59,14 +49,14 @@ def test_reduction_matches_torch(name: str, fn: Callable[..., Any], make: Callab
 def test_max_propagates_nan_like_torch() -> None:
     x = torch.randn(4, 6)
     x[1, 3] = float("nan")
-    out, _ = _run(lambda x: x.amax(-1) + x.amin(-1), x)
+    out, _ = run_compiled(lambda x: x.amax(-1) + x.amin(-1), x)
     torch.testing.assert_close(out, x.amax(-1) + x.amin(-1), equal_nan=True)
 
 
 def test_softmax_and_layer_norm_fuse_into_one_kernel_each() -> None:
     fn = lambda x, w, b: torch.softmax(F.layer_norm(x, (16,), w, b), -1)  # noqa: E731
     x, w, b = torch.randn(6, 16), torch.randn(16), torch.randn(16)
-    out, report = _run(fn, x, w, b)
+    out, report = run_compiled(fn, x, w, b)
     torch.testing.assert_close(out, fn(x, w, b), rtol=1e-5, atol=1e-5)
     assert [k["kind"] for k in report.kernels] == ["reduction"], report.kernels
     assert report.coverage == 1.0
