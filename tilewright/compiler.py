@@ -15,6 +15,7 @@ import logging
 import time
 from typing import Any, Sequence
 
+import torch
 import torch.fx as fx
 
 from .config import config
@@ -117,7 +118,7 @@ def compile_graph_for_inputs(gm: fx.GraphModule, inputs: Sequence[Any], report: 
 
 def _device_of(inputs: Sequence[Any]) -> Any:
     """The device of the graph's tensors (CUDA when any is on CUDA)."""
-    devices = [a.device for a in inputs if hasattr(a, "device") and hasattr(a, "data_ptr")]
+    devices = [a.device for a in inputs if isinstance(a, torch.Tensor)]
     return next((d for d in devices if d.type == "cuda"), devices[0] if devices else None)
 
 

@@ -94,15 +94,15 @@ class LazyCompiledGraph:
         if self.symbolic:
             report.specialized = True
             report.notes.append(f"dynamic shapes: specialised for {len(self.cache) + 1} concrete signature(s)")
-        devices = {a.device.type for a in inputs if isinstance(a, torch.Tensor)}
-        if "cuda" not in devices and not interpret_mode() and config.target != "cpu":
+        mode = _kernel_mode(inputs)
+        if mode == "eager":
             _check_cpu_eager(self.name)
             report.mode = "eager (cpu)"
             report.compute_ops = count_compute_ops(self.gm)
             report.notes.append("ran eagerly: CPU tensors without TILEWRIGHT_INTERPRET=1")
             publish(report)
             return self._eager()
-        report.mode = "cuda" if "cuda" in devices else ("cpu" if config.target == "cpu" else "interpreter")
+        report.mode = mode
         if report.mode == "interpreter":
             ensure_interpreter()
         if self.kind == "inference" and not self._folded:
@@ -157,10 +157,11 @@ def tilewright_backend(gm: fx.GraphModule, example_inputs: list[Any], **options:
     opts = dict(options.get("options") or {})
     mode = options.get("mode") or opts.get("mode")
     tune: bool | None = True if (mode == "max-autotune" or opts.get("autotune") or options.get("autotune")) else None
-    if _runs_eagerly_on_cpu(example_inputs):
+    mode = _kernel_mode(example_inputs)
+    if mode == "eager":
         return _as_written(gm)
     attention_blocks: list[dict[str, Any]] = []
-    if config.fuse_attention and not _native_cpu(example_inputs):  # no CPU attention kernel yet: SDPA stays
+    if config.fuse_attention and mode != "cpu":  # no CPU attention kernel yet: SDPA stays
         gm, attention_blocks = _rewrite_attention(gm, example_inputs)
 
     def fw_compiler(g: fx.GraphModule, ex: list[Any]) -> LazyCompiledGraph:
@@ -185,16 +186,15 @@ _CPU_EAGER = ("tensors are on CPU and TILEWRIGHT_INTERPRET is not set, so graphs
               "CUDA tensors, or set TILEWRIGHT_INTERPRET=1 to run the generated kernels in Triton's interpreter")
 
 
-def _runs_eagerly_on_cpu(example_inputs: Sequence[Any]) -> bool:
-    """No CUDA tensor, no interpreter and no native CPU target: no tilewright kernel can run this graph."""
-    devices = {a.device.type for a in example_inputs if isinstance(a, torch.Tensor)}
-    return "cuda" not in devices and not interpret_mode() and config.target != "cpu"
-
-
-def _native_cpu(example_inputs: Sequence[Any]) -> bool:
-    """The graph's kernels come from the native CPU target."""
-    devices = {a.device.type for a in example_inputs if isinstance(a, torch.Tensor)}
-    return "cuda" not in devices and config.target == "cpu"
+def _kernel_mode(tensors: Sequence[Any]) -> str:
+    """Where a graph over ``tensors`` runs: "cuda" (Triton), "cpu" (the native C++ target),
+    "interpreter" (Triton's on CPU) or "eager" (no tilewright kernel can run it)."""
+    devices = {a.device.type for a in tensors if isinstance(a, torch.Tensor)}
+    if "cuda" in devices:
+        return "cuda"
+    if config.target == "cpu":
+        return "cpu"
+    return "interpreter" if interpret_mode() else "eager"
 
 
 def _check_cpu_eager(name: str) -> None:

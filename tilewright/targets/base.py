@@ -28,6 +28,9 @@ from ..schedule.group import Group
 from ..runtime.plan import TemplateRunner
 from ..schedule.kernel import Kernel
 
+#: what a probe build may raise for a group the builders cannot express (besides BuildError)
+_PROBE_ERRORS = (NotImplementedError, ValueError, KeyError, IndexError, TypeError, AttributeError)
+
 #: Builds a group's kernel: ``builder(group, materialize, name)`` (raises when it cannot).
 KernelBuilder = Callable[[Group, set[int], str], Kernel]
 
@@ -68,9 +71,15 @@ class Target(ABC):
             raise BuildError(f"target {self.name} builds no {group.kind} kernels")
         return builder(group, materialize, name)
 
-    @abstractmethod
     def can_build(self, group: Group, materialize: set[int]) -> str | None:
-        """None when :meth:`build` would succeed, else the reason it would not."""
+        """None when :meth:`build` would succeed, else the reason it would not (a probe build)."""
+        try:
+            self.build(group, materialize, "probe")
+        except BuildError as exc:
+            return str(exc)
+        except _PROBE_ERRORS as exc:  # a builder tripping on a group it cannot express
+            return f"{type(exc).__name__}: {exc}"
+        return None
 
     @abstractmethod
     def template(self, node: Node) -> TemplateLowering | None:

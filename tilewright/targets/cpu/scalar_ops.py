@@ -91,10 +91,9 @@ static inline float tw_exp(float x) {
 }
 static inline double tw_exp(double x) { return std::exp(x); }
 static inline float tw_log(float x) {
-  int32_t bits = tw_float_to_bits(x);
   const bool sub = x < 1.17549435e-38f;
   const float xs = sub ? x * 8388608.0f : x;  // subnormals: scale by 2^23 first
-  bits = tw_float_to_bits(xs);
+  const int32_t bits = tw_float_to_bits(xs);
   int32_t e = ((bits >> 23) & 0xff) - 126;
   float m = tw_bits_to_float((bits & 0x007fffff) | 0x3f000000);  // mantissa in [0.5, 1)
   const bool small = m < 0.707106781186547524f;

@@ -70,16 +70,6 @@ class CpuTarget(Target):
             return "reduction"
         return "extern"
 
-    def can_build(self, group: Group, materialize: set[int]) -> str | None:
-        """Generate the group's source as a probe."""
-        try:
-            self.build(group, materialize, "probe")
-        except (ValueError, KeyError, TypeError) as exc:
-            return f"{type(exc).__name__}: {exc}"
-        except Exception as exc:  # BuildError and anything the probe trips on: keep the group apart
-            return str(exc)
-        return None
-
     def template(self, node: Node) -> TemplateLowering | None:
         """No template kernels yet: template nodes run their ATen op."""
         return None

@@ -17,7 +17,6 @@ from ..base import KernelBuilder, Target, TemplateLowering
 from .attention import ops as _attention_ops  # noqa: F401  (registers the ops' Triton kernels)
 from .classify import classify
 from .conv.group import ConvGroupKernel
-from .emit.expr import CodegenError
 from .jit import can_run_kernels
 from .kernel import GeneratedKernel
 from .matmul import MatmulKernelBuilder
@@ -48,10 +47,6 @@ BUILDERS: dict[str, KernelBuilder] = {
     "pointwise": _fused, "reduction": _fused, "matmul": _matmul, "conv": _conv, "scatter": _scatter,
 }
 
-#: what a probe build may raise for a group the builders cannot express
-_BUILD_ERRORS = (CodegenError, NotImplementedError, ValueError, KeyError, IndexError, TypeError, AttributeError)
-
-
 class TritonTarget(Target):
     """Triton kernels: compiled on CUDA, interpreted on CPU when ``TILEWRIGHT_INTERPRET=1``."""
 
@@ -66,16 +61,6 @@ class TritonTarget(Target):
     def kind_of(self, node: Node) -> str:
         """The registry's kind, refined by what the Triton builders support."""
         return classify(node)
-
-    def can_build(self, group: Group, materialize: set[int]) -> str | None:
-        """Build the group's kernel source as a probe (scatter groups are never merged)."""
-        try:
-            self.build(group, materialize, "probe")
-        except CodegenError as exc:
-            return str(exc)
-        except _BUILD_ERRORS as exc:
-            return f"{type(exc).__name__}: {exc}"
-        return None
 
     def template(self, node: Node) -> TemplateLowering | None:
         """Fused attention (forward, backward) and convolution gradients."""
