@@ -13,13 +13,26 @@ from __future__ import annotations
 import math
 from typing import Any
 
-
 from ...errors import BuildError
 from ...ir.graph import Node, Value
 from ...ir.registry import lookup, packet_name, reduction_dims
 from ...schedule.space import ScheduleSpace
-from .pointwise import broadcast_strides, group_io, pointer_casts, promoted_ctype, supported_node
-from .scalar_ops import BODIES, CPP_TYPES, OPERAND_CAST, literal, load_code, result_code, store_code
+from .pointwise import (
+    broadcast_strides,
+    group_io,
+    pointer_casts,
+    promoted_ctype,
+    supported_node,
+)
+from .scalar_ops import (
+    BODIES,
+    CPP_TYPES,
+    OPERAND_CAST,
+    literal,
+    load_code,
+    result_code,
+    store_code,
+)
 
 SPACE_VERSION = "1"
 #: longest row whose costly element values are kept in a per-row scratch buffer between passes

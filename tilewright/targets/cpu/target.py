@@ -20,7 +20,8 @@ from ...ir.registry import lookup
 from ...schedule.group import Group
 from ...schedule.kernel import Kernel
 from ..base import KernelBuilder, Target, TemplateLowering
-from .pointwise import CpuKernel, PointwiseSource, pointwise_space, supported_node
+from .kernel import CpuKernel
+from .pointwise import PointwiseSource, pointwise_space, supported_node
 from .reduction import ReductionSource, reduction_space, supported_reduction
 from .scalar_ops import PRELUDE
 

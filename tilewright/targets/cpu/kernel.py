@@ -1,0 +1,57 @@
+"""The launchable kernel of the CPU target: one C function in its graph's shared library."""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ...errors import BuildError
+from ...ir.registry import lookup
+from ...schedule.kernel import Kernel
+from ...schedule.problem import KernelProblem
+from ...schedule.space import Config, ScheduleSpace
+
+
+class CpuKernel(Kernel):
+    """A generated C++ kernel of the CPU target: one function in its graph's shared library.
+
+    ``source`` is a :class:`PointwiseSource` or a reduction source: the C function's text, its
+    nodes, inputs and outputs, and ``launch_args(config)`` (the scalars after the tensors).
+    """
+
+    def __init__(self, source: Any, kind: str, space: ScheduleSpace, numel: int) -> None:
+        self.source = source
+        self.kind = kind
+        self.nodes = source.nodes
+        self.inputs = source.inputs
+        self.outputs = source.outputs
+        self.ops = [n.op for n in source.nodes]
+        values = self.inputs + self.outputs
+        signature = tuple((list(v.type.shape), str(v.type.dtype), list(v.type.strides)) for v in values)
+        fingerprint = hashlib.sha256(source.source.replace(source.name, "K").encode()).hexdigest()[:16]
+        nbytes = float(sum(v.type.numel * v.type.dtype.itemsize for v in values))
+        flops = float(numel * sum(lookup(n.target).flops_per_element for n in source.nodes))
+        dtype = str(self.outputs[0].type.dtype).replace("torch.", "")
+        problem = KernelProblem(kind, f"cpu-{fingerprint}", {"numel": numel}, dtype, signature, flops, nbytes,
+                                {"ops": len(source.nodes), "target": "cpu"})
+        super().__init__(source.name, space, problem)
+        #: set by the target once the graph's library is built: the C function
+        self.function: Any = None
+        self.library: Any = None
+
+    def bind(self, library: Any) -> None:
+        """Take this kernel's function from its graph's loaded library."""
+        fn = getattr(library, self.name)
+        fn.restype = None
+        scalars = self.source.launch_args(self.config)
+        fn.argtypes = [ctypes.c_void_p] * len(self.inputs + self.outputs) + [ctypes.c_int64] * len(scalars)
+        self.function, self.library = fn, library
+
+    def launch(self, tensors: Sequence[torch.Tensor], config: Config | None = None) -> None:
+        """Call the C function on ``tensors`` (inputs then outputs)."""
+        if self.function is None:
+            raise BuildError(f"kernel {self.name} has no compiled library (the build failed or never ran)")
+        self.function(*[t.data_ptr() for t in tensors], *self.source.launch_args(config or self.config))
