@@ -1,0 +1,237 @@
+"""C++ text of the CPU target's fused attention kernels (FlashAttention-2 style, forward and backward).
+
+One library per :class:`AttentionVariant` (head dim, dtype, causal, bias dtype, mask): the
+variant is compile-time (``#define``), every size and stride is an ``int64_t`` argument, so a
+new sequence length or batch reuses the library. The library holds three functions:
+
+* ``tw_attn_fwd``: K and V of every (batch, kv head) packed once into float32 key blocks
+  (Kᵀ as [D][BLOCK_N], V as [BLOCK_N][Dp]); then OpenMP over (batch, head, query block):
+  scores Q·Kᵀ, online softmax in float32 (running max and sum), P·V into a float32
+  accumulator; key blocks beyond the causal limit are never visited, key blocks whose mask
+  tile keeps nothing are skipped, masks apply on boundary blocks only.
+* ``tw_attn_bwd``: recompute-based backward. K, Kᵀ and Vᵀ packed once; dK/dV in parallel over
+  (batch, kv head, key block) — every query head of the group accumulates into the block's
+  dK/dV, so grouped-query attention needs no copies and no atomics — then dQ in parallel
+  over (batch, head, query block), optionally writing dS for the bias gradient.
+
+The matrix products are register-tiled micro-kernels over GCC vector extensions (16 floats:
+one AVX-512 register, two AVX2 registers, or scalar code on other machines); head dims that
+are not multiples of 16 are zero-padded in the packed tiles, odd key counts by padded, masked
+columns.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: the micro-kernels' vector length (floats)
+VECTOR = 16
+
+
+@dataclass(frozen=True)
+class AttentionVariant:
+    """What one attention library is specialised for."""
+
+    head_dim: int
+    dtype: str  # "float32" or "bfloat16" (q, k, v, out, dout and gradients)
+    causal: bool
+    bias: str | None  # None, "float32" or "bfloat16"
+    mask: bool
+
+    @property
+    def tag(self) -> str:
+        """A short name for the library's files."""
+        return (f"attn_d{self.head_dim}_{'bf16' if self.dtype == 'bfloat16' else 'f32'}"
+                f"{'_causal' if self.causal else ''}{'' if self.bias is None else '_bias' + self.bias[:2]}"
+                f"{'_mask' if self.mask else ''}")
+
+
+def padded_head_dim(head_dim: int) -> int:
+    """The head dim rounded up to the vector length (packed tiles' row length)."""
+    return -(-head_dim // VECTOR) * VECTOR
+
+
+_HEADER = r"""
+#include <algorithm>
+#include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+typedef float tw_v16 __attribute__((vector_size(64)));
+static inline tw_v16 tw_vld(const float* p) { tw_v16 r; std::memcpy(&r, p, sizeof r); return r; }
+static inline void tw_vst(float* p, tw_v16 v) { std::memcpy(p, &v, sizeof v); }
+#if TW_BF16
+typedef uint16_t tw_t;
+static inline float tw_ld(tw_t x) { return tw_bf16_load(x); }
+static inline tw_t tw_st(float x) { return tw_bf16_store(x); }
+#else
+typedef float tw_t;
+static inline float tw_ld(tw_t x) { return x; }
+static inline tw_t tw_st(float x) { return x; }
+#endif
+#if TW_BIAS_BF16
+static inline float tw_bias_ld(const void* p, int64_t i) { return tw_bf16_load(((const uint16_t*)p)[i]); }
+#else
+static inline float tw_bias_ld(const void* p, int64_t i) { return ((const float*)p)[i]; }
+#endif
+static const float TW_NEG_INF = -std::numeric_limits<float>::infinity();
+"""
+
+_MICROKERNELS = r"""
+// C[i][j] = sum_d A[i*lda + d] * B[d*ldb + j] for i < rows (a multiple of 4), j < cols (of 16), d < K
+static inline void tw_gemm_nt(const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
+                              int64_t rows, int64_t cols, int64_t K) {
+  for (int64_t i = 0; i < rows; i += 4) {
+    const float* a = A + i * lda;
+    int64_t j = 0;
+    for (; j + 32 <= cols; j += 32) {
+      tw_v16 c00 = {}, c01 = {}, c10 = {}, c11 = {}, c20 = {}, c21 = {}, c30 = {}, c31 = {};
+      for (int64_t d = 0; d < K; ++d) {
+        const tw_v16 b0 = tw_vld(B + d * ldb + j), b1 = tw_vld(B + d * ldb + j + 16);
+        const float a0 = a[d], a1 = a[lda + d], a2 = a[2 * lda + d], a3 = a[3 * lda + d];
+        c00 += a0 * b0; c01 += a0 * b1; c10 += a1 * b0; c11 += a1 * b1;
+        c20 += a2 * b0; c21 += a2 * b1; c30 += a3 * b0; c31 += a3 * b1;
+      }
+      float* c = C + i * ldc + j;
+      tw_vst(c, c00); tw_vst(c + 16, c01); tw_vst(c + ldc, c10); tw_vst(c + ldc + 16, c11);
+      tw_vst(c + 2 * ldc, c20); tw_vst(c + 2 * ldc + 16, c21); tw_vst(c + 3 * ldc, c30); tw_vst(c + 3 * ldc + 16, c31);
+    }
+    for (; j < cols; j += 16) {
+      tw_v16 c0 = {}, c1 = {}, c2 = {}, c3 = {};
+      for (int64_t d = 0; d < K; ++d) {
+        const tw_v16 b0 = tw_vld(B + d * ldb + j);
+        c0 += a[d] * b0; c1 += a[lda + d] * b0; c2 += a[2 * lda + d] * b0; c3 += a[3 * lda + d] * b0;
+      }
+      float* c = C + i * ldc + j;
+      tw_vst(c, c0); tw_vst(c + ldc, c1); tw_vst(c + 2 * ldc, c2); tw_vst(c + 3 * ldc, c3);
+    }
+  }
+}
+
+// C[i][d] += sum_k A[i*ars + k*acs] * B[k*ldb + d] for i < rows (a multiple of 4), d < cols (of 16), k < K
+static inline void tw_gemm_acc(const float* A, int64_t ars, int64_t acs, const float* B, int64_t ldb, float* C,
+                               int64_t ldc, int64_t rows, int64_t cols, int64_t K) {
+  for (int64_t i = 0; i < rows; i += 4) {
+    const float* a = A + i * ars;
+    int64_t d = 0;
+    for (; d + 32 <= cols; d += 32) {
+      float* c = C + i * ldc + d;
+      tw_v16 c00 = tw_vld(c), c01 = tw_vld(c + 16), c10 = tw_vld(c + ldc), c11 = tw_vld(c + ldc + 16);
+      tw_v16 c20 = tw_vld(c + 2 * ldc), c21 = tw_vld(c + 2 * ldc + 16);
+      tw_v16 c30 = tw_vld(c + 3 * ldc), c31 = tw_vld(c + 3 * ldc + 16);
+      for (int64_t k = 0; k < K; ++k) {
+        const tw_v16 b0 = tw_vld(B + k * ldb + d), b1 = tw_vld(B + k * ldb + d + 16);
+        const float* ak = a + k * acs;
+        const float a0 = ak[0], a1 = ak[ars], a2 = ak[2 * ars], a3 = ak[3 * ars];
+        c00 += a0 * b0; c01 += a0 * b1; c10 += a1 * b0; c11 += a1 * b1;
+        c20 += a2 * b0; c21 += a2 * b1; c30 += a3 * b0; c31 += a3 * b1;
+      }
+      tw_vst(c, c00); tw_vst(c + 16, c01); tw_vst(c + ldc, c10); tw_vst(c + ldc + 16, c11);
+      tw_vst(c + 2 * ldc, c20); tw_vst(c + 2 * ldc + 16, c21); tw_vst(c + 3 * ldc, c30); tw_vst(c + 3 * ldc + 16, c31);
+    }
+    for (; d < cols; d += 16) {
+      float* c = C + i * ldc + d;
+      tw_v16 c0 = tw_vld(c), c1 = tw_vld(c + ldc), c2 = tw_vld(c + 2 * ldc), c3 = tw_vld(c + 3 * ldc);
+      for (int64_t k = 0; k < K; ++k) {
+        const tw_v16 b0 = tw_vld(B + k * ldb + d);
+        const float* ak = a + k * acs;
+        c0 += ak[0] * b0; c1 += ak[ars] * b0; c2 += ak[2 * ars] * b0; c3 += ak[3 * ars] * b0;
+      }
+      tw_vst(c, c0); tw_vst(c + ldc, c1); tw_vst(c + 2 * ldc, c2); tw_vst(c + 3 * ldc, c3);
+    }
+  }
+}
+"""
+
+_SHARED = r"""
+struct tw_attn_args {
+  int64_t B, H, HKV, M, N, group, causal_offset, bm, bn, threads;
+  float scale;
+  const int64_t* qs; const int64_t* ks; const int64_t* vs; const int64_t* bs; const int64_t* ms;
+  const void* bias; const uint8_t* mask;
+};
+
+// Pack rows [j0, j0 + bn) of one (batch, kv head) of x into float32: transposed [D][bn] (kt) and/or
+// row-major [bn][DP] (rows); rows past N and columns past D are zeros.
+static void tw_pack(const tw_t* x, const int64_t* s, int64_t b, int64_t hk, int64_t j0, int64_t N, int64_t bn,
+                    float* kt, float* rows) {
+  for (int64_t j = 0; j < bn; ++j) {
+    const bool in = j0 + j < N;
+    const tw_t* src = x + b * s[0] + hk * s[1] + (j0 + j) * s[2];
+    for (int64_t d = 0; d < TW_DP; ++d) {
+      const float val = (in && d < TW_D) ? tw_ld(src[d * s[3]]) : 0.0f;
+      if (kt && d < TW_D) kt[d * bn + j] = val;
+      if (rows) rows[j * TW_DP + d] = val;
+    }
+  }
+}
+
+// Load rows [i0, i0 + rows) of x[b, h] times mul as float32 [bm][DP] (zeros past the rows and D).
+static void tw_load_rows(const tw_t* x, const int64_t* s, int64_t b, int64_t h, int64_t i0, int64_t rows,
+                         int64_t bm, float mul, float* dst) {
+  for (int64_t r = 0; r < bm; ++r) {
+    const tw_t* src = x + b * s[0] + h * s[1] + (i0 + r) * s[2];
+    for (int64_t d = 0; d < TW_DP; ++d)
+      dst[r * TW_DP + d] = (r < rows && d < TW_D) ? tw_ld(src[d * s[3]]) * mul : 0.0f;
+  }
+}
+
+// Last key (exclusive) query row i may attend to under the causal limit.
+static inline int64_t tw_key_end(const tw_attn_args& a, int64_t i) {
+#if TW_CAUSAL
+  return std::min(a.N, std::max<int64_t>(0, i + a.causal_offset + 1));
+#else
+  (void)i;
+  return a.N;
+#endif
+}
+
+// Whether the mask keeps nothing in the tile (rows x cols at (i0, j0)): the block can be skipped.
+static bool tw_tile_empty(const tw_attn_args& a, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j0,
+                          int64_t cols) {
+#if TW_MASK
+  const uint8_t* mk = a.mask + b * a.ms[0] + h * a.ms[1];
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint8_t* row = mk + (i0 + r) * a.ms[2] + j0 * a.ms[3];
+    for (int64_t j = 0; j < cols; ++j)
+      if (row[j * a.ms[3]]) return false;
+  }
+  return true;
+#else
+  (void)a; (void)b; (void)h; (void)i0; (void)rows; (void)j0; (void)cols;
+  return false;
+#endif
+}
+
+// Scores of a [rows x bn] tile: add the bias and set excluded keys (past N, causal, mask) to -inf.
+// full: no key of the tile is excluded by N or the causal limit and there is no bias or mask.
+static void tw_finish_scores(const tw_attn_args& a, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j0,
+                             int64_t bn, float* S) {
+  const bool full = !TW_BIAS && !TW_MASK && j0 + bn <= tw_key_end(a, i0);
+  if (full) return;
+  for (int64_t r = 0; r < rows; ++r) {
+    float* srow = S + r * bn;
+    const int64_t end = std::min(bn, tw_key_end(a, i0 + r) - j0);
+#if TW_BIAS
+    const int64_t boff = b * a.bs[0] + h * a.bs[1] + (i0 + r) * a.bs[2] + j0 * a.bs[3];
+    for (int64_t j = 0; j < end; ++j) srow[j] += tw_bias_ld(a.bias, boff + j * a.bs[3]);
+#endif
+#if TW_MASK
+    const uint8_t* mrow = a.mask + b * a.ms[0] + h * a.ms[1] + (i0 + r) * a.ms[2] + j0 * a.ms[3];
+    for (int64_t j = 0; j < end; ++j) if (!mrow[j * a.ms[3]]) srow[j] = TW_NEG_INF;
+#endif
+    for (int64_t j = std::max<int64_t>(end, 0); j < bn; ++j) srow[j] = TW_NEG_INF;
+  }
+}
+"""
+
+
+def attention_source(variant: AttentionVariant) -> str:
+    """The C++ text of ``variant``'s library (after the shared prelude)."""
+    from .attention_source_kernels import BACKWARD, FORWARD
+
+    defines = "\n".join([
+        f"#define TW_D {variant.head_dim}", f"#define TW_DP {padded_head_dim(variant.head_dim)}",
+        f"#define TW_BF16 {int(variant.dtype == 'bfloat16')}", f"#define TW_CAUSAL {int(variant.causal)}",
+        f"#define TW_BIAS {int(variant.bias is not None)}", f"#define TW_BIAS_BF16 {int(variant.bias == 'bfloat16')}",
+        f"#define TW_MASK {int(variant.mask)}"])
+    return f"{defines}\n{_HEADER}\n{_MICROKERNELS}\n{_SHARED}\n{FORWARD}\n{BACKWARD}"

@@ -1,0 +1,227 @@
+"""The forward and backward entry points of the CPU attention library (see :mod:`.attention_source`).
+
+``dims`` and ``strides`` are int64 arrays (sizes, the schedule and every tensor's strides, in
+elements; broadcast dims of a bias or mask have stride 0), so one library serves any sizes.
+"""
+from __future__ import annotations
+
+FORWARD = r"""
+static void tw_args(tw_attn_args& a, const int64_t* dims, double scale) {
+  a.B = dims[0]; a.H = dims[1]; a.HKV = dims[2]; a.M = dims[3]; a.N = dims[4]; a.causal_offset = dims[5];
+  a.bm = dims[6]; a.bn = dims[7]; a.threads = dims[8] > 0 ? dims[8] : 1; a.group = a.H / a.HKV;
+  a.scale = (float)scale;
+}
+
+// Online-softmax update of row r with the tile's scores s[0..bn): s becomes the probabilities
+// relative to the new running max; the accumulator row is rescaled.
+static inline void tw_softmax_update(float* s, int64_t bn, float& m, float& l, float* o) {
+  tw_v16 mv = tw_vld(s);  // bn is a multiple of 16: lane-wise maxima, then across lanes
+  for (int64_t j = 16; j < bn; j += 16) { const tw_v16 x = tw_vld(s + j); mv = x > mv ? x : mv; }
+  float mx = mv[0];
+  for (int k = 1; k < 16; ++k) mx = mv[k] > mx ? mv[k] : mx;
+  const float mnew = mx > m ? mx : m;
+  if (mnew == TW_NEG_INF) {  // nothing kept so far
+    for (int64_t j = 0; j < bn; ++j) s[j] = 0.0f;
+    return;
+  }
+  const float alpha = tw_exp(m - mnew);
+  float sum = 0.0f;
+#pragma omp simd reduction(+:sum)
+  for (int64_t j = 0; j < bn; ++j) { const float p = tw_exp(s[j] - mnew); s[j] = p; sum += p; }
+  l = l * alpha + sum;
+  m = mnew;
+  if (alpha != 1.0f) {
+#pragma omp simd
+    for (int64_t d = 0; d < TW_DP; ++d) o[d] *= alpha;
+  }
+}
+
+extern "C" void tw_attn_fwd(const void* qp, const void* kp, const void* vp, const void* bias, const void* mask,
+                            void* outp, float* lse, const int64_t* dims, const int64_t* st, double scale) {
+  tw_attn_args a; tw_args(a, dims, scale);
+  a.qs = st; a.ks = st + 4; a.vs = st + 8; a.bs = st + 12; a.ms = st + 16;
+  const int64_t* os = st + 20;
+  a.bias = bias; a.mask = (const uint8_t*)mask;
+  const tw_t* q = (const tw_t*)qp; const tw_t* k = (const tw_t*)kp; const tw_t* v = (const tw_t*)vp;
+  tw_t* out = (tw_t*)outp;
+  const int64_t bm = a.bm, bn = a.bn, nkb = (a.N + bn - 1) / bn, nmb = (a.M + bm - 1) / bm;
+  const int64_t kv_stride = nkb * bn * TW_DP;
+  std::vector<float> kt((size_t)(a.B * a.HKV * kv_stride)), vr((size_t)(a.B * a.HKV * kv_stride));
+#pragma omp parallel for num_threads(a.threads) schedule(static)
+  for (int64_t t = 0; t < a.B * a.HKV * nkb; ++t) {
+    const int64_t kb = t % nkb, bh = t / nkb;
+    float* base = kt.data() + bh * kv_stride + kb * bn * TW_DP;
+    tw_pack(k, a.ks, bh / a.HKV, bh % a.HKV, kb * bn, a.N, bn, base, nullptr);
+    tw_pack(v, a.vs, bh / a.HKV, bh % a.HKV, kb * bn, a.N, bn, nullptr, vr.data() + bh * kv_stride + kb * bn * TW_DP);
+  }
+#pragma omp parallel num_threads(a.threads)
+  {
+    std::vector<float> Q((size_t)(bm * TW_DP)), O((size_t)(bm * TW_DP)), S((size_t)(bm * bn)), m((size_t)bm), l((size_t)bm);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < a.B * a.H * nmb; ++t) {
+      const int64_t mb = nmb - 1 - t % nmb, bh = t / nmb, b = bh / a.H, h = bh % a.H, hk = h / a.group;
+      const int64_t i0 = mb * bm, rows = std::min(bm, a.M - i0), rows4 = (rows + 3) & ~(int64_t)3;
+      tw_load_rows(q, a.qs, b, h, i0, rows, bm, a.scale, Q.data());
+      std::fill(O.begin(), O.end(), 0.0f);
+      std::fill(m.begin(), m.end(), TW_NEG_INF);
+      std::fill(l.begin(), l.end(), 0.0f);
+      const int64_t kend = tw_key_end(a, i0 + rows - 1);
+      const size_t kv = (size_t)((b * a.HKV + hk) * kv_stride);
+      for (int64_t j0 = 0; j0 < kend; j0 += bn) {
+        if (tw_tile_empty(a, b, h, i0, rows, j0, std::min(bn, a.N - j0))) continue;
+        tw_gemm_nt(Q.data(), TW_DP, kt.data() + kv + j0 * TW_DP, bn, S.data(), bn, rows4, bn, TW_D);
+        tw_finish_scores(a, b, h, i0, rows, j0, bn, S.data());
+        for (int64_t r = 0; r < rows; ++r) tw_softmax_update(S.data() + r * bn, bn, m[r], l[r], O.data() + r * TW_DP);
+        tw_gemm_acc(S.data(), bn, 1, vr.data() + kv + j0 * TW_DP, TW_DP, O.data(), TW_DP, rows4, TW_DP, bn);
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+        tw_t* dst = out + b * os[0] + h * os[1] + (i0 + r) * os[2];
+        for (int64_t d = 0; d < TW_D; ++d) dst[d * os[3]] = tw_st(O[r * TW_DP + d] * inv);
+        lse[(b * a.H + h) * a.M + i0 + r] = l[r] > 0.0f ? m[r] + tw_log(l[r]) : TW_NEG_INF;
+      }
+    }
+  }
+}
+"""
+
+BACKWARD = r"""
+// P = exp(S - lse) of rows [0, rows) (0 for rows without any kept key); then, with dP given,
+// dS = P * (dP - delta) in place of dP.
+static inline void tw_probs(float* S, int64_t rows, int64_t bn, const float* lse) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* s = S + r * bn;
+    const float mr = lse[r];
+    if (mr == TW_NEG_INF) { for (int64_t j = 0; j < bn; ++j) s[j] = 0.0f; continue; }
+#pragma omp simd
+    for (int64_t j = 0; j < bn; ++j) s[j] = tw_exp(s[j] - mr);
+  }
+}
+
+static inline void tw_dscores(const float* P, float* dP, int64_t rows, int64_t bn, const float* delta) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float dr = delta[r];
+#pragma omp simd
+    for (int64_t j = 0; j < bn; ++j) dP[r * bn + j] = P[r * bn + j] * (dP[r * bn + j] - dr);
+  }
+}
+
+struct tw_bwd_ctx {
+  tw_attn_args a;
+  const tw_t *q, *dout;
+  const float *lse, *delta, *kt, *vt, *kr;
+  const int64_t* dos;
+  int64_t nkb, nmb, kv_stride;
+};
+
+// S, P and dS of the (query block at i0, key block at j0) tile of head h; Q scaled, dO loaded.
+static void tw_bwd_tile(const tw_bwd_ctx& c, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j0,
+                        const float* Q, const float* dO, float* S, float* dP) {
+  const tw_attn_args& a = c.a;
+  const int64_t bn = a.bn, rows4 = (rows + 3) & ~(int64_t)3, hk = h / a.group;
+  const size_t kv = (size_t)((b * a.HKV + hk) * c.kv_stride + j0 * TW_DP);
+  const int64_t row = (b * a.H + h) * a.M + i0;
+  tw_gemm_nt(Q, TW_DP, c.kt + kv, bn, S, bn, rows4, bn, TW_D);
+  tw_finish_scores(a, b, h, i0, rows, j0, bn, S);
+  tw_probs(S, rows, bn, c.lse + row);
+  tw_gemm_nt(dO, TW_DP, c.vt + kv, bn, dP, bn, rows4, bn, TW_D);
+  tw_dscores(S, dP, rows, bn, c.delta + row);
+}
+
+static void tw_bwd_dkdv(const tw_bwd_ctx& c, tw_t* dk, tw_t* dv, const int64_t* dks, const int64_t* dvs) {
+  const tw_attn_args& a = c.a;
+  const int64_t bm = a.bm, bn = a.bn;
+#pragma omp parallel num_threads(a.threads)
+  {
+    std::vector<float> Q((size_t)(bm * TW_DP)), dO((size_t)(bm * TW_DP)), S((size_t)(bm * bn)), dP((size_t)(bm * bn));
+    std::vector<float> dK((size_t)(bn * TW_DP)), dV((size_t)(bn * TW_DP));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < a.B * a.HKV * c.nkb; ++t) {
+      const int64_t kb = t % c.nkb, bh = t / c.nkb, b = bh / a.HKV, hk = bh % a.HKV, j0 = kb * bn;
+      std::fill(dK.begin(), dK.end(), 0.0f);
+      std::fill(dV.begin(), dV.end(), 0.0f);
+      const int64_t istart = TW_CAUSAL ? std::min(a.M, std::max<int64_t>(0, j0 - a.causal_offset)) : 0;
+      for (int64_t g = 0; g < a.group; ++g) {
+        const int64_t h = hk * a.group + g;
+        for (int64_t i0 = (istart / bm) * bm; i0 < a.M; i0 += bm) {
+          const int64_t rows = std::min(bm, a.M - i0);
+          if (tw_tile_empty(a, b, h, i0, rows, j0, std::min(bn, a.N - j0))) continue;
+          tw_load_rows(c.q, a.qs, b, h, i0, rows, bm, a.scale, Q.data());
+          tw_load_rows(c.dout, c.dos, b, h, i0, rows, bm, 1.0f, dO.data());
+          tw_bwd_tile(c, b, h, i0, rows, j0, Q.data(), dO.data(), S.data(), dP.data());
+          tw_gemm_acc(S.data(), 1, bn, dO.data(), TW_DP, dV.data(), TW_DP, bn, TW_DP, rows);
+          tw_gemm_acc(dP.data(), 1, bn, Q.data(), TW_DP, dK.data(), TW_DP, bn, TW_DP, rows);
+        }
+      }
+      for (int64_t j = 0; j < std::min(bn, a.N - j0); ++j) {
+        tw_t* kd = dk + b * dks[0] + hk * dks[1] + (j0 + j) * dks[2];
+        tw_t* vd = dv + b * dvs[0] + hk * dvs[1] + (j0 + j) * dvs[2];
+        for (int64_t d = 0; d < TW_D; ++d) {
+          kd[d * dks[3]] = tw_st(dK[j * TW_DP + d]);
+          vd[d * dvs[3]] = tw_st(dV[j * TW_DP + d]);
+        }
+      }
+    }
+  }
+}
+
+static void tw_bwd_dq(const tw_bwd_ctx& c, tw_t* dq, const int64_t* dqs, float* ds) {
+  const tw_attn_args& a = c.a;
+  const int64_t bm = a.bm, bn = a.bn;
+#pragma omp parallel num_threads(a.threads)
+  {
+    std::vector<float> Q((size_t)(bm * TW_DP)), dO((size_t)(bm * TW_DP)), S((size_t)(bm * bn)), dP((size_t)(bm * bn));
+    std::vector<float> dQ((size_t)(bm * TW_DP));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < a.B * a.H * c.nmb; ++t) {
+      const int64_t mb = c.nmb - 1 - t % c.nmb, bh = t / c.nmb, b = bh / a.H, h = bh % a.H, hk = h / a.group;
+      const int64_t i0 = mb * bm, rows = std::min(bm, a.M - i0), rows4 = (rows + 3) & ~(int64_t)3;
+      tw_load_rows(c.q, a.qs, b, h, i0, rows, bm, a.scale, Q.data());
+      tw_load_rows(c.dout, c.dos, b, h, i0, rows, bm, 1.0f, dO.data());
+      std::fill(dQ.begin(), dQ.end(), 0.0f);
+      const int64_t kend = tw_key_end(a, i0 + rows - 1);
+      for (int64_t j0 = 0; j0 < kend; j0 += bn) {
+        const int64_t cols = std::min(bn, a.N - j0);
+        if (tw_tile_empty(a, b, h, i0, rows, j0, cols)) continue;
+        tw_bwd_tile(c, b, h, i0, rows, j0, Q.data(), dO.data(), S.data(), dP.data());
+        if (ds) {
+          for (int64_t r = 0; r < rows; ++r)
+            std::memcpy(ds + ((b * a.H + h) * a.M + i0 + r) * a.N + j0, dP.data() + r * bn, (size_t)cols * 4);
+        }
+        const size_t kv = (size_t)((b * a.HKV + hk) * c.kv_stride + j0 * TW_DP);
+        tw_gemm_acc(dP.data(), bn, 1, c.kr + kv, TW_DP, dQ.data(), TW_DP, rows4, TW_DP, bn);
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        tw_t* dst = dq + b * dqs[0] + h * dqs[1] + (i0 + r) * dqs[2];
+        for (int64_t d = 0; d < TW_D; ++d) dst[d * dqs[3]] = tw_st(dQ[r * TW_DP + d] * a.scale);
+      }
+    }
+  }
+}
+
+// strides: q, k, v, bias, mask, dout, dq, dk, dv (4 each); ds: float32 [B, H, M, N] or null
+extern "C" void tw_attn_bwd(const void* doutp, const void* qp, const void* kp, const void* vp, const void* bias,
+                            const void* mask, const float* lse, const float* delta, void* dq, void* dk, void* dv,
+                            float* ds, const int64_t* dims, const int64_t* st, double scale) {
+  tw_bwd_ctx c;
+  tw_attn_args& a = c.a;
+  tw_args(a, dims, scale);
+  a.qs = st; a.ks = st + 4; a.vs = st + 8; a.bs = st + 12; a.ms = st + 16; c.dos = st + 20;
+  a.bias = bias; a.mask = (const uint8_t*)mask;
+  c.q = (const tw_t*)qp; c.dout = (const tw_t*)doutp; c.lse = lse; c.delta = delta;
+  const int64_t bn = a.bn;
+  c.nkb = (a.N + bn - 1) / bn; c.nmb = (a.M + a.bm - 1) / a.bm; c.kv_stride = c.nkb * bn * TW_DP;
+  const size_t total = (size_t)(a.B * a.HKV * c.kv_stride);
+  std::vector<float> kt(total), vt(total), kr(total);
+#pragma omp parallel for num_threads(a.threads) schedule(static)
+  for (int64_t t = 0; t < a.B * a.HKV * c.nkb; ++t) {
+    const int64_t kb = t % c.nkb, bh = t / c.nkb;
+    const size_t off = (size_t)(bh * c.kv_stride + kb * bn * TW_DP);
+    tw_pack((const tw_t*)kp, a.ks, bh / a.HKV, bh % a.HKV, kb * bn, a.N, bn, kt.data() + off, kr.data() + off);
+    tw_pack((const tw_t*)vp, a.vs, bh / a.HKV, bh % a.HKV, kb * bn, a.N, bn, vt.data() + off, nullptr);
+  }
+  c.kt = kt.data(); c.vt = vt.data(); c.kr = kr.data();
+  tw_bwd_dkdv(c, (tw_t*)dk, (tw_t*)dv, st + 28, st + 32);
+  tw_bwd_dq(c, (tw_t*)dq, st + 24, ds);
+}
+"""
