@@ -25,7 +25,7 @@ from .ir.graph import Graph, Node
 from .ir.registry import lookup
 from .passes.canonicalize import canonicalize
 from .passes.cleanup import common_subexpression_elimination, constant_folding, dead_code_elimination
-from .passes.fusion import FusionResult, fuse
+from .passes.fusion import FUSABLE, FusionResult, fuse
 from .passes.manager import PassManager
 from .passes.split_reductions import split_reductions
 from .report import GraphReport
@@ -131,7 +131,7 @@ def _build_steps(graph: Graph, fusion: FusionResult, target: Target, report: Gra
             steps.extend(ExternStep(n) for n in group.nodes)  # empty tensors: nothing to compute
             continue
         compute_ops += len(group.nodes)
-        if group.kind in _KERNEL_KINDS:
+        if group.kind in _KERNEL_KINDS or group.kind in target.builders:  # a target's own kinds too
             steps.extend(_kernel_steps(group, index, fusion, target, report, tune))
         elif group.kind == "template":
             steps.append(_template_step(group.nodes[0], target, report, tune))
@@ -152,8 +152,8 @@ def _kernel_steps(group: Group, index: int, fusion: FusionResult, target: Target
     try:
         kernel = target.build(group, fusion.materialize, name)
     except Exception as exc:
-        if group.kind == "scatter" and isinstance(exc, BuildError):
-            # never probed by fusion: a scatter the target cannot express is an extern call
+        if group.kind not in FUSABLE and isinstance(exc, BuildError):
+            # never probed by fusion (scatters, a target's own kinds): a group it cannot express is an extern call
             report.add_fallback(group.nodes[0].op, str(exc))
             return [ExternStep(group.nodes[0])]
         # should not happen after fusion's probe; fall back per node

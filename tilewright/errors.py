@@ -22,3 +22,11 @@ class InterpreterSetupError(TilewrightError):
 
 class BuildError(RuntimeError):
     """A target cannot generate a group's kernel (the message says why); its ops run as ATen calls."""
+
+
+class KernelIndexError(IndexError):
+    """A generated kernel met an out-of-range index in its inputs: the program's error, not the kernel's.
+
+    The runtime does not fall back on it (the kernel stays in use); the graph's eager path runs and
+    raises the error an uncompiled program raises (ATen's own message).
+    """

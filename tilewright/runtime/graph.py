@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import torch
 
 from ..config import config
-from ..errors import StrictModeError
+from ..errors import KernelIndexError, StrictModeError
 from ..ir.graph import Graph, Node, Value, map_values
 from ..ir.registry import lookup
 from ..report import GraphReport, mark_fell_back, mark_ran
@@ -149,6 +149,8 @@ class CompiledGraph:
         if kernel.broken is None:
             try:
                 kernel.launch(args + outs)
+            except KernelIndexError:  # a bad index in the inputs: the program's error (eager raises it)
+                raise
             except Exception as exc:  # compile or launch failure: reference from now on
                 self._fall_back(kernel, step.entry, _first_line(exc))
         if kernel.broken is not None:

@@ -20,6 +20,7 @@ from ...ir.registry import lookup
 from ...schedule.group import Group
 from ...schedule.kernel import Kernel
 from ..base import KernelBuilder, Target, TemplateLowering
+from .indexed import INDEXED_BUILDERS, indexed_kind
 from .kernel import CpuKernel
 from .pointwise import PointwiseSource, pointwise_space, supported_node
 from .reduction import ReductionSource, reduction_space, supported_reduction
@@ -46,7 +47,8 @@ def _reduction(group: Group, materialize: set[int], name: str) -> Kernel:
 
 
 #: kernel kind -> builder
-BUILDERS: dict[str, KernelBuilder] = {"pointwise": _pointwise, "reduction": _reduction}
+BUILDERS: dict[str, KernelBuilder] = {"pointwise": _pointwise, "reduction": _reduction,
+                                      **INDEXED_BUILDERS}  # gathers, copies, scatters, pooling
 
 
 class CpuTarget(Target):
@@ -69,6 +71,9 @@ class CpuTarget(Target):
             return "pointwise"
         if kind == "reduction" and supported_reduction(node) is None:
             return "reduction"
+        indexed = indexed_kind(node)  # gathers, copies, scatters, pooling
+        if indexed is not None:
+            return indexed
         return "extern"
 
     def template(self, node: Node) -> TemplateLowering | None:

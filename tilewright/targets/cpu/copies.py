@@ -1,0 +1,182 @@
+"""C++/OpenMP copies for the CPU target: ``cat``, ``slice_scatter``, ``select_scatter``, ``constant_pad_nd``.
+
+Each op is a few strided region copies into its output (and a fill for padding): ``cat`` copies
+each input into its slice of the output, ``slice_scatter``/``select_scatter`` copy the base and
+then the scattered value into its (stepped) slice, ``constant_pad_nd`` fills the output and
+copies the source into its interior (negative pads crop). A region copy walks its shape as rows
+times blocks of the last dim, in parallel, with a unit-stride ``omp simd`` inner loop where the
+operands allow; elements are copied as bits, so every dtype of 1 to 8 bytes works.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from ...errors import BuildError
+from ...ir.graph import Node, Value
+from ...ir.registry import packet_name, schema_argument
+from ...schedule.space import Config
+from .indexing import bits_type, operand_problem
+from .scalar_ops import CPP_TYPES, literal, storage_type, store_code
+
+#: ops this module generates
+COPY_OPS = ("aten.cat", "aten.slice_scatter", "aten.select_scatter", "aten.constant_pad_nd")
+
+
+def region_copy(dst: str, src: str | None, shape: Sequence[int], dstrides: Sequence[int],
+                sstrides: Sequence[int], fill: str = "0") -> str:
+    """C++ copying ``src`` (or writing ``fill`` when None) into the region ``dst`` (pointer expressions).
+
+    Runs inside the kernel function (``block`` and ``threads`` are its arguments).
+    """
+    shape = list(shape) or [1]
+    dstrides, sstrides = list(dstrides) or [0], list(sstrides) or [0]
+    if math.prod(shape) == 0:
+        return "  // empty region\n"
+    rank = len(shape)
+    index = ["      int64_t rest = r;"]
+    for d in range(rank - 2, -1, -1):
+        index.append(f"      const int64_t i{d} = rest % {shape[d]}; rest /= {shape[d]};")
+    index.append("      (void)rest;")
+
+    def lin(strides: Sequence[int]) -> str:
+        return " + ".join(f"i{d} * INT64_C({strides[d]})" for d in range(rank - 1) if strides[d]) or "0"
+
+    value = f"{src}[sb + j * INT64_C({sstrides[-1]})]" if src is not None else fill
+    src_base = f"      const int64_t sb = {lin(sstrides)};\n" if src is not None else ""
+    return f"""  {{
+    const int64_t length = INT64_C({shape[-1]});
+    const int64_t blocks = (length + block - 1) / block;
+    const int64_t tasks = INT64_C({math.prod(shape[:-1])}) * blocks;
+    #pragma omp parallel for num_threads(threads) schedule(static) if(threads > 1)
+    for (int64_t task = 0; task < tasks; ++task) {{
+      const int64_t r = task / blocks;
+      const int64_t j0 = (task % blocks) * block;
+      const int64_t j1 = j0 + block < length ? j0 + block : length;
+{chr(10).join(index)}
+{src_base}      const int64_t db = {lin(dstrides)};
+      #pragma omp simd
+      for (int64_t j = j0; j < j1; ++j) {dst}[db + j * INT64_C({dstrides[-1]})] = {value};
+    }}
+  }}
+"""
+
+
+def _dim(d: int, rank: int) -> int:
+    return d + max(rank, 1) if d < 0 else d
+
+
+def _arg(node: Node, name: str, default: object = None) -> object:
+    return schema_argument(node.target, node.args, node.kwargs, name, default)
+
+
+def supported_copy(node: Node) -> str | None:
+    """None when this module generates ``node``, else why not."""
+    name = packet_name(node.target)
+    if name not in COPY_OPS:
+        return "not a copy"
+    problem = operand_problem(node)
+    if problem:
+        return problem
+    out = node.outputs[0]
+    if any(v.type.dtype != out.type.dtype for v in node.inputs):
+        return "operands of different dtypes"
+    try:
+        bits_type(out.type.dtype)
+    except BuildError as exc:
+        return str(exc)
+    if name == "aten.constant_pad_nd" and out.type.dtype not in CPP_TYPES:
+        return f"padding {out.type.dtype} is not generated"
+    if out.type.rank == 0:
+        return "0-d output"
+    return None
+
+
+class CopySource:
+    """The C++ function of one copy node (``name`` is its C symbol)."""
+
+    def __init__(self, name: str, node: Node) -> None:
+        self.checks: list = []  # no indices to check
+        reason = supported_copy(node)
+        if reason:
+            raise BuildError(f"{node.op}: {reason}")
+        self.name = name
+        self.nodes = [node]
+        self.inputs: list[Value] = node.inputs
+        self.outputs = [node.outputs[0]]
+        out = node.outputs[0]
+        self.numel = out.type.numel
+        self.nbytes = 2 * out.type.numel * out.type.dtype.itemsize
+        self.t = bits_type(out.type.dtype)
+        body = self._body(node, packet_name(node.target))
+        params = [f"const void* p_in{i}" for i in range(len(self.inputs))] + ["void* p_out0"]
+        casts = [f"  const {self.t}* in{i} = (const {self.t}*)p_in{i};" for i in range(len(self.inputs))]
+        casts.append(f"  {self.t}* out = ({self.t}*)p_out0;")
+        self.source = (f'extern "C" void {name}({", ".join(params + ["int64_t block", "int64_t threads"])}) {{\n'
+                       + "\n".join(casts) + "\n" + body + "}\n")
+
+    def launch_args(self, config: Config) -> list[int]:
+        """Scalar arguments after the tensors: the inner block size and the thread count."""
+        return [int(config["BLOCK"]), int(config["threads"])]
+
+    def _in(self, v: Value) -> str:
+        return f"in{next(i for i, u in enumerate(self.inputs) if u.id == v.id)}"
+
+    def _body(self, node: Node, name: str) -> str:
+        out = self.outputs[0]
+        ostrides, rank = list(out.type.strides), out.type.rank
+        if name == "aten.cat":
+            dim = _dim(int(_arg(node, "dim", 0)), rank)
+            parts, offset = [], 0
+            for v in node.args[0]:
+                if v.type.rank == 1 and v.type.numel == 0 and rank != 1:
+                    continue  # legacy empty 1-D operands are skipped by cat
+                parts.append(region_copy(f"(out + INT64_C({offset * ostrides[dim]}))", self._in(v), v.type.shape,
+                                         ostrides, v.type.strides))
+                offset += v.type.shape[dim]
+            return "".join(parts)
+        base = node.args[0]
+        if name in ("aten.slice_scatter", "aten.select_scatter"):
+            src = node.args[1]
+            dim = _dim(int(_arg(node, "dim", 0)), rank)
+            size = out.type.shape[dim]
+            head = region_copy("out", self._in(base), out.type.shape, ostrides, base.type.strides)
+            if name == "aten.select_scatter":
+                index = int(_arg(node, "index"))
+                index += size if index < 0 else 0
+                dstrides = ostrides[:dim] + ostrides[dim + 1:]
+                return head + region_copy(f"(out + INT64_C({index * ostrides[dim]}))", self._in(src),
+                                          src.type.shape, dstrides, src.type.strides)
+            start, step = _arg(node, "start"), int(_arg(node, "step", 1) or 1)
+            start = 0 if start is None else int(start)
+            start = min(max(start + size if start < 0 else start, 0), size)
+            dstrides = list(ostrides)
+            dstrides[dim] *= step
+            return head + region_copy(f"(out + INT64_C({start * ostrides[dim]}))", self._in(src),
+                                      src.type.shape, dstrides, src.type.strides)
+        return self._pad(node, base)
+
+    def _pad(self, node: Node, src: Value) -> str:
+        out = self.outputs[0]
+        pad = [int(p) for p in node.args[1]]
+        value = _arg(node, "value", 0)
+        dtype = out.type.dtype
+        cvalue = value if dtype.is_floating_point else (bool(value) if dtype == torch.bool else int(value))
+        typed = store_code(dtype, f"(({CPP_TYPES[dtype]}){literal(cvalue)})")
+        # the fill's bits (float and double through memcpy)
+        head = (f"  const {storage_type(dtype)} fill_value = {typed};\n"
+                f"  {self.t} fill; std::memcpy(&fill, &fill_value, sizeof fill);\n")
+        shape, dst_off, src_off = list(src.type.shape), 0, 0
+        for k in range(len(pad) // 2):
+            d = out.type.rank - 1 - k
+            before = pad[2 * k]
+            lo = max(0, -before)
+            hi = min(src.type.shape[d], out.type.shape[d] - before)
+            shape[d] = max(0, hi - lo)
+            src_off += lo * src.type.strides[d]
+            dst_off += (lo + before) * out.type.strides[d]
+        body = head + region_copy("out", None, out.type.shape, out.type.strides, [], "fill")
+        return body + region_copy(f"(out + INT64_C({dst_off}))", f"({self._in(src)} + INT64_C({src_off}))",
+                                  shape, out.type.strides, src.type.strides)
