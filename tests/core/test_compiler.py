@@ -122,11 +122,22 @@ def test_debug_dir_dumps_kernel_sources(tmp_path: Path, monkeypatch: pytest.Monk
     assert files and "tl.sigmoid" in files[0].read_text()
 
 
+def _triton_without_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU tensors with TILEWRIGHT_TARGET=triton and no interpreter: no tilewright kernel can run them."""
+    import tilewright
+    from tilewright.frontend import backend
+    from tilewright.targets.triton import jit
+
+    tilewright.config.target = "triton"
+    monkeypatch.setattr(backend, "interpret_mode", lambda: False)
+    monkeypatch.setattr(jit, "interpret_mode", lambda: False)
+
+
 @pytest.mark.fallback
 def test_cpu_without_interpreter_runs_eagerly_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
     from tilewright.frontend import backend
 
-    monkeypatch.setattr(backend, "interpret_mode", lambda: False)
+    _triton_without_interpreter(monkeypatch)
     monkeypatch.setattr(backend, "_warned_cpu", False)
     fn = lambda x: x.relu() + 1  # noqa: E731
     x = torch.randn(6)
@@ -144,7 +155,7 @@ def test_cpu_without_interpreter_runs_dynamos_own_graph(monkeypatch: pytest.Monk
 
     from tilewright.frontend import backend
 
-    monkeypatch.setattr(backend, "interpret_mode", lambda: False)
+    _triton_without_interpreter(monkeypatch)
     monkeypatch.setattr(backend, "_warned_cpu", True)
     seen: list[str] = []
     original = backend._as_written
@@ -167,11 +178,52 @@ def test_cpu_without_interpreter_runs_dynamos_own_graph(monkeypatch: pytest.Monk
 
 
 def test_cpu_without_interpreter_raises_in_strict_mode(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tilewright.frontend import backend
-
-    monkeypatch.setattr(backend, "interpret_mode", lambda: False)
+    _triton_without_interpreter(monkeypatch)
     with pytest.raises(StrictModeError, match="TILEWRIGHT_INTERPRET=1"):
         compile_and_run(lambda x: x.relu() + 1, torch.randn(6))
+
+
+def test_cpu_tensors_default_to_the_native_cpu_target(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TILEWRIGHT_TARGET=auto without the interpreter: C++ kernels, not an eager run."""
+    import tilewright
+    from tilewright.frontend import backend
+    from tilewright.targets import native_cpu_problem
+    from tilewright.targets.triton import jit
+
+    if native_cpu_problem() is not None:
+        pytest.skip(f"no C++ compiler: {native_cpu_problem()}")
+    tilewright.config.target = "auto"
+    monkeypatch.setattr(backend, "interpret_mode", lambda: False)
+    monkeypatch.setattr(jit, "interpret_mode", lambda: False)
+    fn = lambda x: (x.relu() + 1).sum(-1)  # noqa: E731
+    x = torch.randn(5, 33)
+    out, report = compile_and_run(fn, x)
+    assert_close(out, fn(x))
+    assert report.graphs[0].mode == "cpu" and report.coverage == 1.0
+    assert {k["status"] for k in report.kernels} == {"ran"}
+
+
+@pytest.mark.fallback
+def test_no_cpp_compiler_runs_eagerly_and_names_the_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tilewright
+    from tilewright.frontend import backend
+    from tilewright.targets.triton import jit
+
+    tilewright.config.target = "auto"
+    monkeypatch.setattr(backend, "interpret_mode", lambda: False)
+    monkeypatch.setattr(jit, "interpret_mode", lambda: False)
+    monkeypatch.setattr(backend, "native_cpu_problem", lambda: "no C++ compiler found (looked at c++, g++)")
+    monkeypatch.setattr(backend, "_warned_cpu", False)
+    fn = lambda x: x.relu() + 1  # noqa: E731
+    x = torch.randn(6)
+    with pytest.warns(UserWarning, match="no C\\+\\+ compiler found"):
+        out, report = compile_and_run(fn, x)
+    assert_close(out, fn(x))
+    assert report.graphs[0].mode == "eager (cpu)" and "no C++ compiler" in report.graphs[0].notes[-1]
+    tilewright.config.strict = True
+    torch._dynamo.reset()
+    with pytest.raises(StrictModeError, match="no C\\+\\+ compiler found"):
+        compile_and_run(lambda x: x.sigmoid() * 2, x)
 
 
 def _graph(fn: object, *inputs: torch.Tensor):  # type: ignore[no-untyped-def]

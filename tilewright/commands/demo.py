@@ -1,4 +1,9 @@
-"""``tilewright demo``: compile a small GPT-2 and ResNet, check them, and time them on a GPU."""
+"""``tilewright demo``: compile a small GPT-2 and ResNet, check them, and time them against eager and Inductor.
+
+On a GPU the Triton target runs (CUDA-event timings); on a CPU the native C++ target (wall-clock
+timings, the three systems interleaved), or Triton's interpreter with ``--target interpreter``
+(kernels checked, not timed).
+"""
 from __future__ import annotations
 
 import argparse
@@ -13,28 +18,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="compile tiny GPT-2 and ResNet models and compare them with eager",
                        description="Builds GPT-2 and ResNet from tiny transformers configs (random weights, "
                                    "nothing downloaded), compiles them with tilewright, prints the explain "
-                                   "report, checks outputs against eager and, on a GPU, times them against "
-                                   "eager and torch.compile's default backend. On a CPU the kernels run in "
-                                   "Triton's interpreter.")
+                                   "report, checks outputs against a float64 run and times them against eager "
+                                   "and torch.compile's default backend (Inductor) in the same process. On a "
+                                   "CPU the native C++ target runs them (--target interpreter: Triton's "
+                                   "interpreter instead, checked but not timed).")
     p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.add_argument("--target", choices=("auto", "cpu", "interpreter"), default="auto",
+                   help="without a GPU: the native C++ target (cpu, the default when a C++ compiler is found) "
+                        "or Triton's interpreter")
     p.set_defaults(func=run)
 
 
-def _models(device: str) -> list[tuple[str, Any, tuple[Any, ...]]]:
+def _models(device: str, small: bool) -> list[tuple[str, Any, tuple[Any, ...]]]:
+    """GPT-2 and ResNet: tiny for the interpreter, CPU-sized for the native target, larger on a GPU."""
     import torch
     import transformers
 
     transformers.logging.set_verbosity_error()
-    gpu = device == "cuda"
-    gpt_cfg = transformers.GPT2Config(n_layer=2 if not gpu else 4, n_embd=64 if not gpu else 256, n_head=4,
+    big = not small
+    gpt_cfg = transformers.GPT2Config(n_layer=2 if small else 4, n_embd=64 if small else 256, n_head=4,
                                       n_positions=128, vocab_size=512, resid_pdrop=0.0, embd_pdrop=0.0,
                                       attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
     gpt = transformers.GPT2LMHeadModel(gpt_cfg).eval().to(device)
-    tokens = torch.randint(0, 512, (2, 16 if not gpu else 128), device=device)
-    res_cfg = transformers.ResNetConfig(embedding_size=8 if not gpu else 32, hidden_sizes=[8, 16] if not gpu else [32, 64],
+    tokens = torch.randint(0, 512, (2, 16 if small else 128), device=device)
+    res_cfg = transformers.ResNetConfig(embedding_size=8 if small else 32, hidden_sizes=[8, 16] if small else [32, 64],
                                         depths=[1, 1], num_channels=3)
     resnet = transformers.ResNetModel(res_cfg).eval().to(device)
-    images = torch.randn(2 if not gpu else 16, 3, 32 if not gpu else 64, 32 if not gpu else 64, device=device)
+    images = torch.randn(2 if small else 16, 3, 32 if small else 64, 32 if small else 64, device=device)
     return [("gpt2", gpt, (tokens,)), ("resnet", resnet, (images,))]
 
 
@@ -43,6 +53,21 @@ def _main(out: Any) -> Any:
         if getattr(out, name, None) is not None:
             return getattr(out, name)
     return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _time_cpu(fns: dict[str, Callable[[], Any]], rounds: int = 7) -> dict[str, float]:
+    """Median wall-clock ms per call of each callable, timed interleaved (round robin)."""
+    import statistics
+
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def _time(fn: Callable[[], Any]) -> float:
@@ -81,15 +106,24 @@ def run(args: argparse.Namespace) -> int:
         os.environ.setdefault("TILEWRIGHT_INTERPRET", "1")
         os.environ.setdefault("TRITON_INTERPRET", "1")
     import tilewright
+    from tilewright.targets import native_cpu_problem
 
-    if not gpu:
+    native = not gpu and args.target != "interpreter" and native_cpu_problem() is None
+    if not gpu and args.target == "cpu" and not native:
+        print(f"error: --target cpu: {native_cpu_problem()}", file=sys.stderr)
+        return 2
+    if native:
+        tilewright.config.target = "cpu"
+    elif not gpu:
         tilewright.config.interpret = True
     device = "cuda" if gpu else "cpu"
+    where = torch.cuda.get_device_name() if gpu else (
+        "CPU, native C++ target" if native else "CPU (Triton interpreter: kernels are checked, not timed)")
     if not args.json:
-        print(f"tilewright demo on {torch.cuda.get_device_name() if gpu else 'CPU (Triton interpreter: kernels are checked, not timed)'}")
+        print(f"tilewright demo on {where}")
     results = []
     ok = True
-    for name, model, inputs in _models(device):
+    for name, model, inputs in _models(device, small=not gpu and not native):
         torch.manual_seed(0)
         report = tilewright.explain(model, *inputs)
         with torch.no_grad():
@@ -115,16 +149,26 @@ def run(args: argparse.Namespace) -> int:
                 entry["eager_ms"] = _time(lambda: model(*inputs))
                 entry["tilewright_ms"] = _time(lambda: compiled(*inputs))
                 entry["inductor_ms"] = _time(lambda: inductor(*inputs))
+        elif native:
+            with torch.no_grad():
+                torch._dynamo.reset()
+                compiled = torch.compile(model, backend="tilewright")
+                inductor = torch.compile(copy.deepcopy(model))
+                compiled(*inputs), inductor(*inputs)  # compile both before timing
+                ms = _time_cpu({"eager": lambda: model(*inputs), "tilewright": lambda: compiled(*inputs),
+                                "inductor": lambda: inductor(*inputs)})
+            entry.update({f"{k}_ms": v for k, v in ms.items()})
         results.append(entry)
         if not args.json:
             print(f"\n== {name} ==")
             print(report)
             verdict = "matches eager" if passed else "DOES NOT match eager"
             print(f"\n{name}: max error vs float64 {err:.2e} (eager {eager_err:.2e}) -> {verdict}")
-            if gpu:
+            if gpu or native:
                 print(f"{name}: eager {entry['eager_ms']:.3f} ms, tilewright {entry['tilewright_ms']:.3f} ms, "
-                      f"torch.compile default {entry['inductor_ms']:.3f} ms (same process, {torch.cuda.get_device_name()})")
+                      f"torch.compile default {entry['inductor_ms']:.3f} ms (same process, {where})")
     if args.json:
-        print(json.dumps({"device": torch.cuda.get_device_name() if gpu else "cpu-interpreter", "results": results},
+        print(json.dumps({"device": torch.cuda.get_device_name() if gpu else ("cpu" if native else "cpu-interpreter"),
+                          "results": results},
                          indent=2, default=str))
     return 0 if ok else 1

@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.fx as fx
 
+from ..targets import cpu_uses_triton, native_cpu_problem
 from ..targets.triton.jit import ensure_interpreter, interpret_mode
 from ..config import config
 from ..errors import StrictModeError
@@ -99,7 +100,7 @@ class LazyCompiledGraph:
             _check_cpu_eager(self.name)
             report.mode = "eager (cpu)"
             report.compute_ops = count_compute_ops(self.gm)
-            report.notes.append("ran eagerly: CPU tensors without TILEWRIGHT_INTERPRET=1")
+            report.notes.append(f"ran eagerly: {_eager_reason()}")
             publish(report)
             return self._eager()
         report.mode = mode
@@ -182,30 +183,35 @@ def tilewright_backend(gm: fx.GraphModule, example_inputs: list[Any], **options:
     return compiler(gm, example_inputs)
 
 
-_CPU_EAGER = ("tensors are on CPU and TILEWRIGHT_INTERPRET is not set, so graphs run eagerly as written; use "
-              "CUDA tensors, or set TILEWRIGHT_INTERPRET=1 to run the generated kernels in Triton's interpreter")
-
-
 def _kernel_mode(tensors: Sequence[Any]) -> str:
     """Where a graph over ``tensors`` runs: "cuda" (Triton), "cpu" (the native C++ target),
-    "interpreter" (Triton's on CPU) or "eager" (no tilewright kernel can run it)."""
+    "interpreter" (Triton's on CPU) or "eager" (no tilewright kernel can run it: see :func:`_eager_reason`)."""
     devices = {a.device.type for a in tensors if isinstance(a, torch.Tensor)}
     if "cuda" in devices:
         return "cuda"
-    if config.target == "cpu":
-        return "cpu"
-    return "interpreter" if interpret_mode() else "eager"
+    if cpu_uses_triton():
+        return "interpreter" if interpret_mode() else "eager"
+    if config.target == "cpu" or native_cpu_problem() is None:
+        return "cpu"  # an explicit "cpu" without a compiler fails to compile and says so
+    return "eager"
+
+
+def _eager_reason() -> str:
+    """Why graphs over CPU tensors run eagerly, and how to change that."""
+    if cpu_uses_triton():
+        return ("TILEWRIGHT_TARGET=triton and TILEWRIGHT_INTERPRET is not set: Triton kernels cannot run on CPU "
+                "tensors; set TILEWRIGHT_INTERPRET=1 to run them in Triton's interpreter, or TILEWRIGHT_TARGET=auto "
+                "for the native C++ target")
+    return f"the native CPU target cannot build kernels here: {native_cpu_problem()}"
 
 
 def _check_cpu_eager(name: str) -> None:
     """Strict mode: refuse to run eagerly; otherwise warn once."""
     global _warned_cpu
     if config.strict:
-        raise StrictModeError(f"graph {name} would run eagerly (strict mode is on): its tensors are on CPU and "
-                              "TILEWRIGHT_INTERPRET is not set; use CUDA tensors, or set TILEWRIGHT_INTERPRET=1 "
-                              "to run the generated kernels in Triton's interpreter")
+        raise StrictModeError(f"graph {name} would run eagerly (strict mode is on): {_eager_reason()}")
     if not _warned_cpu:
-        warnings.warn(f"tilewright: {_CPU_EAGER}", stacklevel=3)
+        warnings.warn(f"tilewright: graphs over CPU tensors run eagerly as written: {_eager_reason()}", stacklevel=3)
         _warned_cpu = True
 
 
@@ -240,8 +246,7 @@ def _as_written(gm: fx.GraphModule) -> Callable[..., Any]:
     report = GraphReport(name)
     report.mode = "eager (cpu)"
     report.compute_ops = count_dynamo_ops(gm)
-    report.notes.append("ran eagerly as written (Dynamo's graph, not decomposed): CPU tensors without "
-                        "TILEWRIGHT_INTERPRET=1")
+    report.notes.append(f"ran eagerly as written (Dynamo's graph, not decomposed): {_eager_reason()}")
     publish(report)
     return gm
 
