@@ -104,6 +104,10 @@ def compile_graph_for_inputs(gm: fx.GraphModule, inputs: Sequence[Any], report: 
     t1 = time.perf_counter()
     default_passes().run(graph)
     target = target_for(_device_of(inputs))
+    try:
+        report.target = target.summary(_device_of(inputs))
+    except Exception as exc:  # informative only: a missing compiler fails the build below, with its message
+        report.target = f"{target.label} ({type(exc).__name__}: {exc})"
     fusion = fuse(graph, target.can_build, target.kind_of)
     t2 = time.perf_counter()
     steps = _build_steps(graph, fusion, target, report, tune)

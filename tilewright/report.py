@@ -34,6 +34,8 @@ class GraphReport:
     attention_blocks: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     mode: str = ""
+    #: the code generator and what it builds with (compiler, flags, ISA / Triton version, device)
+    target: str = ""
     specialized: bool = False
     notes: list[str] = field(default_factory=list)
     #: the graph's launchable and template kernels, as the tuner takes them (not serialised)
@@ -128,7 +130,8 @@ class Report:
             "timings": timings,
             "kernel_status": {status: sum(1 for k in self.kernels if k.get("status") == status)
                               for status in (NOT_RUN, RAN, FELL_BACK)},
-            "graphs": [{"name": g.name, "mode": g.mode, "kernels": len(g.kernels), "compute_ops": g.compute_ops,
+            "graphs": [{"name": g.name, "mode": g.mode, "target": g.target, "kernels": len(g.kernels),
+                        "compute_ops": g.compute_ops,
                         "kernel_ops": g.kernel_ops, "specialized": g.specialized, "notes": g.notes}
                        for g in self.graphs],
         }
@@ -143,6 +146,8 @@ class Report:
         for g in self.graphs:
             lines.append(f"  graph {g.name} [{g.mode}]: {len(g.kernels)} kernels, "
                          f"{g.kernel_ops}/{g.compute_ops} compute ops in kernels")
+            if g.target:
+                lines.append(f"    target: {g.target}")
             for note in g.notes:
                 lines.append(f"    note: {note}")
         if self.kernels:

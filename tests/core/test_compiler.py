@@ -201,6 +201,15 @@ def test_cpu_tensors_default_to_the_native_cpu_target(monkeypatch: pytest.Monkey
     assert_close(out, fn(x))
     assert report.graphs[0].mode == "cpu" and report.coverage == 1.0
     assert {k["status"] for k in report.kernels} == {"ran"}
+    target = report.graphs[0].target  # explain names the target, compiler, flags and ISA
+    assert target.startswith("C++ (") and "-O3" in target and "ISA " in target, target
+    assert report.to_dict()["graphs"][0]["target"] == target and f"target: {target}" in str(report)
+
+
+def test_explain_names_the_triton_interpreter() -> None:
+    _, report = compile_and_run(lambda x: x.relu() + 1, torch.randn(6))
+    assert report.graphs[0].mode == "interpreter"
+    assert report.graphs[0].target.startswith("Triton ") and "interpreter" in report.graphs[0].target
 
 
 @pytest.mark.fallback

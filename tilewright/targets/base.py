@@ -92,5 +92,9 @@ class Target(ABC):
     def device_info(self, device: Any = None) -> dict[str, Any]:
         """The device description tuning records are keyed by."""
 
+    def summary(self, device: Any = None) -> str:
+        """One line for explain: the target, and the compiler/toolchain and device it builds for."""
+        return f"{self.label} ({self.device_info(device).get('name', '?')})"
+
 
 __all__ = ["BuildError", "KernelBuilder", "Target", "TemplateLowering", "TemplateRunner"]

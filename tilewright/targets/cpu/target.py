@@ -100,3 +100,13 @@ class CpuTarget(Target):
         compiler = find_compiler()
         info.update({"name": info.get("model", "cpu"), "is_gpu": False, "compiler": compiler.version})
         return info
+
+    def summary(self, device: Any = None) -> str:
+        """C++, the compiler, its flags, the ISA extensions kernels may use and the CPU."""
+        from .toolchain import compile_flags, cpu_description, find_compiler
+
+        compiler = find_compiler()
+        cpu = cpu_description()
+        flags = " ".join(f for f in compile_flags(compiler) if f not in ("-shared", "-fPIC"))
+        return (f"C++ ({compiler.version}; {flags}; ISA {' '.join(cpu['isa']) or 'baseline'}; "
+                f"{cpu['model']}, {cpu['cores']} cores)")

@@ -76,3 +76,13 @@ class TritonTarget(Target):
     def device_info(self, device: Any = None) -> dict[str, Any]:
         """The GPU (or interpreter) description tuning records are keyed by."""
         return device_info(device)
+
+    def summary(self, device: Any = None) -> str:
+        """Triton's version and the device (or its CPU interpreter)."""
+        import triton
+
+        from .jit import interpret_mode
+
+        on_cpu = device is None or torch.device(device).type == "cpu"
+        where = "interpreter on CPU" if on_cpu and interpret_mode() else device_info(device).get("name", "?")
+        return f"Triton {triton.__version__} ({where})"
