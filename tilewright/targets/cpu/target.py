@@ -22,6 +22,7 @@ from ...schedule.kernel import Kernel
 from ..base import KernelBuilder, Target, TemplateLowering
 from .indexed import INDEXED_BUILDERS, indexed_kind
 from .kernel import CpuKernel
+from .matmul import build_matmul, supported_matmul
 from .pointwise import PointwiseSource, pointwise_space, supported_node
 from .reduction import ReductionSource, reduction_space, supported_reduction
 from .scalar_ops import PRELUDE
@@ -47,7 +48,7 @@ def _reduction(group: Group, materialize: set[int], name: str) -> Kernel:
 
 
 #: kernel kind -> builder
-BUILDERS: dict[str, KernelBuilder] = {"pointwise": _pointwise, "reduction": _reduction,
+BUILDERS: dict[str, KernelBuilder] = {"pointwise": _pointwise, "reduction": _reduction, "matmul": build_matmul,
                                       **INDEXED_BUILDERS}  # gathers, copies, scatters, pooling
 
 
@@ -71,6 +72,8 @@ class CpuTarget(Target):
             return "pointwise"
         if kind == "reduction" and supported_reduction(node) is None:
             return "reduction"
+        if kind == "matmul" and supported_matmul(node) is None:
+            return "matmul"
         indexed = indexed_kind(node)  # gathers, copies, scatters, pooling
         if indexed is not None:
             return indexed

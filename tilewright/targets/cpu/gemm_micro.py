@@ -1,0 +1,424 @@
+"""The CPU target's GEMM core: packing, register-blocked SIMD micro-kernels, the blocked driver.
+
+The C++ text here is shared by every matmul kernel of a library (guarded by ``TW_GEMM_CORE``):
+
+- ``TwVec<T>``: the vector ISA the library is built for (``-march=native``): AVX-512 (16 floats /
+  8 doubles), AVX2+FMA (8 / 4) or a portable scalar path (width 1);
+- ``tw_micro<T, MR, NV, PACKED>``: an ``MR x (NV*W)`` register block of C accumulated with explicit
+  FMAs over ``kc`` steps, reading B from a packed ``kc x NR`` panel and A either from a packed
+  ``kc x MR`` micro-panel or straight through its strides; it stores (first K block) or adds
+  into a padded C tile, so it never needs tails (packing pads with zeros);
+- ``tw_gemm<S, T>``: the BLIS loop nest. B is packed once per call into ``NR``-wide panels
+  (converted to the compute type ``T``: bfloat16 becomes float), then OpenMP threads take
+  ``MC x NC`` blocks of C (batch in the same task grid); each block loops over ``KC`` slices of K,
+  packs its A slice (``MR``-row micro-panels, zero-padded odd rows), runs the micro-kernel over
+  the block into a thread-local C tile, and hands each finished row of the tile to the kernel's
+  fused epilogue while it is still in cache.
+
+Which ``(MR, NR)`` register blocks a library instantiates, and which the schedule space may pick,
+both come from :func:`micro_shapes` (vector width and register count of the ISA).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ...schedule.space import ScheduleSpace
+
+#: (MR, NV) register blocks per vector ISA, NV vectors of W lanes wide: accumulators MR*NV,
+#: plus NV B vectors and one broadcast A value must fit the register file
+_SHAPES = {
+    "avx512": ((14, 2), (12, 2), (8, 2), (6, 2), (8, 3), (6, 4), (4, 4)),
+    "avx2": ((6, 2), (4, 2), (4, 3), (8, 1), (4, 1)),
+    "scalar": ((4, 4), (4, 8), (2, 4)),
+}
+_REGISTERS = {"avx512": 32, "avx2": 16, "scalar": 32}
+
+
+def vector_isa(description: dict[str, Any]) -> str:
+    """``avx512``, ``avx2`` or ``scalar``: the path the C++ below takes on this CPU (built -march=native)."""
+    isa = set(description.get("isa") or ())
+    if "avx512f" in isa:
+        return "avx512"
+    if {"avx2", "fma"} <= isa:
+        return "avx2"
+    return "scalar"
+
+
+def lanes(isa: str, dtype: torch.dtype) -> int:
+    """Vector width ``W`` in elements of the compute type (float for bfloat16)."""
+    if isa == "scalar":
+        return 1
+    width = 64 if isa == "avx512" else 32
+    return width // (8 if dtype == torch.float64 else 4)
+
+
+def micro_shapes(isa: str, dtype: torch.dtype) -> list[tuple[int, int]]:
+    """Feasible ``(MR, NR)`` register blocks for ``isa`` and compute dtype (``NR = NV * W``)."""
+    w = lanes(isa, dtype)
+    return [(mr, nv * w) for mr, nv in _SHAPES[isa] if mr * nv + nv + 1 <= _REGISTERS[isa]]
+
+
+def _dispatch(isa: str, ctype: str, dtype: torch.dtype) -> str:
+    """The C++ table from (MR, NR, packed) to an instantiated micro-kernel for ``ctype``."""
+    w = lanes(isa, dtype)
+    cases = []
+    for mr, nr in micro_shapes(isa, dtype):
+        cases.append(f"  if (mr == {mr} && nr == {nr}) return packed ? &tw_micro<{ctype}, {mr}, {nr // w}, true>"
+                     f" : &tw_micro<{ctype}, {mr}, {nr // w}, false>;")
+    return "\n".join(cases)
+
+
+def core_source(dtype: torch.dtype, description: dict[str, Any]) -> str:
+    """The shared GEMM core for compute ``dtype`` (float32 or float64), include-guarded per type."""
+    isa = vector_isa(description)
+    ctype = "double" if dtype == torch.float64 else "float"
+    guard = f"TW_GEMM_PICK_{ctype.upper()}"
+    pick = f"""#ifndef {guard}
+#define {guard}
+static TwMicroFn<{ctype}> tw_pick_micro(int64_t mr, int64_t nr, bool packed, {ctype}*) {{
+{_dispatch(isa, ctype, dtype)}
+  return nullptr;
+}}
+#endif
+"""
+    return _CORE + pick
+
+
+SPACE_VERSION = "1"
+#: choices offered beside the machine-derived default (which is always added)
+_MC = (48, 96, 192, 384, 768)
+_NC = (192, 384, 768, 1536, 3072)
+_KC = (64, 128, 256, 384, 512)
+#: below this many flops one thread is faster than waking the team
+_PARALLEL_FLOPS = 2e6
+
+
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+def _split(size: int, block: int, unit: int) -> int:
+    """``block`` evened out over ``size``: the same number of blocks, each as equal as ``unit`` allows."""
+    count = -(-size // block)
+    return max(unit, _round_up(-(-size // count), unit))
+
+
+def default_blocks(m: int, n: int, k: int, nb: int, dtype: torch.dtype,
+                   description: dict[str, Any]) -> dict[str, Any]:
+    """Cache blocks and register block for this problem from the machine's description.
+
+    ``KC`` keeps one packed ``KC x NR`` B micro-panel in half of L1; ``MC`` keeps the packed
+    ``MC x KC`` A block in half of L2; ``NC`` keeps the thread's ``MC x NC`` C tile in the other
+    half. Blocks are then evened out over the problem and split until every thread has a block.
+    """
+    isa = vector_isa(description)
+    elem = 8 if dtype == torch.float64 else 4
+    mr, nr = micro_shapes(isa, dtype)[0]
+    l1 = int(description.get("l1d_bytes") or 32 << 10)
+    l2 = int(description.get("l2_bytes") or 1 << 20)
+    cores = max(1, int(description.get("cores") or 1))
+    flops = 2.0 * nb * m * n * k
+    threads = cores if flops >= _PARALLEL_FLOPS else 1
+    kc = max(64, min(512, (l1 // 2 // (nr * elem)) // 16 * 16))
+    kc = k if k <= kc * 5 // 4 else _split(k, kc, 16)
+    mc = max(mr, min(16 * mr, (l2 // 2 // (kc * elem)) // mr * mr))
+    nc = max(nr, min(64 * nr, (l2 // 2 // (mc * elem)) // nr * nr))
+    mc, nc = _split(m, min(mc, _round_up(m, mr)), mr), _split(n, min(nc, _round_up(n, nr)), nr)
+    while nb * (-(-m // mc)) * (-(-n // nc)) < threads and (mc > mr or nc > nr):
+        if -(-m // mc) * mc >= -(-n // nc) * nc and mc > mr or nc <= nr:
+            mc = _split(m, max(mr, _round_up(mc // 2, mr)), mr)
+        else:
+            nc = _split(n, max(nr, _round_up(nc // 2, nr)), nr)
+    return {"MC": mc, "NC": nc, "KC": kc, "MR": mr, "NR": nr, "threads": threads, "pack": True,
+            "order": "mn", "extern": False}
+
+
+def gemm_space(m: int, n: int, k: int, nb: int, dtype: torch.dtype, description: dict[str, Any],
+               storage: torch.dtype | None = None) -> ScheduleSpace:
+    """The matmul schedule space: cache blocks, register block, threads, A packing, task order, extern.
+
+    ``extern`` runs torch.mm/bmm and then the generated epilogue; it only ever wins through a
+    tuning record (the default is the generated kernel) and takes the default blocks (which it
+    ignores), so it is one candidate.
+    """
+    isa = vector_isa(description)
+    shapes = micro_shapes(isa, dtype)
+    default = default_blocks(m, n, k, nb, dtype, description)
+    cores = max(1, int(description.get("cores") or 1))
+    threads = sorted({1, *(t for t in (2, 4, 8, 16, 32, 64) if t <= cores), cores})
+    params: dict[str, list[Any]] = {
+        "MC": sorted({*_MC, default["MC"]}), "NC": sorted({*_NC, default["NC"]}),
+        "KC": sorted({*_KC, default["KC"]}), "MR": sorted({mr for mr, _ in shapes}),
+        "NR": sorted({nr for _, nr in shapes}), "threads": threads, "pack": [True, False],
+        "order": ["mn", "nm"], "extern": [False, True]}
+    feasible = set(shapes)
+
+    def registers(c: Any) -> str | None:
+        if (c["MR"], c["NR"]) not in feasible:
+            return f"{c['MR']}x{c['NR']} is not a register block of {isa} ({sorted(feasible)})"
+        return None
+
+    def blocks(c: Any) -> str | None:
+        if c["MC"] % c["MR"] or c["NC"] % c["NR"]:
+            return "MC must be a multiple of MR and NC of NR"
+        return None
+
+    def packing(c: Any) -> str | None:
+        if not c["pack"] and storage == torch.bfloat16:
+            return "bfloat16 A is converted while packing: pack must be on"
+        return None
+
+    def extern(c: Any) -> str | None:
+        if c["extern"] and any(c[p] != v for p, v in default.items() if p != "extern"):
+            return "the extern candidate takes the default values of the other parameters"
+        return None
+
+    return ScheduleSpace("matmul", params, [registers, blocks, packing, extern], default=default,
+                         version=SPACE_VERSION)
+
+
+_CORE = r"""#ifndef TW_GEMM_CORE
+#define TW_GEMM_CORE
+#include <cstdlib>
+#include <algorithm>
+#include <type_traits>
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+template <class T> struct TwVec;
+#if defined(__AVX512F__)
+template <> struct TwVec<float> {
+  using R = __m512; static constexpr int W = 16;
+  static inline R zero() { return _mm512_setzero_ps(); }
+  static inline R load(const float* p) { return _mm512_loadu_ps(p); }
+  static inline void store(float* p, R v) { _mm512_storeu_ps(p, v); }
+  static inline R set1(float x) { return _mm512_set1_ps(x); }
+  static inline R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
+  static inline R add(R a, R b) { return _mm512_add_ps(a, b); }
+};
+template <> struct TwVec<double> {
+  using R = __m512d; static constexpr int W = 8;
+  static inline R zero() { return _mm512_setzero_pd(); }
+  static inline R load(const double* p) { return _mm512_loadu_pd(p); }
+  static inline void store(double* p, R v) { _mm512_storeu_pd(p, v); }
+  static inline R set1(double x) { return _mm512_set1_pd(x); }
+  static inline R fma(R a, R b, R c) { return _mm512_fmadd_pd(a, b, c); }
+  static inline R add(R a, R b) { return _mm512_add_pd(a, b); }
+};
+#elif defined(__AVX2__) && defined(__FMA__)
+template <> struct TwVec<float> {
+  using R = __m256; static constexpr int W = 8;
+  static inline R zero() { return _mm256_setzero_ps(); }
+  static inline R load(const float* p) { return _mm256_loadu_ps(p); }
+  static inline void store(float* p, R v) { _mm256_storeu_ps(p, v); }
+  static inline R set1(float x) { return _mm256_set1_ps(x); }
+  static inline R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
+  static inline R add(R a, R b) { return _mm256_add_ps(a, b); }
+};
+template <> struct TwVec<double> {
+  using R = __m256d; static constexpr int W = 4;
+  static inline R zero() { return _mm256_setzero_pd(); }
+  static inline R load(const double* p) { return _mm256_loadu_pd(p); }
+  static inline void store(double* p, R v) { _mm256_storeu_pd(p, v); }
+  static inline R set1(double x) { return _mm256_set1_pd(x); }
+  static inline R fma(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
+  static inline R add(R a, R b) { return _mm256_add_pd(a, b); }
+};
+#else
+template <class T> struct TwVec {
+  using R = T; static constexpr int W = 1;
+  static inline R zero() { return T(0); }
+  static inline R load(const T* p) { return *p; }
+  static inline void store(T* p, R v) { *p = v; }
+  static inline R set1(T x) { return x; }
+  static inline R fma(R a, R b, R c) { return a * b + c; }
+  static inline R add(R a, R b) { return a + b; }
+};
+#endif
+
+template <class T>
+using TwMicroFn = void (*)(int64_t, const T*, int64_t, int64_t, const T*, T*, int64_t, int);
+static TwMicroFn<float> tw_pick_micro(int64_t mr, int64_t nr, bool packed, float*);
+static TwMicroFn<double> tw_pick_micro(int64_t mr, int64_t nr, bool packed, double*);
+
+// C[0:MR, 0:NV*W] (row stride ldc) = or += A[0:MR, 0:kc] @ Bpanel[0:kc, 0:NV*W].
+// Packed A: element (i, k) at a[k*MR + i]; otherwise at a[i*rsa + k*csa].
+template <class T, int MR, int NV, bool PACKED>
+static void tw_micro(int64_t kc, const T* __restrict a, int64_t rsa, int64_t csa, const T* __restrict b,
+                     T* __restrict c, int64_t ldc, int first) {
+  using V = TwVec<T>;
+  constexpr int W = V::W, NR = NV * W;
+  typename V::R acc[MR][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
+  for (int64_t k = 0; k < kc; ++k) {
+    typename V::R bv[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) bv[v] = V::load(b + k * NR + v * W);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const typename V::R av = V::set1(PACKED ? a[k * MR + i] : a[i * rsa + k * csa]);
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[i][v] = V::fma(av, bv[v], acc[i][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      T* p = c + i * ldc + v * W;
+      V::store(p, first ? acc[i][v] : V::add(acc[i][v], V::load(p)));
+    }
+}
+
+static inline float tw_to_compute(float x, float*) { return x; }
+static inline float tw_to_compute(uint16_t x, float*) { return tw_bf16_load(x); }
+static inline double tw_to_compute(double x, double*) { return x; }
+
+// A growable 64-byte aligned scratch buffer (one per thread: packing and C tiles are reused across calls).
+template <class T> struct TwScratch {
+  T* data = nullptr; size_t size = 0;
+  T* get(size_t n) {
+    if (n > size) {
+      std::free(data);
+      data = static_cast<T*>(std::aligned_alloc(64, ((n * sizeof(T) + 63) / 64) * 64));
+      size = data ? n : 0;
+    }
+    return data;
+  }
+  ~TwScratch() { std::free(data); }
+};
+
+// Pack columns [p*nr, p*nr+nr) of B (k rows) into dst[k][nr] (zero columns past n).
+template <class S, class T>
+static void tw_pack_b(const S* b, int64_t sbk, int64_t sbn, int64_t k, int64_t n, int64_t p, int64_t nr, T* dst) {
+  const int64_t j0 = p * nr, cols = std::min<int64_t>(nr, n - j0);
+  if (sbn == 1 || sbk != 1) {
+    for (int64_t kk = 0; kk < k; ++kk) {
+      const S* src = b + kk * sbk + j0 * sbn;
+      T* out = dst + kk * nr;
+      for (int64_t jj = 0; jj < cols; ++jj) out[jj] = tw_to_compute(src[jj * sbn], (T*)nullptr);
+      for (int64_t jj = cols; jj < nr; ++jj) out[jj] = T(0);
+    }
+  } else {  // B read along K (a transposed weight): walk each column contiguously
+    for (int64_t jj = 0; jj < nr; ++jj) {
+      if (jj >= cols) { for (int64_t kk = 0; kk < k; ++kk) dst[kk * nr + jj] = T(0); continue; }
+      const S* src = b + (j0 + jj) * sbn;
+      for (int64_t kk = 0; kk < k; ++kk) dst[kk * nr + jj] = tw_to_compute(src[kk], (T*)nullptr);
+    }
+  }
+}
+
+// Pack rows [i0, i0+mc) x cols [p0, p0+kc) of A into MR-row micro-panels dst[panel][kc][mr] (zero rows past mc).
+template <class S, class T>
+static void tw_pack_a(const S* a, int64_t sam, int64_t sak, int64_t mc, int64_t kc, int64_t mr, T* dst) {
+  for (int64_t ip = 0; ip < mc; ip += mr) {
+    const int64_t rows = std::min<int64_t>(mr, mc - ip);
+    T* panel = dst + ip * kc;
+    if (sam == 1 && sak != 1) {
+      for (int64_t kk = 0; kk < kc; ++kk) {
+        const S* src = a + ip + kk * sak;
+        for (int64_t ii = 0; ii < rows; ++ii) panel[kk * mr + ii] = tw_to_compute(src[ii], (T*)nullptr);
+        for (int64_t ii = rows; ii < mr; ++ii) panel[kk * mr + ii] = T(0);
+      }
+    } else {
+      for (int64_t ii = 0; ii < mr; ++ii) {
+        if (ii >= rows) { for (int64_t kk = 0; kk < kc; ++kk) panel[kk * mr + ii] = T(0); continue; }
+        const S* src = a + (ip + ii) * sam;
+        for (int64_t kk = 0; kk < kc; ++kk) panel[kk * mr + ii] = tw_to_compute(src[kk * sak], (T*)nullptr);
+      }
+    }
+  }
+}
+
+struct TwGemmShape {
+  int64_t nb, m, n, k, sab, sam, sak, sbb, sbk, sbn;
+};
+struct TwGemmBlocks {
+  int64_t mc, nc, kc, mr, nr, threads, pack, order;
+};
+
+// C = A @ B blocked as described above; epi(batch, row, j0, j1, crow) receives each finished row
+// segment of C (compute type, crow[j - j0]) exactly once.
+template <class S, class T, class Epi>
+static void tw_gemm(const S* A, const S* B, const TwGemmShape& g, const TwGemmBlocks& blk, const Epi& epi) {
+  const TwMicroFn<T> packed_fn = tw_pick_micro(blk.mr, blk.nr, true, (T*)nullptr);
+  const TwMicroFn<T> strided_fn = tw_pick_micro(blk.mr, blk.nr, false, (T*)nullptr);
+  if (!packed_fn) std::abort();  // the schedule space admits only instantiated register blocks
+  const int64_t mr = blk.mr, nr = blk.nr, mc_max = blk.mc, nc_max = blk.nc, kc_max = blk.kc;
+  const int64_t panels = (g.n + nr - 1) / nr;
+  const int64_t b_batches = g.sbb == 0 ? 1 : g.nb;
+  const int64_t panel_size = g.k * nr, batch_size = panels * panel_size;
+  static thread_local TwScratch<T> b_scratch;
+  T* bp = b_scratch.get((size_t)(b_batches * batch_size));
+  const int64_t mblocks = (g.m + mc_max - 1) / mc_max, nblocks = (g.n + nc_max - 1) / nc_max;
+  const int64_t tasks = g.nb * mblocks * nblocks;
+  const bool pack_a = blk.pack != 0 || !strided_fn || !std::is_same<S, T>::value;
+  const int64_t ldc = ((nc_max + nr - 1) / nr) * nr;
+  #pragma omp parallel num_threads(blk.threads) if(blk.threads > 1)
+  {
+    #pragma omp for schedule(static)
+    for (int64_t t = 0; t < b_batches * panels; ++t)
+      tw_pack_b(B + (t / panels) * g.sbb, g.sbk, g.sbn, g.k, g.n, t % panels, nr,
+                bp + (t / panels) * batch_size + (t % panels) * panel_size);
+    static thread_local TwScratch<T> a_scratch, c_scratch;
+    T* ap = a_scratch.get((size_t)(((mc_max + mr - 1) / mr) * mr * kc_max));
+    T* cb = c_scratch.get((size_t)(((mc_max + mr - 1) / mr) * mr * ldc));
+    #pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t bi = t / (mblocks * nblocks), rest = t % (mblocks * nblocks);
+      const int64_t im = blk.order == 0 ? rest / nblocks : rest % mblocks;
+      const int64_t jn = blk.order == 0 ? rest % nblocks : rest / mblocks;
+      const int64_t i0 = im * mc_max, mc = std::min(mc_max, g.m - i0);
+      const int64_t j0 = jn * nc_max, nc = std::min(nc_max, g.n - j0);
+      const S* a_blk = A + bi * g.sab + i0 * g.sam;
+      const T* b_blk = bp + (g.sbb == 0 ? 0 : bi * batch_size) + (j0 / nr) * panel_size;
+      for (int64_t p0 = 0; p0 < g.k; p0 += kc_max) {
+        const int64_t kc = std::min(kc_max, g.k - p0);
+        if (pack_a) tw_pack_a(a_blk + p0 * g.sak, g.sam, g.sak, mc, kc, mr, ap);
+        for (int64_t jr = 0; jr < nc; jr += nr) {
+          const T* bpanel = b_blk + (jr / nr) * panel_size + p0 * nr;
+          for (int64_t ir = 0; ir < mc; ir += mr) {
+            T* ctile = cb + ir * ldc + jr;
+            if (pack_a) {
+              packed_fn(kc, ap + ir * kc, 1, mr, bpanel, ctile, ldc, p0 == 0);
+            } else if (ir + mr <= mc) {
+              if constexpr (std::is_same<S, T>::value)
+                strided_fn(kc, a_blk + ir * g.sam + p0 * g.sak, g.sam, g.sak, bpanel, ctile, ldc, p0 == 0);
+            } else {  // odd rows at the block's end: pack just them
+              tw_pack_a(a_blk + ir * g.sam + p0 * g.sak, g.sam, g.sak, mc - ir, kc, mr, ap);
+              packed_fn(kc, ap, 1, mr, bpanel, ctile, ldc, p0 == 0);
+            }
+          }
+        }
+      }
+      for (int64_t ii = 0; ii < mc; ++ii) epi(bi, i0 + ii, j0, j0 + nc, cb + ii * ldc);
+    }
+  }
+}
+
+// The extern path: C was computed by another library (row stride ldc); run the epilogue over its rows.
+template <class S, class T, class Epi>
+static void tw_epilogue_only(const S* c, int64_t ldc, int64_t nb, int64_t m, int64_t n, int64_t threads, const Epi& epi) {
+  #pragma omp parallel num_threads(threads) if(threads > 1)
+  {
+    static thread_local TwScratch<T> row_scratch;
+    T* row = row_scratch.get((size_t)n);
+    #pragma omp for schedule(static)
+    for (int64_t r = 0; r < nb * m; ++r) {
+      const S* src = c + r * ldc;
+      for (int64_t j = 0; j < n; ++j) row[j] = tw_to_compute(src[j], (T*)nullptr);
+      epi(r / m, r % m, 0, n, row);
+    }
+  }
+}
+#endif
+"""
