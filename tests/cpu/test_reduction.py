@@ -1,7 +1,8 @@
 """The native CPU target's reduction kernels against torch, in strict mode (a fallback fails the test)."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -54,7 +55,7 @@ def test_max_propagates_nan_like_torch() -> None:
 
 
 def test_softmax_and_layer_norm_fuse_into_one_kernel_each() -> None:
-    fn = lambda x, w, b: torch.softmax(F.layer_norm(x, (16,), w, b), -1)  # noqa: E731
+    fn = lambda x, w, b: torch.softmax(F.layer_norm(x, (16,), w, b), -1)
     x, w, b = torch.randn(6, 16), torch.randn(16), torch.randn(16)
     out, report = run_compiled(fn, x, w, b)
     torch.testing.assert_close(out, fn(x, w, b), rtol=1e-5, atol=1e-5)
@@ -77,3 +78,77 @@ def test_layer_norm_training_matches_float64() -> None:
     torch.testing.assert_close(model[0].weight.grad.double(), ref[0].weight.grad, rtol=1e-4, atol=1e-6)
     assert any(k["kind"] == "reduction" for k in report.kernels)
     assert all(k["status"] == "ran" for k in report.kernels)
+
+
+def test_explicit_simd_exp_matches_float64_over_its_range() -> None:
+    # rows of 16k + 5 elements: whole vectors (explicit SIMD) and a scalar tail, the same checks on both
+    special = [float("nan"), float("inf"), -float("inf"), 88.72, 88.73, 89.0, -87.3, -95.0, -103.9, -104.0, -200.0, 0.0]
+    body = torch.cat([torch.linspace(-110.0, 90.0, 3 * 37 - len(special)), torch.tensor(special)])
+    x = body[torch.randperm(body.numel(), generator=torch.Generator().manual_seed(0))].reshape(3, 37)
+    def fn(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        e = torch.exp(x)  # an element value of a reduction kernel, stored
+        return e, e.amax(-1)
+
+    (got, _), report = run_compiled(fn, x)
+    assert [k["kind"] for k in report.kernels] == ["reduction"], report.kernels
+    want = torch.exp(x.double())
+    finite = (want < torch.finfo(torch.float32).max) & (want > 0)  # float32 results that are finite
+    rel = ((got.double() - want).abs() / want.clamp_min(1e-300))[finite & (want > 1.2e-38)]
+    assert rel.max().item() < 3e-7  # ~2.5 ulp
+    assert torch.allclose(got.double()[finite], want[finite], rtol=3e-7, atol=3e-45)  # subnormal results too
+    assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.isinf(), want.float().isinf())
+    assert (got[want < 7e-46] == 0).all()
+
+
+def test_softmax_nan_inf_rows_like_torch() -> None:
+    x = torch.randn(6, 40) * 3
+    x[0, :] = -float("inf")          # a fully masked row: NaN, as torch
+    x[1, ::3] = -float("inf")        # masked scores in the vector part and the tail
+    x[2, 35] = float("nan")          # NaN in the scalar tail
+    x[3, 4] = float("nan")           # NaN in a whole vector
+    x[4, 7] = float("inf")
+    out, report = run_compiled(lambda x: torch.softmax(x, -1), x)
+    torch.testing.assert_close(out, torch.softmax(x, -1), equal_nan=True)
+    assert [k["kind"] for k in report.kernels] == ["reduction"]
+
+
+@pytest.mark.parametrize("width", [16, 67])
+def test_softmax_layer_norm_rms_training_wide_rows_match_float64(width: int) -> None:
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.LayerNorm(width), torch.nn.Softmax(-1))
+    w = torch.randn(width, requires_grad=True)
+
+    def step(m: Any, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        y = m(x)
+        return (y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-6) * w).pow(2).sum()
+
+    x = torch.randn(9, width, requires_grad=True)
+    with collect() as report:
+        torch.compile(step, backend="tilewright")(model, x, w).backward()
+    torch._dynamo.reset()
+    ref = torch.nn.Sequential(torch.nn.LayerNorm(width), torch.nn.Softmax(-1)).double()
+    ref.load_state_dict(model.state_dict())
+    x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    step(ref, x64, w64).backward()
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(w.grad.double(), w64.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(model[0].weight.grad.double(), ref[0].weight.grad, rtol=1e-4, atol=1e-6)
+    assert sum(k["kind"] == "reduction" for k in report.kernels) >= 2
+    assert all(k["status"] == "ran" for k in report.kernels)
+
+
+@pytest.mark.parametrize("isa_off", [[], ["-mno-avx512f"], ["-mno-avx512f", "-mno-avx2"]], ids=["native", "avx2", "scalar"])
+def test_each_simd_path_matches_float64(isa_off: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The AVX-512, AVX2 and portable scalar paths of one kernel (the flags switch them off on this machine)."""
+    from tilewright.targets.cpu import build, toolchain
+
+    monkeypatch.setattr(build, "compile_flags", lambda c: toolchain.compile_flags(c) + isa_off)
+    torch.manual_seed(2)
+    x, w, b = torch.randn(5, 37) * 3, torch.randn(37), torch.randn(37)
+    x[1, 3], x[2, 36], x[3, ::4] = float("nan"), float("inf"), -float("inf")
+    fn = lambda x, w, b: (torch.softmax(x, -1), F.layer_norm(x, (37,), w, b), x.amax(-1))
+    out, report = run_compiled(fn, x, w, b)
+    want = fn(x.double(), w.double(), b.double())
+    for got, ref in zip(out, want):
+        torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-6, equal_nan=True)
+    assert report.kernels and all(k["kind"] == "reduction" and k["status"] == "ran" for k in report.kernels)

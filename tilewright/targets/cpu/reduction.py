@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
+
 from ...errors import BuildError
 from ...ir.graph import Node, Value
 from ...ir.registry import lookup, packet_name, reduction_dims
@@ -33,6 +35,7 @@ from .scalar_ops import (
     result_code,
     store_code,
 )
+from .simd import VECTOR_OPS, vector_body
 
 SPACE_VERSION = "1"
 #: longest row whose costly element values are kept in a per-row scratch buffer between passes
@@ -145,10 +148,15 @@ class ReductionSource:
         element = f"in{self.inputs.index(v)}[{self._offset(v, shape, index)}]"
         return f"const {t} {self.local[v.id]} = {load_code(v.type.dtype, element)};"
 
-    def _expr(self, node: Node) -> str:
+    def _expr(self, node: Node, vec: bool = False) -> str | None:
+        """The line computing ``node``'s value; ``vec``: as a ``tw_vf`` vector (None when it has no
+        vector form)."""
         out = node.outputs[0]
-        t = CPP_TYPES[out.type.dtype]
-        mode = OPERAND_CAST.get(packet_name(node.target), "out")
+        name = packet_name(node.target)
+        if vec and (name not in VECTOR_OPS or out.type.dtype != torch.float32):
+            return None
+        t = "tw_vf" if vec else CPP_TYPES[out.type.dtype]
+        mode = OPERAND_CAST.get(name, "out")
         ctype = promoted_ctype(node) if mode == "promote" else t
         args = []
         for i, a in enumerate(node.args):
@@ -158,17 +166,21 @@ class ReductionSource:
             elif a is None:
                 args.append("None")
             elif isinstance(a, (bool, int, float)):
-                cond = packet_name(node.target) in ("aten.where", "aten.masked_fill") and i == 0
+                cond = name in ("aten.where", "aten.masked_fill") and i == 0
                 args.append(literal(a) if cond else f"(({ctype}){literal(a)})")
             else:
                 args.append("None")
-        body = BODIES[packet_name(node.target)](args, dict(node.kwargs), t)
-        divisor = node.args[1] if packet_name(node.target) == "aten.div" and len(node.args) > 1 else None
+        body = BODIES[name](args, dict(node.kwargs), t)
+        divisor = node.args[1] if name == "aten.div" and len(node.args) > 1 else None
         if (isinstance(divisor, Value) and self.space.get(divisor.id) == "row" and self.space[out.id] == "element"
-                and t in ("float", "double") and node.kwargs.get("rounding_mode") is None):
-            # dividing every element of a row by one row value: multiply by its reciprocal, which the
-            # compiler hoists out of the loop (as ATen's softmax does; within an ulp of the quotient)
-            body = f"({args[0]} * (({t})1 / {args[1]}))"
+                and t in ("float", "double", "tw_vf") and node.kwargs.get("rounding_mode") is None):
+            # dividing every element of a row by one row value: multiply by its reciprocal, computed
+            # once per row (as ATen's softmax does; within an ulp of the quotient)
+            scalar_t = "float" if vec else t
+            body = f"({args[0]} * ({t})(({scalar_t})1 / {self.local[divisor.id]}))"
+        if vec:
+            body = vector_body(body)
+            return None if body is None else f"const tw_vf {self.local[out.id]} = (tw_vf)({body});"
         return f"const {t} {self.local[out.id]} = {result_code(out.type.dtype, body)};"
 
     def _needed(self, targets: list[Value], space: str) -> list[Node]:
@@ -186,10 +198,10 @@ class ReductionSource:
                 stack.extend(a.id for a in producers[vid].inputs)
         return [n for n in self.nodes if n.outputs[0].id in want and n not in self.reductions]
 
-    def _element_loop(self, body: list[str], reductions: str = "") -> list[str]:
+    def _element_loop(self, body: list[str], reductions: str = "", start: str = "0") -> list[str]:
         dims = self.dims
         head = [f"#pragma omp simd{reductions}" if len(dims) == 1 and reductions is not None else "",
-                f"for (int64_t e = 0; e < INT64_C({self.count}); ++e) {{"]
+                f"for (int64_t e = {start}; e < INT64_C({self.count}); ++e) {{"]
         split = ["  int64_t rest_e = e;"]
         for d in reversed(dims):
             split.append(f"  const int64_t e{d} = rest_e % {self.element_shape[d]}; rest_e /= {self.element_shape[d]};")
@@ -197,39 +209,91 @@ class ReductionSource:
             split = [f"  const int64_t e{dims[0]} = e;"]
         return [h for h in head if h] + split + ["  " + line for line in body] + ["}"]
 
-    def _scratch_loads(self, nodes: list[Node], targets: list[Value]) -> list[str]:
-        """Reads of the scratch-kept values that ``nodes`` (or ``targets`` directly) use."""
-        used = {a.id for n in nodes for a in n.inputs} | {v.id for v in targets}
-        return [f"const {CPP_TYPES[self.values[vid].type.dtype]} {self.local[vid]} = {name}[e];"
-                for vid, name in self._cached.items() if vid in used]
-
-    def _keep_for_later(self, nodes: list[Node], later: list[Value]) -> list[str]:
-        """Store this pass's costly element values that later passes use in row scratch buffers
+    def _keep_for_later(self, nodes: list[Node], later: list[Value]) -> list[int]:
+        """This pass's costly element values that later passes use, kept in row scratch buffers
         (softmax's exp(x - max) is computed once, not once per pass)."""
         if not later or self.count > _SCRATCH_LIMIT:
             return []
         needed_later = {n.outputs[0].id for n in self._needed(later, "element")}
-        stores = []
+        kept = []
         for n in nodes:
             vid = n.outputs[0].id
             if vid in needed_later and lookup(n.target).flops_per_element >= 4:
                 name = f"scr{self.local[vid]}"
                 self._scratch.append(f"{CPP_TYPES[n.outputs[0].type.dtype]} {name}[{self.count}];")
-                stores.append(f"{name}[e] = {self.local[vid]};")
                 self._pending[vid] = name
-        return stores
+                kept.append(vid)
+        return kept
 
-    def _pass_body(self, level: int, reductions: list[Node], later: list[Value]) -> list[str]:
-        loads, seen = [], set()
-        targets = [r.args[0] for r in reductions]
+    def _parts(self, targets: list[Value], later: list[Value]) -> dict[str, Any]:
+        """What one element pass computes: loads from outside, scratch reads, nodes, scratch writes."""
         nodes = self._needed(targets, "element")
-        for n in nodes + reductions:
+        loads: list[Value] = []
+        for n in nodes + [r for r in self.reductions if any(r.args[0].id == v.id for v in targets)]:
             for a in n.inputs:
-                if a.id not in self.ids and a.id not in seen:
-                    seen.add(a.id)
-                    loads.append(self._load(a, "element", self.element_shape))
-        body = loads + self._scratch_loads(nodes, targets) + [self._expr(n) for n in nodes]
-        body += self._keep_for_later(nodes, later)
+                if a.id not in self.ids and all(a.id != b.id for b in loads):
+                    loads.append(a)
+        used = {a.id for n in nodes for a in n.inputs} | {v.id for v in targets}
+        reads = [vid for vid in self._cached if vid in used]
+        return {"loads": loads, "reads": reads, "nodes": nodes, "writes": self._keep_for_later(nodes, later)}
+
+    def _scalar_lines(self, parts: dict[str, Any]) -> list[str]:
+        lines = [self._load(a, "element", self.element_shape) for a in parts["loads"]]
+        lines += [f"const {CPP_TYPES[self.values[vid].type.dtype]} {self.local[vid]} = {self._cached[vid]}[e];"
+                  for vid in parts["reads"]]
+        lines += [str(self._expr(n)) for n in parts["nodes"]]
+        return lines + [f"{self._pending[vid]}[e] = {self.local[vid]};" for vid in parts["writes"]]
+
+    def _vector_load(self, v: Value) -> str | None:
+        """A ``tw_vf`` load of ``v`` at element ``e`` (contiguous or broadcast), or None."""
+        if v.type.dtype != torch.float32 or len(self.dims) != 1:
+            return None
+        stride = broadcast_strides(v, self.element_shape)[self.dims[0]]
+        element = f"in{self.inputs.index(v)}[{self._offset(v, self.element_shape, self._element_index())}]"
+        if stride in (0, 1):
+            return f"const tw_vf {self.local[v.id]} = {'tw_vf(' if stride == 0 else 'tw_vf::load(&'}{element});"
+        return None
+
+    def _vector_lines(self, parts: dict[str, Any]) -> list[str] | None:
+        """The pass body on ``tw_vf`` vectors, or None when some operand or op has no vector form."""
+        lines = [self._vector_load(a) for a in parts["loads"]]
+        lines += [f"const tw_vf {self.local[vid]} = tw_vf::load(&{self._cached[vid]}[e]);"
+                  if self.values[vid].type.dtype == torch.float32 else None for vid in parts["reads"]]
+        lines += [self._expr(n, vec=True) for n in parts["nodes"]]
+        lines += [f"{self.local[vid]}.store(&{self._pending[vid]}[e]);" for vid in parts["writes"]]
+        return None if any(line is None for line in lines) else [str(line) for line in lines]
+
+    def _vector_accumulation(self, reductions: list[Node]) -> tuple[list[str], list[str], list[str]] | None:
+        """(declarations, per-vector updates, combination into the scalar accumulators) or None."""
+        decl, update, combine = [], [], []
+        for r in reductions:
+            kind = _COMBINES[packet_name(r.target)]
+            if kind not in ("sum", "max", "min") or r.args[0].type.dtype != torch.float32:
+                return None
+            if kind != "sum" and r.outputs[0].type.dtype != torch.float32:
+                return None
+            acc = f"acc{self.local[r.outputs[0].id]}"
+            decl.append(f"tw_v{kind} v{acc};")
+            update.append(f"v{acc}.add({self.local[r.args[0].id]});")
+            combine += ([f"{acc} += v{acc}.total();"] if kind == "sum"
+                        else [f"{acc} = v{acc}.value();", f"nan{acc} |= v{acc}.nan();"])
+        return decl, update, combine
+
+    def _loops(self, scalar: list[str], vector: list[str] | None, clause: str,
+               acc: tuple[list[str], list[str], list[str]] | None) -> list[str]:
+        """The pass as an explicit-SIMD loop over whole vectors and the scalar loop over the rest
+        (the whole pass where the compiler targets no vector ISA or the pass has no vector form)."""
+        if vector is None or acc is None or len(self.dims) != 1:
+            return self._element_loop(scalar, clause)
+        decl, update, combine = acc
+        head = ["{", "int64_t tw_e0 = 0;", "#if TW_VW", *decl,
+                f"for (; tw_e0 + TW_VW <= INT64_C({self.count}); tw_e0 += TW_VW) {{",
+                "  const int64_t e = tw_e0;", f"  const int64_t e{self.dims[0]} = e;"]
+        head += ["  " + line for line in vector + update] + ["}", *combine, "#endif"]
+        return head + self._element_loop(scalar, clause, "tw_e0") + ["}"]
+
+    def _reduce_lines(self, reductions: list[Node]) -> list[str]:
+        body = []
         for r in reductions:
             acc, x = f"acc{self.local[r.outputs[0].id]}", self.local[r.args[0].id]
             combine = _COMBINES[packet_name(r.target)]
@@ -242,6 +306,12 @@ class ReductionSource:
                 body.append({"sum": f"{acc} += {x};", "or": f"{acc} = {acc} || ({x} != 0);",
                              "and": f"{acc} = {acc} && ({x} != 0);"}[combine])
         return body
+
+    def _reduction_pass(self, reductions: list[Node], later: list[Value]) -> list[str]:
+        parts = self._parts([r.args[0] for r in reductions], later)
+        scalar = self._scalar_lines(parts) + self._reduce_lines(reductions)
+        return self._loops(scalar, self._vector_lines(parts), self._simd_clause(reductions),
+                           self._vector_accumulation(reductions))
 
     def _simd_clause(self, reductions: list[Node]) -> str:
         """The ``omp simd`` reduction clauses of one pass (max/min track NaN in a flag)."""
@@ -282,6 +352,22 @@ class ReductionSource:
         self._done.add(out.id)
         return f"const {t} {self.local[out.id]} = {result_code(out.type.dtype, value)};"
 
+    def _output_pass(self, element_outputs: list[Value]) -> list[str]:
+        """The final pass that writes the group's element-space outputs."""
+        parts = self._parts(element_outputs, [])
+        offsets = [self._offset(v, self.element_shape, self._element_index()) for v in element_outputs]
+        stores = [f"out{self.outputs.index(v)}[{off}] = {store_code(v.type.dtype, self.local[v.id])};"
+                  for v, off in zip(element_outputs, offsets)]
+        vector = self._vector_lines(parts)
+        if vector is not None:
+            for v, off in zip(element_outputs, offsets):
+                stride = broadcast_strides(v, self.element_shape)[self.dims[0]] if len(self.dims) == 1 else None
+                if v.type.dtype != torch.float32 or stride != 1:
+                    vector = None
+                    break
+                vector.append(f"{self.local[v.id]}.store(&out{self.outputs.index(v)}[{off}]);")
+        return self._loops(self._scalar_lines(parts) + stores, vector, "", ([], [], []))
+
     def _row_body(self) -> list[str]:
         lines: list[str] = []
         max_level = max(self.level[r.outputs[0].id] for r in self.reductions)
@@ -291,23 +377,13 @@ class ReductionSource:
             later = [r.args[0] for r in self.reductions if self.level[r.outputs[0].id] > level] + element_outputs
             for r in reds:
                 lines += self._accumulator(r)
-            lines += self._element_loop(self._pass_body(level, reds, later), self._simd_clause(reds))
+            lines += self._reduction_pass(reds, later)
             self._cached.update(self._pending)
             self._pending.clear()
             lines += [self._finish(r) for r in reds]
             lines += self._row_nodes()
         if element_outputs:
-            nodes = self._needed(element_outputs, "element")
-            loads, seen = [], set()
-            for n in nodes:
-                for a in n.inputs:
-                    if a.id not in self.ids and a.id not in seen:
-                        seen.add(a.id)
-                        loads.append(self._load(a, "element", self.element_shape))
-            stores = [f"out{self.outputs.index(v)}[{self._offset(v, self.element_shape, self._element_index())}] = "
-                      f"{store_code(v.type.dtype, self.local[v.id])};" for v in element_outputs]
-            body = loads + self._scratch_loads(nodes, element_outputs) + [self._expr(n) for n in nodes] + stores
-            lines += self._element_loop(body, "")
+            lines += self._output_pass(element_outputs)
         for v in self.outputs:
             if self.space[v.id] == "row":
                 shape = tuple(v.type.shape)
@@ -346,13 +422,18 @@ class ReductionSource:
         body = self._scratch + body  # scratch buffers are declared at the top of the row
         return f"""extern "C" void {self.name}({', '.join(params + ['int64_t threads'])}) {{
 {chr(10).join(casts)}
-  #pragma omp parallel for num_threads(threads) schedule(static) if(threads > 1)
+  #pragma omp parallel for num_threads(threads) schedule(dynamic, {self._chunk()}) if(threads > 1)
   for (int64_t r = 0; r < INT64_C({self.rows}); ++r) {{
 {chr(10).join(split)}
 {chr(10).join('    ' + line for line in body)}
   }}
 }}
 """
+
+    def _chunk(self) -> int:
+        """Rows per dynamically scheduled task: ~32K elements, and at least 8 tasks where there are
+        rows enough (a thread descheduled on a shared machine leaves its rows to the others)."""
+        return max(1, min(32768 // max(self.count, 1), self.rows // 8))
 
     def launch_args(self, config: Any) -> list[int]:
         """Scalar arguments after the tensors."""

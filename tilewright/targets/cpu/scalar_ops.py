@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from .simd import SIMD_PRELUDE
+
 #: torch dtype -> the C++ type values of that dtype are computed in (bfloat16 computes in float,
 #: rounded to bfloat16 after every op as eager does; float16 is not generated yet)
 CPP_TYPES: dict[torch.dtype, str] = {
@@ -149,7 +151,7 @@ static inline float tw_erf(float x) {
   return x != x ? x : std::copysign(r, x);
 }
 static inline double tw_erf(double x) { return std::erf(x); }
-"""
+""" + SIMD_PRELUDE
 Body = Callable[[list[str], dict[str, Any], str], str]
 
 
