@@ -23,6 +23,7 @@ from ..targets.triton.jit import ensure_interpreter, interpret_mode
 from ..config import config
 from ..errors import StrictModeError
 from ..report import GraphReport, publish
+from ..runtime.guard import make_guard
 from .decompositions import decomposition_table
 
 log = logging.getLogger(__name__)
@@ -72,16 +73,30 @@ class LazyCompiledGraph:
         self.symbolic = _has_symbolic(gm)
         self.attention_blocks: list[dict[str, Any]] = []
         self._folded = False
+        #: (guard, callable) of the last call's specialisation: checked before the cache
+        self._last: tuple[Callable[[Sequence[Any]], bool], Callable[[list[Any]], Any]] | None = None
+        self._guards: dict[tuple[Any, ...], Callable[[Sequence[Any]], bool] | None] = {}
 
     def __call__(self, args: list[Any]) -> Any:
         inputs = list(args)
         args.clear()
+        last = self._last
+        if last is not None and last[0](inputs):  # the same specialisation as the last call
+            return last[1](inputs)
         sig = _signature(inputs)
         fn = self.cache.get(sig)
         if fn is None:
             fn = self._compile(inputs)
             self.cache[sig] = fn
+        if sig not in self._guards:
+            self._guards[sig] = make_guard(inputs)
+        guard = self._guards[sig]
+        self._last = (guard, fn) if guard is not None else None
         return fn(inputs)
+
+    def reset_guard(self) -> None:
+        """Forget the last specialisation (the next call looks its signature up)."""
+        self._last = None
 
     def _eager(self) -> Callable[[Sequence[Any]], Any]:
         gm = self.gm
@@ -128,7 +143,7 @@ class LazyCompiledGraph:
             publish(report)
             return self._eager()
         publish(report)
-        return compiled
+        return compiled.run_boxed  # may drop the input list's references as inputs die
 
 
 def count_compute_ops(gm: fx.GraphModule) -> int:

@@ -24,6 +24,8 @@ from ..ir.graph import Graph, Node, Value, map_values
 from ..ir.registry import lookup
 from ..report import GraphReport, mark_fell_back, mark_ran
 from ..schedule.kernel import Kernel
+from .fastpath import FastPath, build_fast_path
+from .fastpath import settings as fast_settings
 from .plan import ExternStep, KernelStep, Plan, root_value
 from .reference import evaluate_value, run_reference
 
@@ -59,32 +61,97 @@ class CompiledGraph:
         self.broken: str | None = None
         #: view values by the buffer they alias (built on first use; None until then)
         self._views_by_root: dict[int, list[int]] | None = None
+        #: the generated straight-line function normal calls run (built after a first general run)
+        self.fast: FastPath | None = None
+        #: why there is no fast path (the plan has something it does not generate)
+        self._fast_unsupported: str | None = None
 
     def __call__(self, inputs: Sequence[Any]) -> Any:
+        return self._call(list(inputs))
+
+    def run_boxed(self, inputs: list[Any]) -> Any:
+        """Run on ``inputs``, a list the graph owns: the fast path clears it once an input is dead
+        (so an input's memory can go after its last use; AOTAutograd's boxed convention)."""
+        return self._call(inputs)
+
+    def _call(self, inputs: list[Any]) -> Any:
         if self.broken is not None and self.eager is not None:
             return self.eager(inputs)
-        wrote_inputs = [False]
+        # [wrote into an input, released an input]: either forbids an eager retry
+        flags = [False, False]
+        fast = self.fast
         try:
-            return self._run_plan(inputs, wrote_inputs)
+            if fast is not None and fast_settings.enabled and (not config.verify or fast.verified):
+                return fast.fn(inputs, flags)
+            result = self._run_plan(inputs, flags)
         except StrictModeError:
             raise
         except Exception as exc:
-            if self.eager is None or wrote_inputs[0]:
+            if self.eager is None or flags[0] or flags[1]:
                 raise
-            # the graph as the user wrote it: if it fails too, the error is the program's own
-            # (a singular matrix, a bad index) and propagates as eager's; otherwise it was ours
-            result = self.eager(inputs)
-            cause = _first_line(exc)
-            if config.strict:
-                raise strict_failure(f"graph {self.report.name}", [], f"a step failed at run time ({cause})") from exc
-            self.broken = cause
-            log.warning("tilewright graph %s failed at run time (%s); it runs eagerly from now on",
-                        self.report.name, cause)
-            self.report.add_fallback(f"graph {self.report.name}", f"failed at run time: {cause}")
-            self.report.mode = "eager (run failed)"
-            for entry in self.report.kernels:
-                mark_fell_back(entry, f"graph runs eagerly: {cause}")
-            return result
+            return self._retry_eagerly(inputs, exc)
+        if fast_settings.enabled and self._fast_unsupported is None and (fast is None or not fast.verified):
+            self._build_fast_path()
+        return result
+
+    def _retry_eagerly(self, inputs: list[Any], exc: Exception) -> Any:
+        # the graph as the user wrote it: if it fails too, the error is the program's own
+        # (a singular matrix, a bad index) and propagates as eager's; otherwise it was ours
+        result = self.eager(inputs)
+        cause = _first_line(exc)
+        if config.strict:
+            raise strict_failure(f"graph {self.report.name}", [], f"a step failed at run time ({cause})") from exc
+        self.broken = cause
+        self.fast = None
+        log.warning("tilewright graph %s failed at run time (%s); it runs eagerly from now on",
+                    self.report.name, cause)
+        self.report.add_fallback(f"graph {self.report.name}", f"failed at run time: {cause}")
+        self.report.mode = "eager (run failed)"
+        for entry in self.report.kernels:
+            mark_fell_back(entry, f"graph runs eagerly: {cause}")
+        return result
+
+    def _build_fast_path(self) -> None:
+        """Generate the fast path after a successful general run (once; again after verify)."""
+        try:
+            self.fast = build_fast_path(self.graph, self.plan, self, self.report.name)
+        except Exception as exc:  # the interpreter keeps running the graph
+            self.fast = None
+            self._fast_unsupported = _first_line(exc)
+            log.debug("graph %s has no fast path: %s", self.report.name, self._fast_unsupported)
+
+    # -- the fast path's handlers (unusual cases of one step) ----------------------------
+    def fast_kernel_failed(self, step: KernelStep, exc: Exception, args: list[Any], outs: list[Any]) -> None:
+        """A launch on the fast path raised: the kernel falls back (strict mode: raises)."""
+        if isinstance(exc, KernelIndexError):  # a bad index in the inputs: the program's error
+            raise exc
+        self._fall_back(step.kernel, step.entry, _first_line(exc))
+        self._copy_reference(step, args, outs)
+
+    def fast_kernel_slow(self, step: KernelStep, args: list[Any], outs: list[Any]) -> None:
+        """A broken kernel (its reference runs), or one whose config changed since the fast path
+        was built (launched with its own ``launch``; the fast path is rebuilt)."""
+        kernel = step.kernel
+        if kernel.broken is None:
+            self.fast = None
+            try:
+                kernel.launch(args + outs)
+                return
+            except KernelIndexError:
+                raise
+            except Exception as exc:
+                self._fall_back(kernel, step.entry, _first_line(exc))
+        self._copy_reference(step, args, outs)
+
+    def _copy_reference(self, step: KernelStep, args: list[Any], outs: list[Any]) -> None:
+        env = dict(zip([v.id for v in step.inputs], args))
+        ref = self._reference(step, env)
+        for o, v in zip(outs, step.outputs):
+            o.copy_(ref[v.id])
+
+    def fast_template(self, step: ExternStep, args: Any, kwargs: dict[str, Any]) -> Any:
+        """A template step's result on the fast path (its own fallback included)."""
+        return self._template_result(step, args, kwargs)
 
     def _run_plan(self, inputs: Sequence[Any], wrote_inputs: list[bool]) -> Any:
         env: dict[int, torch.Tensor] = {}
@@ -191,10 +258,12 @@ class CompiledGraph:
         return msg
 
     def _run_template(self, step: ExternStep, env: dict[int, torch.Tensor]) -> None:
-        assert step.call is not None
         args = map_values(step.node.args, lambda a: evaluate_value(a, env))
         kwargs = map_values(step.node.kwargs, lambda a: evaluate_value(a, env))
-        result = None
+        self._store(step.node, self._template_result(step, args, kwargs), env)
+
+    def _template_result(self, step: ExternStep, args: Any, kwargs: dict[str, Any]) -> Any:
+        assert step.call is not None
         if step.broken is None:
             try:
                 result = step.call.run_kernel(args, kwargs)
@@ -209,9 +278,8 @@ class CompiledGraph:
                 mark_fell_back(step.entry, cause)
             else:
                 mark_ran(step.entry)
-        if step.broken is not None:
-            result = step.call.reference(*args, **kwargs)
-        self._store(step.node, result, env)
+                return result
+        return step.call.reference(*args, **kwargs)
 
     def _run_extern(self, node: Node, env: dict[int, torch.Tensor]) -> None:
         args = map_values(node.args, lambda a: evaluate_value(a, env))

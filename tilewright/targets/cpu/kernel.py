@@ -50,6 +50,17 @@ class CpuKernel(Kernel):
         fn.argtypes = [ctypes.c_void_p] * len(self.inputs + self.outputs) + [ctypes.c_int64] * len(scalars)
         self.function, self.library = fn, library
 
+    def pointer_launcher(self) -> tuple[Any, list[int]] | None:
+        """The runtime's fast path: the C function and the scalars after the pointers, for the
+        current config (None before the library is built). The function takes the data pointers
+        of the inputs then the outputs, followed by the scalars. A subclass with a ``launch`` of
+        its own gets None unless it overrides this method too (then its launch may be bypassed)."""
+        cls = type(self)
+        if self.function is None or (cls.launch is not CpuKernel.launch and
+                                     cls.pointer_launcher is CpuKernel.pointer_launcher):
+            return None
+        return self.function, [int(s) for s in self.source.launch_args(self.config)]
+
     def launch(self, tensors: Sequence[torch.Tensor], config: Config | None = None) -> None:
         """Call the C function on ``tensors`` (inputs then outputs)."""
         if self.function is None:
