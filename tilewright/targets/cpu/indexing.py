@@ -119,6 +119,10 @@ class CheckedKernel(CpuKernel):
         if self.returns_status:
             self.function.restype = ctypes.c_int64
 
+    def pointer_launcher(self) -> Any:
+        """No bare C call for a runtime fast path when the status must be read: it goes through launch."""
+        return None if self.returns_status else getattr(super(), "pointer_launcher", lambda: None)()
+
     def launch(self, tensors: Sequence[torch.Tensor], config: Config | None = None) -> None:
         """Call the C function; raise :class:`KernelIndexError` when it met an out-of-range index."""
         if self.function is None:

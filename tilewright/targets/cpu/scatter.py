@@ -135,7 +135,9 @@ class ScatterSource:
         lines.append(f"    for (int64_t b = 0; b < INT64_C({math.prod(self.bshape)}); ++b) {{")
         lines.append("      int64_t brest = b;")
         bcoords = []
-        for d in range(nb - 1, -1, -1):
+        order = position_order(self.bshape, [vstrides[first:first + nb]] +
+                               [broadcast_strides(tv, self.bshape) for tv in indices])
+        for d in reversed(order):  # the innermost position dim first
             lines.append(f"      const int64_t c{d} = brest % {self.bshape[d]}; brest /= {self.bshape[d]};")
             bcoords.append(f"c{d} * INT64_C({vstrides[first + d]})")
         dest, dest_off = [], []
@@ -201,6 +203,29 @@ class ScatterSource:
         lines.append(f"{indent}for (int64_t j = j0; j < j1; ++j) {stmt}")
         lines += ["      " + "  " * (len(suf) - 2 - d) + "}" for d in range(len(suf) - 1)]
         return lines
+
+
+def position_order(shape: tuple[int, ...], strides: list[list[int]]) -> list[int]:
+    """The index positions' dims from outermost to innermost, in the order ATen's CPU loop walks
+    them (its iterator puts the dims with the smaller strides of the values, then of the indices,
+    inside; broadcast dims decide nothing): contributions to one destination are then added in
+    the same order, so the sums are equal bit for bit."""
+    order = list(range(len(shape)))
+
+    def inner_first(a: int, b: int) -> bool:  # should dim a run inside dim b?
+        for operand in strides:
+            sa, sb = operand[a], operand[b]
+            if sa == 0 or sb == 0 or sa == sb:
+                continue
+            return sa < sb
+        return False
+
+    for i in range(1, len(order)):  # stable insertion sort, outermost first
+        k = i
+        while k > 0 and inner_first(order[k - 1], order[k]):
+            order[k - 1], order[k] = order[k], order[k - 1]
+            k -= 1
+    return order
 
 
 def const_ptr(ctype: str) -> str:
