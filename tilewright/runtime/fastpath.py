@@ -124,6 +124,16 @@ def _callable(target: Any) -> Any:
     return op if isinstance(target, torch._ops.OpOverload) and callable(op) else target
 
 
+def _launcher(kernel: Any, method: str) -> Any:
+    """``kernel.<method>()`` (a prebound launcher), or None when it has none or cannot make one
+    now (the kernel then launches through ``launch``, whose failure is its fallback)."""
+    make = getattr(kernel, method, None)
+    try:
+        return make() if make is not None else None
+    except Exception:  # e.g. a kernel that fails to compile: ``launch`` raises it at run time
+        return None
+
+
 def _new_storage(nbytes: int, device: Any) -> Any:
     return torch.empty(max(nbytes, 1), dtype=torch.uint8, device=device).untyped_storage()
 
@@ -323,15 +333,13 @@ class _Emitter:
         values = list(step.inputs) + list(step.outputs)
         s, k = self.const(step, "S"), self.const(kernel, "K")
         cfg = self.const(kernel.config, "G")
-        pointer = getattr(kernel, "pointer_launcher", None)
-        launcher = pointer() if pointer is not None else None
+        launcher = _launcher(kernel, "pointer_launcher")
         if launcher is not None:
             fn, scalars = launcher
             call = f"{self.const(fn, 'F')}(" + ", ".join([self.pointer(v) for v in values] +
                                                            [repr(int(x)) for x in scalars]) + ")"
         else:
-            tensor_launcher = getattr(kernel, "tensor_launcher", None)
-            fn = tensor_launcher() if tensor_launcher is not None else None
+            fn = _launcher(kernel, "tensor_launcher")
             if fn is not None:
                 call = f"{self.const(fn, 'F')}(" + ", ".join(self.tensor(v) for v in values) + ")"
             else:

@@ -64,6 +64,15 @@ class GeneratedKernel(Kernel):
         opts = {k: v for k, v in config.items() if k in LAUNCH_OPTIONS}
         fn[self.spec.grid(config)](*tensors, **consts, **opts)
 
+    def tensor_launcher(self) -> Any:
+        """The runtime's fast path: a callable on the launch tensors with the current config's
+        function, grid, constants and launch options bound once (compiles on first use)."""
+        config = self.config
+        launch = self._function_for(config)[self.spec.grid(config)]
+        kwargs = {k: v for k, v in config.items() if k not in LAUNCH_OPTIONS}
+        kwargs.update({k: v for k, v in config.items() if k in LAUNCH_OPTIONS})
+        return lambda *tensors: launch(*tensors, **kwargs)
+
     def describe_extra(self) -> dict[str, Any]:
         """A matmul's fused epilogue ops."""
         return {"epilogue": self.spec.meta.get("epilogue_ops", [])} if self.spec.kind == "matmul" else {}
