@@ -33,6 +33,7 @@ from .scalar_ops import (
     literal,
     load_code,
     result_code,
+    storage_type,
     store_code,
 )
 from .simd import VECTOR_OPS, vector_body
@@ -92,6 +93,8 @@ class ReductionSource:
         self.rows = math.prod(self.row_shape)
         self.count = math.prod(self.element_shape[d] for d in self.dims)
         self.reductions = reductions
+        #: outputs may hold element values between passes (not when an output is written in place)
+        self.outputs_alias_free = True
         self._classify(nodes, materialize)
         self.source = self._function()
 
@@ -209,21 +212,43 @@ class ReductionSource:
             split = [f"  const int64_t e{dims[0]} = e;"]
         return [h for h in head if h] + split + ["  " + line for line in body] + ["}"]
 
+    def _output_slot(self, vid: int) -> str | None:
+        """An element output that can hold element value ``vid`` until the output pass overwrites it
+        (same C++ element type, one element per index), instead of a stack scratch buffer: the
+        output pass then reads and rewrites lines already in cache (softmax's exp(x - max))."""
+        t = CPP_TYPES[self.values[vid].type.dtype]
+        for v in self.outputs:
+            strides = broadcast_strides(v, self.element_shape)
+            if (self.space[v.id] == "element" and v.id not in self._slots_used and storage_type(v.type.dtype) == t
+                    and all(st or size == 1 for st, size in zip(strides, self.element_shape))):
+                self._slots_used.add(v.id)
+                return f"out{self.outputs.index(v)}[{self._offset(v, self.element_shape, self._element_index())}]"
+        return None
+
     def _keep_for_later(self, nodes: list[Node], later: list[Value]) -> list[int]:
-        """This pass's costly element values that later passes use, kept in row scratch buffers
-        (softmax's exp(x - max) is computed once, not once per pass)."""
-        if not later or self.count > _SCRATCH_LIMIT:
+        """This pass's costly element values that later passes use, kept in an output that the
+        last pass writes or in a row scratch buffer (softmax's exp(x - max) is computed once, not
+        once per pass)."""
+        if not later:
             return []
         needed_later = {n.outputs[0].id for n in self._needed(later, "element")}
         kept = []
         for n in nodes:
             vid = n.outputs[0].id
-            if vid in needed_later and lookup(n.target).flops_per_element >= 4:
+            if vid not in needed_later or lookup(n.target).flops_per_element < 4:
+                continue
+            slot = self._output_slot(vid) if self.outputs_alias_free else None
+            if slot is None and self.count <= _SCRATCH_LIMIT:
                 name = f"scr{self.local[vid]}"
-                self._scratch.append(f"{CPP_TYPES[n.outputs[0].type.dtype]} {name}[{self.count}];")
-                self._pending[vid] = name
+                self._scratch.append(f"alignas(64) {CPP_TYPES[n.outputs[0].type.dtype]} {name}[{self.count}];")
+                slot = f"{name}[e]"
+            if slot is not None:
+                self._pending[vid] = slot
                 kept.append(vid)
         return kept
+
+    def _slot_unit_stride(self, slot: str) -> bool:
+        return slot.endswith("[e]") or (len(self.dims) == 1 and slot.endswith(f"e{self.dims[0]} * INT64_C(1)]"))
 
     def _parts(self, targets: list[Value], later: list[Value]) -> dict[str, Any]:
         """What one element pass computes: loads from outside, scratch reads, nodes, scratch writes."""
@@ -239,10 +264,10 @@ class ReductionSource:
 
     def _scalar_lines(self, parts: dict[str, Any]) -> list[str]:
         lines = [self._load(a, "element", self.element_shape) for a in parts["loads"]]
-        lines += [f"const {CPP_TYPES[self.values[vid].type.dtype]} {self.local[vid]} = {self._cached[vid]}[e];"
+        lines += [f"const {CPP_TYPES[self.values[vid].type.dtype]} {self.local[vid]} = {self._cached[vid]};"
                   for vid in parts["reads"]]
         lines += [str(self._expr(n)) for n in parts["nodes"]]
-        return lines + [f"{self._pending[vid]}[e] = {self.local[vid]};" for vid in parts["writes"]]
+        return lines + [f"{self._pending[vid]} = {self.local[vid]};" for vid in parts["writes"]]
 
     def _vector_load(self, v: Value) -> str | None:
         """A ``tw_vf`` load of ``v`` at element ``e`` (contiguous or broadcast), or None."""
@@ -257,10 +282,12 @@ class ReductionSource:
     def _vector_lines(self, parts: dict[str, Any]) -> list[str] | None:
         """The pass body on ``tw_vf`` vectors, or None when some operand or op has no vector form."""
         lines = [self._vector_load(a) for a in parts["loads"]]
-        lines += [f"const tw_vf {self.local[vid]} = tw_vf::load(&{self._cached[vid]}[e]);"
-                  if self.values[vid].type.dtype == torch.float32 else None for vid in parts["reads"]]
+        lines += [f"const tw_vf {self.local[vid]} = tw_vf::load(&{self._cached[vid]});"
+                  if self.values[vid].type.dtype == torch.float32 and self._slot_unit_stride(self._cached[vid]) else None
+                  for vid in parts["reads"]]
         lines += [self._expr(n, vec=True) for n in parts["nodes"]]
-        lines += [f"{self.local[vid]}.store(&{self._pending[vid]}[e]);" for vid in parts["writes"]]
+        lines += [f"{self.local[vid]}.store(&{self._pending[vid]});" if self._slot_unit_stride(self._pending[vid]) else None
+                  for vid in parts["writes"]]
         return None if any(line is None for line in lines) else [str(line) for line in lines]
 
     def _vector_accumulation(self, reductions: list[Node]) -> tuple[list[str], list[str], list[str]] | None:
@@ -411,6 +438,7 @@ class ReductionSource:
         self._done: set[int] = set()
         self._cached: dict[int, str] = {}
         self._pending: dict[int, str] = {}
+        self._slots_used: set[int] = set()
         self._scratch: list[str] = []
         params = [f"const void* p_in{i}" for i in range(len(self.inputs))]
         params += [f"void* p_out{i}" for i in range(len(self.outputs))]

@@ -43,11 +43,12 @@ template <> inline tw_vf tw_min<tw_vf>(tw_vf a, tw_vf b) {
   return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a.v, a.v, _CMP_UNORD_Q), _mm512_min_ps(a.v, b.v), a.v);
 }
 static inline tw_vf tw_exp(tw_vf xv) {
-  const __m512 x = xv.v;
-  const __mmask16 under = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-103.972077083991796f), _CMP_LT_OQ);
-  const __mmask16 over = _mm512_cmp_ps_mask(x, _mm512_set1_ps(88.72283905206835f), _CMP_GT_OQ);
-  const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
-  const __m512 xc = _mm512_maskz_mov_ps((__mmask16)~(under | over | nan), x);
+  // lanes below the range (masked scores are -inf) are zeroed by the mask instead of scaled by
+  // 2^-150 (an underflowing vscalefps takes a slow microcode assist); NaN flows through max/min
+  // (which return their second operand when one is NaN); above 89 vscalefps overflows to inf
+  const __m512 x = xv.v, lo = _mm512_set1_ps(-103.972077083991796f);
+  const __mmask16 in_range = _mm512_cmp_ps_mask(x, lo, _CMP_NLT_UQ);
+  const __m512 xc = _mm512_min_ps(_mm512_set1_ps(89.0f), _mm512_max_ps(lo, x));
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
@@ -59,10 +60,7 @@ static inline tw_vf tw_exp(tw_vf xv) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
   p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  __m512 res = _mm512_scalef_ps(p, n);
-  res = _mm512_mask_mov_ps(res, under, _mm512_setzero_ps());
-  res = _mm512_mask_mov_ps(res, over, _mm512_set1_ps(std::numeric_limits<float>::infinity()));
-  return _mm512_mask_mov_ps(res, nan, x);
+  return _mm512_maskz_scalef_ps(in_range, p, n);
 }
 struct tw_vsum {  // float lanes summed in double
   __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
