@@ -93,3 +93,17 @@ def test_out_of_range_index_raises_like_eager_and_keeps_the_kernel(case: str) ->
             fn(x, bad)  # ... is what the compiled graph raises
     assert torch.equal(fn(x, good), fns[case](x, good))  # the kernel is still in use (strict mode is on)
     torch._dynamo.reset()
+
+
+def test_generators_equal_aten() -> None:
+    def gen(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (torch.arange(3, 17, 2), torch.arange(0.5, 3.2, 0.3, dtype=torch.float32),
+                torch.arange(x.shape[0], dtype=torch.float64) * x, torch.full((5, 3), 2.5, dtype=torch.bfloat16),
+                torch.ops.aten.scalar_tensor(-3.4028234663852886e38, dtype=torch.float32), torch.full((), True))
+
+    x = torch.randn(7, dtype=torch.float64)
+    got, report = run_compiled(gen, x)
+    for g, w in zip(got, gen(x)):
+        assert g.dtype == w.dtype and g.shape == w.shape and torch.equal(g, w)
+    assert sum(k["kind"] == "fill" for k in report.kernels) >= 5
+    assert not report.fallbacks, report.fallbacks

@@ -1,4 +1,4 @@
-"""The CPU target's kernel kinds for data movement: gathers, copies, scatters and pooling.
+"""The CPU target's kernel kinds for data movement: gathers, copies, generators, scatters and pooling.
 
 Each node of these kinds is one kernel of its own (fusion merges only pointwise/reduction/matmul
 groups); the values around it are computed by the fused kernels that read or write its
@@ -12,6 +12,7 @@ from ...ir.registry import packet_name
 from ...schedule.group import Group
 from ...schedule.kernel import Kernel
 from .copies import COPY_OPS, CopySource, supported_copy
+from .generators import FILL_OPS, FillSource, supported_fill
 from .indexing import (
     GATHER_OPS,
     CheckedKernel,
@@ -30,7 +31,7 @@ def _cores() -> int:
 
 
 def indexed_kind(node: Node) -> str | None:
-    """``gather``, ``copy``, ``scatter`` or ``window`` when this target generates ``node``, else None."""
+    """``gather``, ``copy``, ``fill``, ``scatter`` or ``window`` when this target generates ``node``, else None."""
     name = packet_name(node.target)
     if name in GATHER_OPS:
         return "gather" if supported_gather(node) is None else None
@@ -38,6 +39,8 @@ def indexed_kind(node: Node) -> str | None:
         return "copy" if supported_copy(node) is None else None
     if name == "aten.index_put":
         return "scatter" if supported_scatter(node) is None else None
+    if name in FILL_OPS:
+        return "fill" if supported_fill(node) is None else None
     if name in POOL_OPS:
         return "window" if supported_pool(node) is None else None
     return None
@@ -52,6 +55,13 @@ def _gather(group: Group, materialize: set[int], name: str) -> Kernel:
 def _copy(group: Group, materialize: set[int], name: str) -> Kernel:
     source = CopySource(name, group.nodes[0])
     kernel = CheckedKernel(source, "copy", cpu_space("copy", source.numel, _cores()), source.numel, source.nbytes)
+    kernel.returns_status = False
+    return kernel
+
+
+def _fill(group: Group, materialize: set[int], name: str) -> Kernel:
+    source = FillSource(name, group.nodes[0])
+    kernel = CheckedKernel(source, "fill", cpu_space("fill", source.numel, _cores()), source.numel, source.nbytes)
     kernel.returns_status = False
     return kernel
 
@@ -71,4 +81,4 @@ def _window(group: Group, materialize: set[int], name: str) -> Kernel:
 
 
 #: kernel kind -> builder (merged into ``CpuTarget.builders``)
-INDEXED_BUILDERS = {"gather": _gather, "copy": _copy, "scatter": _scatter, "window": _window}
+INDEXED_BUILDERS = {"gather": _gather, "copy": _copy, "fill": _fill, "scatter": _scatter, "window": _window}
