@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -66,7 +67,7 @@ def test_pointwise_matches_torch(name: str, fn: Callable[..., Any], make: Callab
 def test_nan_and_inf_propagate_like_torch() -> None:
     x = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -1.0, 2.0])
     y = torch.tensor([1.0, float("nan"), 0.0, float("nan"), -2.0, 3.0])
-    fn = lambda x, y: torch.stack([torch.relu(x), torch.maximum(x, y), torch.minimum(x, y), x.clamp(-1, 1),  # noqa: E731
+    fn = lambda x, y: torch.stack([torch.relu(x), torch.maximum(x, y), torch.minimum(x, y), x.clamp(-1, 1),
                                    torch.isnan(x + y).float(), torch.sigmoid(x), torch.exp(x)])
     out, report = run_compiled(fn, x, y)
     torch.testing.assert_close(out, fn(x, y), equal_nan=True)
@@ -75,7 +76,7 @@ def test_nan_and_inf_propagate_like_torch() -> None:
 
 def test_outputs_keep_their_strides_and_intermediates_stay_in_registers() -> None:
     x = torch.randn(12, 20)
-    fn = lambda x: ((x + 1).t() * 2, (x * x).cumsum(0))  # noqa: E731  (cumsum stays an ATen call)
+    fn = lambda x: ((x + 1).t() * 2, (x * x).cumsum(0))
     (a, s), report = run_compiled(fn, x)
     wa, ws = fn(x)
     torch.testing.assert_close(a, wa)
@@ -107,7 +108,7 @@ def test_training_step_on_the_cpu_target() -> None:
 def test_library_is_cached_across_compiles() -> None:
     from tilewright.targets.cpu import build
 
-    fn = lambda x: torch.exp(x) * 3 + x  # noqa: E731
+    fn = lambda x: torch.exp(x) * 3 + x
     x = torch.randn(17, 4)
     run_compiled(fn, x)
     calls: list[Any] = []
@@ -133,3 +134,24 @@ def test_unknown_target_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(tilewright.config, "target", "tpu")
     with pytest.raises(ValueError, match="TILEWRIGHT_TARGET must be one of auto, triton, cpu"):
         target_for("cpu")
+
+
+@pytest.mark.parametrize("isa_off", [[], ["-mno-avx512f"], ["-mno-avx512f", "-mno-avx2"]], ids=["native", "avx2", "scalar"])
+def test_explicit_simd_paths_keep_nan_inf_semantics(isa_off: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whole vectors (AVX-512 or AVX2 ``tw_vf``) and the scalar tail: specials where each lands."""
+    from tilewright.targets.cpu import build, toolchain
+
+    monkeypatch.setattr(build, "compile_flags", lambda c: toolchain.compile_flags(c) + isa_off)
+    torch.manual_seed(3)
+    x, y = torch.randn(3, 45) * 4, torch.randn(45)
+    x[0, 2], x[0, 44], x[1, 17], x[2, 40] = float("nan"), float("nan"), float("inf"), -float("inf")
+    y[5], y[43] = float("nan"), -float("inf")
+
+    def fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (torch.maximum(x, y) + torch.minimum(y, x) * torch.sigmoid(x) - torch.exp(x * 0.5)
+                + torch.clamp(x, -1.0, 2.0) * torch.relu(y) + torch.rsqrt(x.abs() + 1) - x.abs() / (1 + y * y))
+
+    out, report = run_compiled(fn, x, y)
+    want = fn(x.double(), y.double())
+    torch.testing.assert_close(out.double(), want, rtol=2e-6, atol=1e-6, equal_nan=True)
+    _ran_in_kernels(report)

@@ -29,6 +29,7 @@ from .scalar_ops import (
     storage_type,
     store_code,
 )
+from .simd import VECTOR_OPS, vector_body
 
 SPACE_VERSION = "1"
 
@@ -129,9 +130,11 @@ def broadcast_strides(v: Value, shape: tuple[int, ...]) -> list[int]:
 class PointwiseSource:
     """The C++ function of one pointwise group (``name`` is its C symbol)."""
 
-    def __init__(self, name: str, nodes: list[Node], materialize: set[int]) -> None:
+    def __init__(self, name: str, nodes: list[Node], materialize: set[int], explicit_simd: bool = True) -> None:
         self.name = name
         self.nodes = nodes
+        #: whole vectors through ``tw_vf`` where the body has a vector form (else ``omp simd`` only)
+        self.explicit_simd = explicit_simd
         for node in nodes:
             reason = supported_node(node)
             if reason:
@@ -175,25 +178,74 @@ class PointwiseSource:
         return literal(arg) if packet_name(node.target) in ("aten.where", "aten.masked_fill") and index == 0 \
             else f"(({ctype}){literal(arg)})"
 
+    def _node_expr(self, node: Node, t: str) -> str:
+        args = [self._operand(a, node, i, t) for i, a in enumerate(node.args)]
+        if packet_name(node.target) == "aten.where" and not isinstance(node.args[1], Value) \
+                and not isinstance(node.args[2], Value):
+            args = [args[0], f"(({t}){literal(node.args[1])})", f"(({t}){literal(node.args[2])})"]
+        return BODIES[packet_name(node.target)](args, dict(node.kwargs), t)
+
+    def _element(self, v: Value, array: str) -> str:
+        return f"{array}[{self._base(v)} + j * {self.strides[v.id][-1] if self.shape else 0}]"
+
     def _body(self) -> list[str]:
         lines = []
-        for v in self.inputs:
+        for k, v in enumerate(self.inputs):
             t = CPP_TYPES[v.type.dtype]
-            element = f"in{self.inputs.index(v)}[{self._base(v)} + j * {self.strides[v.id][-1] if self.shape else 0}]"
-            lines.append(f"const {t} {self._var(v)} = {load_code(v.type.dtype, element)};")
+            lines.append(f"const {t} {self._var(v)} = {load_code(v.type.dtype, self._element(v, f'in{k}'))};")
         for node in self.nodes:
             out = node.outputs[0]
             t = CPP_TYPES[out.type.dtype]
-            args = [self._operand(a, node, i, t) for i, a in enumerate(node.args)]
-            if packet_name(node.target) == "aten.where" and not isinstance(node.args[1], Value) \
-                    and not isinstance(node.args[2], Value):
-                args = [args[0], f"(({t}){literal(node.args[1])})", f"(({t}){literal(node.args[2])})"]
-            expr = BODIES[packet_name(node.target)](args, dict(node.kwargs), t)
-            lines.append(f"const {t} {self._var(out)} = {result_code(out.type.dtype, expr)};")
+            lines.append(f"const {t} {self._var(out)} = {result_code(out.type.dtype, self._node_expr(node, t))};")
         for k, v in enumerate(self.outputs):
-            lines.append(f"out{k}[{self._base(v)} + j * {self.strides[v.id][-1] if self.shape else 0}] = "
-                         f"{store_code(v.type.dtype, self._var(v))};")
+            lines.append(f"{self._element(v, f'out{k}')} = {store_code(v.type.dtype, self._var(v))};")
         return lines
+
+    def _vector_body(self) -> list[str] | None:
+        """The body on ``tw_vf`` vectors of ``TW_VW`` elements at ``j`` (every value float32, every
+        operand contiguous or broadcast along the last dim), or None."""
+        values = self.inputs + self.outputs + [n.outputs[0] for n in self.nodes]
+        if not self.shape or any(v.type.dtype != torch.float32 for v in values):
+            return None
+        if any(self.strides[v.id][-1] not in (0, 1) for v in self.inputs) or \
+                any(self.strides[v.id][-1] != 1 for v in self.outputs):
+            return None
+        lines = []
+        for k, v in enumerate(self.inputs):
+            element = self._element(v, f"in{k}")
+            load = f"tw_vf({element})" if self.strides[v.id][-1] == 0 else f"tw_vf::load(&{element})"
+            lines.append(f"const tw_vf {self._var(v)} = {load};")
+        for node in self.nodes:
+            body = vector_body(self._node_expr(node, "tw_vf")) if packet_name(node.target) in VECTOR_OPS else None
+            if body is None:
+                return None
+            lines.append(f"const tw_vf {self._var(node.outputs[0])} = (tw_vf)({body});")
+        for k, v in enumerate(self.outputs):
+            lines.append(f"{self._var(v)}.store(&{self._element(v, f'out{k}')});")
+        return lines
+
+    def _inner_loops(self) -> str:
+        """The loop over one block: explicit SIMD over whole vectors where the body has a vector
+        form (``explicit_simd``), then (or only) the ``omp simd`` loop."""
+        scalar = "\n".join("      " + line for line in self._body())
+        vector = self._vector_body() if self.explicit_simd else None
+        start = "j0"
+        head = ""
+        if vector is not None:
+            start = "jv"
+            body = "\n".join("      " + line for line in vector)
+            head = f"""    int64_t jv = j0;
+#if TW_VW
+    for (; jv + TW_VW <= j1; jv += TW_VW) {{
+      const int64_t j = jv;
+{body}
+    }}
+#endif
+"""
+        return f"""{head}    #pragma omp simd
+    for (int64_t j = {start}; j < j1; ++j) {{
+{scalar}
+    }}"""
 
     def _function(self) -> str:
         shape = self.shape or (1,)
@@ -211,7 +263,6 @@ class PointwiseSource:
                 if stride:
                     bases[v.id].append(f"i{d} * INT64_C({stride})")
         row_index += [f"    const int64_t {self._base(v)} = {' + '.join(bases[v.id]) or '0'};" for v in values]
-        body = "\n".join("      " + line for line in self._body())
         return f"""extern "C" void {self.name}({', '.join(params + ['int64_t block', 'int64_t threads'])}) {{
 {chr(10).join(casts)}
   const int64_t blocks = ({length} + block - 1) / block;
@@ -222,10 +273,7 @@ class PointwiseSource:
     const int64_t j0 = (task % blocks) * block;
     const int64_t j1 = j0 + block < {length} ? j0 + block : {length};
 {chr(10).join(row_index)}
-    #pragma omp simd
-    for (int64_t j = j0; j < j1; ++j) {{
-{body}
-    }}
+{self._inner_loops()}
   }}
 }}
 """
