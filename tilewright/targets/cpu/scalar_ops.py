@@ -16,15 +16,17 @@ import torch
 
 from .simd import SIMD_PRELUDE
 
-#: torch dtype -> the C++ type values of that dtype are computed in (bfloat16 computes in float,
-#: rounded to bfloat16 after every op as eager does; float16 is not generated yet)
+#: torch dtype -> the C++ type values of that dtype are computed in (bfloat16 and float16 compute
+#: in float, rounded to their type after every op as eager does)
 CPP_TYPES: dict[torch.dtype, str] = {
     torch.float32: "float", torch.float64: "double", torch.int64: "int64_t", torch.int32: "int32_t",
     torch.int16: "int16_t", torch.int8: "int8_t", torch.uint8: "uint8_t", torch.bool: "bool",
-    torch.bfloat16: "float",
+    torch.bfloat16: "float", torch.float16: "float",
 }
 #: torch dtype -> the C++ type of its elements in memory, where it differs from the compute type
-_STORAGE_TYPES: dict[torch.dtype, str] = {torch.bfloat16: "uint16_t"}
+_STORAGE_TYPES: dict[torch.dtype, str] = {torch.bfloat16: "uint16_t", torch.float16: "uint16_t"}
+#: half types: the C++ helper name stem of their conversions (``tw_bf16_load`` ...)
+_HALF = {torch.bfloat16: "bf16", torch.float16: "f16"}
 
 
 def storage_type(dtype: torch.dtype) -> str:
@@ -34,18 +36,18 @@ def storage_type(dtype: torch.dtype) -> str:
 
 def load_code(dtype: torch.dtype, element: str) -> str:
     """The compute-type value of a loaded element."""
-    return f"tw_bf16_load({element})" if dtype == torch.bfloat16 else element
+    return f"tw_{_HALF[dtype]}_load({element})" if dtype in _HALF else element
 
 
 def store_code(dtype: torch.dtype, value: str) -> str:
     """The in-memory element for a computed value."""
-    return f"tw_bf16_store({value})" if dtype == torch.bfloat16 else value
+    return f"tw_{_HALF[dtype]}_store({value})" if dtype in _HALF else value
 
 
 def result_code(dtype: torch.dtype, expr: str) -> str:
-    """An op's result in its dtype (bfloat16 results are rounded to bfloat16, as eager's are)."""
+    """An op's result in its dtype (half-type results are rounded to their type, as eager's are)."""
     t = CPP_TYPES[dtype]
-    return f"tw_round_bf16(({t})({expr}))" if dtype == torch.bfloat16 else f"({t})({expr})"
+    return f"tw_round_{_HALF[dtype]}(({t})({expr}))" if dtype in _HALF else f"({t})({expr})"
 
 #: helpers every kernel library starts with
 PRELUDE = r"""#include <cmath>
@@ -63,6 +65,32 @@ static inline uint16_t tw_bf16_store(float f) {  // round to nearest even; NaN s
   return f != f ? (uint16_t)0x7fc0 : (uint16_t)rounded;
 }
 static inline float tw_round_bf16(float f) { return tw_bf16_load(tw_bf16_store(f)); }
+// IEEE half: F16C's conversions where the compiler targets it, else the same results bit for bit
+// (round to nearest even; subnormals; NaN stays NaN, quieted, its top payload bits kept)
+#if defined(__F16C__)
+#include <immintrin.h>
+static inline float tw_f16_load(uint16_t h) { return _cvtsh_ss(h); }
+static inline uint16_t tw_f16_store(float f) { return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
+#else
+static inline float tw_f16_load(uint16_t h) {
+  const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+  uint32_t u;
+  if (e == 0x1f) u = sign | 0x7f800000u | (m << 13);
+  else if (e != 0) u = sign | ((e + 112u) << 23) | (m << 13);
+  else { float f = (float)m * 5.9604644775390625e-8f; std::memcpy(&u, &f, 4); u |= sign; }  // m * 2^-24, exact
+  float f; std::memcpy(&f, &u, 4); return f;
+}
+static inline uint16_t tw_f16_store(float f) {
+  uint32_t u; std::memcpy(&u, &f, 4);
+  const uint32_t sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));  // NaN
+  if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);  // rounds to inf (>= 65520)
+  if (a >= 0x38800000u) return (uint16_t)(sign | ((a + 0xc8000fffu + ((a >> 13) & 1u)) >> 13));  // normal
+  float m; std::memcpy(&m, &a, 4); m += 0.5f;  // subnormal: the FPU rounds the bits below 2^-24 away
+  uint32_t r; std::memcpy(&r, &m, 4); return (uint16_t)(sign | (r - 0x3f000000u));
+}
+#endif
+static inline float tw_round_f16(float f) { return tw_f16_load(tw_f16_store(f)); }
 static inline int64_t tw_floordiv(int64_t a, int64_t b) { int64_t q = a / b; return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q; }
 
 // Branch-free float32 math the compiler vectorizes inside `omp simd` loops (libm's expf/logf are
