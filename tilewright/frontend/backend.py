@@ -177,7 +177,7 @@ def tilewright_backend(gm: fx.GraphModule, example_inputs: list[Any], **options:
     if mode == "eager":
         return _as_written(gm)
     attention_blocks: list[dict[str, Any]] = []
-    if config.fuse_attention and mode != "cpu":  # no CPU attention kernel yet: SDPA stays
+    if config.fuse_attention:
         gm, attention_blocks = _rewrite_attention(gm, example_inputs)
 
     def fw_compiler(g: fx.GraphModule, ex: list[Any]) -> LazyCompiledGraph:

@@ -101,32 +101,42 @@ def _fits_l2(head_dim: int, backward: bool) -> Callable[[Mapping[str, Any]], str
     return check
 
 
-def attention_space(head_dim: int, backward: bool = False) -> ScheduleSpace:
+def attention_space(head_dim: int, backward: bool = False, units: int | None = None) -> ScheduleSpace:
     """Schedule space of the forward (or backward) kernels for one head dim on this machine.
 
-    The default is the largest key block whose packed K and V tiles fill at most half the L1
-    data cache, with 64 query rows (32 in the backward, which keeps more tiles), on every core.
+    The default key block is the largest (up to 128) whose packed K and V tiles take at most
+    1/16 of the L2 cache, with 64 query rows, on every core. The backward's ``FUSED_DQ`` (dQ
+    accumulated in the dK/dV pass, which then runs in parallel over (batch, kv head) only)
+    is the default when those ``units`` give every core work; else dQ is a second pass.
     """
     cores = _cores()
     threads = sorted({1, cores, max(1, cores // 2)} | {t for t in (2, 4, 8, 16, 32, 64) if t < cores})
-    space = ScheduleSpace(kind="attention_bwd_cpu" if backward else "attention_fwd_cpu",
-                          params={"BLOCK_M": [16, 32, 64, 128], "BLOCK_N": [16, 32, 64, 128, 256],
-                                  "threads": threads},
+    params: dict[str, list[Any]] = {"BLOCK_M": [16, 32, 64, 128], "BLOCK_N": [16, 32, 64, 128, 256],
+                                    "threads": threads}
+    if backward:
+        params["FUSED_DQ"] = [1, 0]
+    space = ScheduleSpace(kind="attention_bwd_cpu" if backward else "attention_fwd_cpu", params=params,
                           constraints=[_fits_l2(head_dim, backward)], version=SPACE_VERSION)
-    l1 = _cache("l1d_bytes", 32 << 10)
+    l2 = _cache("l2_bytes", 1 << 20)
     dp = padded_head_dim(head_dim)
     block_n = 32
-    for bn in (64, 128, 256):
-        if 2 * bn * dp * 4 <= l1 // 2 * (2 if backward else 1):
+    for bn in (64, 128):
+        if 2 * bn * dp * 4 <= l2 // 16:
             block_n = bn
-    default: Config = {"BLOCK_M": 32 if backward else 64, "BLOCK_N": block_n, "threads": cores}
+    default: Config = {"BLOCK_M": 64, "BLOCK_N": block_n, "threads": cores}
+    if backward:
+        default["FUSED_DQ"] = int(units is None or units >= cores)
     space.default = default if space.is_feasible(default) else space.default_config()
     return space
 
 
-def _config(config: Mapping[str, Any] | None, head_dim: int, backward: bool) -> dict[str, int]:
-    cfg = dict(config) if config else attention_space(head_dim, backward).default_config()
-    return {key: int(cfg[key]) for key in ("BLOCK_M", "BLOCK_N", "threads")}
+def _config(config: Mapping[str, Any] | None, head_dim: int, backward: bool, units: int | None = None
+            ) -> dict[str, int]:
+    cfg = dict(config) if config else attention_space(head_dim, backward, units).default_config()
+    out = {key: int(cfg[key]) for key in ("BLOCK_M", "BLOCK_N", "threads")}
+    if backward:
+        out["FUSED_DQ"] = int(cfg.get("FUSED_DQ", 1))
+    return out
 
 
 # ----------------------------------------------------------------------------- launch helpers
@@ -293,6 +303,11 @@ def _value_dtype(x: Any) -> torch.dtype | None:
     return x.type.dtype if isinstance(x, Value) else None
 
 
+def is_attention_node(node: Node) -> bool:
+    """Whether ``node`` is a fused-attention template node (forward or backward)."""
+    return packet_name(node.target) in (_FORWARD, _BACKWARD)
+
+
 def attention_template(node: Node) -> TemplateLowering | None:
     """The CPU lowering of an attention template node (None for other templates)."""
     name = packet_name(node.target)
@@ -340,7 +355,7 @@ class CpuAttentionKernel:
     def __post_init__(self) -> None:
         backward = self.which == "backward"
         self.name = f"attention_{'bwd' if backward else 'fwd'}_cpu"
-        self.space = attention_space(self.head_dim, backward)
+        self.space = attention_space(self.head_dim, backward, self.batch * self.kv_heads)
         flops = 4.0 * self.batch * self.heads * self.m * self.n * self.head_dim * (0.5 if self.causal else 1.0)
         flops *= 2.5 if backward else 1.0
         elem = 2 if self.dtype == "bfloat16" else 4

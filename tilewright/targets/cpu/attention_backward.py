@@ -40,7 +40,7 @@ def cpu_attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
     bias = prepared_bias(bias)
     B, H, M, D = (int(x) for x in q.shape)
     HKV, N = int(k.shape[1]), int(k.shape[2])
-    cfg = _config(config, D, True)
+    cfg = _config(config, D, True, B * HKV)
     scale = float(D ** -0.5 if scale is None else scale)
     if dout.dtype != q.dtype:
         dout = dout.to(q.dtype)
@@ -57,7 +57,8 @@ def cpu_attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
         lse = lse.float().contiguous()
         full = (B, H, M, N)
         mask_arg = mask.view(torch.uint8) if mask is not None else None
-        dims = _int64s([B, H, HKV, M, N, causal_offset, cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["threads"]])
+        dims = _int64s([B, H, HKV, M, N, causal_offset, cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["threads"],
+                        cfg["FUSED_DQ"]])
         strides = _int64s([*q.stride(), *k.stride(), *v.stride(), *strides4(bias, full), *strides4(mask, full),
                            *dout.stride(), *dq.stride(), *dk.stride(), *dv.stride()])
         lib.tw_attn_bwd(dout.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(),

@@ -77,68 +77,77 @@ static const float TW_NEG_INF = -std::numeric_limits<float>::infinity();
 """
 
 _MICROKERNELS = r"""
-// C[i][j] = sum_d A[i*lda + d] * B[d*ldb + j] for i < rows (a multiple of 4), j < cols (of 16), d < K
-static inline void tw_gemm_nt(const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
-                              int64_t rows, int64_t cols, int64_t K) {
+// One 4-row register tile of C = A·B over NV vectors of 16 columns: C[r][j] (+)= sum_k A[r*ars + k*acs] * B[k*ldb + j].
+template <int NV, bool ACC>
+static inline void tw_tile(const float* A, int64_t ars, int64_t acs, const float* B, int64_t ldb, float* C,
+                           int64_t ldc, int64_t K) {
+  tw_v16 acc[4][NV];
+#pragma GCC unroll 4
+  for (int r = 0; r < 4; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = ACC ? tw_vld(C + r * ldc + 16 * v) : tw_v16{};
+#pragma GCC unroll 2
+  for (int64_t k = 0; k < K; ++k) {
+    tw_v16 b[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) b[v] = tw_vld(B + k * ldb + 16 * v);
+    const float* ak = A + k * acs;
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r) {
+      const float x = ak[r * ars];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] += x * b[v];
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < 4; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) tw_vst(C + r * ldc + 16 * v, acc[r][v]);
+}
+
+// C[i][j] (+)= sum_k A[i*ars + k*acs] * B[k*ldb + j] for i < rows (a multiple of 4), j < cols (of 16), k < K
+template <bool ACC>
+static inline void tw_gemm(const float* A, int64_t ars, int64_t acs, const float* B, int64_t ldb, float* C,
+                           int64_t ldc, int64_t rows, int64_t cols, int64_t K) {
   for (int64_t i = 0; i < rows; i += 4) {
-    const float* a = A + i * lda;
+    const float* a = A + i * ars;
+    float* c = C + i * ldc;
     int64_t j = 0;
-    for (; j + 32 <= cols; j += 32) {
-      tw_v16 c00 = {}, c01 = {}, c10 = {}, c11 = {}, c20 = {}, c21 = {}, c30 = {}, c31 = {};
-      for (int64_t d = 0; d < K; ++d) {
-        const tw_v16 b0 = tw_vld(B + d * ldb + j), b1 = tw_vld(B + d * ldb + j + 16);
-        const float a0 = a[d], a1 = a[lda + d], a2 = a[2 * lda + d], a3 = a[3 * lda + d];
-        c00 += a0 * b0; c01 += a0 * b1; c10 += a1 * b0; c11 += a1 * b1;
-        c20 += a2 * b0; c21 += a2 * b1; c30 += a3 * b0; c31 += a3 * b1;
-      }
-      float* c = C + i * ldc + j;
-      tw_vst(c, c00); tw_vst(c + 16, c01); tw_vst(c + ldc, c10); tw_vst(c + ldc + 16, c11);
-      tw_vst(c + 2 * ldc, c20); tw_vst(c + 2 * ldc + 16, c21); tw_vst(c + 3 * ldc, c30); tw_vst(c + 3 * ldc + 16, c31);
-    }
-    for (; j < cols; j += 16) {
-      tw_v16 c0 = {}, c1 = {}, c2 = {}, c3 = {};
-      for (int64_t d = 0; d < K; ++d) {
-        const tw_v16 b0 = tw_vld(B + d * ldb + j);
-        c0 += a[d] * b0; c1 += a[lda + d] * b0; c2 += a[2 * lda + d] * b0; c3 += a[3 * lda + d] * b0;
-      }
-      float* c = C + i * ldc + j;
-      tw_vst(c, c0); tw_vst(c + ldc, c1); tw_vst(c + 2 * ldc, c2); tw_vst(c + 3 * ldc, c3);
-    }
+    for (; j + 64 <= cols; j += 64) tw_tile<4, ACC>(a, ars, acs, B + j, ldb, c + j, ldc, K);
+    if (j + 32 <= cols) { tw_tile<2, ACC>(a, ars, acs, B + j, ldb, c + j, ldc, K); j += 32; }
+    if (j + 16 <= cols) tw_tile<1, ACC>(a, ars, acs, B + j, ldb, c + j, ldc, K);
   }
 }
 
-// C[i][d] += sum_k A[i*ars + k*acs] * B[k*ldb + d] for i < rows (a multiple of 4), d < cols (of 16), k < K
+// C[i][j] = sum_d A[i*lda + d] * B[d*ldb + j] (B: a transposed, packed key block)
+static inline void tw_gemm_nt(const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
+                              int64_t rows, int64_t cols, int64_t K) {
+  tw_gemm<false>(A, lda, 1, B, ldb, C, ldc, rows, cols, K);
+}
+
+// C[i][d] += sum_k A[i*ars + k*acs] * B[k*ldb + d]
 static inline void tw_gemm_acc(const float* A, int64_t ars, int64_t acs, const float* B, int64_t ldb, float* C,
                                int64_t ldc, int64_t rows, int64_t cols, int64_t K) {
-  for (int64_t i = 0; i < rows; i += 4) {
-    const float* a = A + i * ars;
-    int64_t d = 0;
-    for (; d + 32 <= cols; d += 32) {
-      float* c = C + i * ldc + d;
-      tw_v16 c00 = tw_vld(c), c01 = tw_vld(c + 16), c10 = tw_vld(c + ldc), c11 = tw_vld(c + ldc + 16);
-      tw_v16 c20 = tw_vld(c + 2 * ldc), c21 = tw_vld(c + 2 * ldc + 16);
-      tw_v16 c30 = tw_vld(c + 3 * ldc), c31 = tw_vld(c + 3 * ldc + 16);
-      for (int64_t k = 0; k < K; ++k) {
-        const tw_v16 b0 = tw_vld(B + k * ldb + d), b1 = tw_vld(B + k * ldb + d + 16);
-        const float* ak = a + k * acs;
-        const float a0 = ak[0], a1 = ak[ars], a2 = ak[2 * ars], a3 = ak[3 * ars];
-        c00 += a0 * b0; c01 += a0 * b1; c10 += a1 * b0; c11 += a1 * b1;
-        c20 += a2 * b0; c21 += a2 * b1; c30 += a3 * b0; c31 += a3 * b1;
-      }
-      tw_vst(c, c00); tw_vst(c + 16, c01); tw_vst(c + ldc, c10); tw_vst(c + ldc + 16, c11);
-      tw_vst(c + 2 * ldc, c20); tw_vst(c + 2 * ldc + 16, c21); tw_vst(c + 3 * ldc, c30); tw_vst(c + 3 * ldc + 16, c31);
-    }
-    for (; d < cols; d += 16) {
-      float* c = C + i * ldc + d;
-      tw_v16 c0 = tw_vld(c), c1 = tw_vld(c + ldc), c2 = tw_vld(c + 2 * ldc), c3 = tw_vld(c + 3 * ldc);
-      for (int64_t k = 0; k < K; ++k) {
-        const tw_v16 b0 = tw_vld(B + k * ldb + d);
-        const float* ak = a + k * acs;
-        c0 += ak[0] * b0; c1 += ak[ars] * b0; c2 += ak[2 * ars] * b0; c3 += ak[3 * ars] * b0;
-      }
-      tw_vst(c, c0); tw_vst(c + ldc, c1); tw_vst(c + 2 * ldc, c2); tw_vst(c + 3 * ldc, c3);
-    }
-  }
+  tw_gemm<true>(A, ars, acs, B, ldb, C, ldc, rows, cols, K);
+}
+
+// exp(x) for x <= 0 (scores minus their running max): one range reduction and polynomial, no
+// overflow path; results below exp(-87) are 0 (-inf gives 0, NaN stays NaN)
+static inline float tw_exp_neg(float x) {
+  const bool under = x < -87.0f;
+  const float xc = under ? 0.0f : x;
+  const float n = std::nearbyint(xc * 1.44269504088896341f);
+  float r = xc - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500E-4f;
+  p = p * r + 1.3981999507E-3f;
+  p = p * r + 8.3334519073E-3f;
+  p = p * r + 4.1665795894E-2f;
+  p = p * r + 1.6666665459E-1f;
+  p = p * r + 5.0000001201E-1f;
+  p = p * r * r + r + 1.0f;
+  const float result = p * tw_bits_to_float(((int32_t)n + 127) << 23);
+  return under ? 0.0f : result;
 }
 """
 

@@ -27,7 +27,7 @@ static inline void tw_softmax_update(float* s, int64_t bn, float& m, float& l, f
   const float alpha = tw_exp(m - mnew);
   float sum = 0.0f;
 #pragma omp simd reduction(+:sum)
-  for (int64_t j = 0; j < bn; ++j) { const float p = tw_exp(s[j] - mnew); s[j] = p; sum += p; }
+  for (int64_t j = 0; j < bn; ++j) { const float p = tw_exp_neg(s[j] - mnew); s[j] = p; sum += p; }
   l = l * alpha + sum;
   m = mnew;
   if (alpha != 1.0f) {
@@ -94,7 +94,7 @@ static inline void tw_probs(float* S, int64_t rows, int64_t bn, const float* lse
     const float mr = lse[r];
     if (mr == TW_NEG_INF) { for (int64_t j = 0; j < bn; ++j) s[j] = 0.0f; continue; }
 #pragma omp simd
-    for (int64_t j = 0; j < bn; ++j) s[j] = tw_exp(s[j] - mr);
+    for (int64_t j = 0; j < bn; ++j) s[j] = tw_exp_neg(s[j] - mr);
   }
 }
 
@@ -128,39 +128,84 @@ static void tw_bwd_tile(const tw_bwd_ctx& c, int64_t b, int64_t h, int64_t i0, i
   tw_dscores(S, dP, rows, bn, c.delta + row);
 }
 
-static void tw_bwd_dkdv(const tw_bwd_ctx& c, tw_t* dk, tw_t* dv, const int64_t* dks, const int64_t* dvs) {
+// Row i of dS into the bias-gradient buffer ds [B, H, M, N].
+static inline void tw_store_ds(const tw_attn_args& a, float* ds, int64_t b, int64_t h, int64_t i0, int64_t rows,
+                               int64_t j0, const float* dS) {
+  const int64_t cols = std::min(a.bn, a.N - j0);
+  for (int64_t r = 0; r < rows; ++r)
+    std::memcpy(ds + ((b * a.H + h) * a.M + i0 + r) * a.N + j0, dS + r * a.bn, (size_t)cols * 4);
+}
+
+struct tw_bwd_scratch {
+  std::vector<float> Q, dO, S, dP, dK, dV;
+  tw_bwd_scratch(int64_t bm, int64_t bn)
+      : Q((size_t)(bm * TW_DP)), dO((size_t)(bm * TW_DP)), S((size_t)(bm * bn)), dP((size_t)(bm * bn)),
+        dK((size_t)(bn * TW_DP)), dV((size_t)(bn * TW_DP)) {}
+};
+
+// dK and dV of key block kb of (b, kv head hk), summed over the group's query heads; with dqacc
+// (float32 [B, H, M4, DP]) also dQ's share of the block (the caller owns every head of the group).
+static void tw_bwd_key_block(const tw_bwd_ctx& c, int64_t b, int64_t hk, int64_t kb, tw_bwd_scratch& w,
+                             float* dqacc, float* ds, tw_t* dk, tw_t* dv, const int64_t* dks, const int64_t* dvs) {
   const tw_attn_args& a = c.a;
-  const int64_t bm = a.bm, bn = a.bn;
+  const int64_t bm = a.bm, bn = a.bn, j0 = kb * bn, m4 = (a.M + 3) & ~(int64_t)3;
+  std::fill(w.dK.begin(), w.dK.end(), 0.0f);
+  std::fill(w.dV.begin(), w.dV.end(), 0.0f);
+  const int64_t istart = TW_CAUSAL ? std::min(a.M, std::max<int64_t>(0, j0 - a.causal_offset)) : 0;
+  const size_t kv = (size_t)((b * a.HKV + hk) * c.kv_stride + j0 * TW_DP);
+  for (int64_t g = 0; g < a.group; ++g) {
+    const int64_t h = hk * a.group + g;
+    for (int64_t i0 = (istart / bm) * bm; i0 < a.M; i0 += bm) {
+      const int64_t rows = std::min(bm, a.M - i0), rows4 = (rows + 3) & ~(int64_t)3;
+      if (tw_tile_empty(a, b, h, i0, rows, j0, std::min(bn, a.N - j0))) continue;
+      tw_load_rows(c.q, a.qs, b, h, i0, rows, bm, a.scale, w.Q.data());
+      tw_load_rows(c.dout, c.dos, b, h, i0, rows, bm, 1.0f, w.dO.data());
+      tw_bwd_tile(c, b, h, i0, rows, j0, w.Q.data(), w.dO.data(), w.S.data(), w.dP.data());
+      tw_gemm_acc(w.S.data(), 1, bn, w.dO.data(), TW_DP, w.dV.data(), TW_DP, bn, TW_DP, rows);
+      tw_gemm_acc(w.dP.data(), 1, bn, w.Q.data(), TW_DP, w.dK.data(), TW_DP, bn, TW_DP, rows);
+      if (dqacc) {  // rows past `rows` of dS are zeros (zero dO rows) and stay inside this head's M4 rows
+        tw_gemm_acc(w.dP.data(), bn, 1, c.kr + kv, TW_DP, dqacc + ((b * a.H + h) * m4 + i0) * TW_DP, TW_DP, rows4,
+                    TW_DP, bn);
+        if (ds) tw_store_ds(a, ds, b, h, i0, rows, j0, w.dP.data());
+      }
+    }
+  }
+  for (int64_t j = 0; j < std::min(bn, a.N - j0); ++j) {
+    tw_t* kd = dk + b * dks[0] + hk * dks[1] + (j0 + j) * dks[2];
+    tw_t* vd = dv + b * dvs[0] + hk * dvs[1] + (j0 + j) * dvs[2];
+    for (int64_t d = 0; d < TW_D; ++d) {
+      kd[d * dks[3]] = tw_st(w.dK[j * TW_DP + d]);
+      vd[d * dvs[3]] = tw_st(w.dV[j * TW_DP + d]);
+    }
+  }
+}
+
+// Separate passes: dK/dV in parallel over key blocks (then tw_bwd_dq). Fused: in parallel over
+// (batch, kv head), every key block in turn, dQ accumulated alongside; then dQ written out.
+static void tw_bwd_dkdv(const tw_bwd_ctx& c, bool fused, float* ds, tw_t* dq, const int64_t* dqs, tw_t* dk,
+                        tw_t* dv, const int64_t* dks, const int64_t* dvs) {
+  const tw_attn_args& a = c.a;
+  const int64_t m4 = (a.M + 3) & ~(int64_t)3;
+  std::vector<float> dqacc(fused ? (size_t)(a.B * a.H * m4 * TW_DP) : 0);
+  float* acc = fused ? dqacc.data() : nullptr;
 #pragma omp parallel num_threads(a.threads)
   {
-    std::vector<float> Q((size_t)(bm * TW_DP)), dO((size_t)(bm * TW_DP)), S((size_t)(bm * bn)), dP((size_t)(bm * bn));
-    std::vector<float> dK((size_t)(bn * TW_DP)), dV((size_t)(bn * TW_DP));
+    tw_bwd_scratch w(a.bm, a.bn);
+    if (fused) {
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t t = 0; t < a.B * a.HKV * c.nkb; ++t) {
-      const int64_t kb = t % c.nkb, bh = t / c.nkb, b = bh / a.HKV, hk = bh % a.HKV, j0 = kb * bn;
-      std::fill(dK.begin(), dK.end(), 0.0f);
-      std::fill(dV.begin(), dV.end(), 0.0f);
-      const int64_t istart = TW_CAUSAL ? std::min(a.M, std::max<int64_t>(0, j0 - a.causal_offset)) : 0;
-      for (int64_t g = 0; g < a.group; ++g) {
-        const int64_t h = hk * a.group + g;
-        for (int64_t i0 = (istart / bm) * bm; i0 < a.M; i0 += bm) {
-          const int64_t rows = std::min(bm, a.M - i0);
-          if (tw_tile_empty(a, b, h, i0, rows, j0, std::min(bn, a.N - j0))) continue;
-          tw_load_rows(c.q, a.qs, b, h, i0, rows, bm, a.scale, Q.data());
-          tw_load_rows(c.dout, c.dos, b, h, i0, rows, bm, 1.0f, dO.data());
-          tw_bwd_tile(c, b, h, i0, rows, j0, Q.data(), dO.data(), S.data(), dP.data());
-          tw_gemm_acc(S.data(), 1, bn, dO.data(), TW_DP, dV.data(), TW_DP, bn, TW_DP, rows);
-          tw_gemm_acc(dP.data(), 1, bn, Q.data(), TW_DP, dK.data(), TW_DP, bn, TW_DP, rows);
-        }
+      for (int64_t t = 0; t < a.B * a.HKV; ++t)
+        for (int64_t kb = 0; kb < c.nkb; ++kb) tw_bwd_key_block(c, t / a.HKV, t % a.HKV, kb, w, acc, ds, dk, dv, dks, dvs);
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < a.B * a.H * a.M; ++t) {
+        const int64_t i = t % a.M, bh = t / a.M, b = bh / a.H, h = bh % a.H;
+        tw_t* dst = dq + b * dqs[0] + h * dqs[1] + i * dqs[2];
+        const float* src = acc + (bh * m4 + i) * TW_DP;
+        for (int64_t d = 0; d < TW_D; ++d) dst[d * dqs[3]] = tw_st(src[d] * a.scale);
       }
-      for (int64_t j = 0; j < std::min(bn, a.N - j0); ++j) {
-        tw_t* kd = dk + b * dks[0] + hk * dks[1] + (j0 + j) * dks[2];
-        tw_t* vd = dv + b * dvs[0] + hk * dvs[1] + (j0 + j) * dvs[2];
-        for (int64_t d = 0; d < TW_D; ++d) {
-          kd[d * dks[3]] = tw_st(dK[j * TW_DP + d]);
-          vd[d * dvs[3]] = tw_st(dV[j * TW_DP + d]);
-        }
-      }
+    } else {
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t t = 0; t < a.B * a.HKV * c.nkb; ++t)
+        tw_bwd_key_block(c, (t / c.nkb) / a.HKV, (t / c.nkb) % a.HKV, t % c.nkb, w, nullptr, nullptr, dk, dv, dks, dvs);
     }
   }
 }
@@ -184,10 +229,7 @@ static void tw_bwd_dq(const tw_bwd_ctx& c, tw_t* dq, const int64_t* dqs, float* 
         const int64_t cols = std::min(bn, a.N - j0);
         if (tw_tile_empty(a, b, h, i0, rows, j0, cols)) continue;
         tw_bwd_tile(c, b, h, i0, rows, j0, Q.data(), dO.data(), S.data(), dP.data());
-        if (ds) {
-          for (int64_t r = 0; r < rows; ++r)
-            std::memcpy(ds + ((b * a.H + h) * a.M + i0 + r) * a.N + j0, dP.data() + r * bn, (size_t)cols * 4);
-        }
+        if (ds) tw_store_ds(a, ds, b, h, i0, rows, j0, dP.data());
         const size_t kv = (size_t)((b * a.HKV + hk) * c.kv_stride + j0 * TW_DP);
         tw_gemm_acc(dP.data(), bn, 1, c.kr + kv, TW_DP, dQ.data(), TW_DP, rows4, TW_DP, bn);
       }
@@ -221,7 +263,8 @@ extern "C" void tw_attn_bwd(const void* doutp, const void* qp, const void* kp, c
     tw_pack((const tw_t*)vp, a.vs, bh / a.HKV, bh % a.HKV, kb * bn, a.N, bn, vt.data() + off, nullptr);
   }
   c.kt = kt.data(); c.vt = vt.data(); c.kr = kr.data();
-  tw_bwd_dkdv(c, (tw_t*)dk, (tw_t*)dv, st + 28, st + 32);
-  tw_bwd_dq(c, (tw_t*)dq, st + 24, ds);
+  const bool fused = dims[9] != 0;
+  tw_bwd_dkdv(c, fused, ds, (tw_t*)dq, st + 24, (tw_t*)dk, (tw_t*)dv, st + 28, st + 32);
+  if (!fused) tw_bwd_dq(c, (tw_t*)dq, st + 24, ds);
 }
 """

@@ -2,8 +2,9 @@
 
 What it generates today: fused pointwise groups (any rank, broadcasting, strided operands,
 float32/float64/bfloat16/integer/bool) and reduction groups (sum, mean, amax, amin, any, all over any dims,
-with pointwise prologues and epilogues, several levels: softmax, layer norm). Everything else —
-matmuls, convolutions, attention, scatters, gathers, float16 — stays an ATen call, counted and
+with pointwise prologues and epilogues, several levels: softmax, layer norm), and fused attention
+(:mod:`.attention`). Everything else —
+matmuls, convolutions, scatters, gathers, float16 — stays an ATen call, counted and
 shown in explain as a fallback with its reason.
 Selected with ``TILEWRIGHT_TARGET=cpu`` (``tilewright.config.target = "cpu"``).
 """
@@ -20,6 +21,7 @@ from ...ir.registry import lookup
 from ...schedule.group import Group
 from ...schedule.kernel import Kernel
 from ..base import KernelBuilder, Target, TemplateLowering
+from .attention import is_attention_node
 from .indexed import INDEXED_BUILDERS, indexed_kind
 from .kernel import CpuKernel
 from .matmul import build_matmul, supported_matmul
@@ -72,6 +74,8 @@ class CpuTarget(Target):
             return "pointwise"
         if kind == "reduction" and supported_reduction(node) is None:
             return "reduction"
+        if kind == "template" and is_attention_node(node):
+            return "template"
         if kind == "matmul" and supported_matmul(node) is None:
             return "matmul"
         indexed = indexed_kind(node)  # gathers, copies, scatters, pooling
@@ -80,8 +84,10 @@ class CpuTarget(Target):
         return "extern"
 
     def template(self, node: Node) -> TemplateLowering | None:
-        """No template kernels yet: template nodes run their ATen op."""
-        return None
+        """Fused attention (forward and backward) as C++ kernels; other templates run their ATen op."""
+        from .attention import attention_template
+
+        return attention_template(node)
 
     def prepare(self, kernels: list[Kernel]) -> None:
         """Build one shared library holding every kernel of the graph and bind each kernel to it."""
