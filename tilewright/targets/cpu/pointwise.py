@@ -40,7 +40,9 @@ def supported_node(node: Node) -> str | None:
     if name not in BODIES:
         return f"no C++ body for {name}"
     if lookup(node.target).extra.get("inplace"):
-        return "in-place writes are not generated for CPU yet"
+        reason = _inplace_reason(node)
+        if reason:
+            return reason
     for v in node.inputs + node.outputs:
         if v.type.dtype not in CPP_TYPES:
             return f"{v.type.dtype} is not generated for CPU yet"
@@ -52,6 +54,31 @@ def supported_node(node: Node) -> str | None:
         return "not one non-empty output"
     if name == "aten._to_copy" and node.kwargs.get("layout") not in (None, torch.strided):
         return "layout change"
+    return None
+
+
+def _view_root(v: Value) -> Value:
+    """The value ``v`` is a view of (through any chain of view ops), or ``v`` itself."""
+    node = v.producer
+    while node is not None and lookup(node.target).kind == "view" and isinstance(node.args[0], Value):
+        v = node.args[0]
+        node = v.producer
+    return v
+
+
+def _inplace_reason(node: Node) -> str | None:
+    """Why in-place ``node`` (``aten.copy_``) is not generated: it must write a graph input's own
+    memory (as the runtime hands the kernel that tensor as its output), with the output's layout,
+    and read no other view of it (elements written before another index reads them)."""
+    dst = node.args[0]
+    if not isinstance(dst, Value) or dst.producer is not None or dst.constant is not None:
+        return "an in-place write into something other than a graph input"
+    out = node.outputs[0]
+    if tuple(out.type.shape) != tuple(dst.type.shape) or tuple(out.type.strides) != tuple(dst.type.strides):
+        return "in-place output laid out unlike its destination"
+    for a in node.inputs[1:]:
+        if a.id != dst.id and _view_root(a).id == dst.id:
+            return "in-place write whose source is a view of its destination"
     return None
 
 

@@ -312,6 +312,7 @@ BODIES: dict[str, Body] = {
     "aten.clone": lambda a, k, t: a[0],
     "aten.lift_fresh_copy": lambda a, k, t: a[0],
     "aten.copy": lambda a, k, t: a[1],
+    "aten.copy_": lambda a, k, t: a[1],
     "prims.convert_element_type": lambda a, k, t: a[0],
 }
 

@@ -170,7 +170,7 @@ VECTOR_OPS = frozenset({
     "aten.add", "aten.sub", "aten.rsub", "aten.mul", "aten.div", "aten.true_divide", "aten.neg", "aten.abs",
     "aten.exp", "aten.sqrt", "aten.rsqrt", "aten.reciprocal", "aten.sigmoid", "aten.silu", "aten.relu",
     "aten.maximum", "aten.minimum", "aten.clamp", "aten.clamp_min", "aten.clamp_max", "aten.hardtanh",
-    "aten.pow", "aten._to_copy", "aten.clone", "aten.lift_fresh_copy", "aten.copy", "prims.convert_element_type",
+    "aten.pow", "aten._to_copy", "aten.clone", "aten.lift_fresh_copy", "aten.copy", "aten.copy_", "prims.convert_element_type",
 })
 
 _RENAMES = {"std::sqrt(": "tw_vsqrt(", "std::abs(": "tw_vabs("}
