@@ -152,3 +152,27 @@ def test_each_simd_path_matches_float64(isa_off: list[str], monkeypatch: pytest.
     for got, ref in zip(out, want):
         torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-6, equal_nan=True)
     assert report.kernels and all(k["kind"] == "reduction" and k["status"] == "ran" for k in report.kernels)
+
+
+@pytest.mark.parametrize("offset", [1e3, 1e5])
+def test_variance_of_large_mean_rows_matches_float64(offset: float) -> None:
+    """Mean first, then squared deviations (two passes, sums in double): no cancellation when the
+    mean dwarfs the spread (one-pass sum-of-squares in float loses every digit). Judged against
+    float64, no worse than eager float32 (whose mean is a float32 too)."""
+    torch.manual_seed(4)
+    x = torch.randn(6, 300) * 0.5 + offset
+    w, b = torch.randn(300), torch.randn(300)
+
+    def fn(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return F.layer_norm(x, (300,), w, b), x.var(-1, unbiased=False), (x - x.mean(-1, keepdim=True)).pow(2).mean(-1)
+
+    out, report = run_compiled(fn, x, w, b)
+    want = fn(x.double(), w.double(), b.double())
+    eager = fn(x, w, b)
+    for got, ref, eag in zip(out, want, eager):
+        err = (got.double() - ref).abs().max().item()
+        eager_err = (eag.double() - ref).abs().max().item()
+        assert err <= 1.5 * eager_err + 1e-6 * ref.abs().max().item(), (err, eager_err)
+    sums_of_squares = (x * x).mean(-1) - x.mean(-1) ** 2  # the one-pass formula in float32: cancels
+    assert (sums_of_squares.double() - want[1]).abs().max() > 10 * (out[1].double() - want[1]).abs().max()
+    assert all(k["status"] == "ran" for k in report.kernels)

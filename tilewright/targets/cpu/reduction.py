@@ -19,6 +19,7 @@ from ...errors import BuildError
 from ...ir.graph import Node, Value
 from ...ir.registry import lookup, packet_name, reduction_dims
 from ...schedule.space import ScheduleSpace
+from .moments import deviation_sums
 from .pointwise import (
     broadcast_strides,
     group_io,
@@ -126,6 +127,8 @@ class ReductionSource:
                     raise BuildError("an element value reads a row value without its kept dims")
             self.level[out.id] = max((self.level[a.id] for a in internal), default=0)
         self.ids = ids
+        #: sums of squared deviations from this kernel's own mean: accumulated against the mean in double
+        self.deviations = deviation_sums(nodes, self.reductions, self.level, self.count)
         self.inputs, self.outputs = group_io(nodes, ids, materialize)
         self.values = {v.id: v for v in self.inputs + [n.outputs[0] for n in nodes]}
         self.local = {v.id: f"v{k}" for k, v in enumerate(self.inputs + [n.outputs[0] for n in nodes])}
@@ -258,6 +261,9 @@ class ReductionSource:
             for a in n.inputs:
                 if a.id not in self.ids and all(a.id != b.id for b in loads):
                     loads.append(a)
+        for v in targets:  # a reduction may read an operand from outside directly
+            if v.id not in self.ids and all(v.id != b.id for b in loads):
+                loads.append(v)
         used = {a.id for n in nodes for a in n.inputs} | {v.id for v in targets}
         reads = [vid for vid in self._cached if vid in used]
         return {"loads": loads, "reads": reads, "nodes": nodes, "writes": self._keep_for_later(nodes, later)}
@@ -295,13 +301,16 @@ class ReductionSource:
         decl, update, combine = [], [], []
         for r in reductions:
             kind = _COMBINES[packet_name(r.target)]
-            if kind not in ("sum", "max", "min") or r.args[0].type.dtype != torch.float32:
+            if kind not in ("sum", "max", "min") or self._operand_of(r).type.dtype != torch.float32:
                 return None
             if kind != "sum" and r.outputs[0].type.dtype != torch.float32:
                 return None
             acc = f"acc{self.local[r.outputs[0].id]}"
             decl.append(f"tw_v{kind} v{acc};")
-            update.append(f"v{acc}.add({self.local[r.args[0].id]});")
+            if r.outputs[0].id in self.deviations:
+                update.append(f"v{acc}.add_squared_deviation({self.local[self._operand_of(r).id]}, {self._mean_code(r)});")
+            else:
+                update.append(f"v{acc}.add({self.local[r.args[0].id]});")
             combine += ([f"{acc} += v{acc}.total();"] if kind == "sum"
                         else [f"{acc} = v{acc}.value();", f"nan{acc} |= v{acc}.nan();"])
         return decl, update, combine
@@ -329,13 +338,24 @@ class ReductionSource:
                 body.append(f"{acc} = {x} {op} {acc} ? (decltype({acc})){x} : {acc};")
                 if r.args[0].type.dtype.is_floating_point:
                     body.append(f"nan{acc} = nan{acc} | ({x} != {x});")
+            elif r.outputs[0].id in self.deviations:
+                a = self.local[self._operand_of(r).id]
+                body.append(f"{acc} += ((double){a} - {self._mean_code(r)}) * ((double){a} - {self._mean_code(r)});")
             else:
                 body.append({"sum": f"{acc} += {x};", "or": f"{acc} = {acc} || ({x} != 0);",
                              "and": f"{acc} = {acc} && ({x} != 0);"}[combine])
         return body
 
+    def _operand_of(self, r: Node) -> Value:
+        """What reduction ``r`` reads in its pass (a deviation sum reads ``a``, not ``(a - m)^2``)."""
+        return self.deviations[r.outputs[0].id][0] if r.outputs[0].id in self.deviations else r.args[0]
+
+    def _mean_code(self, r: Node) -> str:
+        total = self.deviations[r.outputs[0].id][1]
+        return f"(acc{self.local[total.outputs[0].id]} / (double)INT64_C({self.count}))"
+
     def _reduction_pass(self, reductions: list[Node], later: list[Value]) -> list[str]:
-        parts = self._parts([r.args[0] for r in reductions], later)
+        parts = self._parts([self._operand_of(r) for r in reductions], later)
         scalar = self._scalar_lines(parts) + self._reduce_lines(reductions)
         return self._loops(scalar, self._vector_lines(parts), self._simd_clause(reductions),
                            self._vector_accumulation(reductions))
@@ -401,7 +421,8 @@ class ReductionSource:
         element_outputs = [v for v in self.outputs if self.space[v.id] == "element"]
         for level in range(1, max_level + 1):
             reds = [r for r in self.reductions if self.level[r.outputs[0].id] == level]
-            later = [r.args[0] for r in self.reductions if self.level[r.outputs[0].id] > level] + element_outputs
+            later = [self._operand_of(r) for r in self.reductions if self.level[r.outputs[0].id] > level]
+            later += element_outputs
             for r in reds:
                 lines += self._accumulator(r)
             lines += self._reduction_pass(reds, later)
