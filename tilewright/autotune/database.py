@@ -32,8 +32,9 @@ from typing import Any, Callable, Iterable, Mapping
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from ..schedule.device import (CUDA_LABEL, INTERPRETER_LABEL, REPLAY_LABEL, SOURCE_CUDA, SOURCE_INTERPRETER,
-                     SOURCE_REPLAY, SOURCE_UNKNOWN, TIMING_SOURCES, source_name, trusted_source)
+from ..schedule.device import (CPU_CAPABILITY_PREFIX, CUDA_LABEL, INTERPRETER_LABEL, REPLAY_LABEL, SOURCE_CUDA,
+                               SOURCE_INTERPRETER, SOURCE_REPLAY, SOURCE_UNKNOWN, TIMING_SOURCES, source_name,
+                               trusted_source)
 from ..schedule.problem import KernelProblem
 from ..schedule.space import Config, ScheduleSpace, config_hash
 # The tables, records and row helpers live in .schema; they are importable from here as before.
@@ -350,7 +351,9 @@ class TuningDatabase:
                 log.warning("not importing entry %s: %s", rej.problem_key, rej.reason)
                 rejected.append(rej)
                 continue
-            trusted = trusted_source({"is_gpu": values["capability"] != "none"})
+            capability = str(values["capability"])
+            is_gpu = capability != "none" and not capability.startswith(CPU_CAPABILITY_PREFIX)
+            trusted = trusted_source({"is_gpu": is_gpu, "capability": capability})
             if self._upsert(values, force, trusted):
                 imported += 1
         return imported, rejected

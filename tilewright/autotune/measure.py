@@ -7,6 +7,9 @@ never raise for a bad config. Three kinds:
 * :class:`CudaMeasurer`: compiles candidates in parallel worker processes (with a timeout),
   then times on the GPU with CUDA events: warm-up, L2 flush before every repeat, fresh inputs,
   the median of repeats; leaders are re-measured interleaved (:meth:`Measurer.remeasure`).
+* :class:`CpuMeasurer`: wall-clock time of the native CPU target's kernels: warm-up, samples of
+  many launches each (so one sample is long against the clock and scheduler noise), optional
+  cold caches, a re-measure when the spread says the run was disturbed.
 * :class:`InterpreterMeasurer`: wall-clock time of the Triton CPU interpreter, labelled so.
 * :class:`ReplayMeasurer`: answers from a recorded ``{config_hash: seconds | error}`` table
   (tests and the replay benchmark).
@@ -26,14 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..schedule.device import (CUDA_LABEL, INTERPRETER_LABEL, REPLAY_LABEL, SOURCE_CUDA, SOURCE_INTERPRETER,
-                     SOURCE_REPLAY, device_info)
+from ..schedule.device import (CPU_LABEL, CUDA_LABEL, INTERPRETER_LABEL, REPLAY_LABEL, SOURCE_CPU, SOURCE_CUDA,
+                               SOURCE_INTERPRETER, SOURCE_REPLAY, device_info)
 from ..schedule.problem import TunableKernel
 from ..schedule.space import Config, config_hash
 
 log = logging.getLogger(__name__)
 
-__all__ = ["REPLAY_LABEL", "MeasureResult", "Measurer", "CudaMeasurer", "InterpreterMeasurer",
+__all__ = ["REPLAY_LABEL", "MeasureResult", "Measurer", "CudaMeasurer", "CpuMeasurer", "InterpreterMeasurer",
            "ReplayMeasurer", "CompilePool", "precompile", "load_record"]
 
 
@@ -317,6 +320,92 @@ class CudaMeasurer(Measurer):
             ends[i].record()
         torch.cuda.synchronize(self.device)
         return [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Native CPU kernels
+# ---------------------------------------------------------------------------------------------
+
+class CpuMeasurer(Measurer):
+    """Wall-clock timing of the native CPU target's kernels on this machine.
+
+    Each config: its launcher on one set of inputs, ``warmup`` launches, then ``repeats``
+    samples; a sample times as many back-to-back launches as fill ``sample_s`` (a single launch
+    when ``cold_cache``: a buffer twice the last-level cache is written before it, so the
+    kernel's operands come from memory). When the samples' spread — (p80 − p20) / median — is
+    above ``max_spread`` (another process took the cores), the config is sampled again, up to
+    ``retries`` times, and the calmest batch is kept. The threads a kernel uses are part of its
+    config, so a timing is that of the config as the runtime launches it.
+    """
+
+    label = CPU_LABEL
+    source = SOURCE_CPU
+
+    def __init__(self, *, repeats: int = 7, warmup: int = 2, sample_s: float = 2e-3, cold_cache: bool = False,
+                 max_spread: float = 0.15, retries: int = 2):
+        self.repeats = repeats
+        self.warmup = warmup
+        self.sample_s = sample_s
+        self.cold_cache = cold_cache
+        self.max_spread = max_spread
+        self.retries = retries
+        self._flush: Any = None
+
+    def device_info(self) -> dict[str, Any]:
+        """This CPU as the native target describes it (model, ISA digest, compiler)."""
+        from ..targets import native_cpu_target
+
+        return native_cpu_target().device_info()
+
+    def _flush_caches(self) -> None:
+        import torch
+
+        if self._flush is None:
+            from ..targets.cpu.toolchain import cpu_description
+
+            last_level = cpu_description().get("l3_bytes") or cpu_description().get("l2_bytes") or 32 << 20
+            self._flush = torch.empty(2 * int(last_level) // 4, dtype=torch.float32)
+        self._flush.fill_(1.0)
+
+    def _batch(self, launch: Any, inputs: Any, repeats: int, per_sample: int) -> list[float]:
+        times = []
+        for _ in range(repeats):
+            if self.cold_cache:
+                self._flush_caches()
+            start = time.perf_counter()
+            for _ in range(per_sample):
+                launch(inputs)
+            times.append((time.perf_counter() - start) / per_sample)
+        return times
+
+    def _time_one(self, kernel: TunableKernel, config: Config, repeats: int) -> list[float]:
+        launch = kernel.runner(config)
+        inputs = kernel.make_inputs("cpu")
+        for _ in range(self.warmup):
+            launch(inputs)
+        start = time.perf_counter()
+        launch(inputs)
+        once = max(time.perf_counter() - start, 1e-7)
+        per_sample = 1 if self.cold_cache else max(1, min(10_000, int(self.sample_s / once)))
+        best = self._batch(launch, inputs, repeats, per_sample)
+        for _ in range(self.retries):
+            if spread(best) <= self.max_spread:
+                break
+            again = self._batch(launch, inputs, repeats, per_sample)
+            log.debug("%s: disturbed run (spread %.2f), re-measured (spread %.2f)", kernel.name, spread(best),
+                      spread(again))
+            best = min(best, again, key=spread)
+        return best
+
+
+def spread(times: Sequence[float]) -> float:
+    """(p80 − p20) / median of ``times``: how much a batch of samples disagrees (0 for one sample)."""
+    if len(times) < 2:
+        return 0.0
+    ordered = sorted(times)
+    low, high = ordered[round(0.2 * (len(ordered) - 1))], ordered[round(0.8 * (len(ordered) - 1))]
+    median = statistics.median(ordered)
+    return (high - low) / median if median > 0 else 0.0
 
 
 # ---------------------------------------------------------------------------------------------

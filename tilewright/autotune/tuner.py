@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from .database import TuningDatabase
-from .measure import CudaMeasurer, InterpreterMeasurer, Measurer
+from .measure import CpuMeasurer, CudaMeasurer, InterpreterMeasurer, Measurer
 from ..schedule.problem import TunableKernel
 from .search import SearchResult, SearchSettings, create_study, rank_space, run_search, summarize
 from ..schedule.space import Config
@@ -79,10 +79,13 @@ def default_cost_model() -> Any:
     return RooflineModel()
 
 
-def default_measurer(device: str | None = None) -> Measurer:
-    """CUDA timing when a GPU is there, interpreter timing otherwise."""
+def default_measurer(device: str | None = None, kernel: TunableKernel | None = None) -> Measurer:
+    """CUDA timing when a GPU is there; on a CPU, wall-clock timing of native C++ kernels (``kernel``
+    is one, or ``device`` is "cpu-native"), else interpreter timing."""
     import torch
 
+    if device == "cpu-native" or (kernel is not None and kernel.problem.meta.get("target") == "cpu"):
+        return CpuMeasurer()
     if (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda"):
         return CudaMeasurer(device or "cuda")
     return InterpreterMeasurer()
@@ -117,7 +120,7 @@ def choose_config(kernel: TunableKernel, *, tune: bool | None = None, device: st
     """
     from ..config import config as tw_config
 
-    measurer = measurer or default_measurer(device)
+    measurer = measurer or default_measurer(device, kernel)
     info = measurer.device_info()
     if tune is None:
         tune = bool(tw_config.autotune)
@@ -206,7 +209,8 @@ def tune_kernels(kernels: list[TunableKernel], *, trials: int | None = None,
             (default ``config.tuning_url()``); the same URL resumes and shares work.
         workers: local processes searching each kernel's study together.
         sampler: "tpe", "cmaes" or "random".
-        measurer: default: CUDA timing on a GPU, interpreter timing on CPU.
+        measurer: default: CUDA timing on a GPU; on a CPU, wall-clock timing of native C++ kernels
+            (interpreter timing for Triton kernels).
         cost_model: instance, None, or "auto" (roofline when present).
         progress: show a rich progress bar per kernel (on stderr).
         patience: early stop after this many measured trials without improvement.
@@ -222,7 +226,7 @@ def tune_kernels(kernels: list[TunableKernel], *, trials: int | None = None,
     """
     from ..config import config as tw_config
 
-    measurer = measurer or default_measurer()
+    measurer = measurer or default_measurer(None, kernels[0] if kernels else None)
     model = default_cost_model() if cost_model == "auto" else cost_model
     if settings is None:
         settings = SearchSettings(sampler=sampler, trials=trials or tw_config.autotune_trials,

@@ -42,6 +42,9 @@ def register(subparsers: Any) -> None:
                         "stored as replayed and never used at compile time)")
     p.add_argument("--heartbeat", type=int, default=10,
                    help="seconds between trial heartbeats; a trial silent for 3x this is re-run")
+    p.add_argument("--target", dest="kernel_target", choices=("auto", "cpu", "interpreter"), default="auto",
+                   help="without a GPU: tune the model's native C++ kernels with real timings (cpu, the default "
+                        "when a C++ compiler is found) or its Triton kernels in the interpreter")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--plot", default=None, metavar="DIR", help="write best-so-far curves as PNG here")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -70,7 +73,15 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     if not torch.cuda.is_available() and not args.replay:
-        # NOTE: no GPU: build and run every kernel in Triton's interpreter (labelled timings).
+        # NOTE: no GPU: a model's kernels are the native CPU target's (real timings) unless
+        # --target interpreter; Triton kernels run in Triton's interpreter (labelled timings).
+        from ..targets import native_cpu_problem
+
+        problem = native_cpu_problem() if args.kernel_target != "interpreter" else "--target interpreter"
+        if args.kernel_target == "cpu" and problem is not None:
+            return fail(f"--target cpu: {problem}")
+        if problem is None:
+            config.target = "cpu"
         config.interpret = True
         if os.environ.get("TRITON_INTERPRET", "") in ("", "0"):
             os.environ["TRITON_INTERPRET"] = "1"
@@ -86,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if not kernels:
         return fail("the model has no tunable kernels", 1)
     if measurer is None:
-        measurer = default_measurer()
+        measurer = default_measurer(None, kernels[0])
     info = measurer.device_info()
     label = measurer.label if args.replay else info["timing_label"]
     if args.replay:

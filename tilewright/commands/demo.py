@@ -70,6 +70,20 @@ def _time_cpu(fns: dict[str, Callable[[], Any]], rounds: int = 7) -> dict[str, f
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def _cpu_timings(model: Any, inputs: tuple[Any, ...]) -> dict[str, float]:
+    """eager_ms, tilewright_ms and inductor_ms of ``model`` on the CPU, compiled first, timed interleaved."""
+    import torch
+
+    with torch.no_grad():
+        torch._dynamo.reset()
+        compiled = torch.compile(model, backend="tilewright")
+        inductor = torch.compile(copy.deepcopy(model))
+        compiled(*inputs), inductor(*inputs)  # compile both before timing
+        ms = _time_cpu({"eager": lambda: model(*inputs), "tilewright": lambda: compiled(*inputs),
+                        "inductor": lambda: inductor(*inputs)})
+    return {f"{k}_ms": v for k, v in ms.items()}
+
+
 def _time(fn: Callable[[], Any]) -> float:
     import torch
 
@@ -150,14 +164,7 @@ def run(args: argparse.Namespace) -> int:
                 entry["tilewright_ms"] = _time(lambda: compiled(*inputs))
                 entry["inductor_ms"] = _time(lambda: inductor(*inputs))
         elif native:
-            with torch.no_grad():
-                torch._dynamo.reset()
-                compiled = torch.compile(model, backend="tilewright")
-                inductor = torch.compile(copy.deepcopy(model))
-                compiled(*inputs), inductor(*inputs)  # compile both before timing
-                ms = _time_cpu({"eager": lambda: model(*inputs), "tilewright": lambda: compiled(*inputs),
-                                "inductor": lambda: inductor(*inputs)})
-            entry.update({f"{k}_ms": v for k, v in ms.items()})
+            entry.update(_cpu_timings(model, inputs))
         results.append(entry)
         if not args.json:
             print(f"\n== {name} ==")

@@ -6,6 +6,7 @@ the dict says so, so interpreter timings are never mistaken for GPU ones.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any
@@ -22,23 +23,49 @@ INTERPRETER_LABEL = "interpreter timings (Triton CPU interpreter, not GPU perfor
 CUDA_LABEL = "gpu timings (CUDA events)"
 #: How the label of every replayed timing starts (the file's source follows in brackets).
 REPLAY_LABEL = "replayed timings"
+#: The label attached to wall-clock timings of the native CPU target's kernels.
+CPU_LABEL = "cpu timings (wall clock, native C++ kernels)"
+#: How the capability field of a native CPU description starts (a digest of ISA flags and compiler follows).
+CPU_CAPABILITY_PREFIX = "cpu:"
 
 #: Timing sources: where a stored time came from (stored with every tuning entry).
 SOURCE_CUDA = "cuda"  #: CUDA events on the GPU named by the entry
 SOURCE_INTERPRETER = "interpreter"  #: wall clock of Triton's CPU interpreter
+SOURCE_CPU = "cpu"  #: wall clock of native C++ kernels on the CPU named by the entry
 SOURCE_REPLAY = "replay"  #: answered from a timing-record file; nothing was run
 SOURCE_UNKNOWN = ""  #: entries written before sources were recorded
-TIMING_SOURCES = (SOURCE_CUDA, SOURCE_INTERPRETER, SOURCE_REPLAY)
+TIMING_SOURCES = (SOURCE_CUDA, SOURCE_INTERPRETER, SOURCE_CPU, SOURCE_REPLAY)
 
 
 def trusted_source(device: dict[str, Any] | Any) -> str:
     """The one timing source compile time trusts for ``device`` (a device-info dict).
 
     A GPU's entries must have been timed with CUDA events (on that GPU: the device name and
-    capability are part of the key); the CPU interpreter's entries are interpreter timings.
-    Replayed timings and entries of unknown source are never trusted.
+    capability are part of the key); a native CPU's entries with the wall clock on that CPU (its
+    model is the name, a digest of its ISA flags and the compiler the capability); the CPU
+    interpreter's entries are interpreter timings. Replayed timings and entries of unknown
+    source are never trusted.
     """
-    return SOURCE_CUDA if device.get("is_gpu") else SOURCE_INTERPRETER
+    if device.get("is_gpu"):
+        return SOURCE_CUDA
+    return SOURCE_CPU if str(device.get("capability", "")).startswith(CPU_CAPABILITY_PREFIX) else SOURCE_INTERPRETER
+
+
+def native_cpu_info(description: dict[str, Any], compiler_version: str) -> dict[str, Any]:
+    """The device-info dict of a CPU running native C++ kernels (tuning keys and reports).
+
+    ``description`` is the OS's description of the CPU (model, isa, cores, cache sizes); the key
+    fields are the model (``name``) and ``capability`` = ``cpu:`` + a digest of the ISA flags
+    and the compiler version, so records never cross CPUs with other vector units or compilers.
+    """
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps([sorted(description.get("isa", [])), compiler_version,
+                                        description.get("machine", "")]).encode()).hexdigest()[:16]
+    return {**description, "name": str(description.get("model") or "cpu")[:128],
+            "capability": CPU_CAPABILITY_PREFIX + digest, "sm_count": int(description.get("cores") or 1),
+            "triton_version": "none", "is_gpu": False, "native": True, "compiler": compiler_version,
+            "timing_label": CPU_LABEL, "timing_source": SOURCE_CPU}
 
 
 def source_name(source: str | None) -> str:

@@ -31,6 +31,11 @@ def _cpu() -> Target:
     return CpuTarget()
 
 
+def native_cpu_target() -> Target:
+    """The native C++ CPU target (one instance per process)."""
+    return _cpu()
+
+
 def native_cpu_problem() -> str | None:
     """None when the native CPU target can build kernels here, else why not (no working C++ compiler)."""
     from .cpu.toolchain import NoCompilerError, find_compiler
@@ -71,4 +76,4 @@ def target_for(device: Any = None) -> Target:
     return _triton()
 
 
-__all__ = ["Target", "cpu_uses_triton", "native_cpu_problem", "target_for"]
+__all__ = ["Target", "cpu_uses_triton", "native_cpu_problem", "native_cpu_target", "target_for"]

@@ -103,12 +103,10 @@ class CpuTarget(Target):
 
     def device_info(self, device: Any = None) -> dict[str, Any]:
         """The CPU description tuning records are keyed by (model, ISA flags, compiler)."""
+        from ...schedule.device import native_cpu_info
         from .toolchain import cpu_description, find_compiler
 
-        info = dict(cpu_description())
-        compiler = find_compiler()
-        info.update({"name": info.get("model", "cpu"), "is_gpu": False, "compiler": compiler.version})
-        return info
+        return native_cpu_info(cpu_description(), find_compiler().version)
 
     def summary(self, device: Any = None) -> str:
         """C++, the compiler, its flags, the ISA extensions kernels may use and the CPU."""
