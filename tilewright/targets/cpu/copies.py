@@ -25,20 +25,35 @@ from .scalar_ops import CPP_TYPES, literal, storage_type, store_code
 COPY_OPS = ("aten.cat", "aten.slice_scatter", "aten.select_scatter", "aten.constant_pad_nd")
 
 
+def coalesce(shape: list[int], strides: list[list[int]]) -> tuple[list[int], list[list[int]]]:
+    """``shape`` with adjacent dims merged where every operand walks them as one (fewer, longer rows)."""
+    strides = [list(s) if len(s) == len(shape) else [0] * len(shape) for s in strides]
+    d = len(shape) - 2
+    while d >= 0:
+        if all(s[d] == s[d + 1] * shape[d + 1] for s in strides) or shape[d] == 1:
+            for s in strides:
+                s[d] = s[d + 1]
+                del s[d + 1]
+            shape[d] *= shape[d + 1]
+            del shape[d + 1]
+        d -= 1
+    return shape, strides
+
+
 def region_copy(dst: str, src: str | None, shape: Sequence[int], dstrides: Sequence[int],
                 sstrides: Sequence[int], fill: str = "0") -> str:
     """C++ copying ``src`` (or writing ``fill`` when None) into the region ``dst`` (pointer expressions).
 
     Runs inside the kernel function (``block`` and ``threads`` are its arguments).
     """
-    shape = list(shape) or [1]
-    dstrides, sstrides = list(dstrides) or [0], list(sstrides) or [0]
+    shape, (dstrides, sstrides) = coalesce(list(shape) or [1], [list(dstrides) or [0], list(sstrides) or [0]])
     if math.prod(shape) == 0:
         return "  // empty region\n"
     rank = len(shape)
     index = ["      int64_t rest = r;"]
     for d in range(rank - 2, -1, -1):
-        index.append(f"      const int64_t i{d} = rest % {shape[d]}; rest /= {shape[d]};")
+        index.append(f"      const int64_t i{d} = rest % {shape[d]}; rest /= {shape[d]};" if d else
+                     "      const int64_t i0 = rest; rest = 0;")  # the outermost needs no modulo
     index.append("      (void)rest;")
 
     def lin(strides: Sequence[int]) -> str:
@@ -52,8 +67,8 @@ def region_copy(dst: str, src: str | None, shape: Sequence[int], dstrides: Seque
     const int64_t tasks = INT64_C({math.prod(shape[:-1])}) * blocks;
     #pragma omp parallel for num_threads(threads) schedule(static) if(threads > 1)
     for (int64_t task = 0; task < tasks; ++task) {{
-      const int64_t r = task / blocks;
-      const int64_t j0 = (task % blocks) * block;
+      const int64_t r = blocks == 1 ? task : task / blocks;
+      const int64_t j0 = blocks == 1 ? 0 : (task % blocks) * block;
       const int64_t j1 = j0 + block < length ? j0 + block : length;
 {chr(10).join(index)}
 {src_base}      const int64_t db = {lin(dstrides)};

@@ -274,7 +274,8 @@ class GatherSource:
             casts.append(f"  const {it}* x{k} = (const {it}*)p_in{pos};")
         row = ["    int64_t rest = r;"]
         for d in range(rank - 2, -1, -1):
-            row.append(f"    const int64_t i{d} = rest % {self.shape[d]}; rest /= {self.shape[d]};")
+            row.append(f"    const int64_t i{d} = rest % {self.shape[d]}; rest /= {self.shape[d]};" if d else
+                       "    const int64_t i0 = rest; rest = 0;")  # the outermost needs no modulo
         row.append("    (void)rest;")
 
         def lin(strides: Sequence[int]) -> str:
@@ -324,8 +325,8 @@ class GatherSource:
   int64_t status = 0;
   #pragma omp parallel for num_threads(threads) schedule(static) if(threads > 1) reduction(|:status)
   for (int64_t task = 0; task < tasks; ++task) {{
-    const int64_t r = task / blocks;
-    const int64_t j0 = (task % blocks) * block;
+    const int64_t r = blocks == 1 ? task : task / blocks;
+    const int64_t j0 = blocks == 1 ? 0 : (task % blocks) * block;
     const int64_t j1 = j0 + block < length ? j0 + block : length;
 {chr(10).join(row)}
     int bad = 0;
