@@ -25,6 +25,9 @@ from dataclasses import dataclass
 
 #: the micro-kernels' vector length (floats)
 VECTOR = 16
+#: the register tile: rows x vectors of 16 columns (4 x 4: 16 accumulators, 4 loads and 4
+#: broadcasts per 16 FMAs; 6 x 4 and 8 x 2 measured no faster here)
+TILE_ROWS, TILE_VECTORS = 4, 4
 
 
 @dataclass(frozen=True)
@@ -77,13 +80,13 @@ static const float TW_NEG_INF = -std::numeric_limits<float>::infinity();
 """
 
 _MICROKERNELS = r"""
-// One 4-row register tile of C = A·B over NV vectors of 16 columns: C[r][j] (+)= sum_k A[r*ars + k*acs] * B[k*ldb + j].
-template <int NV, bool ACC>
+// One R-row register tile of C = A·B over NV vectors of 16 columns: C[r][j] (+)= sum_k A[r*ars + k*acs] * B[k*ldb + j].
+template <int R, int NV, bool ACC>
 static inline void tw_tile(const float* A, int64_t ars, int64_t acs, const float* B, int64_t ldb, float* C,
                            int64_t ldc, int64_t K) {
-  tw_v16 acc[4][NV];
-#pragma GCC unroll 4
-  for (int r = 0; r < 4; ++r)
+  tw_v16 acc[R][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[r][v] = ACC ? tw_vld(C + r * ldc + 16 * v) : tw_v16{};
 #pragma GCC unroll 2
@@ -92,31 +95,37 @@ static inline void tw_tile(const float* A, int64_t ars, int64_t acs, const float
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) b[v] = tw_vld(B + k * ldb + 16 * v);
     const float* ak = A + k * acs;
-#pragma GCC unroll 4
-    for (int r = 0; r < 4; ++r) {
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
       const float x = ak[r * ars];
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[r][v] += x * b[v];
     }
   }
-#pragma GCC unroll 4
-  for (int r = 0; r < 4; ++r)
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) tw_vst(C + r * ldc + 16 * v, acc[r][v]);
+}
+
+// Rows [i, i + R) of C over every column block (64, then 32 and 16 wide).
+template <int R, bool ACC>
+static inline void tw_row_panel(const float* a, int64_t ars, int64_t acs, const float* B, int64_t ldb, float* c,
+                                int64_t ldc, int64_t cols, int64_t K) {
+  int64_t j = 0;
+  for (; j + 16 * TW_NV <= cols; j += 16 * TW_NV) tw_tile<R, TW_NV, ACC>(a, ars, acs, B + j, ldb, c + j, ldc, K);
+  for (; j + 32 <= cols; j += 32) tw_tile<R, 2, ACC>(a, ars, acs, B + j, ldb, c + j, ldc, K);
+  if (j + 16 <= cols) tw_tile<R, 1, ACC>(a, ars, acs, B + j, ldb, c + j, ldc, K);
 }
 
 // C[i][j] (+)= sum_k A[i*ars + k*acs] * B[k*ldb + j] for i < rows (a multiple of 4), j < cols (of 16), k < K
 template <bool ACC>
 static inline void tw_gemm(const float* A, int64_t ars, int64_t acs, const float* B, int64_t ldb, float* C,
                            int64_t ldc, int64_t rows, int64_t cols, int64_t K) {
-  for (int64_t i = 0; i < rows; i += 4) {
-    const float* a = A + i * ars;
-    float* c = C + i * ldc;
-    int64_t j = 0;
-    for (; j + 64 <= cols; j += 64) tw_tile<4, ACC>(a, ars, acs, B + j, ldb, c + j, ldc, K);
-    if (j + 32 <= cols) { tw_tile<2, ACC>(a, ars, acs, B + j, ldb, c + j, ldc, K); j += 32; }
-    if (j + 16 <= cols) tw_tile<1, ACC>(a, ars, acs, B + j, ldb, c + j, ldc, K);
-  }
+  int64_t i = 0;
+  for (; i + TW_R <= rows; i += TW_R) tw_row_panel<TW_R, ACC>(A + i * ars, ars, acs, B, ldb, C + i * ldc, ldc, cols, K);
+  for (; i + 4 <= rows; i += 4) tw_row_panel<4, ACC>(A + i * ars, ars, acs, B, ldb, C + i * ldc, ldc, cols, K);
+  if (i < rows) tw_row_panel<2, ACC>(A + i * ars, ars, acs, B, ldb, C + i * ldc, ldc, cols, K);
 }
 
 // C[i][j] = sum_d A[i*lda + d] * B[d*ldb + j] (B: a transposed, packed key block)
@@ -129,6 +138,33 @@ static inline void tw_gemm_nt(const float* A, int64_t lda, const float* B, int64
 static inline void tw_gemm_acc(const float* A, int64_t ars, int64_t acs, const float* B, int64_t ldb, float* C,
                                int64_t ldc, int64_t rows, int64_t cols, int64_t K) {
   tw_gemm<true>(A, ars, acs, B, ldb, C, ldc, rows, cols, K);
+}
+
+typedef int32_t tw_i16 __attribute__((vector_size(64)));
+
+// tw_exp_neg on 16 lanes (vector extensions: rounding by the 1.5 * 2^23 trick, 2^n from the exponent bits)
+static inline tw_v16 tw_vexp_neg(tw_v16 x) {
+  const tw_i16 under = x < -87.0f;
+  const tw_v16 zero = {};
+  const tw_v16 xc = under ? zero : x;
+  const tw_v16 n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  tw_v16 r = xc - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  tw_v16 p = r * 1.9875691500E-4f + 1.3981999507E-3f;
+  p = p * r + 8.3334519073E-3f;
+  p = p * r + 4.1665795894E-2f;
+  p = p * r + 1.6666665459E-1f;
+  p = p * r + 5.0000001201E-1f;
+  p = p * r * r + r + 1.0f;
+  const tw_i16 bits = (__builtin_convertvector(n, tw_i16) + 127) << 23;
+  const tw_v16 result = p * (tw_v16)bits;
+  return under ? zero : result;
+}
+
+static inline float tw_hsum(tw_v16 v) {
+  float s = 0.0f;
+  for (int k = 0; k < 16; ++k) s += v[k];
+  return s;
 }
 
 // exp(x) for x <= 0 (scores minus their running max): one range reduction and polynomial, no
@@ -242,5 +278,6 @@ def attention_source(variant: AttentionVariant) -> str:
         f"#define TW_D {variant.head_dim}", f"#define TW_DP {padded_head_dim(variant.head_dim)}",
         f"#define TW_BF16 {int(variant.dtype == 'bfloat16')}", f"#define TW_CAUSAL {int(variant.causal)}",
         f"#define TW_BIAS {int(variant.bias is not None)}", f"#define TW_BIAS_BF16 {int(variant.bias == 'bfloat16')}",
-        f"#define TW_MASK {int(variant.mask)}"])
+        f"#define TW_MASK {int(variant.mask)}",
+        f"#define TW_R {TILE_ROWS}", f"#define TW_NV {TILE_VECTORS}"])
     return f"{defines}\n{_HEADER}\n{_MICROKERNELS}\n{_SHARED}\n{FORWARD}\n{BACKWARD}"

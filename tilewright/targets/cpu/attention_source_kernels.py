@@ -25,10 +25,13 @@ static inline void tw_softmax_update(float* s, int64_t bn, float& m, float& l, f
     return;
   }
   const float alpha = tw_exp(m - mnew);
-  float sum = 0.0f;
-#pragma omp simd reduction(+:sum)
-  for (int64_t j = 0; j < bn; ++j) { const float p = tw_exp_neg(s[j] - mnew); s[j] = p; sum += p; }
-  l = l * alpha + sum;
+  tw_v16 sv = {};
+  for (int64_t j = 0; j < bn; j += 16) {
+    const tw_v16 p = tw_vexp_neg(tw_vld(s + j) - mnew);
+    tw_vst(s + j, p);
+    sv += p;
+  }
+  l = l * alpha + tw_hsum(sv);
   m = mnew;
   if (alpha != 1.0f) {
 #pragma omp simd
@@ -93,8 +96,7 @@ static inline void tw_probs(float* S, int64_t rows, int64_t bn, const float* lse
     float* s = S + r * bn;
     const float mr = lse[r];
     if (mr == TW_NEG_INF) { for (int64_t j = 0; j < bn; ++j) s[j] = 0.0f; continue; }
-#pragma omp simd
-    for (int64_t j = 0; j < bn; ++j) s[j] = tw_exp_neg(s[j] - mr);
+    for (int64_t j = 0; j < bn; j += 16) tw_vst(s + j, tw_vexp_neg(tw_vld(s + j) - mr));
   }
 }
 
