@@ -7,6 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tilewright.errors import StrictModeError
+
 from .helpers import run_compiled
 
 pytestmark = pytest.mark.usefixtures("cpu_target")
@@ -76,22 +78,29 @@ def test_large_gather_runs_threaded_and_matches() -> None:
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("case", ["embedding", "index", "gather"])
-def test_out_of_range_index_raises_like_eager_and_keeps_the_kernel(case: str) -> None:
+def _lookups(x: torch.Tensor, e: torch.Tensor, i: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    y = x * 2
+    return torch.nn.functional.embedding(e, y), y[i], torch.gather(y, 0, g.reshape(-1, 1).expand(-1, 5))
+
+
+def test_out_of_range_index_raises_like_eager_and_keeps_the_kernels() -> None:
     torch.manual_seed(3)
     x = torch.randn(6, 5)
-    fns = {"embedding": lambda x, i: torch.nn.functional.embedding(i, x * 2),
-           "index": lambda x, i: (x * 2)[i],
-           "gather": lambda x, i: torch.gather(x * 2, 0, i.reshape(-1, 1).expand(-1, 5))}
-    fn = torch.compile(fns[case], backend="tilewright")
+    fn = torch.compile(_lookups, backend="tilewright")
     good = torch.tensor([0, 5, 3, 5])
-    assert torch.equal(fn(x, good), fns[case](x, good))
-    for bad in (torch.tensor([0, 6, 1, 2]), torch.tensor([0, -7 if case == "index" else -1, 1, 2])):
-        with pytest.raises((IndexError, RuntimeError), match="out of"):
-            fns[case](x, bad)  # eager's own error ...
-        with pytest.raises((IndexError, RuntimeError), match="out of"):
-            fn(x, bad)  # ... is what the compiled graph raises
-    assert torch.equal(fn(x, good), fns[case](x, good))  # the kernel is still in use (strict mode is on)
+    for got, want in zip(fn(x, good, good, good), _lookups(x, good, good, good)):
+        assert torch.equal(got, want)
+    for position in range(3):
+        for bad in (torch.tensor([0, 6, 1, 2]), torch.tensor([0, -7 if position == 1 else -1, 1, 2])):
+            args = [good, good, good]
+            args[position] = bad
+            with pytest.raises((IndexError, RuntimeError), match="out of"):
+                _lookups(x, *args)  # eager's own error ...
+            with pytest.raises((IndexError, RuntimeError), match="out of") as raised:
+                fn(x, *args)  # ... is what the compiled graph raises
+            assert not isinstance(raised.value, StrictModeError), raised.value  # not a kernel fallback
+    for got, want in zip(fn(x, good, good, good), _lookups(x, good, good, good)):  # still the kernels (strict)
+        assert torch.equal(got, want)
     torch._dynamo.reset()
 
 
