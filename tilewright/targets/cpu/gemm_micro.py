@@ -133,9 +133,10 @@ def default_blocks(m: int, n: int, k: int, nb: int, dtype: torch.dtype,
     def tasks() -> int:
         return nb * (-(-m // mc)) * (-(-n // nc))
 
-    # every thread gets a block, and blocks divide evenly over threads (or there are enough to balance)
+    # every thread gets a block, and blocks divide evenly over threads (or there are enough to balance);
+    # M is split first: B is packed once for all blocks, but every N block packs its A rows again
     while (tasks() < threads or (tasks() % threads and tasks() < 4 * threads)) and (mc > mr or nc > nr):
-        if (-(-m // mc) * mc >= -(-n // nc) * nc and mc > mr) or nc <= nr:
+        if mc > mr:
             mc = _split(m, max(mr, _round_up(mc // 2, mr)), mr)
         else:
             nc = _split(n, max(nr, _round_up(nc // 2, nr)), nr)
@@ -267,7 +268,10 @@ static void tw_micro(int64_t kc, const T* __restrict a, int64_t rsa, int64_t csa
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) __builtin_prefetch(c + i * ldc, 1, 3);  // the C tile, read after the loop
   for (int64_t k = 0; k < kc; ++k) {
+    if (PACKED) __builtin_prefetch(a + (k + 16) * MR, 0, 3);  // the A micro-panel streams from L2
     typename V::R bv[NV];
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) bv[v] = V::load(b + k * NR + v * W);
