@@ -176,3 +176,33 @@ def test_variance_of_large_mean_rows_matches_float64(offset: float) -> None:
     sums_of_squares = (x * x).mean(-1) - x.mean(-1) ** 2  # the one-pass formula in float32: cancels
     assert (sums_of_squares.double() - want[1]).abs().max() > 10 * (out[1].double() - want[1]).abs().max()
     assert all(k["status"] == "ran" for k in report.kernels)
+
+
+COLUMN_CASES: list[tuple[str, Callable[..., Any], Callable[[], tuple[torch.Tensor, ...]]]] = [
+    ("sum_mul", lambda x, y: (x * y).sum(0), lambda: (torch.randn(37, 45), torch.randn(37, 45))),
+    ("mean_3d_two_dims", lambda x: x.mean((0, 1)) * 2, lambda: (torch.randn(3, 13, 50),)),
+    ("max_min_nan_inf", lambda x: x.amax(0) - x.amin(0), lambda: (_with_specials(torch.randn(29, 40)),)),
+    ("broadcast_row_operand", lambda x, w: (x * w).sum(1), lambda: (torch.randn(4, 21, 33), torch.randn(33))),
+    ("keepdim_epilogue", lambda x: torch.sigmoid(x.sum(0, keepdim=True)) + 1, lambda: (torch.randn(17, 19),)),
+    ("int_any", lambda a: (a.sum(0), (a > 5).any(0)), lambda: (torch.randint(-9, 9, (11, 24)),)),
+    ("strided_falls_back_to_rows", lambda x: x.t().sum(0), lambda: (torch.randn(23, 40),)),
+]
+
+
+def _with_specials(x: torch.Tensor) -> torch.Tensor:
+    x[3, 5], x[7, 33], x[2, 39] = float("nan"), float("inf"), -float("inf")
+    return x
+
+
+@pytest.mark.parametrize("name,fn,make", COLUMN_CASES, ids=[c[0] for c in COLUMN_CASES])
+def test_column_reductions_match_float64(name: str, fn: Callable[..., Any],
+                                         make: Callable[[], tuple[torch.Tensor, ...]]) -> None:
+    """Reductions over outer dims (column blocks with one accumulator per column)."""
+    torch.manual_seed(5)
+    inputs = make()
+    out, report = run_compiled(fn, *inputs)
+    want = fn(*[t.double() if t.is_floating_point() else t for t in inputs])
+    for got, ref in zip(out if isinstance(out, tuple) else (out,), want if isinstance(want, tuple) else (want,)):
+        torch.testing.assert_close(got.double() if got.is_floating_point() else got,
+                                   ref, rtol=1e-5, atol=1e-5, equal_nan=True, check_dtype=False)
+    assert report.kernels and all(k["kind"] == "reduction" and k["status"] == "ran" for k in report.kernels)

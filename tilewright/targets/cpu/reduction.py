@@ -27,6 +27,7 @@ from .pointwise import (
     promoted_ctype,
     supported_node,
 )
+from .reduction_columns import ColumnReduction
 from .scalar_ops import (
     BODIES,
     CPP_TYPES,
@@ -68,7 +69,7 @@ def reduction_space(rows: int, cores: int) -> ScheduleSpace:
                          default={"threads": cores if rows >= 4 * cores else 1}, version=SPACE_VERSION)
 
 
-class ReductionSource:
+class ReductionSource(ColumnReduction):
     """The C++ function of one reduction group (``name`` is its C symbol)."""
 
     def __init__(self, name: str, nodes: list[Node], materialize: set[int]) -> None:
@@ -461,6 +462,11 @@ class ReductionSource:
         self._pending: dict[int, str] = {}
         self._slots_used: set[int] = set()
         self._scratch: list[str] = []
+        from .toolchain import cpu_description
+
+        block = self._column_block(int(cpu_description().get("cores") or 1))
+        if block is not None:
+            return self._column_function(block)
         params = [f"const void* p_in{i}" for i in range(len(self.inputs))]
         params += [f"void* p_out{i}" for i in range(len(self.outputs))]
         casts = pointer_casts(self.inputs, self.outputs)
