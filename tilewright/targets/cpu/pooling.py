@@ -120,12 +120,10 @@ class PoolSource:
         return "\n".join(lines)
 
     def _forward(self, x: Value, values: Value, indices: Value) -> str:
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.window
-        _, channels, height, width = self.shape_in
-        _, _, oh_n, ow_n = self.shape_out
+        (kh, _), (sh, _), (ph, _), (dh, _) = self.window
+        _, channels, height, _ = self.shape_in
+        oh_n = self.shape_out[2]
         xs, vs, js = _plane_strides(x), _plane_strides(values), _plane_strides(indices)
-        ct = CPP_TYPES[x.type.dtype]
-        load = load_code(x.type.dtype, f"{self._in(x)}[xb + ih * INT64_C({xs[2]}) + iw * INT64_C({xs[3]})]")
         return f"""extern "C" void {self.name}({self._params()}) {{
 {self._casts()}
   #pragma omp parallel for num_threads(threads) schedule(static) if(threads > 1)
@@ -138,24 +136,54 @@ class PoolSource:
     int64_t ih0 = oh * {sh} - {ph};
     const int64_t ih1 = ih0 + {(kh - 1) * dh + 1} < {height} ? ih0 + {(kh - 1) * dh + 1} : {height};
     while (ih0 < 0) ih0 += {dh};
-    for (int64_t ow = 0; ow < {ow_n}; ++ow) {{
+{self._columns(x, values, indices)}
+  }}
+}}
+"""
+
+    def _columns(self, x: Value, values: Value, indices: Value) -> str:
+        """The loops over one output row: the border columns (windows clipped by the padding) as a
+        scalar loop, the interior columns as one ``omp simd`` loop (no clipping: every lane scans the
+        same window shape, unrolled along the row)."""
+        (_, kw), (_, sw), (_, pw), (dh, dw) = self.window
+        width, ow_n = self.shape_in[3], self.shape_out[3]
+        xs, vs, js = _plane_strides(x), _plane_strides(values), _plane_strides(indices)
+        ct = CPP_TYPES[x.type.dtype]
+        lo = min(ow_n, -(-pw // sw))
+        hi = max(lo, min(ow_n, (width - 1 - (kw - 1) * dw + pw) // sw + 1))
+        store_v = f"out0[vb + ow * INT64_C({vs[3]})] = {store_code(values.type.dtype, 'm')};"
+        store_i = f"out1[jb + ow * INT64_C({js[3]})] = best;"
+        load = load_code(x.type.dtype, f"{self._in(x)}[xb + ih * INT64_C({xs[2]}) + iw * INT64_C({xs[3]})]")
+        clipped = f"""
       int64_t iw0 = ow * {sw} - {pw};
       const int64_t iw1 = iw0 + {(kw - 1) * dw + 1} < {width} ? iw0 + {(kw - 1) * dw + 1} : {width};
       while (iw0 < 0) iw0 += {dw};
       int64_t best = ih0 * {width} + iw0;
       {ct} m = -std::numeric_limits<{ct}>::infinity();
-      for (int64_t ih = ih0; ih < ih1; ih += {dh}) {{
+      for (int64_t ih = ih0; ih < ih1; ih += {dh})
         for (int64_t iw = iw0; iw < iw1; iw += {dw}) {{
           const {ct} v = {load};
           if (v > m || v != v) {{ m = v; best = ih * {width} + iw; }}
         }}
+      {store_v}
+      {store_i}"""
+        border = "".join(f"    for (int64_t ow = {a}; ow < {b}; ++ow) {{{clipped}\n    }}\n"
+                         for a, b in ((0, lo), (hi, ow_n)) if a < b)
+        taps = "\n".join(f"""        {{ const int64_t iw = iw0 + {kx * dw}; const {ct} v = {load};
+          const bool take = (v > m) | (v != v); m = take ? v : m; best = take ? ih * {width} + iw : best; }}"""
+                         for kx in range(kw))
+        interior = f"""    #pragma omp simd
+    for (int64_t ow = {lo}; ow < {hi}; ++ow) {{
+      const int64_t iw0 = ow * {sw} - {pw};
+      int64_t best = ih0 * {width} + iw0;
+      {ct} m = -std::numeric_limits<{ct}>::infinity();
+      for (int64_t ih = ih0; ih < ih1; ih += {dh}) {{
+{taps}
       }}
-      out0[vb + ow * INT64_C({vs[3]})] = {store_code(values.type.dtype, "m")};
-      out1[jb + ow * INT64_C({js[3]})] = best;
-    }}
-  }}
-}}
-"""
+      {store_v}
+      {store_i}
+    }}"""
+        return border + (interior if lo < hi else "")
 
     def _backward(self, grad: Value, indices: Value, out: Value) -> str:
         _, channels, height, width = self.shape_in
