@@ -7,38 +7,16 @@ convolutions, channels-last layer norms, layer scale).
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
 
 import tilewright
 
+from .model_zoo import more_models as _cases
+
 pytestmark = pytest.mark.slow
-
-
-def _cases() -> dict[str, tuple[Callable[[], torch.nn.Module], tuple[Any, ...], int]]:
-    import transformers as T
-
-    T.logging.set_verbosity_error()
-    ids = torch.randint(0, 99, (2, 9))
-    return {
-        "t5": (lambda: T.T5EncoderModel(T.T5Config(vocab_size=99, d_model=32, d_kv=8, d_ff=37, num_layers=1,
-                                                   num_heads=4, dropout_rate=0.0)), (ids,), 1),
-        "mistral": (lambda: T.MistralModel(T.MistralConfig(vocab_size=99, hidden_size=32, intermediate_size=40,
-                                                           num_hidden_layers=1, num_attention_heads=4,
-                                                           num_key_value_heads=2)), (ids,), 1),
-        "distilbert": (lambda: T.DistilBertModel(T.DistilBertConfig(vocab_size=99, dim=32, hidden_dim=37, n_layers=1,
-                                                                    n_heads=2, dropout=0.0, attention_dropout=0.0)),
-                       (ids,), 1),
-        "bart": (lambda: T.BartModel(T.BartConfig(vocab_size=99, d_model=32, encoder_layers=1, decoder_layers=1,
-                                                  encoder_attention_heads=2, decoder_attention_heads=2,
-                                                  encoder_ffn_dim=37, decoder_ffn_dim=37, dropout=0.0,
-                                                  max_position_embeddings=32)), (ids,), 3),
-        "convnext": (lambda: T.ConvNextModel(T.ConvNextConfig(num_stages=2, num_channels=3, hidden_sizes=[8, 16],
-                                                              depths=[1, 1], image_size=32)),
-                     (torch.randn(2, 3, 32, 32),), 0),
-    }
 
 
 def _main(out: Any) -> torch.Tensor:
