@@ -68,7 +68,7 @@ def _fill(group: Group, materialize: set[int], name: str) -> Kernel:
 
 def _scatter(group: Group, materialize: set[int], name: str) -> Kernel:
     source = ScatterSource(name, group.nodes[0])
-    space = scatter_space(source.destinations * max(1, source.numel // max(1, source.destinations)), _cores())
+    space = scatter_space(source.numel, source.destinations, _cores())
     return CheckedKernel(source, "scatter", space, source.numel, source.nbytes)
 
 

@@ -68,10 +68,11 @@ def supported_scatter(node: Node) -> str | None:
     return None
 
 
-def scatter_space(destinations: int, cores: int) -> ScheduleSpace:
-    """Threads, destination partitions per thread and the block of the trailing dims."""
+def scatter_space(numel: int, destinations: int, cores: int) -> ScheduleSpace:
+    """Threads, destination partitions per thread and the block of the trailing dims (one thread
+    for small scatters, or when there are fewer destinations than cores)."""
     threads = sorted({1, *(t for t in (2, 4, 8, 16, 32, 64) if t <= cores), cores})
-    default_threads = cores if destinations >= 4 * cores else 1
+    default_threads = cores if numel >= 32768 and destinations >= cores else 1
     return ScheduleSpace("scatter", {"threads": threads, "parts_per_thread": [1, 2, 4], "BLOCK": [64, 256, 1024, 4096]},
                          default={"threads": default_threads, "parts_per_thread": 1, "BLOCK": 1024},
                          version=SPACE_VERSION)
