@@ -103,6 +103,34 @@ def test_bfloat16_causal_gqa() -> None:
     _check(q, k, v, dout, torch.bfloat16, 3e-2, causal=True, offset=53 - 37)
 
 
+def test_dropout_forward_and_backward_share_one_keep_mask() -> None:
+    """With V = I (N = D) the output is the dropped probability matrix itself, so the kernel's
+    keep-mask can be read off it; the backward must use the same mask (float64 autograd with it)."""
+    B, H, HKV, M, N, p = 2, 4, 2, 37, 40, 0.3
+    q, k, _, dout = _inputs(B, H, HKV, M, N, N, seed=13)
+    v = torch.eye(N, dtype=torch.float64).expand(B, HKV, N, N)
+    seed = torch.tensor([1234], dtype=torch.int64)
+    q32, k32, v32, dout32 = (t.float() for t in (q, k, v, dout))
+    out, lse = cpu_attention_forward(q32, k32, v32, config=CONFIGS[2], dropout_p=p, seed=seed)
+    again, _ = cpu_attention_forward(q32, k32, v32, config=CONFIGS[1], dropout_p=p, seed=seed)
+    other, _ = cpu_attention_forward(q32, k32, v32, dropout_p=p, seed=seed + 1)
+    keep = out != 0
+    assert torch.equal(keep, again != 0) and (out - again).abs().max().item() < 1e-6  # same draws
+    assert not torch.equal(keep, other != 0)
+    assert abs(keep.double().mean().item() - (1 - p)) < 0.03
+    qr, kr, vr = (t.clone().requires_grad_() for t in (q, k, v))
+    probs = torch.softmax(qr @ kr.repeat_interleave(2, 1).transpose(-1, -2) * N ** -0.5, -1)
+    ref = (probs * keep / (1 - p)) @ vr.repeat_interleave(2, 1)
+    assert (out.double() - ref).abs().max().item() < 1e-5
+    assert (lse.double() - torch.logsumexp(qr @ kr.repeat_interleave(2, 1).transpose(-1, -2) * N ** -0.5, -1)
+            ).abs().max().item() < 1e-5
+    want = torch.autograd.grad(ref, (qr, kr, vr), dout)
+    for config in CONFIGS[1:3]:
+        got = cpu_attention_backward(dout32, q32, k32, v32, out, lse, config=config, dropout_p=p, seed=seed)
+        for g, w in zip(got[:3], want):
+            assert (g.double() - w).abs().max().item() <= 2e-5 * (1.0 + w.abs().max().item())
+
+
 def test_schedule_space_defaults_are_feasible() -> None:
     for head_dim in (40, 64, 80, 128):
         for backward in (False, True):

@@ -7,9 +7,11 @@ target's lowering of them: a :class:`CpuAttentionCall` running the kernels of
 reference as the fallback, and a :class:`CpuAttentionKernel` the tuner searches
 (``BLOCK_M``, ``BLOCK_N``, ``threads``; defaults from the L1/L2 sizes and core count).
 
-Not handled (the node stays the op's reference, reported as such): dropout (the kernels have no
-random stream matching the reference's keep-mask), dtypes other than float32/bfloat16, q/k/v of
-different dtypes, head dims above 256.
+Dropout draws its keep-mask from a hash of (seed, score index) in both the forward and the
+backward kernels: the same distribution as the reference, not the same draws, so once a dropout
+kernel fails every later dropout call runs the reference (forward and backward must agree).
+Not handled (the node stays the op's reference, reported as such): dtypes other than
+float32/bfloat16, q/k/v of different dtypes, head dims above 256.
 """
 from __future__ import annotations
 
@@ -41,6 +43,8 @@ MAX_HEAD_DIM = 256
 _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
 
 _libraries: dict[AttentionVariant, ctypes.CDLL] = {}
+#: set once a dropout attention kernel failed: later dropout calls run the reference
+_dropout_on_reference = False
 _lock = threading.Lock()
 
 
@@ -61,9 +65,9 @@ def attention_library(variant: AttentionVariant) -> ctypes.CDLL:
         raise BuildError(f"CPU attention kernels for {variant.tag} do not build: {exc}") from exc
     ptr = ctypes.c_void_p
     lib.tw_attn_fwd.restype = None
-    lib.tw_attn_fwd.argtypes = [ptr] * 7 + [ptr, ptr, ctypes.c_double]
+    lib.tw_attn_fwd.argtypes = [ptr] * 7 + [ptr, ptr, ctypes.c_double, ctypes.c_double]
     lib.tw_attn_bwd.restype = None
-    lib.tw_attn_bwd.argtypes = [ptr] * 12 + [ptr, ptr, ctypes.c_double]
+    lib.tw_attn_bwd.argtypes = [ptr] * 12 + [ptr, ptr, ctypes.c_double, ctypes.c_double]
     with _lock:
         _libraries[variant] = lib
     return lib
@@ -153,8 +157,8 @@ def unsupported_reason(q_dtype: torch.dtype, k_dtype: torch.dtype, v_dtype: torc
                        bias_dtype: torch.dtype | None, mask_dtype: torch.dtype | None, dropout_p: float,
                        q_rank: int = 4) -> str | None:
     """Why the CPU attention kernels cannot run a call with these properties (None when they can)."""
-    if dropout_p:
-        return "dropout (the C++ kernels have no random stream matching the op's keep-mask)"
+    if not 0.0 <= dropout_p < 1.0:
+        return f"dropout probability {dropout_p}"
     if q_rank != 4:
         return f"q of rank {q_rank} (needs [batch, heads, length, head_dim])"
     if q_dtype not in _DTYPES:
@@ -198,6 +202,15 @@ def prepared_bias(bias: torch.Tensor | None) -> torch.Tensor | None:
     return bias.float()
 
 
+def dropout_seed(dropout_p: float, seed: torch.Tensor | None) -> int:
+    """The kernels' dropout seed (0 without dropout); raises ValueError when dropout has no seed."""
+    if not dropout_p:
+        return 0
+    if seed is None:
+        raise ValueError("dropout needs a seed tensor")
+    return int(seed.reshape(-1)[0].item()) & 0x7FFFFFFFFFFFFFFF
+
+
 def _int64s(values: Sequence[int]) -> Any:
     return (ctypes.c_int64 * len(values))(*[int(x) for x in values])
 
@@ -207,10 +220,12 @@ def _int64s(values: Sequence[int]) -> Any:
 
 def cpu_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None,
                           mask: torch.Tensor | None = None, scale: float | None = None, causal: bool = False,
-                          causal_offset: int = 0, config: Mapping[str, Any] | None = None
+                          causal_offset: int = 0, config: Mapping[str, Any] | None = None,
+                          dropout_p: float = 0.0, seed: torch.Tensor | None = None
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused forward: ``out`` [B, Hq, M, D] (q's dtype, contiguous) and ``lse`` [B, Hq, M] float32."""
-    check_call(q, k, v, bias, mask, 0.0)
+    check_call(q, k, v, bias, mask, dropout_p)
+    seed_value = dropout_seed(dropout_p, seed)
     bias = prepared_bias(bias)
     B, H, M, D = (int(x) for x in q.shape)
     HKV, N = int(k.shape[1]), int(k.shape[2])
@@ -223,12 +238,12 @@ def cpu_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bia
         return out, lse.fill_(float("-inf"))
     full = (B, H, M, N)
     mask_arg = mask.view(torch.uint8) if mask is not None else None
-    dims = _int64s([B, H, HKV, M, N, causal_offset, cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["threads"]])
+    dims = _int64s([B, H, HKV, M, N, causal_offset, cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["threads"], 0, seed_value])
     strides = _int64s([*q.stride(), *k.stride(), *v.stride(), *strides4(bias, full), *strides4(mask, full),
                        *out.stride()])
     lib.tw_attn_fwd(q.data_ptr(), k.data_ptr(), v.data_ptr(), 0 if bias is None else bias.data_ptr(),
                     0 if mask_arg is None else mask_arg.data_ptr(), out.data_ptr(), lse.data_ptr(),
-                    dims, strides, scale)
+                    dims, strides, scale, float(dropout_p))
     return out, lse
 
 
@@ -253,15 +268,17 @@ class CpuAttentionCall:
         from ...ops.attention import backward_outputs
 
         if self.attention == "forward":
-            q, k, v, bias, mask, _seed, scale, causal, causal_offset, dropout_p = _bind(args, kwargs, 10)
-            check_call(q, k, v, bias, mask, float(dropout_p))
-            return cpu_attention_forward(q, k, v, bias, mask, scale, causal, causal_offset, self.config)
+            q, k, v, bias, mask, seed, scale, causal, causal_offset, dropout_p = _bind(args, kwargs, 10)
+            _check_dropout(float(dropout_p))
+            return cpu_attention_forward(q, k, v, bias, mask, scale, causal, causal_offset, self.config,
+                                         float(dropout_p), seed)
         from .attention_backward import cpu_attention_backward
 
-        dout, q, k, v, bias, mask, _seed, out, lse, scale, causal, offset, dropout_p, bias_grad = _bind(args, kwargs, 14)
-        check_call(q, k, v, bias, mask, float(dropout_p))
+        dout, q, k, v, bias, mask, seed, out, lse, scale, causal, offset, dropout_p, bias_grad = _bind(args, kwargs, 14)
+        _check_dropout(float(dropout_p))
         dq, dk, dv, db = cpu_attention_backward(dout, q, k, v, out, lse, bias, mask, scale, causal, offset,
-                                                bool(bias_grad) and bias is not None, self.config)
+                                                bool(bias_grad) and bias is not None, self.config,
+                                                float(dropout_p), seed)
         return backward_outputs(q, dq, dk, dv, db)
 
     def reference(self, *args: Any, **kwargs: Any) -> Any:
@@ -269,7 +286,16 @@ class CpuAttentionCall:
         return _reference(self.attention, args, kwargs)
 
     def on_kernel_failure(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """Nothing to remember: the kernels draw no random numbers."""
+        """A failed dropout kernel sends every later dropout call to the reference (its keep-masks differ)."""
+        global _dropout_on_reference
+        values = _bind(args, kwargs, 10 if self.attention == "forward" else 14)
+        if float(values[9 if self.attention == "forward" else 12] or 0.0) > 0.0:
+            _dropout_on_reference = True
+
+
+def _check_dropout(dropout_p: float) -> None:
+    if dropout_p > 0.0 and _dropout_on_reference:
+        raise RuntimeError("dropout attention runs its reference (an earlier dropout kernel fell back)")
 
 
 _NAMES = {10: ("q", "k", "v", "bias", "mask", "seed", "scale", "causal", "causal_offset", "dropout_p"),

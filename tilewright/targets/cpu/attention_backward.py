@@ -18,6 +18,7 @@ from .attention import (
     _int64s,
     attention_library,
     check_call,
+    dropout_seed,
     prepared_bias,
     strides4,
     variant_of,
@@ -28,14 +29,15 @@ def cpu_attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                            out: torch.Tensor, lse: torch.Tensor, bias: torch.Tensor | None = None,
                            mask: torch.Tensor | None = None, scale: float | None = None, causal: bool = False,
                            causal_offset: int = 0, bias_grad: bool = False,
-                           config: Mapping[str, Any] | None = None
-                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                           config: Mapping[str, Any] | None = None, dropout_p: float = 0.0,
+                           seed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Gradients (dq, dk, dv, dbias-or-None) of :func:`~.attention.cpu_attention_forward`.
 
     ``dbias`` (when ``bias_grad``) is dS summed over the dims where ``bias`` broadcasts; it needs
     a [B, Hq, M, N] float32 buffer, the only case where scores reach memory.
     """
-    check_call(q, k, v, bias, mask, 0.0)
+    check_call(q, k, v, bias, mask, dropout_p)
+    seed_value = dropout_seed(dropout_p, seed)
     original_bias = bias
     bias = prepared_bias(bias)
     B, H, M, D = (int(x) for x in q.shape)
@@ -58,13 +60,14 @@ def cpu_attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
         full = (B, H, M, N)
         mask_arg = mask.view(torch.uint8) if mask is not None else None
         dims = _int64s([B, H, HKV, M, N, causal_offset, cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["threads"],
-                        cfg["FUSED_DQ"]])
+                        cfg["FUSED_DQ"], seed_value])
         strides = _int64s([*q.stride(), *k.stride(), *v.stride(), *strides4(bias, full), *strides4(mask, full),
                            *dout.stride(), *dq.stride(), *dk.stride(), *dv.stride()])
         lib.tw_attn_bwd(dout.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(),
                         0 if bias is None else bias.data_ptr(), 0 if mask_arg is None else mask_arg.data_ptr(),
                         lse.data_ptr(), delta.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
-                        0 if ds is None else ds.data_ptr(), dims, strides, scale)
+                        0 if ds is None else ds.data_ptr(), dims, strides, scale,
+                        float(dropout_p))
     dbias = None
     if wants_db:
         assert ds is not None and original_bias is not None

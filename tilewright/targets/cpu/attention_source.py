@@ -190,10 +190,29 @@ static inline float tw_exp_neg(float x) {
 _SHARED = r"""
 struct tw_attn_args {
   int64_t B, H, HKV, M, N, group, causal_offset, bm, bn, threads;
-  float scale;
+  float scale, drop_p, drop_scale;  // dropout probability and 1 / (1 - p)
+  uint64_t seed;
   const int64_t* qs; const int64_t* ks; const int64_t* vs; const int64_t* bs; const int64_t* ms;
   const void* bias; const uint8_t* mask;
 };
+
+// Dropout's uniform draw for score (b*H + h = bh, query i, key j): a splitmix64 hash of the seed and
+// the score's index, so the forward and the backward draw the same keep-mask without storing it.
+static inline float tw_uniform(uint64_t seed, uint64_t index) {
+  uint64_t z = seed * 0x9E3779B97F4A7C15ull + index;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return (float)(z >> 40) * (1.0f / 16777216.0f);
+}
+
+// Row i of a tile of probabilities after dropout: kept ones scaled by 1 / (1 - p), the rest 0.
+static inline void tw_dropout_row(const tw_attn_args& a, int64_t bh, int64_t i, int64_t j0, int64_t cols, float* s) {
+  const uint64_t base = (uint64_t)((bh * a.M + i) * a.N + j0);
+#pragma omp simd
+  for (int64_t j = 0; j < cols; ++j)
+    s[j] = tw_uniform(a.seed, base + (uint64_t)j) >= a.drop_p ? s[j] * a.drop_scale : 0.0f;
+}
 
 // Pack rows [j0, j0 + bn) of one (batch, kv head) of x into float32: transposed [D][bn] (kt) and/or
 // row-major [bn][DP] (rows); rows past N and columns past D are zeros.

@@ -6,7 +6,11 @@ elements; broadcast dims of a bias or mask have stride 0), so one library serves
 from __future__ import annotations
 
 FORWARD = r"""
-static void tw_args(tw_attn_args& a, const int64_t* dims, double scale) {
+// dims: B, H, HKV, M, N, causal_offset, BLOCK_M, BLOCK_N, threads, FUSED_DQ, dropout seed
+static void tw_args(tw_attn_args& a, const int64_t* dims, double scale, double dropout_p) {
+  a.drop_p = (float)dropout_p;
+  a.drop_scale = dropout_p > 0.0 ? (float)(1.0 / (1.0 - dropout_p)) : 1.0f;
+  a.seed = (uint64_t)dims[10];
   a.B = dims[0]; a.H = dims[1]; a.HKV = dims[2]; a.M = dims[3]; a.N = dims[4]; a.causal_offset = dims[5];
   a.bm = dims[6]; a.bn = dims[7]; a.threads = dims[8] > 0 ? dims[8] : 1; a.group = a.H / a.HKV;
   a.scale = (float)scale;
@@ -40,8 +44,9 @@ static inline void tw_softmax_update(float* s, int64_t bn, float& m, float& l, f
 }
 
 extern "C" void tw_attn_fwd(const void* qp, const void* kp, const void* vp, const void* bias, const void* mask,
-                            void* outp, float* lse, const int64_t* dims, const int64_t* st, double scale) {
-  tw_attn_args a; tw_args(a, dims, scale);
+                            void* outp, float* lse, const int64_t* dims, const int64_t* st, double scale,
+                            double dropout_p) {
+  tw_attn_args a; tw_args(a, dims, scale, dropout_p);
   a.qs = st; a.ks = st + 4; a.vs = st + 8; a.bs = st + 12; a.ms = st + 16;
   const int64_t* os = st + 20;
   a.bias = bias; a.mask = (const uint8_t*)mask;
@@ -74,7 +79,10 @@ extern "C" void tw_attn_fwd(const void* qp, const void* kp, const void* vp, cons
         if (tw_tile_empty(a, b, h, i0, rows, j0, std::min(bn, a.N - j0))) continue;
         tw_gemm_nt(Q.data(), TW_DP, kt.data() + kv + j0 * TW_DP, bn, S.data(), bn, rows4, bn, TW_D);
         tw_finish_scores(a, b, h, i0, rows, j0, bn, S.data());
-        for (int64_t r = 0; r < rows; ++r) tw_softmax_update(S.data() + r * bn, bn, m[r], l[r], O.data() + r * TW_DP);
+        for (int64_t r = 0; r < rows; ++r) {
+          tw_softmax_update(S.data() + r * bn, bn, m[r], l[r], O.data() + r * TW_DP);
+          if (a.drop_p > 0.0f) tw_dropout_row(a, bh, i0 + r, j0, std::min(bn, a.N - j0), S.data() + r * bn);
+        }
         tw_gemm_acc(S.data(), bn, 1, vr.data() + kv + j0 * TW_DP, TW_DP, O.data(), TW_DP, rows4, TW_DP, bn);
       }
       for (int64_t r = 0; r < rows; ++r) {
@@ -97,6 +105,25 @@ static inline void tw_probs(float* S, int64_t rows, int64_t bn, const float* lse
     const float mr = lse[r];
     if (mr == TW_NEG_INF) { for (int64_t j = 0; j < bn; ++j) s[j] = 0.0f; continue; }
     for (int64_t j = 0; j < bn; j += 16) tw_vst(s + j, tw_vexp_neg(tw_vld(s + j) - mr));
+  }
+}
+
+// With dropout: dS = P * (keep ? dP / (1 - p) : 0 - delta), and P becomes the dropped P the dV product needs.
+static inline void tw_dscores_dropout(const tw_attn_args& a, int64_t bh, int64_t i0, int64_t j0, float* P, float* dP,
+                                      int64_t rows, const float* delta) {
+  const int64_t bn = a.bn, cols = std::min(bn, a.N - j0);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float dr = delta[r];
+    const uint64_t base = (uint64_t)((bh * a.M + i0 + r) * a.N + j0);
+    float* p = P + r * bn;
+    float* dp = dP + r * bn;
+#pragma omp simd
+    for (int64_t j = 0; j < cols; ++j) {
+      const bool keep = tw_uniform(a.seed, base + (uint64_t)j) >= a.drop_p;
+      dp[j] = p[j] * ((keep ? dp[j] * a.drop_scale : 0.0f) - dr);
+      p[j] = keep ? p[j] * a.drop_scale : 0.0f;
+    }
+    for (int64_t j = cols; j < bn; ++j) { dp[j] = 0.0f; p[j] = 0.0f; }
   }
 }
 
@@ -127,7 +154,10 @@ static void tw_bwd_tile(const tw_bwd_ctx& c, int64_t b, int64_t h, int64_t i0, i
   tw_finish_scores(a, b, h, i0, rows, j0, bn, S);
   tw_probs(S, rows, bn, c.lse + row);
   tw_gemm_nt(dO, TW_DP, c.vt + kv, bn, dP, bn, rows4, bn, TW_D);
-  tw_dscores(S, dP, rows, bn, c.delta + row);
+  if (a.drop_p > 0.0f)
+    tw_dscores_dropout(a, b * a.H + h, i0, j0, S, dP, rows, c.delta + row);
+  else
+    tw_dscores(S, dP, rows, bn, c.delta + row);
 }
 
 // Row i of dS into the bias-gradient buffer ds [B, H, M, N].
@@ -246,10 +276,10 @@ static void tw_bwd_dq(const tw_bwd_ctx& c, tw_t* dq, const int64_t* dqs, float* 
 // strides: q, k, v, bias, mask, dout, dq, dk, dv (4 each); ds: float32 [B, H, M, N] or null
 extern "C" void tw_attn_bwd(const void* doutp, const void* qp, const void* kp, const void* vp, const void* bias,
                             const void* mask, const float* lse, const float* delta, void* dq, void* dk, void* dv,
-                            float* ds, const int64_t* dims, const int64_t* st, double scale) {
+                            float* ds, const int64_t* dims, const int64_t* st, double scale, double dropout_p) {
   tw_bwd_ctx c;
   tw_attn_args& a = c.a;
-  tw_args(a, dims, scale);
+  tw_args(a, dims, scale, dropout_p);
   a.qs = st; a.ks = st + 4; a.vs = st + 8; a.bs = st + 12; a.ms = st + 16; c.dos = st + 20;
   a.bias = bias; a.mask = (const uint8_t*)mask;
   c.q = (const tw_t*)qp; c.dout = (const tw_t*)doutp; c.lse = lse; c.delta = delta;
