@@ -88,3 +88,15 @@ def test_autotune_command_tunes_a_model_on_the_cpu_target(tmp_path: Path, monkey
     assert out["ok"] and out["timing_source"] == SOURCE_CPU and out["device"]["capability"].startswith("cpu:")
     assert out["kernels"] and all(r["timing_source"] == SOURCE_CPU and r["stored"] for r in out["kernels"])
     assert len(TuningDatabase(url).entries()) == len(out["kernels"])
+
+
+def test_max_autotune_measures_cpu_kernels_before_their_graph_library_exists(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tilewright.config, "tuning_db_url", f"sqlite:///{tmp_path / 'tuning.db'}")
+    monkeypatch.setattr(tilewright.config, "autotune_trials", 2)
+    x, w = _inputs()
+    with collect() as report:
+        out = torch.compile(_softmax, backend="tilewright", mode="max-autotune")(x, w)
+    torch.testing.assert_close(out, _softmax(x, w))
+    assert [k["schedule_source"] for k in report.kernels] == ["tuned"]
+    assert [k["status"] for k in report.kernels] == ["ran"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -60,6 +60,21 @@ class CpuKernel(Kernel):
                                      cls.pointer_launcher is CpuKernel.pointer_launcher):
             return None
         return self.function, [int(s) for s in self.source.launch_args(self.config)]
+
+    def ensure_built(self) -> None:
+        """Build a library of this kernel alone when no graph library holds it yet (tuning at
+        compile time measures kernels before their graph's library is built)."""
+        if self.function is None:
+            from .build import build_library, load_library
+            from .scalar_ops import PRELUDE
+
+            self.bind(load_library(build_library(PRELUDE + "\n" + self.source.source, self.name)))
+
+    def runner(self, config: Config) -> Callable[[Sequence[Any]], None]:
+        """A launcher bound to ``config``; builds the kernel first when needed."""
+        self.space.validate(config)
+        self.ensure_built()
+        return lambda tensors: self.launch(tensors, config)
 
     def launch(self, tensors: Sequence[torch.Tensor], config: Config | None = None) -> None:
         """Call the C function on ``tensors`` (inputs then outputs)."""
