@@ -310,6 +310,22 @@ def test_index_put(accumulate: bool) -> None:
     assert any(k["kind"] == "scatter" for k in report.kernels)
 
 
+def test_deterministic_algorithms_keep_accumulating_scatters_out_of_atomics() -> None:
+    def fn(x: torch.Tensor, i: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten.index_put(x * 1.0, [i], v * 2, True) + 1
+
+    x, i, v = torch.randn(9, 5), torch.tensor([0, 3, 3, -1, 7, 3]), torch.randn(6, 5)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        out, report = compile_and_run(fn, x, i, v)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert_close(out, fn(x, i, v))
+    assert not any(k["kind"] == "scatter" for k in report.kernels)
+    assert any("deterministic" in f["reason"] for f in report.fallbacks), report.fallbacks
+
+
 def test_embedding_backward_runs_in_generated_kernels() -> None:
     emb = torch.nn.Embedding(11, 6)
     idx = torch.tensor([[1, 4, 4], [10, 1, 0]])

@@ -50,6 +50,11 @@ class ScatterKernel(Kernel):
             raise CodegenError("index_put with boolean or non-tensor indices is not generated")
         if accumulate and out.type.dtype not in _ATOMIC_DTYPES:
             raise CodegenError(f"accumulating index_put in {out.type.dtype} needs atomics tilewright does not emit")
+        if accumulate and torch.are_deterministic_algorithms_enabled():
+            # NOTE: atomic adds of duplicate indices land in any order (float sums then differ in
+            # the last bits run to run); ATen's accumulating index_put is deterministic under the flag
+            raise CodegenError("torch.use_deterministic_algorithms(True): the accumulating scatter's atomic adds "
+                               "are unordered, so ATen's deterministic index_put runs instead")
         first = used[0]
         bshape = tuple(torch.broadcast_shapes(*(indices[i].type.shape for i in used)))
         region = tuple(src.type.shape[:first]) + bshape + tuple(src.type.shape[first + len(used):])
