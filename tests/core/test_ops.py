@@ -537,3 +537,18 @@ def test_one_element_and_scalar_operand_cases(name: str) -> None:
     assert_close(out, fn(x, y))
     assert report.kernels, str(report)
     assert not [f for f in report.fallbacks if f["reason"].startswith("kernel failed")], str(report.fallbacks)
+
+
+def test_dropout_offsets_widen_past_two_to_the_31() -> None:
+    """Philox offsets of a dropout mask: int32 while every element index fits, int64 beyond (an
+    int32 offset would wrap and repeat the mask every 2**31 elements)."""
+    import inspect
+
+    from tilewright.targets.triton.attention import kernels
+    from tilewright.targets.triton.emit.special_ops import rng_offset_type
+
+    assert rng_offset_type(2**31 - 1) == "tl.int32"
+    assert rng_offset_type(2**31) == "tl.int64" and rng_offset_type(3 * 2**31) == "tl.int64"
+    source = inspect.getsource(kernels._dropout_keep.fn if hasattr(kernels._dropout_keep, "fn")
+                               else kernels._dropout_keep)
+    assert "pid_bh.to(tl.int64)" in source and "tl.int32" not in source.split("rng_offs =")[1].split("\n")[0]

@@ -51,8 +51,10 @@ def _score_tile(q, k_t, offs_m, offs_n, M, N, qk_scale, causal_offset,
 @triton_jit
 def _dropout_keep(seed, pid_bh, offs_m, offs_n, M, N, dropout_p):
     """Keep-mask of dropout for one tile, a pure function of (seed, batch*head, row, column)."""
-    # NOTE: int32 on purpose: the forward and both backward kernels must draw the same stream.
-    rng_offs = (pid_bh.to(tl.int32) * M + offs_m[:, None]) * N + offs_n[None, :]
+    # NOTE: every kernel draws through this one function, so forward and backward see the same
+    # stream; int64 so that batch*heads*M*N past 2**31 never repeats a draw (below it, Philox's
+    # high offset word is 0 and the stream equals the int32 one)
+    rng_offs = (pid_bh.to(tl.int64) * M + offs_m[:, None]) * N + offs_n[None, :]
     return tl.rand(seed, rng_offs) >= dropout_p
 
 

@@ -104,7 +104,8 @@ class SpecialOpsMixin:
         seed = self.value(seed_value, tuple(Const(0) for _ in seed_value.type.shape), guard)
         offset = lin(idx, out.type.shape)
         deps = offset.vars()
-        offsets = f"({offset.code()}).to(tl.int32)" if deps else f"tl.full([], {offset.code()}, tl.int32)"
+        itype = rng_offset_type(out.type.numel)
+        offsets = f"({offset.code()}).to({itype})" if deps else f"tl.full([], {offset.code()}, {itype})"
         return self._assign(f"tl.rand({seed.code}, {offsets}) >= {p!r}", torch.bool, deps | seed.deps)
 
     def _indexing(self, node: Node, out: Value, idx: tuple[Atom, ...],
@@ -362,3 +363,9 @@ class SpecialOpsMixin:
         for cond, expr in reversed(pieces[:-1]):
             result = f"tl.where({cond}, {cast_code(expr, cdt)}, {result})"
         return self._assign(result, cdt, deps)
+
+
+def rng_offset_type(numel: int) -> str:
+    """The Triton type of Philox offsets over ``numel`` elements: int32 while every index fits (the
+    same stream as int64 there: the high word is 0), int64 beyond, so no two elements share a draw."""
+    return "tl.int32" if numel <= 2**31 - 1 else "tl.int64"
