@@ -35,6 +35,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel compile processes")
     p.add_argument("--repeats", type=int, default=10, help="timed launches per config")
     p.add_argument("--device", default="cuda")
+    p.add_argument("--target", choices=("gpu", "cpu"), default="gpu",
+                   help="gpu: Triton kernels timed on CUDA; cpu: the native C++ target timed by wall clock")
+    p.add_argument("--suite-module", default="tests.models.model_zoo",
+                   help="module with a MODELS dict of model factories (CPU target)")
+    p.add_argument("--repeat-sample", type=int, default=24,
+                   help="configs measured again in a second process for the repeatability report (CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-suite", action="store_true", help="skip the model-suite kernels")
     p.add_argument("--dry-run", action="store_true", help="list what would be measured, measure nothing")
@@ -75,6 +81,8 @@ def _dry_run(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Collect records; returns the exit code."""
+    if args.target == "cpu":
+        return run_cpu(args)
     if args.dry_run:
         return _dry_run(args)
     import torch
@@ -118,4 +126,69 @@ def run(args: argparse.Namespace) -> int:
 
         Console().print(f"wrote {summary.records} records ({summary.failures} failures) from "
                         f"{summary.kernels} kernels to {out} in {summary.seconds:.0f}s")
+    return 0 if summary.kernels else 4
+
+
+def _cpu_items(args: argparse.Namespace) -> Iterator[tuple[str, Any, Any]]:
+    """Model-suite kernels first (``--no-suite`` skips them), then generated problems."""
+    from ..costmodel.cpu_collect import CPU_KINDS, cpu_specs, spec_items, suite_kernels
+
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if args.kinds == ",".join(ALL_KINDS):
+        kinds = list(CPU_KINDS)
+    if not args.no_suite:
+        seen: set[str] = set()
+        for source, kernel in suite_kernels(args.suite_module):
+            if kernel.problem.key() not in seen:
+                seen.add(kernel.problem.key())
+                yield source, kernel, None
+    yield from spec_items(cpu_specs(kinds, args.per_kind, seed=args.seed))
+
+
+def run_cpu(args: argparse.Namespace) -> int:
+    """``tilewright collect --target cpu``: records of the native CPU target, with a repeatability
+    report and a metadata file (machine, command, load) next to ``--out``."""
+    import sys
+
+    from ..autotune.measure import CpuMeasurer
+    from ..costmodel.cpu_collect import collect_cpu, device_extra, repeatability
+
+    measurer = CpuMeasurer(repeats=min(args.repeats, 7), sample_s=1e-3)
+    info = measurer.device_info()
+    out = Path(args.out or f"data/costmodel/records/cpu-{time.strftime('%Y%m%d-%H%M')}.jsonl")
+    if args.dry_run:
+        rows = [{"source": s, "kind": k.problem.kind, "dims": k.problem.dims} for s, k, _ in _cpu_items(args)]
+        print(json.dumps({"kernels": rows}, indent=1))
+        return 0 if rows else 4
+
+    def tick(summary: Any, name: str) -> None:
+        log.info("%d kernels, %d records (%s)", summary.kernels, summary.records, name)
+        if not args.json:
+            print(f"[{summary.kernels}] {summary.records} records  {name}", flush=True)
+
+    summary = collect_cpu(_cpu_items(args), measurer, out, configs_per_kernel=args.configs_per_kernel,
+                          budget_s=args.budget_s, seed=args.seed, on_kernel=tick)
+    jobs = summary.jobs
+    if args.repeat_sample and jobs:
+        import random
+
+        jobs = random.Random(args.seed).sample(jobs, min(args.repeat_sample, len(jobs)))
+        repeat = repeatability(jobs)
+    else:
+        repeat = {"pairs": 0, "note": "no repeatability sample requested"}
+    meta = {"format": "tilewright-cpu-records", "records": out.name, "command": "tilewright " + " ".join(sys.argv[1:]),
+            "device": {k: v for k, v in info.items() if k != "isa"}, "isa": info.get("isa", []),
+            "cpu": device_extra(info), "timing": {"measurer": "CpuMeasurer", "repeats": measurer.repeats,
+                                                  "sample_s": measurer.sample_s, "max_spread": measurer.max_spread,
+                                                  "retries": measurer.retries},
+            "loadavg_start_end": summary.loadavg, "cores_online": os.cpu_count(),
+            "kernels": summary.kernels, "records_written": summary.records, "failures": summary.failures,
+            "by_kind": summary.by_kind, "seconds": round(summary.seconds, 1),
+            "stopped_by_budget": summary.stopped_by_budget, "repeatability": repeat}
+    meta_path = out.with_suffix(".meta.json")
+    meta_path.write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
+    result = {"out": str(out), "meta": str(meta_path), "kernels": summary.kernels, "records": summary.records,
+              "failures": summary.failures, "by_kind": summary.by_kind,
+              "repeatability": {k: v for k, v in repeat.items() if k != "rows"}}
+    print(json.dumps(result, indent=1, default=str))
     return 0 if summary.kernels else 4

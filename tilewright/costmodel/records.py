@@ -50,6 +50,9 @@ class Record:
         synthetic: True for made-up records (tests); never used for shipped models.
         timestamp: UNIX time of the measurement.
         schema_version: :data:`SCHEMA_VERSION` of the writer.
+        device_extra: for native CPU records, the CPU's description (cores, SIMD width, cache
+            sizes, ISA flags, compiler, clock) and the load average when measured; empty for GPUs.
+            Optional (older files lack it), so the schema version is unchanged.
     """
 
     kind: str
@@ -77,6 +80,7 @@ class Record:
     synthetic: bool = False
     timestamp: float = 0.0
     schema_version: int = SCHEMA_VERSION
+    device_extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -90,8 +94,9 @@ class Record:
                              bytes=self.bytes, meta=dict(self.meta))
 
     def device(self) -> dict[str, object]:
-        """The device-info dict features are computed from."""
-        return {"name": self.device_name, "capability": self.capability, "sm_count": self.sm_count}
+        """The device-info dict features are computed from (CPU records add their description)."""
+        return {**self.device_extra, "name": self.device_name, "capability": self.capability,
+                "sm_count": self.sm_count}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict."""
@@ -101,7 +106,7 @@ class Record:
     def measured(cls, problem: KernelProblem, config: Config, device: Mapping[str, object], *,
                  times_s: Iterable[float] | None = None, failure: str | None = None,
                  triton_version: str = "", space_version: str = "1", source: str = "",
-                 synthetic: bool = False) -> "Record":
+                 synthetic: bool = False, device_extra: Mapping[str, Any] | None = None) -> "Record":
         """Build a record from a problem, a config, device info and raw timings (or a failure)."""
         ts = sorted(float(t) for t in (times_s or ()))
         if not ts and failure is None:
@@ -121,7 +126,7 @@ class Record:
                    repeats=len(ts), failure=failure, signature=_plain(list(problem.signature)),
                    flops=float(problem.flops), bytes=float(problem.bytes), meta=_plain(dict(problem.meta)),
                    space_version=space_version, source=source, synthetic=synthetic,
-                   timestamp=time.time())
+                   timestamp=time.time(), device_extra=_plain(dict(device_extra or {})))
 
 
 def _plain(value: Any) -> Any:
@@ -146,7 +151,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "time_p80_s": (int, float, type(None)), "repeats": (int,), "failure": (str, type(None)),
     "signature": (list,), "flops": (int, float), "bytes": (int, float), "meta": (dict,),
     "space_version": (str,), "source": (str,), "synthetic": (bool,), "timestamp": (int, float),
-    "schema_version": (int,),
+    "schema_version": (int,), "device_extra": (dict,),
 }
 
 
