@@ -65,6 +65,9 @@ class CompiledGraph:
         self.fast: FastPath | None = None
         #: why there is no fast path (the plan has something it does not generate)
         self._fast_unsupported: str | None = None
+        #: the CUDA device the graph's tensors live on: kernels launch on the current device, so
+        #: a call from another current device switches to it first (None: not a CUDA graph)
+        self.cuda_index = cuda_index(graph)
 
     def __call__(self, inputs: Sequence[Any]) -> Any:
         return self._call(list(inputs))
@@ -75,6 +78,13 @@ class CompiledGraph:
         return self._call(inputs)
 
     def _call(self, inputs: list[Any]) -> Any:
+        index = self.cuda_index
+        if index is not None and torch.cuda.current_device() != index:
+            with torch.cuda.device(index):
+                return self._call_here(inputs)
+        return self._call_here(inputs)
+
+    def _call_here(self, inputs: list[Any]) -> Any:
         if self.broken is not None and self.eager is not None:
             return self.eager(inputs)
         # [wrote into an input, released an input]: either forbids an eager retry
@@ -297,6 +307,15 @@ class CompiledGraph:
                 fixed.copy_(t)
                 t = fixed
             env[v.id] = t
+
+
+def cuda_index(graph: Graph) -> int | None:
+    """The index of the CUDA device ``graph``'s tensors are on (None when none is on CUDA)."""
+    for v in list(graph.inputs) + list(graph.output_values()):
+        device = v.type.device
+        if device.type == "cuda":
+            return device.index if device.index is not None else torch.cuda.current_device()
+    return None
 
 
 def verify_tolerance(kernel: Any, got: torch.Tensor) -> tuple[float, float]:
