@@ -330,26 +330,21 @@ static void tw_pack_b(const S* b, int64_t sbk, int64_t sbn, int64_t k, int64_t n
 }
 
 // Pack rows [i0, i0+mc) x cols [p0, p0+kc) of A into MR-row micro-panels dst[panel][kc][mr] (zero rows past mc).
-// Written in order (k outer, the panel's rows inner): MR row streams are read, one panel is written sequentially.
+// Done in chunks of 16 columns: each row's cache line is read once and used at once (rows a power of two
+// apart share an L1 set), and the chunk's destination (16 x MR values) stays in L1.
 template <class S, class T>
 static void tw_pack_a(const S* a, int64_t sam, int64_t sak, int64_t mc, int64_t kc, int64_t mr, T* dst) {
-  const S* rows_of[32];
   for (int64_t ip = 0; ip < mc; ip += mr) {
     const int64_t rows = std::min<int64_t>(mr, mc - ip);
     T* panel = dst + ip * kc;
-    for (int64_t ii = 0; ii < rows; ++ii) rows_of[ii] = a + (ip + ii) * sam;
-    if (rows == mr) {
-      for (int64_t kk = 0; kk < kc; ++kk) {
-        const int64_t off = kk * sak;
-        T* out = panel + kk * mr;
-        for (int64_t ii = 0; ii < mr; ++ii) out[ii] = tw_to_compute(rows_of[ii][off], (T*)nullptr);
+    for (int64_t k0 = 0; k0 < kc; k0 += 16) {
+      const int64_t k1 = std::min<int64_t>(k0 + 16, kc);
+      for (int64_t ii = 0; ii < rows; ++ii) {
+        const S* src = a + (ip + ii) * sam;
+        for (int64_t kk = k0; kk < k1; ++kk) panel[kk * mr + ii] = tw_to_compute(src[kk * sak], (T*)nullptr);
       }
-    } else {
-      for (int64_t kk = 0; kk < kc; ++kk) {
-        T* out = panel + kk * mr;
-        for (int64_t ii = 0; ii < rows; ++ii) out[ii] = tw_to_compute(rows_of[ii][kk * sak], (T*)nullptr);
-        for (int64_t ii = rows; ii < mr; ++ii) out[ii] = T(0);
-      }
+      for (int64_t ii = rows; ii < mr; ++ii)
+        for (int64_t kk = k0; kk < k1; ++kk) panel[kk * mr + ii] = T(0);
     }
   }
 }
@@ -377,7 +372,8 @@ static void tw_gemm(const S* A, const S* B, const TwGemmShape& g, const TwGemmBl
   const int64_t mblocks = (g.m + mc_max - 1) / mc_max, nblocks = (g.n + nc_max - 1) / nc_max;
   const int64_t tasks = g.nb * mblocks * nblocks;
   const bool pack_a = blk.pack != 0 || !strided_fn || !std::is_same<S, T>::value;
-  const int64_t ldc = ((nc_max + nr - 1) / nr) * nr;
+  // C tile rows padded by a cache line: rows a power of two apart would share one L1 set
+  const int64_t ldc = ((nc_max + nr - 1) / nr) * nr + 64 / (int64_t)sizeof(T);
   #pragma omp parallel num_threads(blk.threads) if(blk.threads > 1)
   {
     #pragma omp for schedule(static)
