@@ -5,7 +5,9 @@ Forward at sequence lengths 512..4096 (batch 1, head dim 64, causal and not) and
 calls), ``--rounds`` rounds; the JSON records per system the median of the round medians and the
 spread (min and max round median), and the ratio SDPA time / tilewright time (> 1: the fused
 kernel is faster). Eager math attention (scores materialised, softmax, matmul) is skipped at
-4096 (its score tensor alone is 512 MiB). A shared machine is noisy: compare within one run.
+4096 (its score tensor alone is 512 MiB). ``--threads N`` runs every system on N threads (torch's
+pool and the kernels' schedule); the default is every core. A shared machine is noisy: compare
+within one run.
 
     python -m benchmarks.cpu_attention --out benchmarks/results/<date>-cpu-attention.json
 """
@@ -58,32 +60,45 @@ def _ratios(row: dict[str, Any]) -> None:
         row["math_over_tilewright"] = times["math"]["median_ms"] / tw
 
 
-def forward_row(seq: int, heads: int, causal: bool, rounds: int, round_ms: float) -> dict[str, Any]:
-    """One forward case: SDPA, the fused kernel (its default schedule) and eager math attention."""
-    from tilewright.targets.cpu.attention import attention_space, cpu_attention_forward
+def _schedule(backward: bool, units: int, threads: int | None) -> dict[str, Any]:
+    from tilewright.targets.cpu.attention import attention_space
 
+    config = dict(attention_space(64, backward, units).default_config())
+    if threads is not None:
+        config["threads"] = threads
+    return config
+
+
+def forward_row(seq: int, heads: int, causal: bool, rounds: int, round_ms: float,
+                threads: int | None = None) -> dict[str, Any]:
+    """One forward case: SDPA, the fused kernel (its default schedule) and eager math attention."""
+    from tilewright.targets.cpu.attention import cpu_attention_forward
+
+    config = _schedule(False, heads, threads)
     g = torch.Generator().manual_seed(seq)
     q, k, v = (torch.randn(1, heads, seq, 64, generator=g) for _ in range(3))
     systems: dict[str, Callable[[], Any]] = {
         "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal),
-        "tilewright_cpu": lambda: cpu_attention_forward(q, k, v, causal=causal),
+        "tilewright_cpu": lambda: cpu_attention_forward(q, k, v, causal=causal, config=config),
     }
     if seq < 4096:
         systems["math"] = lambda: _math_attention(q, k, v, causal)
     err = (cpu_attention_forward(q, k, v, causal=causal)[0] - F.scaled_dot_product_attention(
         q, k, v, is_causal=causal)).abs().max().item()
     row = {"pass": "forward", "seq": seq, "heads": heads, "head_dim": 64, "batch": 1, "causal": causal,
-           "dtype": "float32", "schedule": attention_space(64).default_config(), "max_abs_diff_vs_sdpa": err,
+           "dtype": "float32", "schedule": config, "max_abs_diff_vs_sdpa": err,
            "systems": _time_interleaved(systems, rounds, round_ms)}
     _ratios(row)
     return row
 
 
-def backward_row(seq: int, heads: int, causal: bool, rounds: int, round_ms: float) -> dict[str, Any]:
+def backward_row(seq: int, heads: int, causal: bool, rounds: int, round_ms: float,
+                 threads: int | None = None) -> dict[str, Any]:
     """One backward case: SDPA's backward (autograd on its output) against the fused backward."""
-    from tilewright.targets.cpu.attention import attention_space, cpu_attention_forward
+    from tilewright.targets.cpu.attention import cpu_attention_forward
     from tilewright.targets.cpu.attention_backward import cpu_attention_backward
 
+    config = _schedule(True, heads, threads)
     g = torch.Generator().manual_seed(seq + 1)
     q, k, v, dout = (torch.randn(1, heads, seq, 64, generator=g) for _ in range(4))
     out, lse = cpu_attention_forward(q, k, v, causal=causal)
@@ -91,14 +106,13 @@ def backward_row(seq: int, heads: int, causal: bool, rounds: int, round_ms: floa
     ref = F.scaled_dot_product_attention(qr, kr, vr, is_causal=causal)
     systems: dict[str, Callable[[], Any]] = {
         "sdpa": lambda: torch.autograd.grad(ref, (qr, kr, vr), dout, retain_graph=True),
-        "tilewright_cpu": lambda: cpu_attention_backward(dout, q, k, v, out, lse, causal=causal),
+        "tilewright_cpu": lambda: cpu_attention_backward(dout, q, k, v, out, lse, causal=causal, config=config),
     }
     got = cpu_attention_backward(dout, q, k, v, out, lse, causal=causal)
     want = torch.autograd.grad(ref, (qr, kr, vr), dout, retain_graph=True)
     err = max((a - b).abs().max().item() for a, b in zip(got[:3], want))
     row = {"pass": "backward", "seq": seq, "heads": heads, "head_dim": 64, "batch": 1, "causal": causal,
-           "dtype": "float32", "schedule": attention_space(64, True, heads).default_config(),
-           "max_abs_diff_vs_sdpa": err, "systems": _time_interleaved(systems, rounds, round_ms)}
+           "dtype": "float32", "schedule": config, "max_abs_diff_vs_sdpa": err, "systems": _time_interleaved(systems, rounds, round_ms)}
     _ratios(row)
     return row
 
@@ -111,17 +125,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--round-ms", type=float, default=150.0)
+    parser.add_argument("--threads", type=int, default=None, help="threads of every system (default: all cores)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     from tilewright.targets.cpu.toolchain import cpu_description, find_compiler
 
     started = time.perf_counter()
     rows = []
     for seq in [int(s) for s in args.seqs.split(",")]:
         for causal in (False, True):
-            rows.append(forward_row(seq, args.heads, causal, args.rounds, args.round_ms))
+            rows.append(forward_row(seq, args.heads, causal, args.rounds, args.round_ms, args.threads))
             print(_line(rows[-1]), flush=True)
     for causal in (False, True):
-        rows.append(backward_row(1024, args.heads, causal, args.rounds, args.round_ms))
+        rows.append(backward_row(1024, args.heads, causal, args.rounds, args.round_ms, args.threads))
         print(_line(rows[-1]), flush=True)
     result = {"benchmark": "cpu_attention", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
               "machine": {**cpu_description(), "platform": platform.platform(),

@@ -387,7 +387,7 @@ class CpuAttentionKernel:
         elem = 2 if self.dtype == "bfloat16" else 4
         io = elem * self.batch * self.head_dim * (2 * self.heads * self.m + 2 * self.kv_heads * self.n)
         self.problem = KernelProblem(
-            kind="attention", fingerprint=f"cpu_flash_{self.which}_v{SPACE_VERSION}",
+            kind="attention", fingerprint=f"cpu_flash_{self.which}{'_causal' if self.causal else ''}_v{SPACE_VERSION}",
             dims={"B": self.batch, "H": self.heads, "HKV": self.kv_heads, "M": self.m, "N": self.n,
                   "D": self.head_dim}, dtype=self.dtype, flops=flops, bytes=float(io),
             meta={"causal": self.causal, "gqa_ratio": self.heads // max(1, self.kv_heads), "target": "cpu"})

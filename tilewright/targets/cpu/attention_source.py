@@ -55,6 +55,7 @@ def padded_head_dim(head_dim: int) -> int:
 
 _HEADER = r"""
 #include <algorithm>
+#include <memory>
 #include <vector>
 #ifdef _OPENMP
 #include <omp.h>

@@ -54,16 +54,19 @@ extern "C" void tw_attn_fwd(const void* qp, const void* kp, const void* vp, cons
   tw_t* out = (tw_t*)outp;
   const int64_t bm = a.bm, bn = a.bn, nkb = (a.N + bn - 1) / bn, nmb = (a.M + bm - 1) / bm;
   const int64_t kv_stride = nkb * bn * TW_DP;
-  std::vector<float> kt((size_t)(a.B * a.HKV * kv_stride)), vr((size_t)(a.B * a.HKV * kv_stride));
-#pragma omp parallel for num_threads(a.threads) schedule(static)
-  for (int64_t t = 0; t < a.B * a.HKV * nkb; ++t) {
-    const int64_t kb = t % nkb, bh = t / nkb;
-    float* base = kt.data() + bh * kv_stride + kb * bn * TW_DP;
-    tw_pack(k, a.ks, bh / a.HKV, bh % a.HKV, kb * bn, a.N, bn, base, nullptr);
-    tw_pack(v, a.vs, bh / a.HKV, bh % a.HKV, kb * bn, a.N, bn, nullptr, vr.data() + bh * kv_stride + kb * bn * TW_DP);
-  }
+  // packing writes every element the kernels read: no zero-fill
+  std::unique_ptr<float[]> kt_buf(new float[(size_t)(a.B * a.HKV * kv_stride)]);
+  std::unique_ptr<float[]> vr_buf(new float[(size_t)(a.B * a.HKV * kv_stride)]);
+  float* kt = kt_buf.get();
+  float* vr = vr_buf.get();
 #pragma omp parallel num_threads(a.threads)
   {
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < a.B * a.HKV * nkb; ++t) {
+      const int64_t kb = t % nkb, bh = t / nkb, off = bh * kv_stride + kb * bn * TW_DP;
+      tw_pack(k, a.ks, bh / a.HKV, bh % a.HKV, kb * bn, a.N, bn, kt + off, nullptr);
+      tw_pack(v, a.vs, bh / a.HKV, bh % a.HKV, kb * bn, a.N, bn, nullptr, vr + off);
+    }
     std::vector<float> Q((size_t)(bm * TW_DP)), O((size_t)(bm * TW_DP)), S((size_t)(bm * bn)), m((size_t)bm), l((size_t)bm);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < a.B * a.H * nmb; ++t) {
@@ -77,13 +80,13 @@ extern "C" void tw_attn_fwd(const void* qp, const void* kp, const void* vp, cons
       const size_t kv = (size_t)((b * a.HKV + hk) * kv_stride);
       for (int64_t j0 = 0; j0 < kend; j0 += bn) {
         if (tw_tile_empty(a, b, h, i0, rows, j0, std::min(bn, a.N - j0))) continue;
-        tw_gemm_nt(Q.data(), TW_DP, kt.data() + kv + j0 * TW_DP, bn, S.data(), bn, rows4, bn, TW_D);
+        tw_gemm_nt(Q.data(), TW_DP, kt + kv + j0 * TW_DP, bn, S.data(), bn, rows4, bn, TW_D);
         tw_finish_scores(a, b, h, i0, rows, j0, bn, S.data());
         for (int64_t r = 0; r < rows; ++r) {
           tw_softmax_update(S.data() + r * bn, bn, m[r], l[r], O.data() + r * TW_DP);
           if (a.drop_p > 0.0f) tw_dropout_row(a, bh, i0 + r, j0, std::min(bn, a.N - j0), S.data() + r * bn);
         }
-        tw_gemm_acc(S.data(), bn, 1, vr.data() + kv + j0 * TW_DP, TW_DP, O.data(), TW_DP, rows4, TW_DP, bn);
+        tw_gemm_acc(S.data(), bn, 1, vr + kv + j0 * TW_DP, TW_DP, O.data(), TW_DP, rows4, TW_DP, bn);
       }
       for (int64_t r = 0; r < rows; ++r) {
         const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
@@ -286,15 +289,15 @@ extern "C" void tw_attn_bwd(const void* doutp, const void* qp, const void* kp, c
   const int64_t bn = a.bn;
   c.nkb = (a.N + bn - 1) / bn; c.nmb = (a.M + a.bm - 1) / a.bm; c.kv_stride = c.nkb * bn * TW_DP;
   const size_t total = (size_t)(a.B * a.HKV * c.kv_stride);
-  std::vector<float> kt(total), vt(total), kr(total);
+  std::unique_ptr<float[]> kt(new float[total]), vt(new float[total]), kr(new float[total]);
 #pragma omp parallel for num_threads(a.threads) schedule(static)
   for (int64_t t = 0; t < a.B * a.HKV * c.nkb; ++t) {
     const int64_t kb = t % c.nkb, bh = t / c.nkb;
     const size_t off = (size_t)(bh * c.kv_stride + kb * bn * TW_DP);
-    tw_pack((const tw_t*)kp, a.ks, bh / a.HKV, bh % a.HKV, kb * bn, a.N, bn, kt.data() + off, kr.data() + off);
-    tw_pack((const tw_t*)vp, a.vs, bh / a.HKV, bh % a.HKV, kb * bn, a.N, bn, vt.data() + off, nullptr);
+    tw_pack((const tw_t*)kp, a.ks, bh / a.HKV, bh % a.HKV, kb * bn, a.N, bn, kt.get() + off, kr.get() + off);
+    tw_pack((const tw_t*)vp, a.vs, bh / a.HKV, bh % a.HKV, kb * bn, a.N, bn, vt.get() + off, nullptr);
   }
-  c.kt = kt.data(); c.vt = vt.data(); c.kr = kr.data();
+  c.kt = kt.get(); c.vt = vt.get(); c.kr = kr.get();
   const bool fused = dims[9] != 0;
   tw_bwd_dkdv(c, fused, ds, (tw_t*)dq, st + 24, (tw_t*)dk, (tw_t*)dv, st + 28, st + 32);
   if (!fused) tw_bwd_dq(c, (tw_t*)dq, st + 24, ds);
