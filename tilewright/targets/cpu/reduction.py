@@ -450,7 +450,8 @@ class ReductionSource(ColumnReduction):
             if not all(a.id not in self.ids or a.id in self._done for a in n.inputs):
                 continue
             for a in n.inputs:
-                if a.id not in self.ids:
+                if a.id not in self.ids and a.id not in self._row_loaded:
+                    self._row_loaded.add(a.id)
                     lines.append(self._load(a, "row", tuple(out.type.shape)))
             lines.append(self._expr(n))
             self._done.add(out.id)
@@ -461,6 +462,7 @@ class ReductionSource(ColumnReduction):
         self._cached: dict[int, str] = {}
         self._pending: dict[int, str] = {}
         self._slots_used: set[int] = set()
+        self._row_loaded: set[int] = set()
         self._scratch: list[str] = []
         from .toolchain import cpu_description
 
