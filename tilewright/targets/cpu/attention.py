@@ -174,11 +174,15 @@ def unsupported_reason(q_dtype: torch.dtype, k_dtype: torch.dtype, v_dtype: torc
     return None
 
 
-def variant_of(q: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor | None,
-               causal: bool) -> AttentionVariant:
+def variant_of(q: torch.Tensor, bias: torch.Tensor | None) -> AttentionVariant:
     """The library variant a call needs."""
-    bias_kind = None if bias is None else ("bfloat16" if bias.dtype == torch.bfloat16 else "float32")
-    return AttentionVariant(int(q.shape[-1]), _DTYPES[q.dtype], bool(causal), bias_kind, mask is not None)
+    bias_kind = "bfloat16" if bias is not None and bias.dtype == torch.bfloat16 else "float32"
+    return AttentionVariant(int(q.shape[-1]), _DTYPES[q.dtype], bias_kind)
+
+
+def flags(causal: bool, bias: torch.Tensor | None, mask: torch.Tensor | None) -> int:
+    """The kernels' runtime flags: 1 causal, 2 additive bias, 4 boolean mask."""
+    return int(bool(causal)) | (2 if bias is not None else 0) | (4 if mask is not None else 0)
 
 
 def check_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
@@ -231,14 +235,15 @@ def cpu_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bia
     HKV, N = int(k.shape[1]), int(k.shape[2])
     cfg = _config(config, D, False)
     scale = float(D ** -0.5 if scale is None else scale)
-    lib = attention_library(variant_of(q, bias, mask, causal))
+    lib = attention_library(variant_of(q, bias))
     out = torch.empty((B, H, M, D), dtype=q.dtype)
     lse = torch.empty((B, H, M), dtype=torch.float32)
     if out.numel() == 0:
         return out, lse.fill_(float("-inf"))
     full = (B, H, M, N)
     mask_arg = mask.view(torch.uint8) if mask is not None else None
-    dims = _int64s([B, H, HKV, M, N, causal_offset, cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["threads"], 0, seed_value])
+    dims = _int64s([B, H, HKV, M, N, causal_offset, cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["threads"], 0, seed_value,
+                    flags(causal, bias, mask)])
     strides = _int64s([*q.stride(), *k.stride(), *v.stride(), *strides4(bias, full), *strides4(mask, full),
                        *out.stride()])
     lib.tw_attn_fwd(q.data_ptr(), k.data_ptr(), v.data_ptr(), 0 if bias is None else bias.data_ptr(),

@@ -19,6 +19,7 @@ from .attention import (
     attention_library,
     check_call,
     dropout_seed,
+    flags,
     prepared_bias,
     strides4,
     variant_of,
@@ -46,7 +47,7 @@ def cpu_attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
     scale = float(D ** -0.5 if scale is None else scale)
     if dout.dtype != q.dtype:
         dout = dout.to(q.dtype)
-    lib = attention_library(variant_of(q, bias, mask, causal))
+    lib = attention_library(variant_of(q, bias))
     dq = torch.empty((B, H, M, D), dtype=q.dtype)
     dk = torch.empty((B, HKV, N, D), dtype=k.dtype)
     dv = torch.empty((B, HKV, N, D), dtype=v.dtype)
@@ -60,7 +61,7 @@ def cpu_attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
         full = (B, H, M, N)
         mask_arg = mask.view(torch.uint8) if mask is not None else None
         dims = _int64s([B, H, HKV, M, N, causal_offset, cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["threads"],
-                        cfg["FUSED_DQ"], seed_value])
+                        cfg["FUSED_DQ"], seed_value, flags(causal, bias, mask)])
         strides = _int64s([*q.stride(), *k.stride(), *v.stride(), *strides4(bias, full), *strides4(mask, full),
                            *dout.stride(), *dq.stride(), *dk.stride(), *dv.stride()])
         lib.tw_attn_bwd(dout.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(),

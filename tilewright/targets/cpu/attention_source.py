@@ -1,8 +1,8 @@
 """C++ text of the CPU target's fused attention kernels (FlashAttention-2 style, forward and backward).
 
-One library per :class:`AttentionVariant` (head dim, dtype, causal, bias dtype, mask): the
-variant is compile-time (``#define``), every size and stride is an ``int64_t`` argument, so a
-new sequence length or batch reuses the library. The library holds three functions:
+One library per :class:`AttentionVariant` (head dim, dtype, bias dtype): the variant is
+compile-time (``#define``); every size and stride, the causal limit and whether there is a bias or
+a mask are ``int64_t`` arguments, so a new sequence length, batch or mask form reuses the library. The library holds three functions:
 
 * ``tw_attn_fwd``: K and V of every (batch, kv head) packed once into float32 key blocks
   (Kᵀ as [D][BLOCK_N], V as [BLOCK_N][Dp]); then OpenMP over (batch, head, query block):
@@ -32,20 +32,18 @@ TILE_ROWS, TILE_VECTORS = 4, 4
 
 @dataclass(frozen=True)
 class AttentionVariant:
-    """What one attention library is specialised for."""
+    """What one attention library is specialised for (causal limits, bias and mask are runtime flags:
+    a branch per tile row costs nothing next to the tile's products, and fewer libraries build faster)."""
 
     head_dim: int
     dtype: str  # "float32" or "bfloat16" (q, k, v, out, dout and gradients)
-    causal: bool
-    bias: str | None  # None, "float32" or "bfloat16"
-    mask: bool
+    bias: str = "float32"  # the bias's dtype when there is one: "float32" or "bfloat16"
 
     @property
     def tag(self) -> str:
         """A short name for the library's files."""
         return (f"attn_d{self.head_dim}_{'bf16' if self.dtype == 'bfloat16' else 'f32'}"
-                f"{'_causal' if self.causal else ''}{'' if self.bias is None else '_bias' + self.bias[:2]}"
-                f"{'_mask' if self.mask else ''}")
+                f"{'_biasbf16' if self.bias == 'bfloat16' else ''}")
 
 
 def padded_head_dim(head_dim: int) -> int:
@@ -191,6 +189,7 @@ static inline float tw_exp_neg(float x) {
 _SHARED = r"""
 struct tw_attn_args {
   int64_t B, H, HKV, M, N, group, causal_offset, bm, bn, threads;
+  bool causal, has_bias, has_mask;
   float scale, drop_p, drop_scale;  // dropout probability and 1 / (1 - p)
   uint64_t seed;
   const int64_t* qs; const int64_t* ks; const int64_t* vs; const int64_t* bs; const int64_t* ms;
@@ -242,18 +241,13 @@ static void tw_load_rows(const tw_t* x, const int64_t* s, int64_t b, int64_t h, 
 
 // Last key (exclusive) query row i may attend to under the causal limit.
 static inline int64_t tw_key_end(const tw_attn_args& a, int64_t i) {
-#if TW_CAUSAL
-  return std::min(a.N, std::max<int64_t>(0, i + a.causal_offset + 1));
-#else
-  (void)i;
-  return a.N;
-#endif
+  return a.causal ? std::min(a.N, std::max<int64_t>(0, i + a.causal_offset + 1)) : a.N;
 }
 
 // Whether the mask keeps nothing in the tile (rows x cols at (i0, j0)): the block can be skipped.
 static bool tw_tile_empty(const tw_attn_args& a, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j0,
                           int64_t cols) {
-#if TW_MASK
+  if (!a.has_mask) return false;
   const uint8_t* mk = a.mask + b * a.ms[0] + h * a.ms[1];
   for (int64_t r = 0; r < rows; ++r) {
     const uint8_t* row = mk + (i0 + r) * a.ms[2] + j0 * a.ms[3];
@@ -261,29 +255,25 @@ static bool tw_tile_empty(const tw_attn_args& a, int64_t b, int64_t h, int64_t i
       if (row[j * a.ms[3]]) return false;
   }
   return true;
-#else
-  (void)a; (void)b; (void)h; (void)i0; (void)rows; (void)j0; (void)cols;
-  return false;
-#endif
 }
 
 // Scores of a [rows x bn] tile: add the bias and set excluded keys (past N, causal, mask) to -inf.
 // full: no key of the tile is excluded by N or the causal limit and there is no bias or mask.
 static void tw_finish_scores(const tw_attn_args& a, int64_t b, int64_t h, int64_t i0, int64_t rows, int64_t j0,
                              int64_t bn, float* S) {
-  const bool full = !TW_BIAS && !TW_MASK && j0 + bn <= tw_key_end(a, i0);
+  const bool full = !a.has_bias && !a.has_mask && j0 + bn <= tw_key_end(a, i0);
   if (full) return;
   for (int64_t r = 0; r < rows; ++r) {
     float* srow = S + r * bn;
     const int64_t end = std::min(bn, tw_key_end(a, i0 + r) - j0);
-#if TW_BIAS
-    const int64_t boff = b * a.bs[0] + h * a.bs[1] + (i0 + r) * a.bs[2] + j0 * a.bs[3];
-    for (int64_t j = 0; j < end; ++j) srow[j] += tw_bias_ld(a.bias, boff + j * a.bs[3]);
-#endif
-#if TW_MASK
-    const uint8_t* mrow = a.mask + b * a.ms[0] + h * a.ms[1] + (i0 + r) * a.ms[2] + j0 * a.ms[3];
-    for (int64_t j = 0; j < end; ++j) if (!mrow[j * a.ms[3]]) srow[j] = TW_NEG_INF;
-#endif
+    if (a.has_bias) {
+      const int64_t boff = b * a.bs[0] + h * a.bs[1] + (i0 + r) * a.bs[2] + j0 * a.bs[3];
+      for (int64_t j = 0; j < end; ++j) srow[j] += tw_bias_ld(a.bias, boff + j * a.bs[3]);
+    }
+    if (a.has_mask) {
+      const uint8_t* mrow = a.mask + b * a.ms[0] + h * a.ms[1] + (i0 + r) * a.ms[2] + j0 * a.ms[3];
+      for (int64_t j = 0; j < end; ++j) if (!mrow[j * a.ms[3]]) srow[j] = TW_NEG_INF;
+    }
     for (int64_t j = std::max<int64_t>(end, 0); j < bn; ++j) srow[j] = TW_NEG_INF;
   }
 }
@@ -296,8 +286,7 @@ def attention_source(variant: AttentionVariant) -> str:
 
     defines = "\n".join([
         f"#define TW_D {variant.head_dim}", f"#define TW_DP {padded_head_dim(variant.head_dim)}",
-        f"#define TW_BF16 {int(variant.dtype == 'bfloat16')}", f"#define TW_CAUSAL {int(variant.causal)}",
-        f"#define TW_BIAS {int(variant.bias is not None)}", f"#define TW_BIAS_BF16 {int(variant.bias == 'bfloat16')}",
-        f"#define TW_MASK {int(variant.mask)}",
+        f"#define TW_BF16 {int(variant.dtype == 'bfloat16')}",
+        f"#define TW_BIAS_BF16 {int(variant.bias == 'bfloat16')}",
         f"#define TW_R {TILE_ROWS}", f"#define TW_NV {TILE_VECTORS}"])
     return f"{defines}\n{_HEADER}\n{_MICROKERNELS}\n{_SHARED}\n{FORWARD}\n{BACKWARD}"

@@ -6,11 +6,13 @@ elements; broadcast dims of a bias or mask have stride 0), so one library serves
 from __future__ import annotations
 
 FORWARD = r"""
-// dims: B, H, HKV, M, N, causal_offset, BLOCK_M, BLOCK_N, threads, FUSED_DQ, dropout seed
+// dims: B, H, HKV, M, N, causal_offset, BLOCK_M, BLOCK_N, threads, FUSED_DQ, dropout seed,
+// flags (1: causal, 2: bias, 4: mask)
 static void tw_args(tw_attn_args& a, const int64_t* dims, double scale, double dropout_p) {
   a.drop_p = (float)dropout_p;
   a.drop_scale = dropout_p > 0.0 ? (float)(1.0 / (1.0 - dropout_p)) : 1.0f;
   a.seed = (uint64_t)dims[10];
+  a.causal = (dims[11] & 1) != 0; a.has_bias = (dims[11] & 2) != 0; a.has_mask = (dims[11] & 4) != 0;
   a.B = dims[0]; a.H = dims[1]; a.HKV = dims[2]; a.M = dims[3]; a.N = dims[4]; a.causal_offset = dims[5];
   a.bm = dims[6]; a.bn = dims[7]; a.threads = dims[8] > 0 ? dims[8] : 1; a.group = a.H / a.HKV;
   a.scale = (float)scale;
@@ -186,7 +188,7 @@ static void tw_bwd_key_block(const tw_bwd_ctx& c, int64_t b, int64_t hk, int64_t
   const int64_t bm = a.bm, bn = a.bn, j0 = kb * bn, m4 = (a.M + 3) & ~(int64_t)3;
   std::fill(w.dK.begin(), w.dK.end(), 0.0f);
   std::fill(w.dV.begin(), w.dV.end(), 0.0f);
-  const int64_t istart = TW_CAUSAL ? std::min(a.M, std::max<int64_t>(0, j0 - a.causal_offset)) : 0;
+  const int64_t istart = a.causal ? std::min(a.M, std::max<int64_t>(0, j0 - a.causal_offset)) : 0;
   const size_t kv = (size_t)((b * a.HKV + hk) * c.kv_stride + j0 * TW_DP);
   for (int64_t g = 0; g < a.group; ++g) {
     const int64_t h = hk * a.group + g;
