@@ -41,7 +41,7 @@ from ..loader import load_kernel
 log = logging.getLogger(__name__)
 
 __all__ = ["ConvProblem", "ConvKernel", "Epilogue", "default_epilogue", "conv_schedule_space",
-           "conv_forward", "prepare_conv", "pack_input", "pack_weight", "supports",
+           "conv_forward", "prepare_conv", "compiled_launcher", "pack_input", "pack_weight", "supports",
            "kernel_source", "as_5d", "epilogue_tensor_args", "SPACE_VERSION",
            "DEFAULT_SMEM_BYTES"]
 
@@ -105,7 +105,7 @@ def pack_input(x: torch.Tensor, layout: str) -> torch.Tensor:
 def pack_weight(w: torch.Tensor, layout: str) -> torch.Tensor:
     """``w`` as is, or a copy with the output channel innermost (``layout="k_inner"``).
 
-    Inference graphs can pack once (weights are constant); the launcher packs per call.
+    The group launcher repacks only when the weight changed (:class:`~.group.PackedWeights`).
     """
     if layout == "as_is" or w.stride(0) == 1:
         return w
@@ -144,11 +144,11 @@ def launch(problem: ConvProblem, config: Mapping[str, ConfigValue], epilogue: Ep
            base_args: Sequence[Any], epilogue_args: Sequence[Any]) -> None:
     """Compile (cached per problem, config and epilogue) and launch with explicit args."""
     epi = epilogue if epilogue is not None else default_epilogue(problem.has_bias)
-    kernel, grid_size, consts = _compiled(problem, config, epi)
+    kernel, grid_size, consts = compiled_launcher(problem, config, epi)
     kernel[grid_size](*base_args, *epilogue_args, **consts)
 
 
-def _compiled(problem: ConvProblem, config: Mapping[str, ConfigValue],
+def compiled_launcher(problem: ConvProblem, config: Mapping[str, ConfigValue],
               epi: Epilogue) -> tuple[Any, tuple[int, int], dict[str, Any]]:
     """(kernel, grid, constexpr + launch kwargs), cached per problem, config and epilogue."""
     key = (problem, tuple(sorted(config.items())), epi.fingerprint(), interpret_mode(),
@@ -225,7 +225,7 @@ def prepare_conv(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = N
     missing = [p for p in epi.params if p not in known or known[p] is None]
     if missing:
         raise ValueError(f"epilogue parameters without values: {missing}")
-    kernel, grid_size, consts = _compiled(problem, cfg, epi)
+    kernel, grid_size, consts = compiled_launcher(problem, cfg, epi)
     epi_args = [known[p] for p in epi.params]
     result = out
     if not any(cfg.get(k, "as_is") != "as_is" for k in LAYOUT_KEYS):

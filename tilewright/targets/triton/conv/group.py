@@ -10,13 +10,14 @@ written once.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from ....schedule.space import Config
 from ....ir.graph import Node, Value
-from .forward import ConvKernel, ConvProblem, conv_forward
+from .forward import (ConvKernel, ConvProblem, as_5d, compiled_launcher, launch_args, pack_input,
+                      pack_weight)
 from .problem import supports
 from .templates import Epilogue
 from ..emit.emitter import CodegenError, Emitter, Expr, Scope
@@ -66,6 +67,8 @@ class ConvGroupKernel(Kernel):
         self.tunable = ConvKernel(self.problem_conv, self.epilogue, name)
         super().__init__(name, self.tunable.space, self.tunable.problem)
         self.ops = [n.op for n in nodes]
+        #: (config, launcher) of the last config launched (see :meth:`_bind`)
+        self._bound: tuple[Config, Callable[[Sequence[torch.Tensor]], None]] | None = None
 
     def _epilogue(self) -> tuple[Epilogue, list[Value]]:
         out = self.anchor.outputs[0]
@@ -103,17 +106,32 @@ class ConvGroupKernel(Kernel):
     def launch(self, tensors: Sequence[torch.Tensor], config: Config | None = None) -> None:
         """Launch on ``tensors`` (``self.inputs`` then ``self.outputs``)."""
         config = config or self.config
-        by_id = {v.id: t for v, t in zip(self.inputs + self.outputs, tensors)}
-        x, w = by_id[self.inputs[0].id], by_id[self.inputs[1].id]
-        args = {self.arg_names[v.id]: by_id[v.id] for v in self.epilogue_inputs + self.outputs}
-        stride, padding, dilation, groups = self.conv_args
-        conv_forward(x, w, None, stride, padding, dilation, groups, config=config, epilogue=self.epilogue,
-                     epilogue_args=args, out=self._scratch(x))
+        bound = self._bound
+        if bound is None or bound[0] is not config:
+            bound = self._bound = (config, self._bind(config))
+        bound[1](tensors)
 
-    def _scratch(self, x: torch.Tensor) -> torch.Tensor:
-        # conv_forward binds an output buffer; the generated epilogue stores the real outputs
-        out = self.anchor.outputs[0].type
-        return torch.empty(1, dtype=x.dtype, device=x.device).as_strided(out.shape, [0] * len(out.shape))
+    def _bind(self, config: Config) -> Callable[[Sequence[torch.Tensor]], None]:
+        """A launcher for ``config`` with everything but the tensors worked out once: the compiled
+        kernel, grid and constants, sizes and strides (the specialisation fixes them), where each
+        epilogue argument comes from; a packed weight is reused while the weight is unchanged."""
+        cfg = self.space.validate(config)
+        problem = self.problem_conv
+        kernel, grid_size, consts = compiled_launcher(problem, cfg, self.epilogue)
+        x_layout, w_layout = str(cfg.get("X_LAYOUT", "as_is")), str(cfg.get("W_LAYOUT", "as_is"))
+        x, w = (torch.empty_strided(v.type.shape, v.type.strides, dtype=v.type.dtype, device="meta")
+                for v in self.inputs[:2])
+        tail = launch_args(problem, as_5d(pack_input(x, x_layout)), as_5d(pack_weight(w, w_layout)))[2:]
+        position = {v.id: i for i, v in reversed(list(enumerate(self.inputs + self.outputs)))}
+        epilogue = [position[v.id] for v in self.epilogue_inputs + self.outputs]
+        weights = PackedWeights(w_layout)
+
+        def run(tensors: Sequence[torch.Tensor]) -> None:
+            # NOTE: Triton reads only data pointers: a 4-D tensor passes as its 5-D view would
+            x = tensors[0] if x_layout == "as_is" else pack_input(tensors[0], x_layout)
+            w = tensors[1] if w_layout == "as_is" else weights.get(tensors[1])
+            kernel[grid_size](x, w, *tail, *[tensors[i] for i in epilogue], **consts)
+        return run
 
     def describe_extra(self) -> dict[str, Any]:
         """What was fused, and the convolution's shape under the current schedule."""
@@ -123,3 +141,24 @@ class ConvGroupKernel(Kernel):
     def fingerprint(self) -> str:
         """Hash of the epilogue text."""
         return hashlib.sha256("\n".join(self.epilogue.lines).encode()).hexdigest()[:16]
+
+
+class PackedWeights:
+    """A weight in a packed layout, repacked only when the weight changed (another tensor, or an
+    in-place update: the tensor's version counter moved). Inference-mode tensors keep no version
+    counter, so they are repacked at every call."""
+
+    def __init__(self, layout: str) -> None:
+        self.layout = layout
+        self._key: tuple[Any, ...] | None = None
+        self._packed: torch.Tensor | None = None
+
+    def get(self, w: torch.Tensor) -> torch.Tensor:
+        """``w`` packed (cached while unchanged)."""
+        try:
+            key = (w.data_ptr(), w._version, tuple(w.shape), tuple(w.stride()), w.dtype)
+        except RuntimeError:  # an inference tensor: no version counter
+            return pack_weight(w, self.layout)
+        if key != self._key or self._packed is None:
+            self._packed, self._key = pack_weight(w, self.layout), key
+        return self._packed
