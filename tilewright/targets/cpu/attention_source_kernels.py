@@ -56,30 +56,34 @@ extern "C" void tw_attn_fwd(const void* qp, const void* kp, const void* vp, cons
   tw_t* out = (tw_t*)outp;
   const int64_t bm = a.bm, bn = a.bn, nkb = (a.N + bn - 1) / bn, nmb = (a.M + bm - 1) / bm;
   const int64_t kv_stride = nkb * bn * TW_DP;
-  // packing writes every element the kernels read: no zero-fill
-  std::unique_ptr<float[]> kt_buf(new float[(size_t)(a.B * a.HKV * kv_stride)]);
-  std::unique_ptr<float[]> vr_buf(new float[(size_t)(a.B * a.HKV * kv_stride)]);
-  float* kt = kt_buf.get();
-  float* vr = vr_buf.get();
+  // One parallel region, one barrier (a shared machine may deschedule a thread at any barrier):
+  // contiguous chunks of (batch, head, query block) tasks per thread (every head has the same
+  // work, so causal chunks balance too); a thread packs the K and V of each (batch, kv head) it
+  // meets into its own buffers (packing writes every element the kernels read: no zero-fill).
 #pragma omp parallel num_threads(a.threads)
   {
-#pragma omp for schedule(static)
-    for (int64_t t = 0; t < a.B * a.HKV * nkb; ++t) {
-      const int64_t kb = t % nkb, bh = t / nkb, off = bh * kv_stride + kb * bn * TW_DP;
-      tw_pack(k, a.ks, bh / a.HKV, bh % a.HKV, kb * bn, a.N, bn, kt + off, nullptr);
-      tw_pack(v, a.vs, bh / a.HKV, bh % a.HKV, kb * bn, a.N, bn, nullptr, vr + off);
-    }
+    std::unique_ptr<float[]> kt_buf(new float[(size_t)kv_stride]), vr_buf(new float[(size_t)kv_stride]);
+    float* kt = kt_buf.get();
+    float* vr = vr_buf.get();
+    int64_t packed = -1;
     std::vector<float> Q((size_t)(bm * TW_DP)), O((size_t)(bm * TW_DP)), S((size_t)(bm * bn)), m((size_t)bm), l((size_t)bm);
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(static)
     for (int64_t t = 0; t < a.B * a.H * nmb; ++t) {
-      const int64_t mb = nmb - 1 - t % nmb, bh = t / nmb, b = bh / a.H, h = bh % a.H, hk = h / a.group;
+      const int64_t mb = t % nmb, bh = t / nmb, b = bh / a.H, h = bh % a.H, hk = h / a.group;
       const int64_t i0 = mb * bm, rows = std::min(bm, a.M - i0), rows4 = (rows + 3) & ~(int64_t)3;
+      if (packed != b * a.HKV + hk) {
+        for (int64_t kb = 0; kb < nkb; ++kb) {
+          tw_pack(k, a.ks, b, hk, kb * bn, a.N, bn, kt + kb * bn * TW_DP, nullptr);
+          tw_pack(v, a.vs, b, hk, kb * bn, a.N, bn, nullptr, vr + kb * bn * TW_DP);
+        }
+        packed = b * a.HKV + hk;
+      }
       tw_load_rows(q, a.qs, b, h, i0, rows, bm, a.scale, Q.data());
       std::fill(O.begin(), O.end(), 0.0f);
       std::fill(m.begin(), m.end(), TW_NEG_INF);
       std::fill(l.begin(), l.end(), 0.0f);
       const int64_t kend = tw_key_end(a, i0 + rows - 1);
-      const size_t kv = (size_t)((b * a.HKV + hk) * kv_stride);
+      const size_t kv = 0;
       for (int64_t j0 = 0; j0 < kend; j0 += bn) {
         if (tw_tile_empty(a, b, h, i0, rows, j0, std::min(bn, a.N - j0))) continue;
         tw_gemm_nt(Q.data(), TW_DP, kt + kv + j0 * TW_DP, bn, S.data(), bn, rows4, bn, TW_D);
