@@ -309,26 +309,6 @@ template <class T> struct TwScratch {
   ~TwScratch() { std::free(data); }
 };
 
-// Pack columns [p*nr, p*nr+nr) of B (k rows) into dst[k][nr] (zero columns past n).
-template <class S, class T>
-static void tw_pack_b(const S* b, int64_t sbk, int64_t sbn, int64_t k, int64_t n, int64_t p, int64_t nr, T* dst) {
-  const int64_t j0 = p * nr, cols = std::min<int64_t>(nr, n - j0);
-  if (sbn == 1 || sbk != 1) {
-    for (int64_t kk = 0; kk < k; ++kk) {
-      const S* src = b + kk * sbk + j0 * sbn;
-      T* out = dst + kk * nr;
-      for (int64_t jj = 0; jj < cols; ++jj) out[jj] = tw_to_compute(src[jj * sbn], (T*)nullptr);
-      for (int64_t jj = cols; jj < nr; ++jj) out[jj] = T(0);
-    }
-  } else {  // B read along K (a transposed weight): walk each column contiguously
-    for (int64_t jj = 0; jj < nr; ++jj) {
-      if (jj >= cols) { for (int64_t kk = 0; kk < k; ++kk) dst[kk * nr + jj] = T(0); continue; }
-      const S* src = b + (j0 + jj) * sbn;
-      for (int64_t kk = 0; kk < k; ++kk) dst[kk * nr + jj] = tw_to_compute(src[kk], (T*)nullptr);
-    }
-  }
-}
-
 // Pack rows [i0, i0+mc) x cols [p0, p0+kc) of A into MR-row micro-panels dst[panel][kc][mr] (zero rows past mc).
 // Done in chunks of 16 columns: each row's cache line is read once and used at once (rows a power of two
 // apart share an L1 set), and the chunk's destination (16 x MR values) stays in L1.
@@ -346,6 +326,26 @@ static void tw_pack_a(const S* a, int64_t sam, int64_t sak, int64_t mc, int64_t 
       for (int64_t ii = rows; ii < mr; ++ii)
         for (int64_t kk = k0; kk < k1; ++kk) panel[kk * mr + ii] = T(0);
     }
+  }
+}
+
+// Pack columns [p*nr, p*nr+nr) of B (k rows) into dst[k][nr] (zero columns past n).
+template <class S, class T>
+static void tw_pack_b(const S* b, int64_t sbk, int64_t sbn, int64_t k, int64_t n, int64_t p, int64_t nr, T* dst) {
+  const int64_t j0 = p * nr, cols = std::min<int64_t>(nr, n - j0);
+  if (sbn == 1 || sbk != 1) {
+    for (int64_t kk = 0; kk < k; ++kk) {
+      const S* src = b + kk * sbk + j0 * sbn;
+      T* out = dst + kk * nr;
+      int64_t jj = 0;
+      if (sbn == 1)
+        for (; jj + 16 <= cols; jj += 16)
+          for (int t = 0; t < 16; ++t) out[jj + t] = tw_to_compute(src[jj + t], (T*)nullptr);
+      for (; jj < cols; ++jj) out[jj] = tw_to_compute(src[jj * sbn], (T*)nullptr);
+      for (jj = cols; jj < nr; ++jj) out[jj] = T(0);
+    }
+  } else {  // B read along K (a transposed weight): its columns are rows of B^T, packed like A
+    tw_pack_a(b + j0 * sbn, sbn, sbk, cols, k, nr, dst);
   }
 }
 
