@@ -149,7 +149,9 @@ struct tw_bwd_ctx {
   const tw_t *q, *dout;
   const float *lse, *delta, *kt, *vt, *kr;
   const int64_t* dos;
+  const tw_t *k, *v;
   int64_t nkb, nmb, kv_stride;
+  int64_t kv_head_stride;  // kv_stride for buffers of every (batch, kv head); 0 for one head's buffers
 };
 
 // S, P and dS of the (query block at i0, key block at j0) tile of head h; Q scaled, dO loaded.
@@ -157,7 +159,7 @@ static void tw_bwd_tile(const tw_bwd_ctx& c, int64_t b, int64_t h, int64_t i0, i
                         const float* Q, const float* dO, float* S, float* dP) {
   const tw_attn_args& a = c.a;
   const int64_t bn = a.bn, rows4 = (rows + 3) & ~(int64_t)3, hk = h / a.group;
-  const size_t kv = (size_t)((b * a.HKV + hk) * c.kv_stride + j0 * TW_DP);
+  const size_t kv = (size_t)((b * a.HKV + hk) * c.kv_head_stride + j0 * TW_DP);
   const int64_t row = (b * a.H + h) * a.M + i0;
   tw_gemm_nt(Q, TW_DP, c.kt + kv, bn, S, bn, rows4, bn, TW_D);
   tw_finish_scores(a, b, h, i0, rows, j0, bn, S);
@@ -185,7 +187,7 @@ struct tw_bwd_scratch {
 };
 
 // dK and dV of key block kb of (b, kv head hk), summed over the group's query heads; with dqacc
-// (float32 [B, H, M4, DP]) also dQ's share of the block (the caller owns every head of the group).
+// (float32 [group, M4, DP]) also dQ's share of the block (the caller owns every head of the group).
 static void tw_bwd_key_block(const tw_bwd_ctx& c, int64_t b, int64_t hk, int64_t kb, tw_bwd_scratch& w,
                              float* dqacc, float* ds, tw_t* dk, tw_t* dv, const int64_t* dks, const int64_t* dvs) {
   const tw_attn_args& a = c.a;
@@ -193,7 +195,7 @@ static void tw_bwd_key_block(const tw_bwd_ctx& c, int64_t b, int64_t hk, int64_t
   std::fill(w.dK.begin(), w.dK.end(), 0.0f);
   std::fill(w.dV.begin(), w.dV.end(), 0.0f);
   const int64_t istart = a.causal ? std::min(a.M, std::max<int64_t>(0, j0 - a.causal_offset)) : 0;
-  const size_t kv = (size_t)((b * a.HKV + hk) * c.kv_stride + j0 * TW_DP);
+  const size_t kv = (size_t)((b * a.HKV + hk) * c.kv_head_stride + j0 * TW_DP);
   for (int64_t g = 0; g < a.group; ++g) {
     const int64_t h = hk * a.group + g;
     for (int64_t i0 = (istart / bm) * bm; i0 < a.M; i0 += bm) {
@@ -205,7 +207,7 @@ static void tw_bwd_key_block(const tw_bwd_ctx& c, int64_t b, int64_t hk, int64_t
       tw_gemm_acc(w.S.data(), 1, bn, w.dO.data(), TW_DP, w.dV.data(), TW_DP, bn, TW_DP, rows);
       tw_gemm_acc(w.dP.data(), 1, bn, w.Q.data(), TW_DP, w.dK.data(), TW_DP, bn, TW_DP, rows);
       if (dqacc) {  // rows past `rows` of dS are zeros (zero dO rows) and stay inside this head's M4 rows
-        tw_gemm_acc(w.dP.data(), bn, 1, c.kr + kv, TW_DP, dqacc + ((b * a.H + h) * m4 + i0) * TW_DP, TW_DP, rows4,
+        tw_gemm_acc(w.dP.data(), bn, 1, c.kr + kv, TW_DP, dqacc + (g * m4 + i0) * TW_DP, TW_DP, rows4,
                     TW_DP, bn);
         if (ds) tw_store_ds(a, ds, b, h, i0, rows, j0, w.dP.data());
       }
@@ -221,32 +223,49 @@ static void tw_bwd_key_block(const tw_bwd_ctx& c, int64_t b, int64_t hk, int64_t
   }
 }
 
-// Separate passes: dK/dV in parallel over key blocks (then tw_bwd_dq). Fused: in parallel over
-// (batch, kv head), every key block in turn, dQ accumulated alongside; then dQ written out.
-static void tw_bwd_dkdv(const tw_bwd_ctx& c, bool fused, float* ds, tw_t* dq, const int64_t* dqs, tw_t* dk,
-                        tw_t* dv, const int64_t* dks, const int64_t* dvs) {
+// Separate passes: dK/dV in parallel over key blocks (packed K/V shared; then tw_bwd_dq).
+static void tw_bwd_dkdv(const tw_bwd_ctx& c, tw_t* dk, tw_t* dv, const int64_t* dks, const int64_t* dvs) {
   const tw_attn_args& a = c.a;
-  const int64_t m4 = (a.M + 3) & ~(int64_t)3;
-  std::vector<float> dqacc(fused ? (size_t)(a.B * a.H * m4 * TW_DP) : 0);
-  float* acc = fused ? dqacc.data() : nullptr;
 #pragma omp parallel num_threads(a.threads)
   {
     tw_bwd_scratch w(a.bm, a.bn);
-    if (fused) {
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t t = 0; t < a.B * a.HKV; ++t)
-        for (int64_t kb = 0; kb < c.nkb; ++kb) tw_bwd_key_block(c, t / a.HKV, t % a.HKV, kb, w, acc, ds, dk, dv, dks, dvs);
-#pragma omp for schedule(static)
-      for (int64_t t = 0; t < a.B * a.H * a.M; ++t) {
-        const int64_t i = t % a.M, bh = t / a.M, b = bh / a.H, h = bh % a.H;
-        tw_t* dst = dq + b * dqs[0] + h * dqs[1] + i * dqs[2];
-        const float* src = acc + (bh * m4 + i) * TW_DP;
-        for (int64_t d = 0; d < TW_D; ++d) dst[d * dqs[3]] = tw_st(src[d] * a.scale);
+    for (int64_t t = 0; t < a.B * a.HKV * c.nkb; ++t)
+      tw_bwd_key_block(c, (t / c.nkb) / a.HKV, (t / c.nkb) % a.HKV, t % c.nkb, w, nullptr, nullptr, dk, dv, dks, dvs);
+  }
+}
+
+// Fused: one task per (batch, kv head) packs its K/V into the thread's buffers, runs every key
+// block with dQ accumulated alongside and writes dQ of the group's heads; one barrier in all.
+static void tw_bwd_fused(const tw_bwd_ctx& shared, float* ds, tw_t* dq, const int64_t* dqs, tw_t* dk, tw_t* dv,
+                         const int64_t* dks, const int64_t* dvs) {
+  const tw_attn_args& a = shared.a;
+  const int64_t m4 = (a.M + 3) & ~(int64_t)3, bn = a.bn;
+#pragma omp parallel num_threads(a.threads)
+  {
+    tw_bwd_scratch w(a.bm, bn);
+    tw_bwd_ctx c = shared;
+    c.kv_head_stride = 0;
+    std::unique_ptr<float[]> kt(new float[(size_t)c.kv_stride]), vt(new float[(size_t)c.kv_stride]);
+    std::unique_ptr<float[]> kr(new float[(size_t)c.kv_stride]);
+    c.kt = kt.get(); c.vt = vt.get(); c.kr = kr.get();
+    std::vector<float> acc((size_t)(a.group * m4 * TW_DP));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < a.B * a.HKV; ++t) {
+      const int64_t b = t / a.HKV, hk = t % a.HKV;
+      for (int64_t kb = 0; kb < c.nkb; ++kb) {
+        const size_t off = (size_t)(kb * bn * TW_DP);
+        tw_pack(c.k, a.ks, b, hk, kb * bn, a.N, bn, kt.get() + off, kr.get() + off);
+        tw_pack(c.v, a.vs, b, hk, kb * bn, a.N, bn, vt.get() + off, nullptr);
       }
-    } else {
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t t = 0; t < a.B * a.HKV * c.nkb; ++t)
-        tw_bwd_key_block(c, (t / c.nkb) / a.HKV, (t / c.nkb) % a.HKV, t % c.nkb, w, nullptr, nullptr, dk, dv, dks, dvs);
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int64_t kb = 0; kb < c.nkb; ++kb) tw_bwd_key_block(c, b, hk, kb, w, acc.data(), ds, dk, dv, dks, dvs);
+      for (int64_t g = 0; g < a.group; ++g)
+        for (int64_t i = 0; i < a.M; ++i) {
+          tw_t* dst = dq + b * dqs[0] + (hk * a.group + g) * dqs[1] + i * dqs[2];
+          const float* src = acc.data() + (g * m4 + i) * TW_DP;
+          for (int64_t d = 0; d < TW_D; ++d) dst[d * dqs[3]] = tw_st(src[d] * a.scale);
+        }
     }
   }
 }
@@ -271,7 +290,7 @@ static void tw_bwd_dq(const tw_bwd_ctx& c, tw_t* dq, const int64_t* dqs, float* 
         if (tw_tile_empty(a, b, h, i0, rows, j0, cols)) continue;
         tw_bwd_tile(c, b, h, i0, rows, j0, Q.data(), dO.data(), S.data(), dP.data());
         if (ds) tw_store_ds(a, ds, b, h, i0, rows, j0, dP.data());
-        const size_t kv = (size_t)((b * a.HKV + hk) * c.kv_stride + j0 * TW_DP);
+        const size_t kv = (size_t)((b * a.HKV + hk) * c.kv_head_stride + j0 * TW_DP);
         tw_gemm_acc(dP.data(), bn, 1, c.kr + kv, TW_DP, dQ.data(), TW_DP, rows4, TW_DP, bn);
       }
       for (int64_t r = 0; r < rows; ++r) {
@@ -294,18 +313,23 @@ extern "C" void tw_attn_bwd(const void* doutp, const void* qp, const void* kp, c
   c.q = (const tw_t*)qp; c.dout = (const tw_t*)doutp; c.lse = lse; c.delta = delta;
   const int64_t bn = a.bn;
   c.nkb = (a.N + bn - 1) / bn; c.nmb = (a.M + a.bm - 1) / a.bm; c.kv_stride = c.nkb * bn * TW_DP;
+  c.k = (const tw_t*)kp; c.v = (const tw_t*)vp;
+  if (dims[9] != 0) {
+    tw_bwd_fused(c, ds, (tw_t*)dq, st + 24, (tw_t*)dk, (tw_t*)dv, st + 28, st + 32);
+    return;
+  }
+  c.kv_head_stride = c.kv_stride;
   const size_t total = (size_t)(a.B * a.HKV * c.kv_stride);
   std::unique_ptr<float[]> kt(new float[total]), vt(new float[total]), kr(new float[total]);
 #pragma omp parallel for num_threads(a.threads) schedule(static)
   for (int64_t t = 0; t < a.B * a.HKV * c.nkb; ++t) {
     const int64_t kb = t % c.nkb, bh = t / c.nkb;
     const size_t off = (size_t)(bh * c.kv_stride + kb * bn * TW_DP);
-    tw_pack((const tw_t*)kp, a.ks, bh / a.HKV, bh % a.HKV, kb * bn, a.N, bn, kt.get() + off, kr.get() + off);
-    tw_pack((const tw_t*)vp, a.vs, bh / a.HKV, bh % a.HKV, kb * bn, a.N, bn, vt.get() + off, nullptr);
+    tw_pack(c.k, a.ks, bh / a.HKV, bh % a.HKV, kb * bn, a.N, bn, kt.get() + off, kr.get() + off);
+    tw_pack(c.v, a.vs, bh / a.HKV, bh % a.HKV, kb * bn, a.N, bn, vt.get() + off, nullptr);
   }
   c.kt = kt.get(); c.vt = vt.get(); c.kr = kr.get();
-  const bool fused = dims[9] != 0;
-  tw_bwd_dkdv(c, fused, ds, (tw_t*)dq, st + 24, (tw_t*)dk, (tw_t*)dv, st + 28, st + 32);
-  if (!fused) tw_bwd_dq(c, (tw_t*)dq, st + 24, ds);
+  tw_bwd_dkdv(c, (tw_t*)dk, (tw_t*)dv, st + 28, st + 32);
+  tw_bwd_dq(c, (tw_t*)dq, st + 24, ds);
 }
 """
