@@ -1,4 +1,4 @@
-"""C++/OpenMP 2-D max pooling for the CPU target: ``max_pool2d_with_indices`` and its backward.
+"""C++/OpenMP 2-D pooling for the CPU target: ``max_pool2d_with_indices``, its backward, ``avg_pool2d``.
 
 Forward: one task per (plane, output row); each output element scans its window (padding,
 stride, dilation, ``ceil_mode`` windows clipped to the input) with ATen's rule — the first
@@ -23,7 +23,7 @@ from .indexing import IndexCheck, operand_problem
 from .scalar_ops import CPP_TYPES, load_code, storage_type, store_code
 
 #: ops this module generates
-POOL_OPS = ("aten.max_pool2d_with_indices", "aten.max_pool2d_with_indices_backward")
+POOL_OPS = ("aten.max_pool2d_with_indices", "aten.max_pool2d_with_indices_backward", "aten.avg_pool2d")
 _FLOATS = (torch.float32, torch.float64, torch.bfloat16)
 
 
@@ -85,10 +85,15 @@ class PoolSource:
             self.source = self._backward(grad, indices, node.outputs[0])
         else:
             x = node.args[0]
-            self.window = _window(list(node.args[1:5]))
-            self.shape_in, self.shape_out = self._nchw(x), self._nchw(node.outputs[0])
             self.checks = []
-            self.source = self._forward(x, node.outputs[0], node.outputs[1])
+            self.shape_in, self.shape_out = self._nchw(x), self._nchw(node.outputs[0])
+            if packet_name(node.target) == "aten.avg_pool2d":
+                args = list(node.args[1:4])
+                self.window = _window(args + [[], 0][len(args) - 1:] + [1])  # no dilation
+                self.source = self._average(x, node.outputs[0], node)
+            else:
+                self.window = _window(list(node.args[1:5]))
+                self.source = self._forward(x, node.outputs[0], node.outputs[1])
         self.planes = self.shape_out[0] * self.shape_out[1]
         self.numel = math.prod(self.shape_out) * self.window[0][0] * self.window[0][1]
         self.nbytes = sum(v.type.numel * v.type.dtype.itemsize for v in self.inputs + self.outputs)
@@ -184,6 +189,44 @@ class PoolSource:
       {store_i}
     }}"""
         return border + (interior if lo < hi else "")
+
+    def _average(self, x: Value, out: Value, node: Node) -> str:
+        """avg_pool2d as ATen's CPU kernel computes it: the window's sum in row order (float for
+        float/bfloat16), divided by the divisor override, the padded window size or the count."""
+        (kh, kw), (sh, sw), (ph, pw), _ = self.window
+        _, channels, height, width = self.shape_in
+        oh_n, ow_n = self.shape_out[2], self.shape_out[3]
+        include_pad = bool(node.args[5]) if len(node.args) > 5 else bool(node.kwargs.get("count_include_pad", True))
+        override = node.args[6] if len(node.args) > 6 else node.kwargs.get("divisor_override")
+        xs, os_ = _plane_strides(x), _plane_strides(out)
+        ct = CPP_TYPES[x.type.dtype]
+        load = load_code(x.type.dtype, f"{self._in(x)}[xb + ih * INT64_C({xs[2]}) + iw * INT64_C({xs[3]})]")
+        divide = (f"INT64_C({int(override)})" if override else
+                  "pool" if include_pad else "(ih1 - ih0) * (iw1 - iw0)")
+        return f"""extern "C" void {self.name}({self._params()}) {{
+{self._casts()}
+  #pragma omp parallel for num_threads(threads) schedule(static) if(threads > 1)
+  for (int64_t task = 0; task < INT64_C({math.prod(self.shape_out[:3])}); ++task) {{
+    const int64_t oh = task % {oh_n}, plane = task / {oh_n};
+    const int64_t n = plane / {channels}, c = plane % {channels};
+    const int64_t xb = n * INT64_C({xs[0]}) + c * INT64_C({xs[1]});
+    const int64_t ob = n * INT64_C({os_[0]}) + c * INT64_C({os_[1]}) + oh * INT64_C({os_[2]});
+    for (int64_t ow = 0; ow < {ow_n}; ++ow) {{
+      int64_t ih0 = oh * {sh} - {ph}, iw0 = ow * {sw} - {pw};
+      int64_t ih1 = ih0 + {kh} < {height + ph} ? ih0 + {kh} : {height + ph};
+      int64_t iw1 = iw0 + {kw} < {width + pw} ? iw0 + {kw} : {width + pw};
+      const int64_t pool = (ih1 - ih0) * (iw1 - iw0);
+      ih0 = ih0 > 0 ? ih0 : 0; iw0 = iw0 > 0 ? iw0 : 0;
+      ih1 = ih1 < {height} ? ih1 : {height}; iw1 = iw1 < {width} ? iw1 : {width};
+      {ct} sum = 0;
+      for (int64_t ih = ih0; ih < ih1; ++ih)
+        for (int64_t iw = iw0; iw < iw1; ++iw) sum += {load};
+      const {ct} avg = (ih0 >= ih1 || iw0 >= iw1) ? ({ct})0 : sum / ({ct})({divide});
+      out0[ob + ow * INT64_C({os_[3]})] = {store_code(out.type.dtype, "avg")};
+    }}
+  }}
+}}
+"""
 
     def _backward(self, grad: Value, indices: Value, out: Value) -> str:
         _, channels, height, width = self.shape_in
