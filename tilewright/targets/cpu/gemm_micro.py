@@ -312,11 +312,39 @@ template <class T> struct TwScratch {
 // Pack rows [i0, i0+mc) x cols [p0, p0+kc) of A into MR-row micro-panels dst[panel][kc][mr] (zero rows past mc).
 // Done in chunks of 16 columns: each row's cache line is read once and used at once (rows a power of two
 // apart share an L1 set), and the chunk's destination (16 x MR values) stays in L1.
+#if defined(__AVX512F__)
+// One float micro-panel with AVX-512 gathers: 16 rows' values at a column per instruction (masked past `rows`).
+static inline void tw_pack_panel_gather(const float* a, int64_t sam, int64_t sak, int64_t rows, int64_t kc,
+                                        int64_t mr, float* panel) {
+  const __m512i index = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32((int32_t)sam));
+  for (int64_t g0 = 0; g0 < mr; g0 += 16) {
+    const int64_t lanes = std::min<int64_t>(16, mr - g0);
+    const int64_t valid = std::max<int64_t>(0, std::min<int64_t>(lanes, rows - g0));
+    const __mmask16 load = (__mmask16)((1u << valid) - 1u), store = (__mmask16)((1u << lanes) - 1u);
+    const float* base = a + g0 * sam;
+    for (int64_t kk = 0; kk < kc; ++kk) {
+      const __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), load, index, base + kk * sak, 4);
+      _mm512_mask_storeu_ps(panel + kk * mr + g0, store, v);
+    }
+  }
+}
+#endif
+
 template <class S, class T>
 static void tw_pack_a(const S* a, int64_t sam, int64_t sak, int64_t mc, int64_t kc, int64_t mr, T* dst) {
   for (int64_t ip = 0; ip < mc; ip += mr) {
     const int64_t rows = std::min<int64_t>(mr, mc - ip);
     T* panel = dst + ip * kc;
+#if defined(__AVX512F__)
+    if constexpr (std::is_same<S, float>::value && std::is_same<T, float>::value) {
+      // not for rows a multiple of 4 KiB apart: a gather's 16 lines would all fall in one L1 set
+      if (sam != 1 && sam > 0 && sam < (INT64_C(1) << 31) / 16 && (sam * 4) % 4096 != 0) {
+        tw_pack_panel_gather(a + ip * sam, sam, sak, rows, kc, mr, panel);
+        continue;
+      }
+    }
+#endif
     for (int64_t k0 = 0; k0 < kc; k0 += 16) {
       const int64_t k1 = std::min<int64_t>(k0 + 16, kc);
       for (int64_t ii = 0; ii < rows; ++ii) {
