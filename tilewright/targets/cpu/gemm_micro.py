@@ -110,8 +110,9 @@ def default_blocks(m: int, n: int, k: int, nb: int, dtype: torch.dtype,
     """Cache blocks and register block for this problem from the machine's description.
 
     ``KC`` keeps one packed ``KC x NR`` B micro-panel in half of L1; ``MC`` keeps the packed
-    ``MC x KC`` A block in half of L2; ``NC`` keeps the thread's ``MC x NC`` C tile in the other
-    half. Blocks are then evened out over the problem and split until every thread has a block.
+    ``MC x KC`` A block in half of L2 (large: each B micro-panel fetched from L3 then serves MC/MR
+    micro-kernel calls); ``NC`` bounds the ``KC x NC`` B block a task streams per K slice to half
+    of L2. Blocks are then evened out over the problem and split until every thread has a block.
     """
     isa = vector_isa(description)
     elem = 8 if dtype == torch.float64 else 4
@@ -126,8 +127,8 @@ def default_blocks(m: int, n: int, k: int, nb: int, dtype: torch.dtype,
     threads = cores if flops >= _PARALLEL_FLOPS else 1
     kc = max(64, min(512, (l1 // 2 // (nr * elem)) // 16 * 16))
     kc = k if k <= kc * 5 // 4 else _split(k, kc, 16)
-    mc = max(mr, min(16 * mr, (l2 // 2 // (kc * elem)) // mr * mr))
-    nc = max(nr, min(64 * nr, (l2 // 2 // (mc * elem)) // nr * nr))
+    mc = max(mr, min(32 * mr, (l2 // 2 // (kc * elem)) // mr * mr))  # measured: 2048^3 +9%, 1024^3 -4% vs 16*MR
+    nc = max(nr, min(64 * nr, (l2 // 2 // (kc * elem)) // nr * nr))
     mc, nc = _split(m, min(mc, _round_up(m, mr)), mr), _split(n, min(nc, _round_up(n, nr)), nr)
 
     def tasks() -> int:
