@@ -136,6 +136,7 @@ def test_every_sampled_config_gives_the_same_result(linear_kernel: Any) -> None:
     configs = list(kernel.space.enumerate())
     sample = random.Random(0).sample(configs, 10) + [kernel.space.default_config()]
     sample += [c for c in configs if c["extern"]] + [c for c in configs if not c["pack"]][:1]
+    sample += [c for c in configs if c["pack_b"] != sample[-3]["pack_b"] and c["threads"] > 1][:2]
     for config in sample:
         tensors[-1].fill_(float("nan"))
         kernel.runner(config)(tensors)

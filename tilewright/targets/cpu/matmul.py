@@ -182,9 +182,10 @@ class MatmulSource:
 
     # -- code --------------------------------------------------------------------------------
     def launch_args(self, config: Config, c_ext: int = 0, c_ext_ld: int = 0) -> list[int]:
-        """Scalars after the tensors: blocks, register block, threads, packing, order, extern C."""
+        """Scalars after the tensors: blocks, register block, threads, packing, order, B packing, extern C."""
         return [int(config["MC"]), int(config["NC"]), int(config["KC"]), int(config["MR"]), int(config["NR"]),
-                int(config["threads"]), int(bool(config["pack"])), _ORDER[str(config["order"])], c_ext, c_ext_ld]
+                int(config["threads"]), int(bool(config["pack"])), _ORDER[str(config["order"])],
+                int(config["pack_b"] == "task"), c_ext, c_ext_ld]
 
     def _epilogue_lambda(self, ctype: str) -> list[str]:
         ep = self.epilogue
@@ -218,7 +219,7 @@ class MatmulSource:
         stype = storage_type(self.dtype)
         params = [f"const void* p{i}" for i in range(len(self.inputs))]
         params += [f"void* q{i}" for i in range(len(self.outputs))]
-        scalars = ["mc", "nc", "kc", "mr", "nr", "threads", "pack", "order", "c_ext", "c_ext_ld"]
+        scalars = ["mc", "nc", "kc", "mr", "nr", "threads", "pack", "order", "task_b", "c_ext", "c_ext_ld"]
         params += [f"int64_t {s}" for s in scalars]
         index = {v.id: i for i, v in enumerate(self.inputs)}
         casts = [f"  const {stype}* A = (const {stype}*)p{index[self.a.id]};",
@@ -246,7 +247,7 @@ class MatmulSource:
     return;
   }}
   const TwGemmShape g{{{self.nb}, {self.m}, {self.n}, {self.k}, {sab}, {sam}, {sak}, {sbb}, {sbk}, {sbn}}};
-  const TwGemmBlocks blk{{mc, nc, kc, mr, nr, threads, pack, order}};
+  const TwGemmBlocks blk{{mc, nc, kc, mr, nr, threads, pack, order, task_b}};
   tw_gemm<{stype}, {ctype}>(A, B, g, blk, epi);
 }}
 """
