@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _cpu_items(args: argparse.Namespace) -> Iterator[tuple[str, Any, Any]]:
     """Model-suite kernels first (``--no-suite`` skips them), then generated problems."""
-    from ..costmodel.cpu_collect import CPU_KINDS, cpu_specs, spec_items, suite_kernels
+    from .collect_cpu import CPU_KINDS, cpu_specs, spec_items, suite_kernels
 
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     if args.kinds == ",".join(ALL_KINDS):
@@ -151,7 +151,7 @@ def run_cpu(args: argparse.Namespace) -> int:
     import sys
 
     from ..autotune.measure import CpuMeasurer
-    from ..costmodel.cpu_collect import collect_cpu, device_extra, repeatability
+    from .collect_cpu import collect_cpu, device_extra, repeatability
 
     measurer = CpuMeasurer(repeats=min(args.repeats, 7), sample_s=1e-3)
     info = measurer.device_info()

@@ -37,9 +37,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--plots", metavar="DIR", help="directory for PNG plots (default: next to --out)")
     p.add_argument("--no-plots", action="store_true", help="do not write plots")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
-    p.add_argument("--holdout", choices=("problem", "fingerprint"), default="problem",
-                   help="unit held out together: a kernel with its shapes (problem, default) or "
-                        "every shape of a kernel template (fingerprint)")
+    p.add_argument("--holdout", choices=("problem", "fingerprint", "model"), default="problem",
+                   help="unit held out together: a kernel with its shapes (problem, default), "
+                        "every shape of a kernel template (fingerprint) or every kernel of a model (model)")
+    p.add_argument("--objective", choices=("auto", "logtime", "rank"), default=None,
+                   help="training objective; auto cross-validates both and keeps the better "
+                        "(default: auto on native-CPU records, logtime otherwise)")
+    p.add_argument("--feature-set", choices=("gpu", "cpu"), default=None,
+                   help="which records to train on when a file mixes GPU and native-CPU records")
+    p.add_argument("--ship-to", metavar="PATH",
+                   help="also write the model here, only when it beats the roofline on held-out kernels "
+                        "(Spearman ρ and top-1 regret)")
     p.add_argument("--no-cv", action="store_true", help="skip evaluation, only train the model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--estimators", type=int, default=300, help="boosting rounds (default 300)")
@@ -78,13 +86,19 @@ def _print_report(report: dict[str, Any]) -> None:
     cv = report.get("cv")
     if not cv:
         return
-    table = Table(title=f"held-out kernels ({cv['folds']}-fold CV, unit held out: {cv['holdout']})")
+    table = Table(title=f"held-out kernels ({cv['folds']}-fold CV, unit held out: {cv['holdout']}, "
+                        f"objective: {report.get('objective', 'logtime')})")
     for col in ("model", "Spearman ρ", "top-1 regret", "top-5 recall"):
         table.add_column(col)
     for model in ("gbm", "roofline", "random"):
         o = cv[model]["overall"]
         table.add_row(model, _fmt(o["spearman"]), _fmt(o["top1_regret"], True), _fmt(o["top5_recall"], True))
     console.print(table)
+    by_model = report.get("cv_by_model")
+    if by_model:
+        console.print("held out by model (gbm / roofline / random): " + " | ".join(
+            f"{m} ρ {_fmt(by_model[m]['overall']['spearman'])} regret {_fmt(by_model[m]['overall']['top1_regret'], True)}"
+            f" top-5 {_fmt(by_model[m]['overall']['top5_recall'], True)}" for m in ("gbm", "roofline", "random")))
     kinds = Table(title="by kernel kind (gbm / roofline / random)")
     for col in ("kind", "problems", "Spearman ρ", "top-1 regret", "top-5 recall"):
         kinds.add_column(col)
@@ -135,9 +149,16 @@ def run(args: argparse.Namespace) -> int:
         return fail(exc, 1)
     if any(r.synthetic for r in records) and not args.allow_synthetic:
         return fail("the data contains synthetic records; pass --allow-synthetic (tests only)", 4)
+    from ..costmodel.cpu import is_cpu_device
+
+    objective = args.objective
+    if objective is None:
+        cpu = args.feature_set == "cpu" or (args.feature_set is None and records
+                                             and all(is_cpu_device(r.device()) for r in records))
+        objective = "auto" if cpu else "logtime"
     try:
         model, report = train_model(records, seed=args.seed, n_splits=args.folds, holdout=args.holdout,
-                                    evaluate=not args.no_cv,
+                                    evaluate=not args.no_cv, objective=objective, feature_set=args.feature_set,
                                     n_estimators=args.estimators, max_depth=args.max_depth,
                                     learning_rate=args.learning_rate)
     except ValueError as exc:
@@ -150,6 +171,16 @@ def run(args: argparse.Namespace) -> int:
     report["model"] = str(out)
     if "cv" in report:
         report["targets"] = _targets(report["cv"], report["synthetic"])
+        g, r = report["cv"]["gbm"]["overall"], report["cv"]["roofline"]["overall"]
+        report["beats_roofline"] = bool(g["spearman"] > r["spearman"] and g["top1_regret"] < r["top1_regret"])
+        if args.ship_to:
+            if report["beats_roofline"] and not report["synthetic"]:
+                model.save(args.ship_to)
+                report["shipped"] = str(args.ship_to)
+            else:
+                report["shipped"] = None
+                log.warning("model not shipped to %s: it does not beat the roofline on held-out kernels",
+                            args.ship_to)
         if not args.no_plots:
             plot_dir = Path(args.plots) if args.plots else out.parent / (out.stem + "_plots")
             report["plots"] = [str(p) for p in write_plots(report["_data"], report["_oof"], report["cv"], plot_dir)]

@@ -20,11 +20,14 @@ log = logging.getLogger(__name__)
 
 #: Where the shipped default model lives (absent until trained on real GPU records).
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "data" / "costmodel_default.json"
+#: The trained model for the native CPU target (used only on the CPU it was trained on: same
+#: model, ISA flags and compiler); absent unless it beat the roofline on held-out kernels.
+CPU_DEFAULT_MODEL_PATH = DEFAULT_MODEL_PATH.with_name("costmodel_cpu_default.json")
 #: Environment variable naming another model file to use as the default.
 MODEL_ENV = "TILEWRIGHT_COSTMODEL"
 
 __all__ = ["CostModel", "RooflineModel", "DeviceDispatchModel", "load_default_model",
-           "DEFAULT_MODEL_PATH"]
+           "DEFAULT_MODEL_PATH", "CPU_DEFAULT_MODEL_PATH"]
 
 
 class DeviceDispatchModel(CostModel):
@@ -40,6 +43,10 @@ class DeviceDispatchModel(CostModel):
 
     def model_for(self, device: Mapping[str, object] | None) -> CostModel:
         """The model that scores configs for ``device``."""
+        from .dataset import feature_set_of
+
+        if getattr(self.trained, "feature_set", "gpu") != feature_set_of(device):
+            return self.fallback
         matches = getattr(self.trained, "matches_device", None)
         return self.trained if matches is not None and matches(device) else self.fallback
 
@@ -66,9 +73,11 @@ def load_default_model(device: Mapping[str, object] | None = None,
         when no usable trained model exists (missing, unreadable, tampered, incompatible,
         or trained on synthetic records).
     """
+    from .cpu import is_cpu_device
     from .gbm import GBMCostModel, ModelFileError
 
-    model_path = Path(path or os.environ.get(MODEL_ENV) or DEFAULT_MODEL_PATH)
+    default = CPU_DEFAULT_MODEL_PATH if is_cpu_device(device) else DEFAULT_MODEL_PATH
+    model_path = Path(path or os.environ.get(MODEL_ENV) or default)
     if not model_path.exists():
         if path or os.environ.get(MODEL_ENV):
             log.warning("cost model %s does not exist; using the roofline model", model_path)
@@ -80,6 +89,9 @@ def load_default_model(device: Mapping[str, object] | None = None,
         return RooflineModel()
     if trained.synthetic:
         log.warning("cost model %s was trained on synthetic records; using the roofline model", model_path)
+        return RooflineModel()
+    if is_cpu_device(device) != (trained.feature_set == "cpu"):
+        log.info("cost model %s scores %s kernels; using the roofline model", model_path, trained.feature_set)
         return RooflineModel()
     if device is not None and not trained.matches_device(device):
         log.info("cost model %s was trained on %s, not %s; using the roofline model",

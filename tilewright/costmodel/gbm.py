@@ -34,9 +34,10 @@ import numpy as np
 from ..schedule.problem import KernelProblem
 from ..schedule.space import ConfigValue
 from .base import CostModel
-from .dataset import MODEL_FEATURES, Dataset, model_inputs, normalized_log_time
-from .devices import device_family
+from .cpu import CPU_FEATURE_VERSION
+from .dataset import FEATURE_SETS, MODEL_FEATURES, Dataset, device_key, feature_set_of, model_inputs, normalized_log_time
 from .features import FEATURE_VERSION
+from .metrics import average_ranks
 from .records import SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,25 @@ FORMAT_VERSION = 1
 MODEL_TYPE = "gbm"
 #: Refuse to parse model files larger than this (bytes).
 MAX_FILE_BYTES = 64 * 1024 * 1024
-#: Column of the model input holding log2 of the roofline estimate (the prediction's base).
+#: Column of the model input holding log2 of the roofline estimate (the prediction's base);
+#: the last column in every feature set.
 BASELINE_COLUMN = MODEL_FEATURES.index("log2_roofline_s")
+#: Feature version of each feature set.
+FEATURE_VERSIONS = {"gpu": FEATURE_VERSION, "cpu": CPU_FEATURE_VERSION}
+#: Training objectives: "logtime" regresses the normalized log time over the roofline's;
+#: "rank" regresses each config's rank percentile within its kernel problem (a pointwise
+#: ranking objective: every kernel weighs the same and outlier slow configs cannot dominate).
+OBJECTIVES = ("logtime", "rank")
+
+
+def rank_target(times: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Per-group rank percentile of ``times`` in [-0.5, 0.5] (fastest lowest)."""
+    out = np.zeros(len(times))
+    for g in np.unique(groups):
+        mask = groups == g
+        n = int(mask.sum())
+        out[mask] = (average_ranks(times[mask]) - 1) / max(n - 1, 1) - 0.5
+    return out
 
 
 class ModelFileError(ValueError):
@@ -167,7 +185,9 @@ class GBMCostModel(CostModel):
     def __init__(self, payload: Mapping[str, Any]) -> None:
         """Build from a validated payload (use :meth:`fit`, :meth:`load` or :meth:`from_dict`)."""
         self.payload = dict(payload)
-        self._forest = _Forest(payload["trees"], len(MODEL_FEATURES))
+        self.feature_set = str(payload.get("feature_set", "gpu"))
+        self._forest = _Forest(payload["trees"], len(FEATURE_SETS[self.feature_set]))
+        self._baseline = bool(payload.get("baseline", True))
         self._init = float(payload["init"])
         self._lr = float(payload["learning_rate"])
 
@@ -175,8 +195,9 @@ class GBMCostModel(CostModel):
     @classmethod
     def fit(cls, data: Dataset, *, n_estimators: int = 300, max_depth: int = 5,
             learning_rate: float = 0.05, subsample: float = 0.8, seed: int = 0,
-            extra: Mapping[str, Any] | None = None) -> "GBMCostModel":
-        """Train on ``data``; ``extra`` is stored in the payload (metrics, data digest...)."""
+            extra: Mapping[str, Any] | None = None, objective: str = "logtime") -> "GBMCostModel":
+        """Train on ``data`` with ``objective`` (:data:`OBJECTIVES`); ``extra`` is stored in the
+        payload (metrics, data digest...)."""
         from sklearn.ensemble import GradientBoostingRegressor
 
         if len(data) < 2:
@@ -186,17 +207,23 @@ class GBMCostModel(CostModel):
                                         min_samples_leaf=5, random_state=seed)
         # NOTE: the trees learn the residual over the roofline (both normalized per group), so
         # the analytical model is the starting point and the data only has to teach corrections.
-        baseline = normalized_log_time(np.exp2(data.X[:, BASELINE_COLUMN]), data.groups)
-        reg.fit(data.X, data.y - baseline)
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, not {objective!r}")
+        if objective == "rank":
+            reg.fit(data.X, rank_target(data.times, data.groups))
+        else:
+            baseline = normalized_log_time(np.exp2(data.X[:, BASELINE_COLUMN]), data.groups)
+            reg.fit(data.X, data.y - baseline)
         records = data.records
         payload: dict[str, Any] = {
             "model_type": MODEL_TYPE,
-            "feature_version": FEATURE_VERSION,
+            "feature_version": FEATURE_VERSIONS[data.feature_set],
             "record_schema_version": SCHEMA_VERSION,
-            "feature_names": list(MODEL_FEATURES),
-            "target": "log2(time) - log2(roofline), each minus its mean over the kernel problem",
+            "feature_names": list(FEATURE_SETS[data.feature_set]),
+            "target": ("rank percentile of the config within its kernel problem" if objective == "rank" else
+                       "log2(time) - log2(roofline), each minus its mean over the kernel problem"),
             **export_sklearn(reg),
-            "devices": sorted({device_family(r.device_name) for r in records}),
+            "devices": sorted({device_key(r.device()) for r in records}),
             "device_names": sorted({r.device_name for r in records}),
             "triton_versions": sorted({r.triton_version for r in records}),
             "synthetic": any(r.synthetic for r in records),
@@ -207,6 +234,9 @@ class GBMCostModel(CostModel):
                                 "learning_rate": learning_rate, "subsample": subsample,
                                 "seed": seed},
         }
+        if data.feature_set != "gpu":  # GPU model files stay as they were
+            payload.update({"feature_set": data.feature_set, "objective": objective,
+                            "baseline": objective != "rank"})
         payload.update(extra or {})
         log.info("trained GBM on %d rows / %d groups", len(records), payload["n_groups"])
         return cls(payload)
@@ -215,13 +245,16 @@ class GBMCostModel(CostModel):
     def predict_matrix(self, X: np.ndarray) -> np.ndarray:
         """Predicted log2 time (up to a per-problem offset) for rows in :data:`MODEL_FEATURES` order."""
         X = np.asarray(X, dtype=float)
-        return X[:, BASELINE_COLUMN] + self._init + self._lr * self._forest.predict_sum(X)
+        base = X[:, -1] if self._baseline else 0.0
+        return base + self._init + self._lr * self._forest.predict_sum(X)
 
     def predict(self, problem: KernelProblem, configs: Sequence[Mapping[str, ConfigValue]],
                 device: Mapping[str, object] | None = None) -> list[float]:
         """Predicted normalized log2 time per config (lower is faster; ``inf`` if infeasible)."""
         if not configs:
             return []
+        if feature_set_of(device) != self.feature_set:
+            raise ValueError(f"this model scores {self.feature_set} kernels, not those of {device_key(device)}")
         X, roof = model_inputs(problem, configs, device)
         pred = self.predict_matrix(X)
         return [float(p) if math.isfinite(r) else math.inf for p, r in zip(pred, roof)]
@@ -238,7 +271,7 @@ class GBMCostModel(CostModel):
 
     def matches_device(self, device: Mapping[str, object] | None) -> bool:
         """True when ``device`` belongs to a family the model saw in training."""
-        return bool(device) and device_family(str(device.get("name", ""))) in self.devices  # type: ignore[union-attr]
+        return bool(device) and device_key(device) in self.devices
 
     # -- persistence -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -270,13 +303,16 @@ class GBMCostModel(CostModel):
             raise TamperedModelError("payload sha256 does not match: the file was modified or corrupted")
         if payload.get("model_type") != MODEL_TYPE:
             raise ForeignModelError(f"unknown model_type {payload.get('model_type')!r}")
-        if payload.get("feature_version") != FEATURE_VERSION:
+        feature_set = payload.get("feature_set", "gpu")
+        if feature_set not in FEATURE_SETS:
+            raise IncompatibleModelError(f"unknown feature_set {feature_set!r}")
+        if payload.get("feature_version") != FEATURE_VERSIONS[feature_set]:
             raise IncompatibleModelError(f"model uses feature version {payload.get('feature_version')!r}, "
-                                         f"this tilewright computes version {FEATURE_VERSION!r}")
+                                         f"this tilewright computes version {FEATURE_VERSIONS[feature_set]!r}")
         if payload.get("record_schema_version") != SCHEMA_VERSION:
             raise IncompatibleModelError("model was trained on record schema "
                                          f"{payload.get('record_schema_version')!r}, expected {SCHEMA_VERSION}")
-        if payload.get("feature_names") != list(MODEL_FEATURES):
+        if payload.get("feature_names") != list(FEATURE_SETS[feature_set]):
             raise IncompatibleModelError("model feature names differ from this tilewright's features")
         for key in ("init", "learning_rate"):
             value = payload.get(key)

@@ -250,7 +250,7 @@ def read_records(*paths: str | Path) -> list[Record]:
     return out
 
 
-_NESTED = ("dims", "config", "meta", "signature")
+_NESTED = ("dims", "config", "meta", "signature", "device_extra")
 
 
 def _write_parquet(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -20,6 +20,7 @@ from typing import Mapping, Sequence
 from ..schedule.problem import KernelProblem
 from ..schedule.space import ConfigValue
 from .base import CostModel
+from .cpu import cpu_roofline_seconds, is_cpu_device
 from .devices import DeviceSpec, device_spec
 from .features import TileModel, _int, dtype_bytes, occupancy, tile_model
 
@@ -76,6 +77,8 @@ class RooflineModel(CostModel):
     def predict(self, problem: KernelProblem, configs: Sequence[Mapping[str, ConfigValue]],
                 device: Mapping[str, object] | None = None) -> list[float]:
         """Estimated seconds for each config of ``problem`` on ``device`` (``inf`` when infeasible)."""
+        if is_cpu_device(device):  # the native C++ target: cores, SIMD, caches (costmodel.cpu)
+            return [cpu_roofline_seconds(problem, config, device) for config in configs]
         spec = device_spec(device)
         return [roofline_seconds(problem, config, spec) for config in configs]
 

@@ -58,12 +58,18 @@ def _folds(kernels: np.ndarray, n_splits: int, seed: int) -> list[np.ndarray]:
     return [f for f in np.array_split(unique, min(n_splits, len(unique))) if len(f)]
 
 
-HOLDOUTS = ("problem", "fingerprint")
+HOLDOUTS = ("problem", "fingerprint", "model")
 
 
 def _units(data: Dataset, holdout: str) -> np.ndarray:
+    """Held-out unit per row; "model": every kernel of one model of the suite together (records
+    whose source names a model), other kernels one problem at a time."""
     if holdout not in HOLDOUTS:
         raise ValueError(f"holdout must be one of {HOLDOUTS}, not {holdout!r}")
+    if holdout == "model":
+        sources = data.sources if data.sources is not None else data.problems
+        return np.asarray([s if ":model:" in str(s) or str(s).startswith("model:") else p
+                           for s, p in zip(sources, data.problems)], dtype=object)
     return data.problems if holdout == "problem" else data.kernels
 
 
@@ -125,30 +131,60 @@ def transfer(data: Dataset, source: str, target: str, *, shots: Sequence[int] = 
     return results
 
 
+def _objective_score(cv: Mapping[str, Any]) -> float:
+    o = cv["gbm"]["overall"]
+    return float(o["spearman"]) - float(o["top1_regret"]) + 0.5 * float(o["top5_recall"])
+
+
 def train_model(records: Sequence[Record], *, seed: int = 0, n_splits: int = 5, holdout: str = "problem",
-                evaluate: bool = True, **fit_kwargs: Any) -> tuple[GBMCostModel, dict[str, Any]]:
-    """Cross-validate (optional), then fit the final model on all data; returns (model, report)."""
-    data = build_dataset(records)
+                evaluate: bool = True, objective: str = "logtime", feature_set: str | None = None,
+                **fit_kwargs: Any) -> tuple[GBMCostModel, dict[str, Any]]:
+    """Cross-validate (optional), then fit the final model on all data; returns (model, report).
+
+    ``objective`` "auto" cross-validates every objective (:data:`~.gbm.OBJECTIVES`) and keeps
+    the best on held-out kernels (``report["objectives"]`` has each one's figures). On CPU data
+    the report also has ``cv_by_model``: every model of the suite held out at once.
+    """
+    from .gbm import OBJECTIVES
+
+    data = build_dataset(records, feature_set=feature_set)
     if len(data) < 2:
         raise ValueError("no kernel problem has two or more successful measurements")
+    candidates = list(OBJECTIVES) if objective == "auto" else [objective]
+    if not evaluate:
+        candidates = candidates[:1]
 
-    def fit(d: Dataset) -> GBMCostModel:
-        return GBMCostModel.fit(d, seed=seed, **fit_kwargs)
+    def fitter(obj: str) -> Callable[[Dataset], GBMCostModel]:
+        return lambda d: GBMCostModel.fit(d, seed=seed, objective=obj, **fit_kwargs)
 
     report: dict[str, Any] = {"rows": len(data), "groups": int(len(set(data.groups.tolist()))),
                               "kernels": int(len(set(data.kernels.tolist()))),
                               "devices": sorted(set(data.devices.tolist())),
-                              "synthetic": any(r.synthetic for r in records)}
+                              "synthetic": any(r.synthetic for r in records), "feature_set": data.feature_set}
     oof = None
+    chosen = candidates[0]
     if evaluate:
-        cv, oof = cross_validate(data, n_splits=n_splits, seed=seed, holdout=holdout, fit=fit)
+        runs = {obj: cross_validate(data, n_splits=n_splits, seed=seed, holdout=holdout, fit=fitter(obj))
+                for obj in candidates}
+        chosen = max(candidates, key=lambda o: _objective_score(runs[o][0]))
+        cv, oof = runs[chosen]
         report["cv"] = cv
+        report["objectives"] = {o: r[0]["gbm"]["overall"] for o, r in runs.items()}
+        report["objective"] = chosen
+        fit = fitter(chosen)
+        if data.feature_set == "cpu" and data.sources is not None and holdout != "model":
+            try:
+                report["cv_by_model"] = cross_validate(data, n_splits=n_splits, seed=seed, holdout="model",
+                                                       fit=fit)[0]
+            except ValueError as exc:
+                log.info("no by-model cross-validation: %s", exc)
         devices = report["devices"]
         report["transfer"] = [transfer(data, a, b, seed=seed, holdout=holdout, fit=fit)
                               for a in devices for b in devices if a != b]
     cv_overall = {m: report["cv"][m]["overall"] for m in ("gbm", "roofline", "random")} if evaluate else {}
-    model = GBMCostModel.fit(data, seed=seed, extra={"data_sha256": data_digest(records),
-                                                      "cv_overall": cv_overall}, **fit_kwargs)
+    report["objective"] = chosen
+    model = GBMCostModel.fit(data, seed=seed, objective=chosen,
+                             extra={"data_sha256": data_digest(records), "cv_overall": cv_overall}, **fit_kwargs)
     report["_oof"] = oof
     report["_data"] = data
     return model, report
