@@ -3,8 +3,9 @@
 GEMM (float32): square 256/512/1024/2048 and two transformer linears (M x K x N: 128 x 768 x 3072,
 512 x 3072 x 768). Each case times, interleaved round robin on the same tensors, ``torch.mm(a, b,
 out=c)`` and the generated kernel launched directly with its default schedule (what the compiler
-picks without tuning records). Fused: ``gelu(linear(x, w, b))`` for x ``[4, 128, 768]`` and
-w ``[3072, 768]``, timed as eager, the CPU target (compiled, end to end) and Inductor
+picks without tuning records): once with every core (wall clock) and once single-threaded (the
+calling thread's CPU time: on a shared machine other processes' time slices do not count).
+Fused: ``gelu(linear(x, w, b))`` for x ``[4, 128, 768]`` and w ``[3072, 768]``, timed as eager, the CPU target (compiled, end to end) and Inductor
 (``max-autotune`` when it compiles within ``--inductor-timeout`` seconds, else default Inductor;
 the JSON says which). Every system's output is checked against float64 first. The JSON records
 medians of the round times, the spread (min and max round) and the ratios. A shared 2-core
@@ -36,21 +37,23 @@ GEMM_SHAPES = [(256, 256, 256), (512, 512, 512), (1024, 1024, 1024), (2048, 2048
                (128, 768, 3072), (512, 3072, 768)]
 
 
-def _round(fn: Callable[[], Any], reps: int) -> float:
-    start = time.perf_counter()
+def _round(fn: Callable[[], Any], reps: int, clock: Callable[[], float] = time.perf_counter) -> float:
+    start = clock()
     for _ in range(reps):
         fn()
-    return (time.perf_counter() - start) / reps
+    return (clock() - start) / reps
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, round_ms: float) -> dict[str, dict[str, float]]:
-    """Median, min and max per-call ms of each function over ``rounds`` round-robin rounds."""
+def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, round_ms: float,
+                clock: Callable[[], float] = time.perf_counter) -> dict[str, dict[str, float]]:
+    """Median, min and max per-call ms of each function over ``rounds`` round-robin rounds
+    (``clock``: wall time, or the calling thread's CPU time for single-threaded runs)."""
     once = {name: _round(fn, 1) for name, fn in fns.items()}  # warm up (and size the rounds)
     reps = {name: max(1, int(round_ms / 1e3 / max(t, 1e-6))) for name, t in once.items()}
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            times[name].append(_round(fn, reps[name]) * 1e3)
+            times[name].append(_round(fn, reps[name], clock) * 1e3)
     return {name: {"median_ms": statistics.median(ts), "min_ms": min(ts), "max_ms": max(ts), "calls_per_round": reps[name]}
             for name, ts in times.items()}
 
@@ -68,29 +71,47 @@ def _matmul_kernel(a: torch.Tensor, b: torch.Tensor) -> Any:
     return kernels[0]
 
 
+def _timed_pair(a: torch.Tensor, b: torch.Tensor, kernel: Any, config: dict[str, Any], threads: int, rounds: int,
+                round_ms: float, clock: Callable[[], float]) -> dict[str, Any]:
+    """torch.mm and the kernel (``config``) with ``threads`` threads each, interleaved on the same operands."""
+    m, n = a.shape[0], b.shape[1]
+    c_torch, c_tw = torch.empty(m, n), torch.empty(m, n)
+    launch = kernel.runner(config)
+    args = [a, b, c_tw]
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        timed = interleaved({"torch_mm": lambda: torch.mm(a, b, out=c_torch), "tilewright": lambda: launch(args)},
+                            rounds, round_ms, clock)
+    finally:
+        torch.set_num_threads(saved)
+    flops = 2.0 * m * n * a.shape[1]
+    for entry in timed.values():
+        entry["gflops"] = flops / entry["median_ms"] / 1e6
+    return {"threads": threads, "clock": "thread CPU time" if clock is time.thread_time else "wall",
+            "schedule": dict(config), "systems": timed,
+            "ratio_vs_torch_mm": timed["torch_mm"]["median_ms"] / timed["tilewright"]["median_ms"],
+            "ratio_vs_torch_mm_best_round": timed["torch_mm"]["min_ms"] / timed["tilewright"]["min_ms"]}
+
+
 def gemm_case(m: int, k: int, n: int, rounds: int, round_ms: float) -> dict[str, Any]:
-    """torch.mm vs the generated kernel (default schedule) on the same float32 operands."""
+    """torch.mm vs the generated kernel (default schedule) on the same float32 operands: with every
+    core (wall clock), and single-threaded (the thread's CPU time, which other processes on a shared
+    machine disturb least)."""
     torch.manual_seed(0)
     a, b = torch.randn(m, k), torch.randn(k, n)
     kernel = _matmul_kernel(a, b)
-    c_torch, c_tw = torch.empty(m, n), torch.empty(m, n)
-    launch = kernel.runner(kernel.config)
-    args = [a, b, c_tw]
-    launch(args)
+    c = torch.empty(m, n)
+    kernel.runner(kernel.config)([a, b, c])
     want = a.double() @ b.double()
-    errors = {"torch_mm": (torch.mm(a, b, out=c_torch).double() - want).abs().max().item(),
-              "tilewright": (c_tw.double() - want).abs().max().item()}
-    timed = interleaved({"torch_mm": lambda: torch.mm(a, b, out=c_torch), "tilewright": lambda: launch(args)},
-                        rounds, round_ms)
-    flops = 2.0 * m * n * k
-    for name, entry in timed.items():
-        entry["gflops"] = flops / entry["median_ms"] / 1e6
-        entry["max_abs_error_vs_float64"] = errors[name]
-    ratio = timed["torch_mm"]["median_ms"] / timed["tilewright"]["median_ms"]
-    log.info("GEMM %dx%dx%d: torch.mm %.3f ms, tilewright %.3f ms, ratio %.2f", m, k, n,
-             timed["torch_mm"]["median_ms"], timed["tilewright"]["median_ms"], ratio)
-    return {"M": m, "K": k, "N": n, "schedule": dict(kernel.config), "systems": timed,
-            "ratio_vs_torch_mm": ratio}
+    errors = {"torch_mm": (torch.mm(a, b).double() - want).abs().max().item(),
+              "tilewright": (c.double() - want).abs().max().item()}
+    parallel = _timed_pair(a, b, kernel, kernel.config, torch.get_num_threads(), rounds, round_ms, time.perf_counter)
+    single = _timed_pair(a, b, kernel, {**kernel.config, "threads": 1}, 1, rounds, round_ms, time.thread_time)
+    log.info("GEMM %dx%dx%d: ratio vs torch.mm %.2f (%d threads, wall), %.2f (1 thread, CPU time)", m, k, n,
+             parallel["ratio_vs_torch_mm"], parallel["threads"], single["ratio_vs_torch_mm"])
+    return {"M": m, "K": k, "N": n, "max_abs_error_vs_float64": errors, "all_threads": parallel,
+            "one_thread": single, "ratio_vs_torch_mm": parallel["ratio_vs_torch_mm"]}
 
 
 def _compile_inductor(fn: Callable[..., Any], inputs: tuple[torch.Tensor, ...], timeout_s: float) -> tuple[Any, str, float]:
@@ -165,15 +186,20 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     result: dict[str, Any] = {"machine": machine(), "torch_threads": torch.get_num_threads(), "rounds": args.rounds,
                               "gemm": [gemm_case(m, k, n, args.rounds, args.round_ms) for m, k, n in GEMM_SHAPES]}
-    result["gemm_ratio_geomean"] = statistics.geometric_mean([g["ratio_vs_torch_mm"] for g in result["gemm"]])
+    result["gemm_ratio_geomean"] = {
+        key: statistics.geometric_mean([g[key]["ratio_vs_torch_mm"] for g in result["gemm"]])
+        for key in ("all_threads", "one_thread")}
     if not args.skip_fused:
         result["fused_linear_gelu"] = fused_case(args.rounds, args.round_ms, args.inductor_timeout)
     result["wall_s"] = time.perf_counter() - started
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1, default=str))
     for g in result["gemm"]:
-        log.info("%5d x %4d x %4d  torch.mm %8.3f ms  tilewright %8.3f ms  ratio %.2f", g["M"], g["K"], g["N"],
-                 g["systems"]["torch_mm"]["median_ms"], g["systems"]["tilewright"]["median_ms"], g["ratio_vs_torch_mm"])
+        p, o = g["all_threads"], g["one_thread"]
+        log.info("%5d x %4d x %4d  %d threads: torch.mm %8.3f ms  tilewright %8.3f ms  ratio %.2f | 1 thread: "
+                 "torch.mm %8.3f ms  tilewright %8.3f ms  ratio %.2f", g["M"], g["K"], g["N"], p["threads"],
+                 p["systems"]["torch_mm"]["median_ms"], p["systems"]["tilewright"]["median_ms"], p["ratio_vs_torch_mm"],
+                 o["systems"]["torch_mm"]["median_ms"], o["systems"]["tilewright"]["median_ms"], o["ratio_vs_torch_mm"])
     if "fused_linear_gelu" in result:
         log.info("fused linear+bias+GELU: %s", json.dumps(result["fused_linear_gelu"]["speedup_vs"]))
     return 0
