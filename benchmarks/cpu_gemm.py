@@ -5,8 +5,8 @@ GEMM (float32): square 256/512/1024/2048 and two transformer linears (M x K x N:
 out=c)`` and the generated kernel launched directly with its default schedule (what the compiler
 picks without tuning records): once with every core (wall clock) and once single-threaded (the
 calling thread's CPU time: on a shared machine other processes' time slices do not count).
-Fused: ``gelu(linear(x, w, b))`` for x ``[4, 128, 768]`` and w ``[3072, 768]``, timed as eager, the CPU target (compiled, end to end) and Inductor
-(``max-autotune`` when it compiles within ``--inductor-timeout`` seconds, else default Inductor;
+Fused: ``gelu(linear(x, w, b))`` for x ``[4, 128, 768]`` and w ``[3072, 768]``, timed as eager,
+the CPU target (compiled, end to end) and Inductor (``max-autotune`` when it compiles within ``--inductor-timeout`` seconds, else default Inductor;
 the JSON says which). Every system's output is checked against float64 first. The JSON records
 medians of the round times, the spread (min and max round) and the ratios. A shared 2-core
 machine is noisy: compare only within one run.
