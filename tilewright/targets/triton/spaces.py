@@ -13,7 +13,8 @@ from typing import Callable, Mapping
 from ...schedule.space import ConfigValue, Constraint, ScheduleSpace, next_pow2
 
 SHARED_MEMORY_BYTES = 227 * 1024
-SPACE_VERSION = "1"
+SPACE_VERSION = "2"  # 2: reductions keep every thread busy, matmul accumulators <= 128 per thread,
+# wgmma-shaped tiles for problems that fill a warpgroup, epilogue scratch counted in shared memory
 
 #: The number of values a config's program holds, e.g. its accumulator tile.
 Count = Callable[[Mapping[str, ConfigValue]], float]
@@ -97,8 +98,8 @@ def reduction_space(xnumel: int, rnumel: int, outer: bool = False) -> ScheduleSp
         threads = 32 * int(c["num_warps"])
         if elems > 16384 * 2:
             return f"tile of {elems} elements exceeds the register budget"
-        if elems < threads // 2 and elems < 64:
-            return "tile smaller than half the threads"
+        if elems < threads and int(c["num_warps"]) > 1:
+            return f"tile of {elems} elements leaves threads of {c['num_warps']} warps idle"
         return None
 
     per_thread = register_budget(product_of("XBLOCK", "RBLOCK"), 128, "more than 128 elements per thread")
@@ -119,26 +120,47 @@ def reduction_space(xnumel: int, rnumel: int, outer: bool = False) -> ScheduleSp
                          [tile_size, per_thread], default, SPACE_VERSION)
 
 
+#: accumulator values one thread may hold (fp32 registers; the A/B fragments, addresses and the
+#: epilogue need the rest of the 255 a thread can address)
+ACCUMULATORS_PER_THREAD = 128
+
+
 def matmul_space(m: int, n: int, k: int, elem_bytes: int) -> ScheduleSpace:
-    """Tile sizes, group size, warps and stages of the matmul template."""
+    """Tile sizes, group size, warps and stages of the matmul template.
+
+    Constraints: the pipelined A/B tiles plus the epilogue's fp32 scratch (the accumulator
+    converted to the store layout) fit in shared memory; at most 128 accumulators per thread
+    (at least 2, or the warps idle); no tile beyond the padded problem; and, when the problem
+    fills a Hopper warpgroup (M >= 64), only tiles wgmma can run — BLOCK_M a multiple of 64
+    per warpgroup (num_warps 4 or 8, BLOCK_M >= 16 * num_warps) and BLOCK_N >= 16.
+    """
     sizes = [16, 32, 64, 128, 256]
 
     def smem(c: Mapping[str, ConfigValue]) -> int:
         bm, bn, bk = int(c["BLOCK_M"]), int(c["BLOCK_N"]), int(c["BLOCK_K"])
-        return (bm * bk + bk * bn) * elem_bytes * int(c["num_stages"])
+        return (bm * bk + bk * bn) * elem_bytes * int(c["num_stages"]) + bm * bn * 4
+
+    def wgmma_shaped(c: Mapping[str, ConfigValue]) -> str | None:
+        if m < 64:
+            return None
+        warps, bm, bn = int(c["num_warps"]), int(c["BLOCK_M"]), int(c["BLOCK_N"])
+        if warps not in (4, 8) or bm < 16 * warps or bn < 16:
+            return "tile or warps rule out wgmma (BLOCK_M >= 64 per warpgroup of 4 warps, BLOCK_N >= 16)"
+        return None
 
     constraints = [shared_memory_budget(smem, SHARED_MEMORY_BYTES, "needs {need} bytes of shared memory"),
-                   register_budget(product_of("BLOCK_M", "BLOCK_N"), 256,
-                                   "accumulator exceeds 256 registers per thread",
+                   register_budget(product_of("BLOCK_M", "BLOCK_N"), ACCUMULATORS_PER_THREAD,
+                                   f"accumulator exceeds {ACCUMULATORS_PER_THREAD} registers per thread",
                                    least=2, too_few="tile too small for the warps"),
                    tile_within({"BLOCK_M": max(16, next_pow2(m)), "BLOCK_N": max(16, next_pow2(n)),
-                                "BLOCK_K": max(16, next_pow2(k))})]
+                                "BLOCK_K": max(16, next_pow2(k))}),
+                   wgmma_shaped]
     bm = min(128, max(16, next_pow2(m)))
     bn = min(128, max(16, next_pow2(n)))
     bk = min(64 if elem_bytes <= 2 else 32, max(16, next_pow2(k)))
-    warps = 8 if bm * bn >= 128 * 128 else 4 if bm * bn >= 64 * 64 else 2
-    default = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": warps,
-               "num_stages": 3 if elem_bytes <= 2 else 2}
+    warps = 8 if bm * bn >= 128 * 128 else 4 if bm * bn >= 64 * 64 or m >= 64 else 2
+    stages = 3 if elem_bytes <= 2 else 2
+    default = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": warps, "num_stages": stages}
     return ScheduleSpace("matmul", {"BLOCK_M": sizes, "BLOCK_N": sizes, "BLOCK_K": [16, 32, 64, 128],
                                     "GROUP_M": [1, 4, 8], "num_warps": [2, 4, 8], "num_stages": [1, 2, 3, 4, 5]},
                          constraints, default, SPACE_VERSION)
