@@ -47,7 +47,7 @@ def register(subparsers: Any) -> None:
                    help="which records to train on when a file mixes GPU and native-CPU records")
     p.add_argument("--ship-to", metavar="PATH",
                    help="also write the model here, only when it beats the roofline on held-out kernels "
-                        "(Spearman ρ and top-1 regret)")
+                        "(Spearman ρ, mean and median top-1 regret, top-5 recall not worse)")
     p.add_argument("--no-cv", action="store_true", help="skip evaluation, only train the model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--estimators", type=int, default=300, help="boosting rounds (default 300)")
@@ -172,7 +172,9 @@ def run(args: argparse.Namespace) -> int:
     if "cv" in report:
         report["targets"] = _targets(report["cv"], report["synthetic"])
         g, r = report["cv"]["gbm"]["overall"], report["cv"]["roofline"]["overall"]
-        report["beats_roofline"] = bool(g["spearman"] > r["spearman"] and g["top1_regret"] < r["top1_regret"])
+        report["beats_roofline"] = bool(g["spearman"] > r["spearman"] and g["top1_regret"] < r["top1_regret"]
+                                        and g["top1_regret_median"] <= r["top1_regret_median"]
+                                        and g["top5_recall"] >= r["top5_recall"])
         if args.ship_to:
             if report["beats_roofline"] and not report["synthetic"]:
                 model.save(args.ship_to)

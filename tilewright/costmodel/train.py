@@ -132,8 +132,11 @@ def transfer(data: Dataset, source: str, target: str, *, shots: Sequence[int] = 
 
 
 def _objective_score(cv: Mapping[str, Any]) -> float:
+    """Held-out Spearman + top-5 recall / 2 − median top-1 regret. The median, not the mean: on a
+    loaded machine a few configs time 100-1000x slower once (a descheduled thread), and the mean
+    regret then measures those stalls more than the ranking."""
     o = cv["gbm"]["overall"]
-    return float(o["spearman"]) - float(o["top1_regret"]) + 0.5 * float(o["top5_recall"])
+    return float(o["spearman"]) - float(o["top1_regret_median"]) + 0.5 * float(o["top5_recall"])
 
 
 def train_model(records: Sequence[Record], *, seed: int = 0, n_splits: int = 5, holdout: str = "problem",
