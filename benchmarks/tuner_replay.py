@@ -245,16 +245,18 @@ def replay(args: argparse.Namespace) -> int:
 
 
 def _median_summary(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Per strategy: median over kernels of the median trials to 2% and of the share of the space."""
+    """Per strategy: median over kernels of the median trials to 2% and of the share of the space
+    (a kernel where the strategy never came within 2% counts as its whole space)."""
     out: dict[str, Any] = {}
     rows = [r for r in results if "strategies" in r]
     for name in (rows[0]["strategies"] if rows else {}):
         trials = [r["strategies"][name].get("median_trials", r["strategies"][name]["mean_trials"]) for r in rows]
-        fracs = [t / r["configs"] for t, r in zip(trials, rows) if t is not None]
-        done = [t for t in trials if t is not None]
-        out[name] = {"median_trials": statistics.median(done) if done else None,
+        # a strategy that never got within 2% counts as the whole space (its share as 100%)
+        filled = [t if t is not None else r["configs"] for t, r in zip(trials, rows)]
+        fracs = [t / r["configs"] for t, r in zip(filled, rows)]
+        out[name] = {"median_trials": statistics.median(filled) if filled else None,
                      "median_fraction": statistics.median(fracs) if fracs else 1.0,
-                     "kernels_reached": f"{len(done)}/{len(rows)}"}
+                     "kernels_reached": f"{sum(t is not None for t in trials)}/{len(rows)}"}
     return out
 
 
