@@ -104,3 +104,16 @@ def test_collect_on_the_cpu_target_writes_labelled_records_and_a_repeatability_r
     assert meta["repeatability"]["pairs"] >= 1 and "method" in meta["repeatability"]
     assert len(meta["loadavg_start_end"]) == 6 and meta["device"]["capability"].startswith("cpu:")
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_shipped_cpu_default_is_used_only_on_its_cpu() -> None:
+    from tilewright.costmodel import CPU_DEFAULT_MODEL_PATH, DeviceDispatchModel
+
+    if not CPU_DEFAULT_MODEL_PATH.exists():
+        pytest.skip("no trained CPU default model shipped")
+    model = GBMCostModel.load(CPU_DEFAULT_MODEL_PATH)  # hash-checked JSON, no pickle
+    assert model.feature_set == "cpu" and not model.synthetic and model.payload["cv_overall"]
+    device = read_records(SAMPLE)[0].device()
+    assert isinstance(load_default_model(device), DeviceDispatchModel)
+    assert isinstance(load_default_model({**device, "capability": "cpu:0000000000000000"}), RooflineModel)
+    assert isinstance(load_default_model({"name": "NVIDIA H100", "capability": "9.0"}), RooflineModel)
