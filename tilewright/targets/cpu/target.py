@@ -1,12 +1,12 @@
 """The native CPU target: C++/OpenMP kernels built with the system compiler, one library per graph.
 
-What it generates today: fused pointwise groups (any rank, broadcasting, strided operands,
-float32/float64/bfloat16/integer/bool) and reduction groups (sum, mean, amax, amin, any, all over any dims,
-with pointwise prologues and epilogues, several levels: softmax, layer norm), and fused attention
-(:mod:`.attention`). Everything else —
-matmuls, convolutions, scatters, gathers, float16 — stays an ATen call, counted and
-shown in explain as a fallback with its reason.
-Selected with ``TILEWRIGHT_TARGET=cpu`` (``tilewright.config.target = "cpu"``).
+What it generates: fused pointwise groups (any rank, broadcasting, strided, float32/float64/
+bfloat16/float16/integer/bool, in-place writes into graph inputs), reductions (several levels:
+softmax, norms and their backward; column blocks for outer dims), matmul/bmm with their fused
+epilogue (:mod:`.matmul`), the fused attention template (:mod:`.attention`), gathers, scatters,
+copies, fills and pooling (:mod:`.indexed`). Convolutions, dropout masks and the rest stay ATen
+calls, shown in explain as fallbacks with their reason. CPU tensors run this target by default
+when a C++ compiler is found (``TILEWRIGHT_TARGET=auto``; ``cpu`` forces it).
 """
 from __future__ import annotations
 
