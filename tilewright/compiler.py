@@ -112,12 +112,45 @@ def compile_graph_for_inputs(gm: fx.GraphModule, inputs: Sequence[Any], report: 
     t2 = time.perf_counter()
     steps = _build_steps(graph, fusion, target, report, tune)
     target.prepare([s.kernel for s in steps if isinstance(s, KernelStep)])
+    _race(steps, target)
     plan = make_plan(graph, steps)
     t3 = time.perf_counter()
     report.timings["import"] = report.timings.get("import", 0.0) + t1 - t0
     report.timings["passes"] = report.timings.get("passes", 0.0) + t2 - t1
     report.timings["codegen"] = report.timings.get("codegen", 0.0) + t3 - t2
     return CompiledGraph(graph, plan, report, eager)
+
+
+#: problem key -> the config that measured fastest among a target's race candidates (this process)
+_RACED: dict[str, dict[str, Any]] = {}
+
+
+def _race(steps: list[Any], target: Target) -> None:
+    """Time each kernel's race candidates (once per problem and process) and keep the fastest."""
+    from .autotune.measure import CpuMeasurer
+    from .autotune.tuner import default_measurer
+
+    for step in steps:
+        if not isinstance(step, KernelStep) or step.kernel.broken is not None:
+            continue
+        kernel = step.kernel
+        candidates = target.race_candidates(kernel)
+        if len(candidates) < 2:
+            continue
+        key = kernel.problem.key()
+        if key not in _RACED:
+            measurer = default_measurer(None, kernel)
+            if isinstance(measurer, CpuMeasurer):  # a quick race, not a tuning run
+                measurer = CpuMeasurer(repeats=5, warmup=1, sample_s=2e-3, retries=1)
+            try:
+                results = [r for r in measurer.measure(kernel, candidates) if r.ok]
+            except Exception as exc:  # measuring must never break a compile
+                log.warning("could not time the candidates of %s (%s); keeping its default", kernel.name, exc)
+                results = []
+            _RACED[key] = dict(min(results, key=lambda r: r.time_s).config) if results else dict(kernel.config)
+        kernel.config, kernel.config_source = dict(_RACED[key]), "measured"
+        if step.entry is not None:
+            step.entry.update(schedule=dict(kernel.config), schedule_source="measured")
 
 
 def _device_of(inputs: Sequence[Any]) -> Any:

@@ -100,3 +100,30 @@ def test_max_autotune_measures_cpu_kernels_before_their_graph_library_exists(
     torch.testing.assert_close(out, _softmax(x, w))
     assert [k["schedule_source"] for k in report.kernels] == ["tuned"]
     assert [k["status"] for k in report.kernels] == ["ran"]
+
+
+def test_gemm_races_the_vendor_library_once_per_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a tuned schedule a GEMM's generated default and extern torch.mm are timed at compile
+    time and the faster one runs ('measured' in explain); the same problem is not timed twice."""
+    import torch.nn.functional as F
+
+    from tilewright import compiler
+
+    monkeypatch.setattr(compiler, "_RACED", {})
+    raced: list[int] = []
+    real = CpuMeasurer.measure
+
+    def counting(self: CpuMeasurer, kernel: object, configs: list[dict]) -> object:
+        raced.append(len(configs))
+        return real(self, kernel, configs)
+
+    monkeypatch.setattr(CpuMeasurer, "measure", counting)
+    x, w, b = torch.randn(33, 40), torch.randn(24, 40), torch.randn(24)
+    fn = lambda x, w, b: F.gelu(F.linear(x, w, b)) + F.linear(x, w, b)  # noqa: E731
+    with collect() as report:
+        out = torch.compile(fn, backend="tilewright")(x, w, b)
+    torch.testing.assert_close(out, fn(x, w, b), rtol=1e-4, atol=1e-4)
+    matmuls = [k for k in report.kernels if k["kind"] == "matmul"]
+    assert matmuls and all(k["schedule_source"] == "measured" for k in matmuls)
+    assert all(isinstance(k["schedule"]["extern"], bool) for k in matmuls)
+    assert raced and set(raced) == {2} and len(raced) <= len(matmuls)

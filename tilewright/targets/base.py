@@ -88,6 +88,12 @@ class Target(ABC):
     def prepare(self, kernels: list[Kernel]) -> None:
         """Make the graph's kernels launchable together (e.g. one shared library); raises BuildError."""
 
+    def race_candidates(self, kernel: Kernel) -> list[dict[str, Any]]:
+        """Configs of ``kernel`` worth measuring against each other at compile time when it has no
+        tuned schedule (e.g. a generated GEMM against the vendor library's); [] for none. The
+        compiler times them once per problem and keeps the fastest: chosen by measurement."""
+        return []
+
     @abstractmethod
     def device_info(self, device: Any = None) -> dict[str, Any]:
         """The device description tuning records are keyed by."""

@@ -101,6 +101,14 @@ class CpuTarget(Target):
         for kernel in cpu_kernels:
             kernel.bind(library)
 
+    def race_candidates(self, kernel: Kernel) -> list[dict[str, Any]]:
+        """A GEMM without a tuned schedule: its generated default against extern torch.mm/bmm (plus
+        the same generated epilogue): the vendor library runs only where it measures faster."""
+        if kernel.kind != "matmul" or kernel.config_source in ("database", "tuned") or "extern" not in kernel.config:
+            return []
+        default = dict(kernel.space.default_config(), extern=False)
+        return [default, dict(default, extern=True)]
+
     def device_info(self, device: Any = None) -> dict[str, Any]:
         """The CPU description tuning records are keyed by (model, ISA flags, compiler)."""
         from ...schedule.device import native_cpu_info
