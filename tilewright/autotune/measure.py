@@ -363,7 +363,8 @@ class CpuMeasurer(Measurer):
         if self._flush is None:
             from ..targets.cpu.toolchain import cpu_description
 
-            last_level = cpu_description().get("l3_bytes") or cpu_description().get("l2_bytes") or 32 << 20
+            cpu = cpu_description()
+            last_level = cpu.get("l3_bytes") or cpu.get("l2_bytes") or 32 << 20
             self._flush = torch.empty(2 * int(last_level) // 4, dtype=torch.float32)
         self._flush.fill_(1.0)
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..schedule.space import Config, ScheduleSpace, config_hash
-from ..costmodel.collect import ProblemSpec, sample_configs
+from ..costmodel.collect import CollectSummary, ProblemSpec, sample_configs
 from ..costmodel.records import Record, write_records
 
 log = logging.getLogger(__name__)
@@ -227,15 +227,9 @@ def device_extra(info: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass
-class CpuCollectSummary:
-    """What a CPU collection run did."""
+class CpuCollectSummary(CollectSummary):
+    """What a CPU collection run did: :class:`CollectSummary` plus the load and the jobs measured."""
 
-    kernels: int = 0
-    records: int = 0
-    failures: int = 0
-    seconds: float = 0.0
-    stopped_by_budget: bool = False
-    by_kind: dict[str, int] = field(default_factory=dict)
     loadavg: list[float] = field(default_factory=list)
     jobs: list[dict[str, Any]] = field(default_factory=list)
 

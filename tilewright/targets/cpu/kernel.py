@@ -65,10 +65,7 @@ class CpuKernel(Kernel):
         """Build a library of this kernel alone when no graph library holds it yet (tuning at
         compile time measures kernels before their graph's library is built)."""
         if self.function is None:
-            from .build import build_library, load_library
-            from .scalar_ops import PRELUDE
-
-            self.bind(load_library(build_library(PRELUDE + "\n" + self.source.source, self.name)))
+            build_and_bind([self])
 
     def runner(self, config: Config) -> Callable[[Sequence[Any]], None]:
         """A launcher bound to ``config``; builds the kernel first when needed."""
@@ -81,3 +78,14 @@ class CpuKernel(Kernel):
         if self.function is None:
             raise BuildError(f"kernel {self.name} has no compiled library (the build failed or never ran)")
         self.function(*[t.data_ptr() for t in tensors], *self.source.launch_args(config or self.config))
+
+
+def build_and_bind(kernels: Sequence[CpuKernel]) -> None:
+    """Build one shared library holding ``kernels`` (the prelude, then each function) and bind each."""
+    from .build import build_library, load_library
+    from .scalar_ops import PRELUDE
+
+    source = PRELUDE + "\n" + "\n".join(k.source.source for k in kernels)
+    library = load_library(build_library(source, kernels[0].name))
+    for kernel in kernels:
+        kernel.bind(library)

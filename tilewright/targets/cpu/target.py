@@ -23,11 +23,10 @@ from ...schedule.kernel import Kernel
 from ..base import KernelBuilder, Target, TemplateLowering
 from .attention import is_attention_node
 from .indexed import INDEXED_BUILDERS, indexed_kind
-from .kernel import CpuKernel
+from .kernel import CpuKernel, build_and_bind
 from .matmul import build_matmul, supported_matmul
 from .pointwise import PointwiseSource, pointwise_space, supported_node
 from .reduction import ReductionSource, reduction_space, supported_reduction
-from .scalar_ops import PRELUDE
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +91,8 @@ class CpuTarget(Target):
     def prepare(self, kernels: list[Kernel]) -> None:
         """Build one shared library holding every kernel of the graph and bind each kernel to it."""
         cpu_kernels = [k for k in kernels if isinstance(k, CpuKernel)]
-        if not cpu_kernels:
-            return
-        from .build import build_library, load_library
-
-        source = PRELUDE + "\n" + "\n".join(k.source.source for k in cpu_kernels)
-        library = load_library(build_library(source, cpu_kernels[0].name))
-        for kernel in cpu_kernels:
-            kernel.bind(library)
+        if cpu_kernels:
+            build_and_bind(cpu_kernels)
 
     def race_candidates(self, kernel: Kernel) -> list[dict[str, Any]]:
         """A GEMM without a tuned schedule: its generated default against extern torch.mm/bmm (plus
