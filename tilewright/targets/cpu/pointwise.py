@@ -206,6 +206,13 @@ class PointwiseSource:
             else f"(({ctype}){literal(arg)})"
 
     def _node_expr(self, node: Node, t: str) -> str:
+        if packet_name(node.target) == "tilewright.dropout_mask":  # (x, seed, p): the mask of element r*L + j
+            p = float(node.args[2])
+            if not 0.0 <= p <= 1.0:
+                raise BuildError(f"dropout probability {p} is outside [0, 1]")
+            index = f"(uint64_t)(r * INT64_C({self.shape[-1] if self.shape else 1}) + j)"
+            return BODIES["tilewright.dropout_mask"](["", self._var(node.args[1]), f"{p!r}f"], {}, t) \
+                .replace("tw_index", index)
         args = [self._operand(a, node, i, t) for i, a in enumerate(node.args)]
         if packet_name(node.target) == "aten.where" and not isinstance(node.args[1], Value) \
                 and not isinstance(node.args[2], Value):

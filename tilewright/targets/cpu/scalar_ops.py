@@ -65,6 +65,16 @@ static inline uint16_t tw_bf16_store(float f) {  // round to nearest even; NaN s
   return f != f ? (uint16_t)0x7fc0 : (uint16_t)rounded;
 }
 static inline float tw_round_bf16(float f) { return tw_bf16_load(tw_bf16_store(f)); }
+// Dropout's keep decision for element `index` of a mask: a splitmix64 hash of (seed, index) as a uniform
+// draw in [0, 1) with 24 bits, kept when >= p. A function of (seed, index) only, so every kernel that
+// recomputes the mask (forward, backward, any fusion) draws the same one without storing it.
+static inline bool tw_dropout_keep(uint64_t seed, uint64_t index, float p) {
+  uint64_t z = seed * 0x9E3779B97F4A7C15ull + index;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return (float)(z >> 40) * (1.0f / 16777216.0f) >= p;
+}
 // IEEE half: F16C's conversions where the compiler targets it, else the same results bit for bit
 // (round to nearest even; subnormals; NaN stays NaN, quieted, its top payload bits kept)
 #if defined(__F16C__)
@@ -254,6 +264,8 @@ def _unary(fn: str) -> Body:
 
 
 BODIES: dict[str, Body] = {
+    # the element index is supplied by the pointwise source (PointwiseSource._node_expr)
+    "tilewright.dropout_mask": lambda a, k, t: f"tw_dropout_keep((uint64_t){a[1]}, tw_index, {a[2]})",
     "aten.add": lambda a, k, t: f"({a[0]} + {_alpha(a, k, t)})",
     "aten.sub": lambda a, k, t: f"({a[0]} - {_alpha(a, k, t)})",
     "aten.rsub": lambda a, k, t: f"({_alpha(a, k, t)} - {a[0]})",

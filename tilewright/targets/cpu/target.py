@@ -4,7 +4,8 @@ What it generates: fused pointwise groups (any rank, broadcasting, strided, floa
 bfloat16/float16/integer/bool, in-place writes into graph inputs), reductions (several levels:
 softmax, norms and their backward; column blocks for outer dims), matmul/bmm with their fused
 epilogue (:mod:`.matmul`), the fused attention template (:mod:`.attention`), gathers, scatters,
-copies, fills and pooling (:mod:`.indexed`). Convolutions, dropout masks and the rest stay ATen
+copies, fills and pooling (:mod:`.indexed`), dropout keep-masks (hashed from seed and element index,
+inside the fused kernels). Convolutions and the rest stay ATen
 calls, shown in explain as fallbacks with their reason. CPU tensors run this target by default
 when a C++ compiler is found (``TILEWRIGHT_TARGET=auto``; ``cpu`` forces it).
 """
