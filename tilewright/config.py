@@ -66,6 +66,10 @@ class Config:
     target: str = field(default_factory=lambda: os.environ.get("TILEWRIGHT_TARGET", "auto").strip().lower() or "auto")
     #: Trials per kernel when tuning at compile time.
     autotune_trials: int = 20
+    #: Worker processes compiling GPU kernels in parallel (tuning candidates, a graph's first
+    #: compile), and how long one compile may take before its worker is killed.
+    compile_workers: int = 4
+    compile_timeout_s: float = 120.0
     #: Fuse pointwise epilogues into matmul templates.
     epilogue_fusion: bool = True
     #: Rewrite attention patterns into the fused attention op.
