@@ -1,0 +1,184 @@
+"""Block-sparse attention on the CPU target: the C++ kernels and the ``block_sparse_attention`` template.
+
+:func:`cpu_block_sparse_forward` runs attention over the key blocks a
+:class:`~tilewright.sparsity.attention.BlockIndex` keeps and :func:`cpu_xattention_scores`
+XAttention's fused block scoring (C++ in :mod:`.sparse_attention_source`, one library per head
+dim and dtype, holding the dense kernels too). :func:`sparse_attention_template` lowers a
+``tilewright::block_sparse_attention`` node: the index is built from the node's method and
+parameters at run time (dynamic methods estimate it from that call's q and k), then the sparse
+kernel runs; its reference is the op's own torch implementation.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ...errors import BuildError
+from ...ir.graph import Node, Value
+from ...ir.registry import packet_name
+from ..base import TemplateLowering
+from .attention import _DTYPES, check_call
+
+if TYPE_CHECKING:
+    from ...sparsity.attention.index import BlockIndex
+
+log = logging.getLogger(__name__)
+
+_SPARSE = "tilewright.block_sparse_attention"
+_libraries: dict[tuple[int, str], ctypes.CDLL] = {}
+_lock = threading.Lock()
+
+
+def sparse_library(head_dim: int, dtype: str) -> ctypes.CDLL:
+    """The loaded block-sparse library for one head dim and dtype (built once; cached on disk)."""
+    key = (int(head_dim), dtype)
+    with _lock:
+        lib = _libraries.get(key)
+        if lib is not None:
+            return lib
+    from .build import build_library, load_library
+    from .scalar_ops import PRELUDE
+    from .sparse_attention_source import sparse_attention_source
+
+    tag = f"bsattn_d{head_dim}_{'bf16' if dtype == 'bfloat16' else 'f32'}"
+    try:
+        lib = load_library(build_library(PRELUDE + "\n" + sparse_attention_source(head_dim, dtype), tag))
+    except BuildError:
+        raise
+    except Exception as exc:  # a compiler error or a library that does not load
+        raise BuildError(f"CPU block-sparse attention kernels for {tag} do not build: {exc}") from exc
+    ptr = ctypes.c_void_p
+    lib.tw_bsattn_fwd.restype = None
+    lib.tw_bsattn_fwd.argtypes = [ptr] * 9 + [ctypes.c_double]
+    lib.tw_xattn_scores.restype = None
+    lib.tw_xattn_scores.argtypes = [ptr] * 5 + [ctypes.c_double]
+    with _lock:
+        _libraries[key] = lib
+    return lib
+
+
+def _threads(threads: int | None) -> int:
+    if threads:
+        return int(threads)
+    from .toolchain import cpu_description
+
+    return int(cpu_description().get("cores") or 1)
+
+
+def _int64s(values: Sequence[int]) -> Any:
+    return (ctypes.c_int64 * len(values))(*[int(x) for x in values])
+
+
+def cpu_block_sparse_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: BlockIndex,
+                             scale: float | None = None, causal: bool = False, causal_offset: int = 0,
+                             threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention over the kept blocks: ``out`` [B, Hq, M, D] (q's dtype) and ``lse`` [B, Hq, M] float32."""
+    check_call(q, k, v, None, None, 0.0)
+    B, H, M, D = (int(x) for x in q.shape)
+    HKV, N = int(k.shape[1]), int(k.shape[2])
+    if (index.batch, index.heads, index.m, index.n) != (B, H, M, N):
+        raise ValueError(f"block index for [batch {index.batch}, heads {index.heads}, {index.m} x {index.n}] "
+                         f"does not fit q {list(q.shape)}, k {list(k.shape)}")
+    scale = float(D ** -0.5 if scale is None else scale)
+    lib = sparse_library(D, _DTYPES[q.dtype])
+    out = torch.empty((B, H, M, D), dtype=q.dtype)
+    lse = torch.empty((B, H, M), dtype=torch.float32)
+    if out.numel() == 0:
+        return out, lse.fill_(float("-inf"))
+    rowptr = index.rowptr.to(torch.int64).contiguous()
+    cols = index.cols.to(torch.int32).contiguous()
+    dims = _int64s([B, H, HKV, M, N, causal_offset, index.block, _threads(threads), int(bool(causal))])
+    strides = _int64s([*q.stride(), *k.stride(), *v.stride(), *out.stride()])
+    lib.tw_bsattn_fwd(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(), rowptr.data_ptr(),
+                      cols.data_ptr(), dims, strides, scale)
+    return out, lse
+
+
+def cpu_xattention_scores(q: torch.Tensor, k: torch.Tensor, block: int, stride: int, scale: float | None = None,
+                          causal: bool = False, causal_offset: int = 0, threads: int | None = None
+                          ) -> torch.Tensor:
+    """XAttention's block scores [B, H, nmb, nkb] float32 from the fused C++ estimator."""
+    check_call(q, k, k, None, None, 0.0)
+    B, H, M, D = (int(x) for x in q.shape)
+    HKV, N = int(k.shape[1]), int(k.shape[2])
+    scale = float(D ** -0.5 if scale is None else scale)
+    nmb, nkb = -(-M // block), -(-N // block)
+    scores = torch.empty((B, H, nmb, nkb), dtype=torch.float32)
+    if scores.numel() == 0:
+        return scores
+    lib = sparse_library(D, _DTYPES[q.dtype])
+    dims = _int64s([B, H, HKV, M, N, causal_offset, block, stride, _threads(threads), int(bool(causal))])
+    strides = _int64s([*q.stride(), *k.stride()])
+    lib.tw_xattn_scores(q.data_ptr(), k.data_ptr(), scores.data_ptr(), dims, strides, scale)
+    return scores
+
+
+# ----------------------------------------------------------------------------- template lowering
+
+
+_NAMES = ("q", "k", "v", "scale", "causal", "causal_offset", "method", "params")
+
+
+def bind_sparse_args(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Any]:
+    """The op's eight arguments from a call's positional and keyword arguments."""
+    values = list(args) + [kwargs[name] for name in _NAMES[len(args):]]
+    return values[:len(_NAMES)]
+
+
+@dataclass(frozen=True)
+class CpuSparseAttentionCall:
+    """How the runtime runs a ``block_sparse_attention`` node on the CPU target (a ``TemplateRunner``)."""
+
+    attention: str | None = None
+    config: Mapping[str, Any] | None = None
+
+    def with_config(self, config: Mapping[str, Any] | None) -> CpuSparseAttentionCall:
+        """This call with ``config`` (the kernels take only ``threads``)."""
+        return replace(self, config=None if config is None else dict(config))
+
+    def run_kernel(self, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+        """Estimate the index (dynamic methods) and run the sparse kernel (raises when it fails)."""
+        from ...sparsity.attention.op import build_index
+
+        q, k, v, scale, causal, offset, method, params = bind_sparse_args(args, kwargs)
+        index = build_index(method, json.loads(params), q, k, float(scale), bool(causal), int(offset),
+                            backend="cpu")
+        threads = None if not self.config else self.config.get("threads")
+        out, lse = cpu_block_sparse_forward(q, k, v, index, float(scale), bool(causal), int(offset), threads)
+        return out, lse
+
+    def reference(self, *args: Any, **kwargs: Any) -> Any:
+        """The op's torch implementation (same arguments, same results)."""
+        from ...sparsity.attention.op import block_sparse_attention_reference_op
+
+        return block_sparse_attention_reference_op(*bind_sparse_args(args, kwargs))
+
+    def on_kernel_failure(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Nothing to carry over to later calls."""
+
+
+def is_sparse_attention_node(node: Node) -> bool:
+    """Whether ``node`` is a ``tilewright::block_sparse_attention`` node."""
+    return packet_name(node.target) == _SPARSE
+
+
+def sparse_attention_template(node: Node) -> TemplateLowering | None:
+    """The CPU lowering of a block-sparse attention node (None for other nodes)."""
+    if not is_sparse_attention_node(node):
+        return None
+    from .attention import unsupported_reason
+
+    call = CpuSparseAttentionCall()
+    q, k, v = node.args[:3]
+    if not all(isinstance(x, Value) for x in (q, k, v)):
+        return TemplateLowering(call, None, "non-tensor q, k or v")
+    reason = unsupported_reason(q.type.dtype, k.type.dtype, v.type.dtype, int(q.type.shape[-1]), None, None, 0.0,
+                                q.type.rank)
+    return TemplateLowering(call, None, reason)
