@@ -86,7 +86,7 @@ extern "C" void tw_xattn_scores(const void* qp, const void* kp, float* scores, c
   const int64_t B = dims[0], H = dims[1], HKV = dims[2], M = dims[3], N = dims[4], off = dims[5];
   const int64_t block = dims[6], S = dims[7], threads = dims[8] > 0 ? dims[8] : 1;
   const bool causal = (dims[9] & 1) != 0;
-  const int64_t group = H / HKV, Mr = (M + S - 1) / S, Nr = (N + S - 1) / S, Nrp = (Nr + 15) / 16 * 16;
+  const int64_t group = H / HKV, Mr = (M + S - 1) / S, Nr = (N + S - 1) / S, Nrp = (Nr + 63) / 64 * 64;
   const int64_t DS = TW_D * S, rb = block / S, nmb = (M + block - 1) / block, nkb = (N + block - 1) / block;
   const int64_t* qs = st; const int64_t* ks = st + 4;
   const tw_t* q = (const tw_t*)qp; const tw_t* k = (const tw_t*)kp;
@@ -95,40 +95,46 @@ extern "C" void tw_xattn_scores(const void* qp, const void* kp, float* scores, c
   float* KT = kt_buf.get();
 #pragma omp parallel num_threads(threads)
   {
-    // reduced keys, transposed: KT[bhk][s*D + d][c] = k[b, hk, c*S + s, d] (0 past N)
+    // reduced keys, transposed in panels of 64: KT[bhk][c / 64][s*D + d][c % 64] = k[b, hk, c*S + s, d]
+    // (0 past N; contiguous panels, so the GEMM never strides across a whole row of reduced keys)
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < B * HKV * Nrp; ++t) {
       const int64_t c = t % Nrp, bhk = t / Nrp, b = bhk / HKV, hk = bhk % HKV;
-      float* dst = KT + bhk * DS * Nrp + c;
+      float* dst = KT + bhk * DS * Nrp + (c / 64) * DS * 64 + c % 64;
       for (int64_t s = 0; s < S; ++s) {
         const int64_t j = c * S + s;
         const tw_t* src = k + b * ks[0] + hk * ks[1] + j * ks[2];
-        for (int64_t d = 0; d < TW_D; ++d) dst[(s * TW_D + d) * Nrp] = j < N ? tw_ld(src[d * ks[3]]) : 0.0f;
+        for (int64_t d = 0; d < TW_D; ++d) dst[(s * TW_D + d) * 64] = j < N ? tw_ld(src[d * ks[3]]) : 0.0f;
       }
     }
-    const int64_t rb4 = (rb + 3) & ~(int64_t)3;
-    std::vector<float> Qr((size_t)(rb4 * DS)), T((size_t)(rb4 * Nrp)), acc((size_t)nkb);
+    // tasks of several query blocks (about 32 reduced rows) so each K panel read is reused
+    const int64_t per = std::max<int64_t>(1, 32 / rb), ntask = (nmb + per - 1) / per;
+    const int64_t rmax = per * rb, rmax4 = (rmax + 3) & ~(int64_t)3;
+    std::vector<float> Qr((size_t)(rmax4 * DS)), T((size_t)(rmax4 * Nrp)), acc((size_t)nkb);
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t t = 0; t < B * H * nmb; ++t) {
-      const int64_t mb = t % nmb, bh = t / nmb, b = bh / H, h = bh % H, hk = h / group;
-      const int64_t a0 = mb * rb, rows = std::min(rb, Mr - a0);
+    for (int64_t t = 0; t < B * H * ntask; ++t) {
+      const int64_t task = t % ntask, bh = t / ntask, b = bh / H, h = bh % H, hk = h / group;
+      const int64_t mb0 = task * per, nblk = std::min(per, nmb - mb0);
+      const int64_t a0 = mb0 * rb, rows = std::min(nblk * rb, Mr - a0), rows4 = (rows + 3) & ~(int64_t)3;
       // reduced queries: Qr[r][s*D + d] = q[(a0 + r)*S + S-1-s, d] (0 past M)
-      for (int64_t r = 0; r < rb4; ++r)
+      for (int64_t r = 0; r < rows4; ++r)
         for (int64_t s = 0; s < S; ++s) {
           const int64_t i = (a0 + r) * S + S - 1 - s;
           const tw_t* src = q + b * qs[0] + h * qs[1] + i * qs[2];
           for (int64_t d = 0; d < TW_D; ++d)
             Qr[(size_t)(r * DS + s * TW_D + d)] = (r < rows && i < M) ? tw_ld(src[d * qs[3]]) : 0.0f;
         }
-      // visible reduced keys of the block's last reduced row (causal at the reduced level)
+      // visible reduced keys of the last reduced row (causal at the reduced level)
       int64_t cend = Nr;
       if (causal) cend = std::min(Nr, std::max<int64_t>(0, ((a0 + rows) * S - 1 + off) / S + 1));
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      int64_t counted = 0;
-      if (cend > 0 && rows > 0) {
-        const int64_t cols16 = (cend + 15) / 16 * 16;
-        tw_gemm_nt(Qr.data(), DS, KT + (b * HKV + hk) * DS * Nrp, Nrp, T.data(), Nrp, rb4, cols16, DS);
-        for (int64_t r = 0; r < rows; ++r) {
+      const int64_t cols16 = (cend + 15) / 16 * 16;
+      const float* kt = KT + (b * HKV + hk) * DS * Nrp;
+      for (int64_t c0 = 0; c0 < cols16; c0 += 64)
+        tw_gemm_nt(Qr.data(), DS, kt + c0 * DS, 64, T.data() + c0, Nrp, rows4, std::min<int64_t>(64, cols16 - c0), DS);
+      for (int64_t blk = 0; blk < nblk; ++blk) {
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        int64_t counted = 0;
+        for (int64_t r = blk * rb; r < std::min(rows, (blk + 1) * rb); ++r) {
           const int64_t a = a0 + r;
           int64_t ce = Nr;
           if (causal) {
@@ -145,10 +151,10 @@ extern "C" void tw_xattn_scores(const void* qp, const void* kp, float* scores, c
           for (int64_t c = 0; c < ce; ++c) acc[(size_t)((c * S) / block)] += row[c] * inv;
           ++counted;
         }
+        float* dst = scores + (bh * nmb + mb0 + blk) * nkb;
+        const float norm = counted > 0 ? 1.0f / (float)counted : 0.0f;
+        for (int64_t kb = 0; kb < nkb; ++kb) dst[kb] = acc[(size_t)kb] * norm;
       }
-      float* dst = scores + t * nkb;
-      const float norm = counted > 0 ? 1.0f / (float)counted : 0.0f;
-      for (int64_t kb = 0; kb < nkb; ++kb) dst[kb] = acc[(size_t)kb] * norm;
     }
   }
 }
