@@ -30,8 +30,9 @@ from ...schedule.group import Group
 from ...schedule.space import Config
 from .gemm_micro import core_source, gemm_space
 from .kernel import CpuKernel
-from .pointwise import PointwiseSource, broadcast_strides, supported_node
+from .pointwise import PointwiseSource, broadcast_strides, follows_dims, supported_node
 from .scalar_ops import CPP_TYPES, result_code, storage_type, store_code
+from .sizes import SizeArgs
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float64)
 _ORDER = {"mn": 0, "nm": 1}
@@ -84,7 +85,7 @@ class _Epilogue(PointwiseSource):
     """
 
     def __init__(self, nodes: list[Node], inputs: list[Value], outputs: list[Value], frames: dict[int, tuple[int, ...]],
-                 aliases: dict[int, int], acc_id: int) -> None:
+                 aliases: dict[int, int], acc_id: int, sizes: SizeArgs) -> None:
         self.name = ""
         self.nodes = nodes
         self.shape = (1,)  # only read for "rank > 0": every frame has a last dim
@@ -92,6 +93,8 @@ class _Epilogue(PointwiseSource):
         self.outputs = outputs
         self.frames = {i: f or (1,) for i, f in frames.items()}
         self.strides = {v.id: broadcast_strides(v, self.frames[v.id]) for v in inputs + outputs}
+        self.follows = {v.id: follows_dims(v, self.frames[v.id]) for v in inputs + outputs}
+        self.sizes = sizes
         self.local: dict[int, str] = {acc_id: "vacc"}
         for v in inputs + [n.outputs[0] for n in nodes]:
             self.local.setdefault(v.id, f"v{len(self.local)}")
@@ -125,6 +128,8 @@ class MatmulSource:
             (self.m, self.k), self.n, self.nb = self.a.type.shape, self.b.type.shape[1], 1
         self.dtype = self.a.type.dtype
         self.compute = torch.float64 if self.dtype == torch.float64 else torch.float32
+        #: the problem's sizes and strides, read at run time (see :mod:`.sizes`)
+        self.sizes = SizeArgs()
         self._epilogue_structure(materialize)
         self.description = cpu_description()
         self.space = gemm_space(self.m, self.n, self.k, self.nb, self.compute, self.description, self.dtype)
@@ -166,7 +171,7 @@ class MatmulSource:
         self.store_acc = self.out.id in materialize
         if not outputs and not self.store_acc:
             raise BuildError("group has no outputs")
-        self.epilogue = _Epilogue(epilogue, inputs, outputs, frames, aliases, self.out.id)
+        self.epilogue = _Epilogue(epilogue, inputs, outputs, frames, aliases, self.out.id, self.sizes)
         operands = [self.a, self.b] + inputs
         self.inputs = [v for i, v in enumerate(operands) if all(v.id != u.id for u in operands[:i])]
         self.outputs = outputs + ([self.out] if self.store_acc else [])
@@ -182,15 +187,16 @@ class MatmulSource:
 
     # -- code --------------------------------------------------------------------------------
     def launch_args(self, config: Config, c_ext: int = 0, c_ext_ld: int = 0) -> list[int]:
-        """Scalars after the tensors: blocks, register block, threads, packing, order, B packing, extern C."""
+        """Scalars after the tensors: blocks, register block, threads, packing, order, B packing, extern C,
+        the size array."""
         return [int(config["MC"]), int(config["NC"]), int(config["KC"]), int(config["MR"]), int(config["NR"]),
                 int(config["threads"]), int(bool(config["pack"])), _ORDER[str(config["order"])],
-                int(config["pack_b"] == "task"), c_ext, c_ext_ld]
+                int(config["pack_b"] == "task"), c_ext, c_ext_ld, self.sizes.address()]
 
     def _epilogue_lambda(self, ctype: str) -> list[str]:
         ep = self.epilogue
         lines = [f"  auto epi = [&](int64_t bi, int64_t i, int64_t j0, int64_t j1, const {ctype}* __restrict crow) {{",
-                 f"    const int64_t row = bi * INT64_C({self.m}) + i;", "    (void)row;"]
+                 f"    const int64_t row = bi * {self.sizes.size(self.m, 'M')} + i;", "    (void)row;"]
         shapes: list[tuple[int, ...]] = []
         for v in ep.inputs + ep.outputs:
             frame = ep.frames[v.id]
@@ -199,10 +205,12 @@ class MatmulSource:
                 shapes.append(frame)
                 lines.append(f"    int64_t rest{f} = row;")
                 for d in range(len(frame) - 2, -1, -1):
-                    lines.append(f"    const int64_t i{f}_{d} = rest{f} % {frame[d]}; rest{f} /= {frame[d]};")
+                    size = self.sizes.size(frame[d], f"epilogue{f}.size{d}")
+                    lines.append(f"    const int64_t i{f}_{d} = rest{f} % {size}; rest{f} /= {size};")
                 lines.append(f"    (void)rest{f};")
             f = shapes.index(frame)
-            terms = [f"i{f}_{d} * INT64_C({stride})" for d, stride in enumerate(ep.strides[v.id][:-1]) if stride]
+            strides = [ep.stride_code(v, d) for d in range(len(frame) - 1)]
+            terms = [f"i{f}_{d} * {stride}" for d, stride in enumerate(strides) if stride is not None]
             lines.append(f"    const int64_t {ep._base(v)} = {' + '.join(terms) or '0'};")
         lines += ["    #pragma omp simd", "    for (int64_t j = j0; j < j1; ++j) {",
                   f"      const {CPP_TYPES[self.dtype]} vacc = {result_code(self.dtype, 'crow[j - j0]')};"]
@@ -210,7 +218,9 @@ class MatmulSource:
         if self.store_acc:
             st = self.out.type.strides
             sb, sm, sn = st if self.batched else (0, *st)
-            lines.append(f"      acc_out[bi * INT64_C({sb}) + i * INT64_C({sm}) + j * INT64_C({sn})] = "
+            z = self.sizes
+            col = "j" if sn == 1 else f"j * {z.size(sn, 'C.stride_n')}"
+            lines.append(f"      acc_out[bi * {z.size(sb, 'C.stride_b')} + i * {z.size(sm, 'C.stride_m')} + {col}] = "
                          f"{store_code(self.dtype, 'vacc')};")
         return lines + ["    }", "  };"]
 
@@ -238,15 +248,20 @@ class MatmulSource:
             sbb = 0
         if self.batched and self.a.type.shape[0] == 1:
             sab = 0
-        body = "\n".join(casts + self._epilogue_lambda(ctype))
+        z = self.sizes
+        params.append(z.param)
+        lam = self._epilogue_lambda(ctype)
+        nb, m, n, k = z.size(self.nb, "B"), z.size(self.m, "M"), z.size(self.n, "N"), z.size(self.k, "K")
+        strides = [z.size(sab, "A.stride_b"), z.size(sam, "A.stride_m"), z.size(sak, "A.stride_k"),
+                   z.size(sbb, "B.stride_b"), z.size(sbk, "B.stride_k"), z.size(sbn, "B.stride_n")]
+        body = "\n".join(casts + [z.declarations()] + lam)
         return f"""extern "C" void {self.name}({', '.join(params)}) {{
 {body}
   if (c_ext) {{
-    tw_epilogue_only<{stype}, {ctype}>((const {stype}*)(intptr_t)c_ext, c_ext_ld, INT64_C({self.nb}),
-                                       INT64_C({self.m}), INT64_C({self.n}), threads, epi);
+    tw_epilogue_only<{stype}, {ctype}>((const {stype}*)(intptr_t)c_ext, c_ext_ld, {nb}, {m}, {n}, threads, epi);
     return;
   }}
-  const TwGemmShape g{{{self.nb}, {self.m}, {self.n}, {self.k}, {sab}, {sam}, {sak}, {sbb}, {sbk}, {sbn}}};
+  const TwGemmShape g{{{nb}, {m}, {n}, {k}, {', '.join(strides)}}};
   const TwGemmBlocks blk{{mc, nc, kc, mr, nr, threads, pack, order, task_b}};
   tw_gemm<{stype}, {ctype}>(A, B, g, blk, epi);
 }}

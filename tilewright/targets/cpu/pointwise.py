@@ -30,6 +30,7 @@ from .scalar_ops import (
     store_code,
 )
 from .simd import VECTOR_OPS, vector_body
+from .sizes import SizeArgs
 
 SPACE_VERSION = "1"
 
@@ -137,6 +138,14 @@ def pointwise_space(numel: int, cores: int) -> ScheduleSpace:
                          default={"BLOCK": 4096, "threads": default_threads}, version=SPACE_VERSION)
 
 
+def follows_dims(v: Value, shape: tuple[int, ...]) -> list[bool]:
+    """Per dim of ``shape``: whether ``v`` is indexed along it (False where ``v`` broadcasts: it
+    lacks the dim, or has size 1 where the iteration has more). A dim both have of size 1 counts as
+    followed, so a batch of 1 keeps the same kernel text as larger batches."""
+    lead = len(shape) - v.type.rank
+    return [d >= lead and (v.type.shape[d - lead] != 1 or size == 1) for d, size in enumerate(shape)]
+
+
 def broadcast_strides(v: Value, shape: tuple[int, ...]) -> list[int]:
     """Strides of ``v`` read at indices of ``shape`` (0 on broadcast dims); raises when it is not a broadcast."""
     lead = len(shape) - v.type.rank
@@ -176,6 +185,9 @@ class PointwiseSource:
                     raise BuildError("a group value is read through a view")
         self.inputs, self.outputs = group_io(nodes, ids, materialize)
         self.strides = {v.id: broadcast_strides(v, self.shape) for v in self.inputs + self.outputs}
+        self.follows = {v.id: follows_dims(v, self.shape) for v in self.inputs + self.outputs}
+        #: sizes and strides read at run time (see :mod:`.sizes`)
+        self.sizes = SizeArgs()
         # local names in order of appearance: the same group always gives the same source text
         self.local: dict[int, str] = {}
         for v in self.inputs + [n.outputs[0] for n in nodes]:
@@ -189,8 +201,27 @@ class PointwiseSource:
         return "b" + self.local[v.id][1:]
 
     def launch_args(self, config: Config) -> list[int]:
-        """Scalar arguments after the tensors: the inner block size and the thread count."""
-        return [int(config["BLOCK"]), int(config["threads"])]
+        """Scalar arguments after the tensors: the inner block size, the thread count, the sizes."""
+        return [int(config["BLOCK"]), int(config["threads"]), self.sizes.address()]
+
+    def _role(self, v: Value) -> str:
+        """``in<k>`` or ``out<k>``: how explain names operand ``v``."""
+        for k, u in enumerate(self.inputs):
+            if u.id == v.id:
+                return f"in{k}"
+        return f"out{next(k for k, u in enumerate(self.outputs) if u.id == v.id)}"
+
+    def stride_code(self, v: Value, d: int) -> str | None:
+        """The stride of operand ``v`` along iteration dim ``d`` as C++ (None: it broadcasts there).
+        The innermost stride is written into the code when it is 0 or 1 (the unit-stride vector
+        loops depend on it); every other stride is a run-time size."""
+        stride = self.strides[v.id][d]
+        last = d == len(self.strides[v.id]) - 1
+        if not self.follows[v.id][d] or (last and stride == 0):
+            return None
+        if last and stride == 1:
+            return "1"
+        return self.sizes.size(stride, f"{self._role(v)}.stride{d}")
 
     def _operand(self, arg: Any, node: Node, index: int, ctype: str) -> str:
         mode = OPERAND_CAST.get(packet_name(node.target), "out")
@@ -220,7 +251,10 @@ class PointwiseSource:
         return BODIES[packet_name(node.target)](args, dict(node.kwargs), t)
 
     def _element(self, v: Value, array: str) -> str:
-        return f"{array}[{self._base(v)} + j * {self.strides[v.id][-1] if self.shape else 0}]"
+        stride = self.stride_code(v, len(self.strides[v.id]) - 1) if self.shape else None
+        if stride is None:
+            return f"{array}[{self._base(v)}]"
+        return f"{array}[{self._base(v)} + j{'' if stride == '1' else ' * ' + stride}]"
 
     def _body(self) -> list[str]:
         lines = []
@@ -283,31 +317,37 @@ class PointwiseSource:
 
     def _function(self) -> str:
         shape = self.shape or (1,)
-        rows, length = math.prod(shape[:-1]), shape[-1]
+        z = self.sizes
+        sizes = [z.size(n, f"size{d}") for d, n in enumerate(shape)]
+        length = sizes[-1]
+        rows = z.size(math.prod(shape[:-1]), "rows")
         values = self.inputs + self.outputs
         params = [f"const void* p_in{i}" for i in range(len(self.inputs))]
         params += [f"void* p_out{i}" for i in range(len(self.outputs))]
         casts = pointer_casts(self.inputs, self.outputs)
         row_index = ["    int64_t rest = r;"]
-        bases = {v.id: [] for v in values}
+        bases: dict[int, list[str]] = {v.id: [] for v in values}
         for d in range(len(shape) - 2, -1, -1):
-            row_index.append(f"    const int64_t i{d} = rest % {shape[d]}; rest /= {shape[d]};")
+            row_index.append(f"    const int64_t i{d} = rest % {sizes[d]}; rest /= {sizes[d]};")
             for v in values:
-                stride = self.strides[v.id][d] if self.shape else 0
-                if stride:
-                    bases[v.id].append(f"i{d} * INT64_C({stride})")
+                stride = self.stride_code(v, d) if self.shape else None
+                if stride is not None:
+                    bases[v.id].append(f"i{d} * {stride}")
+        row_index.append("    (void)rest;")
         row_index += [f"    const int64_t {self._base(v)} = {' + '.join(bases[v.id]) or '0'};" for v in values]
-        return f"""extern "C" void {self.name}({', '.join(params + ['int64_t block', 'int64_t threads'])}) {{
+        inner = self._inner_loops()
+        return f"""extern "C" void {self.name}({', '.join(params + ['int64_t block', 'int64_t threads', z.param])}) {{
 {chr(10).join(casts)}
+{z.declarations()}
   const int64_t blocks = ({length} + block - 1) / block;
-  const int64_t tasks = INT64_C({rows}) * blocks;
+  const int64_t tasks = {rows} * blocks;
   #pragma omp parallel for num_threads(threads) schedule(static) if(threads > 1)
   for (int64_t task = 0; task < tasks; ++task) {{
     const int64_t r = task / blocks;
     const int64_t j0 = (task % blocks) * block;
     const int64_t j1 = j0 + block < {length} ? j0 + block : {length};
 {chr(10).join(row_index)}
-{self._inner_loops()}
+{inner}
   }}
 }}
 """
