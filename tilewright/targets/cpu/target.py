@@ -28,6 +28,7 @@ from .kernel import CpuKernel, build_and_bind
 from .matmul import build_matmul, supported_matmul
 from .pointwise import PointwiseSource, pointwise_space, supported_node
 from .reduction import ReductionSource, reduction_space, supported_reduction
+from .sparse_attention import is_sparse_attention_node, sparse_attention_template
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ class CpuTarget(Target):
             return "pointwise"
         if kind == "reduction" and supported_reduction(node) is None:
             return "reduction"
+        if kind == "template" and is_sparse_attention_node(node):
+            return "template"
         if kind == "template" and is_attention_node(node):
             return "template"
         if kind == "matmul" and supported_matmul(node) is None:
@@ -85,6 +88,8 @@ class CpuTarget(Target):
 
     def template(self, node: Node) -> TemplateLowering | None:
         """Fused attention (forward and backward) as C++ kernels; other templates run their ATen op."""
+        if is_sparse_attention_node(node):  # opt-in block-sparse attention (sparsity plans)
+            return sparse_attention_template(node)
         from .attention import attention_template
 
         return attention_template(node)

@@ -68,8 +68,10 @@ class TritonTarget(Target):
         from .templates import template_call, unsupported_reason
 
         call = template_call(node)
-        if call is None:
-            return None
+        if call is None:  # opt-in block-sparse attention (sparsity plans), else none
+            from .attention.sparse import sparse_template
+
+            return sparse_template(node)
         reason = unsupported_reason(node)
         return TemplateLowering(call, None if reason else template_kernel(node), reason)
 
