@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import torch
 import torch.fx as fx
 
+from .autotune.compile_pool import compile_session
 from .config import config
 from .errors import BuildError, StrictModeError
 from .frontend.fx_import import import_fx
@@ -110,9 +111,10 @@ def compile_graph_for_inputs(gm: fx.GraphModule, inputs: Sequence[Any], report: 
         report.target = f"{target.label} ({type(exc).__name__}: {exc})"
     fusion = fuse(graph, target.can_build, target.kind_of)
     t2 = time.perf_counter()
-    steps = _build_steps(graph, fusion, target, report, tune)
-    target.prepare([s.kernel for s in steps if isinstance(s, KernelStep)])
-    _race(steps, target)
+    with compile_session(config.compile_workers, config.compile_timeout_s):  # one pool for the whole graph
+        steps = _build_steps(graph, fusion, target, report, tune)
+        target.prepare([s.kernel for s in steps if isinstance(s, KernelStep)])
+        _race(steps, target)
     plan = make_plan(graph, steps)
     t3 = time.perf_counter()
     report.timings["import"] = report.timings.get("import", 0.0) + t1 - t0

@@ -17,11 +17,8 @@ never raise for a bad config. Three kinds:
 from __future__ import annotations
 
 import abc
-import concurrent.futures as cf
 import json
 import logging
-import multiprocessing
-import pickle
 import random
 import statistics
 import time
@@ -33,6 +30,7 @@ from ..schedule.device import (CPU_LABEL, CUDA_LABEL, INTERPRETER_LABEL, REPLAY_
                                SOURCE_INTERPRETER, SOURCE_REPLAY, device_info)
 from ..schedule.problem import TunableKernel
 from ..schedule.space import Config, config_hash
+from .compile_pool import CompilePool, active_pool
 
 log = logging.getLogger(__name__)
 
@@ -159,88 +157,17 @@ class Measurer(abc.ABC):
 
 
 # ---------------------------------------------------------------------------------------------
-# Parallel compilation
+# Parallel compilation (see .compile_pool)
 # ---------------------------------------------------------------------------------------------
 
-def _compile_in_worker(kernel: TunableKernel, config: Config) -> str | None:
-    """Worker-process body: compile one config (fills Triton's on-disk cache)."""
-    try:
-        kernel.runner(config)
-    except Exception as exc:  # failure as data
-        return _short_error(exc)
-    return None
-
-
-class CompilePool:
-    """Spawned worker processes that compile configs ahead of timing, with a timeout.
-
-    Compiling in a worker fills Triton's on-disk cache, so the timing process then loads the
-    binary instead of compiling. A compile that hangs past the timeout is reported as a
-    failure and the pool is killed and replaced. A kernel that cannot be pickled is compiled
-    in-process (no timeout). Not thread safe: one pool per measurer.
-    """
-
-    def __init__(self, workers: int = 4, timeout_s: float = 120.0):
-        self.workers = max(1, workers)
-        self.timeout_s = timeout_s
-        self._pool: cf.ProcessPoolExecutor | None = None
-
-    def _executor(self) -> cf.ProcessPoolExecutor:
-        if self._pool is None:
-            ctx = multiprocessing.get_context("spawn")
-            self._pool = cf.ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
-        return self._pool
-
-    def close(self) -> None:
-        """Kill the workers (hung compiles included)."""
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        for proc in list(getattr(pool, "_processes", {}).values()):
-            if proc.is_alive():
-                proc.kill()
-        pool.shutdown(wait=False, cancel_futures=True)
-
-    def compile(self, kernel: TunableKernel, configs: Sequence[Config]) -> dict[str, str]:
-        """Compile ``configs``; returns {config_hash: error} for those that failed or timed out."""
-        errors: dict[str, str] = {}
-        if not configs:
-            return errors
-        try:
-            pickle.dumps(kernel)
-        except Exception as exc:
-            log.info("kernel %s cannot be sent to workers (%s); compiling in-process",
-                     getattr(kernel, "name", "?"), exc)
-            for config in configs:
-                err = _compile_in_worker(kernel, config)
-                if err:
-                    errors[config_hash(config)] = err
-            return errors
-        pool = self._executor()
-        futures = {config_hash(c): pool.submit(_compile_in_worker, kernel, c) for c in configs}
-        deadline = time.monotonic() + self.timeout_s
-        broken = False
-        for h, future in futures.items():
-            try:
-                err = future.result(timeout=max(0.0, deadline - time.monotonic()))
-            except cf.TimeoutError:
-                err, broken = f"compile timeout after {self.timeout_s:g}s", True
-            except Exception as exc:  # worker died (a crash in the compiler, ...)
-                err, broken = f"compile worker failed: {_short_error(exc)}", True
-            if err:
-                errors[h] = err
-        if broken:
-            self.close()  # NOTE: never wait for a hung compile; start fresh workers next time
-        return errors
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"workers": self.workers, "timeout_s": self.timeout_s, "_pool": None}
-
-
 def precompile(kernel: TunableKernel, configs: Sequence[Config], *, workers: int = 4,
-               timeout_s: float = 120.0) -> dict[str, str]:
-    """Compile ``configs`` in a throw-away :class:`CompilePool`; {config_hash: error}."""
-    pool = CompilePool(workers, timeout_s)
+               timeout_s: float = 120.0, target: str | None = None) -> dict[str, str]:
+    """Compile ``configs`` in the session's :class:`CompilePool` (or a throw-away one);
+    {config_hash: error}."""
+    pool = active_pool()
+    if pool is not None:
+        return pool.compile(kernel, configs)
+    pool = CompilePool(workers, timeout_s, target)
     try:
         return pool.compile(kernel, configs)
     finally:
@@ -258,8 +185,9 @@ class CudaMeasurer(Measurer):
         device: the CUDA device ("cuda", "cuda:1").
         repeats: timed launches per measurement (median reported).
         warmup: untimed launches before timing.
-        compile_workers: processes compiling candidates ahead of timing (0: in-process).
-        compile_timeout_s: per-batch compile timeout.
+        compile_workers: processes compiling candidates ahead of timing (0: in-process, no
+            timeout). Inside a :func:`~.compile_pool.compile_session` the session's pool is used.
+        compile_timeout_s: how long one config's compile may take (its worker is then killed).
         input_sets: distinct fresh input sets rotated across repeats.
     """
 
@@ -275,11 +203,12 @@ class CudaMeasurer(Measurer):
         self.compile_timeout_s = compile_timeout_s
         self.input_sets = input_sets
         self._flush: Any = None
-        self._pool = CompilePool(compile_workers, compile_timeout_s) if compile_workers > 0 else None
+        self._pool: CompilePool | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_flush"] = None  # a CUDA buffer: rebuilt where it is needed
+        state["_pool"] = None  # worker processes stay with their owner
         return state
 
     def device_info(self) -> dict[str, Any]:
@@ -287,7 +216,14 @@ class CudaMeasurer(Measurer):
 
     def prepare(self, kernel: TunableKernel, configs: Sequence[Config]) -> dict[str, str]:
         # NOTE: even a single config compiles in a worker: that is what gives it a timeout.
-        return self._pool.compile(kernel, configs) if self._pool is not None else {}
+        if self.compile_workers <= 0:
+            return {}
+        pool = active_pool()
+        if pool is None:
+            if self._pool is None:
+                self._pool = CompilePool(self.compile_workers, self.compile_timeout_s, self.device)
+            pool = self._pool
+        return pool.compile(kernel, configs)
 
     def _flush_l2(self) -> None:
         import torch

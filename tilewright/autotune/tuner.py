@@ -15,6 +15,7 @@ import pickle
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+from .compile_pool import compile_session
 from .database import TuningDatabase
 from .measure import CpuMeasurer, CudaMeasurer, InterpreterMeasurer, Measurer
 from ..schedule.problem import TunableKernel
@@ -241,7 +242,11 @@ def tune_kernels(kernels: list[TunableKernel], *, trials: int | None = None,
         unique.setdefault(kernel.problem.key(), kernel)
     bar = _Progress(list(unique.values()), settings.trials) if progress else None
     results = []
+    # NOTE: one compile pool (one set of worker processes) for the whole run, not one per kernel
+    session = compile_session(max(1, int(getattr(measurer, "compile_workers", 4) or 1)),
+                              float(getattr(measurer, "compile_timeout_s", 120.0)), getattr(measurer, "device", None))
     try:
+        session.__enter__()
         for kernel in unique.values():
             def record(result: Any, kernel: TunableKernel = kernel) -> None:
                 db.add_measurements(kernel.problem, kernel.space, info, [result])
@@ -269,6 +274,7 @@ def tune_kernels(kernels: list[TunableKernel], *, trials: int | None = None,
             if bar is not None:
                 bar.finish(kernel.name, summary)
     finally:
+        session.__exit__(None, None, None)
         if bar is not None:
             bar.close()
     return results

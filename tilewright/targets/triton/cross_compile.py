@@ -62,6 +62,11 @@ def jobs_for(kernel: Any, config: dict[str, Any] | None = None) -> list[CompileJ
 
 def compile_for_target(job: CompileJob, arch: int = 90, warp_size: int = 32) -> int:
     """Compile ``job`` to machine code for CUDA ``sm_<arch>``; returns the code size in bytes."""
+    return int(compile_and_check(job, arch, warp_size)["cubin_bytes"])
+
+
+def compile_and_check(job: CompileJob, arch: int = 90, warp_size: int = 32) -> dict[str, int]:
+    """Compile ``job`` for ``sm_<arch>``; its cubin size and the shared memory it needs (bytes)."""
     import importlib.util
     import tempfile
 
@@ -90,7 +95,8 @@ def compile_for_target(job: CompileJob, arch: int = 90, warp_size: int = 32) -> 
     compiled = triton.compile(ASTSource(fn, signature, constexprs=constexprs),
                               target=GPUTarget("cuda", arch, warp_size),
                               options={"num_warps": job.num_warps, "num_stages": job.num_stages})
-    return len(compiled.asm.get("cubin", b""))
+    shared = getattr(compiled.metadata, "shared", 0) or 0
+    return {"cubin_bytes": len(compiled.asm.get("cubin", b"")), "shared": int(shared)}
 
 
 def compile_in_subprocess(jobs: list[CompileJob], arch: int = 90, timeout_s: float = 900) -> list[dict[str, Any]]:

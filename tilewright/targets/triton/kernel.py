@@ -73,6 +73,17 @@ class GeneratedKernel(Kernel):
         kwargs.update({k: v for k, v in config.items() if k in LAUNCH_OPTIONS})
         return lambda *tensors: launch(*tensors, **kwargs)
 
+    def compile_jobs(self, config: Config | None = None) -> list[Any]:
+        """What an offline compile of this kernel under ``config`` builds (see ``cross_compile``)."""
+        from .cross_compile import jobs_for
+
+        return jobs_for(self, config or self.config)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_fns"] = {}  # loaded Triton functions are rebuilt where the kernel is unpickled
+        return state
+
     def describe_extra(self) -> dict[str, Any]:
         """A matmul's fused epilogue ops."""
         return {"epilogue": self.spec.meta.get("epilogue_ops", [])} if self.spec.kind == "matmul" else {}
