@@ -23,6 +23,7 @@ from ...schedule.group import Group
 from ...schedule.kernel import Kernel
 from ..base import KernelBuilder, Target, TemplateLowering
 from .attention import is_attention_node
+from .conv import build_conv, conv_gradient_reason
 from .indexed import INDEXED_BUILDERS, indexed_kind
 from .kernel import CpuKernel, build_and_bind
 from .matmul import build_matmul, supported_matmul
@@ -52,6 +53,7 @@ def _reduction(group: Group, materialize: set[int], name: str) -> Kernel:
 
 #: kernel kind -> builder
 BUILDERS: dict[str, KernelBuilder] = {"pointwise": _pointwise, "reduction": _reduction, "matmul": build_matmul,
+                                      "conv": build_conv,  # unsupported convolutions: the builder says why
                                       **INDEXED_BUILDERS}  # gathers, copies, scatters, pooling
 
 
@@ -77,8 +79,10 @@ class CpuTarget(Target):
             return "reduction"
         if kind == "template" and is_sparse_attention_node(node):
             return "template"
-        if kind == "template" and is_attention_node(node):
+        if kind == "template" and (is_attention_node(node) or conv_gradient_reason(node)):
             return "template"
+        if kind == "conv":
+            return "conv"
         if kind == "matmul" and supported_matmul(node) is None:
             return "matmul"
         indexed = indexed_kind(node)  # gathers, copies, scatters, pooling
@@ -92,6 +96,9 @@ class CpuTarget(Target):
             return sparse_attention_template(node)
         from .attention import attention_template
 
+        reason = conv_gradient_reason(node)
+        if reason:
+            return TemplateLowering(None, None, reason)
         return attention_template(node)
 
     def prepare(self, kernels: list[Kernel]) -> None:
@@ -101,9 +108,10 @@ class CpuTarget(Target):
             build_and_bind(cpu_kernels)
 
     def race_candidates(self, kernel: Kernel) -> list[dict[str, Any]]:
-        """A GEMM without a tuned schedule: its generated default against extern torch.mm/bmm (plus
-        the same generated epilogue): the vendor library runs only where it measures faster."""
-        if kernel.kind != "matmul" or kernel.config_source in ("database", "tuned") or "extern" not in kernel.config:
+        """A GEMM or convolution without a tuned schedule: its generated default against extern
+        torch.mm/bmm/convolution (plus the same generated epilogue): the vendor library runs only
+        where it measures faster."""
+        if kernel.kind not in ("matmul", "conv") or kernel.config_source in ("database", "tuned") or "extern" not in kernel.config:
             return []
         default = dict(kernel.space.default_config(), extern=False)
         return [default, dict(default, extern=True)]
