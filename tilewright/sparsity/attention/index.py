@@ -169,7 +169,9 @@ def vertical_slash(batch: int, heads: int, m: int, n: int, block: int, vertical:
 def sinks_window(batch: int, heads: int, m: int, n: int, block: int, sinks: int = 1, window: int = 4,
                  causal: bool = True, causal_offset: int = 0) -> BlockIndex:
     """Λ-shaped attention (StreamingLLM / LM-Infinite): the first ``sinks`` key blocks plus the
-    ``window`` slash bands up to the diagonal (non-causal: ``window`` bands on both sides)."""
+    ``window`` slash bands up to the diagonal, i.e. every key less than ``window * block`` tokens
+    behind its query (a query block then keeps up to ``window + 1`` key blocks; non-causal:
+    ``window`` bands on each side)."""
     slash = list(range(window)) if causal else list(range(-window + 1, window))
     return vertical_slash(batch, heads, m, n, block, list(range(sinks)), slash, causal, causal_offset)
 
