@@ -36,12 +36,31 @@ from .cpu_cases import ALL_CASES, CpuCase, relative_error
 DEFAULT_SYSTEMS = "eager,tilewright_cpu,inductor"
 
 
+#: the tuning database ``tilewright_cpu_tuned`` compiles with (set by :mod:`benchmarks.cpu_tuned`)
+TUNED_DB_URL: str | None = None
+
+
 def _tilewright_cpu(gm: Any, example_inputs: Any) -> Any:
     import tilewright
     from tilewright.frontend.backend import tilewright_backend
 
     tilewright.config.target = "cpu"
+    tilewright.config.tuning_db_url = None  # the run's fresh cache: default schedules
     return tilewright_backend(gm, example_inputs)
+
+
+def _tilewright_cpu_tuned(gm: Any, example_inputs: Any) -> Any:
+    import tilewright
+    from tilewright.frontend.backend import tilewright_backend
+
+    if TUNED_DB_URL is None:
+        raise SystemExit("tilewright_cpu_tuned needs a tuning database: run benchmarks.cpu_tuned")
+    tilewright.config.target = "cpu"
+    tilewright.config.tuning_db_url = TUNED_DB_URL
+    try:
+        return tilewright_backend(gm, example_inputs)
+    finally:
+        tilewright.config.tuning_db_url = None
 
 
 def _tilewright_eager_fallback(gm: Any, example_inputs: Any) -> Any:
@@ -61,7 +80,8 @@ def compile_system(system: str, target: Any) -> Any:
         return torch.compile(target)
     if system == "inductor_max":
         return torch.compile(target, mode="max-autotune")
-    backends = {"tilewright_cpu": _tilewright_cpu, "tilewright_eager_fallback": _tilewright_eager_fallback}
+    backends = {"tilewright_cpu": _tilewright_cpu, "tilewright_cpu_tuned": _tilewright_cpu_tuned,
+                "tilewright_eager_fallback": _tilewright_eager_fallback}
     if system not in backends:
         raise SystemExit(f"unknown system {system!r}; choose from eager, inductor, inductor_max, {', '.join(backends)}")
     return torch.compile(target, backend=backends[system])
@@ -94,8 +114,8 @@ def run_case(case: CpuCase, systems: list[str], rounds: int, round_ms: float) ->
         compiled[system] = compile_system(system, work.target)
         with collect() as report:
             got = _call(system, work.step, compiled[system])
-        if system == "tilewright_cpu":
-            result["tilewright_cpu_report"] = _kernel_summary(report)
+        if system.startswith("tilewright_cpu"):
+            result[f"{system}_report"] = _kernel_summary(report)
         entry = {"compile_and_first_call_s": round(time.perf_counter() - start, 3)}
         errors = [relative_error(g, w) for g, w in zip(got, want)]
         entry["max_relative_error"] = max(errors) if errors else 0.0
@@ -202,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tw_cache, tempfile.TemporaryDirectory() as ind_cache:
         os.environ.update(TILEWRIGHT_CACHE_DIR=tw_cache, TORCHINDUCTOR_CACHE_DIR=ind_cache)
+        import tilewright
+
+        tilewright.config.cache_dir = Path(tw_cache)  # read at import: the environment alone comes too late
         results = []
         for case in cases:
             r = run_case(case, systems, args.rounds, args.round_ms)
