@@ -30,6 +30,7 @@ from .matmul import build_matmul, supported_matmul
 from .pointwise import PointwiseSource, pointwise_space, supported_node
 from .reduction import ReductionSource, reduction_space, supported_reduction
 from .sparse_attention import is_sparse_attention_node, sparse_attention_template
+from .sparse_gemm_template import is_sparse_weight_node, sparse_weight_template
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class CpuTarget(Target):
             return "pointwise"
         if kind == "reduction" and supported_reduction(node) is None:
             return "reduction"
-        if kind == "template" and is_sparse_attention_node(node):
+        if kind == "template" and (is_sparse_attention_node(node) or is_sparse_weight_node(node)):
             return "template"
         if kind == "template" and (is_attention_node(node) or conv_gradient_reason(node)):
             return "template"
@@ -94,6 +95,8 @@ class CpuTarget(Target):
         """Fused attention (forward and backward) as C++ kernels; other templates run their ATen op."""
         if is_sparse_attention_node(node):  # opt-in block-sparse attention (sparsity plans)
             return sparse_attention_template(node)
+        if is_sparse_weight_node(node):  # opt-in sparse weights (sparsity plans)
+            return sparse_weight_template(node)
         from .attention import attention_template
 
         reason = conv_gradient_reason(node)
