@@ -38,6 +38,9 @@ class GraphReport:
     target: str = ""
     specialized: bool = False
     notes: list[str] = field(default_factory=list)
+    #: opt-in approximate rewrites applied to this graph (sparse/low-rank weights, sparse attention):
+    #: site, kind, method, params, error, expected_speedup, measured_speedup
+    approximations: list[dict[str, Any]] = field(default_factory=list)
     #: the graph's launchable and template kernels, as the tuner takes them (not serialised)
     tunable_kernels: list[Any] = field(default_factory=list, repr=False, compare=False)
 
@@ -127,6 +130,7 @@ class Report:
             "coverage": round(self.coverage, 4),
             "attention_fused": self.attention_fused,
             "attention_blocks": [b for g in self.graphs for b in g.attention_blocks],
+            "approximations": [a for g in self.graphs for a in g.approximations],
             "timings": timings,
             "kernel_status": {status: sum(1 for k in self.kernels if k.get("status") == status)
                               for status in (NOT_RUN, RAN, FELL_BACK)},
@@ -165,6 +169,18 @@ class Report:
             lines.append("  fused attention blocks:")
             for i, b in enumerate(blocks):
                 lines.append(f"    {i}: {b.get('handles') or b.get('form', '')}")
+        approx = [a for g in self.graphs for a in g.approximations]
+        if approx:
+            lines.append("")
+            lines.append("  approximate rewrites (opt-in sparsity):")
+            for a in approx:
+                params = " ".join(f"{k}={v}" for k, v in a.get("params", {}).items())
+                err, exp, meas = a.get("error"), a.get("expected_speedup"), a.get("measured_speedup")
+                lines.append(f"    {a['site']} [{a['kind']}] {a['method']} {params}"
+                             f"{'' if err is None else f'  error {err:.3g}'}"
+                             f"{'' if exp is None else f'  expected {exp:.2f}x'}"
+                             f"{'' if meas is None else f'  measured {meas:.2f}x'}"
+                             f"{'  (' + a['note'] + ')' if a.get('note') else ''}")
         conv = [k for k in self.kernels if k.get("kind") == "conv" and k.get("shape")]
         if conv:
             lines.append("")

@@ -72,6 +72,8 @@ class LazyCompiledGraph:
         self.cache: dict[tuple[Any, ...], Callable[[Sequence[Any]], Any]] = {}
         self.symbolic = _has_symbolic(gm)
         self.attention_blocks: list[dict[str, Any]] = []
+        #: what ``options["sparsity"]`` did to this graph (a tilewright.sparsity.apply.SparsityResult) or None
+        self.sparsity: Any = None
         self._folded = False
         #: (guard, callable) of the last call's specialisation: checked before the cache
         self._last: tuple[Callable[[Sequence[Any]], bool], Callable[[list[Any]], Any]] | None = None
@@ -107,6 +109,9 @@ class LazyCompiledGraph:
 
         report = GraphReport(self.name)
         report.attention_blocks = list(self.attention_blocks) if self.kind != "backward" else []
+        if self.sparsity is not None and self.kind != "backward":
+            report.approximations = list(self.sparsity.rewrites)
+            report.notes.extend(self.sparsity.notes)
         if self.symbolic:
             report.specialized = True
             report.notes.append(f"dynamic shapes: specialised for {len(self.cache) + 1} concrete signature(s)")
@@ -176,6 +181,11 @@ def tilewright_backend(gm: fx.GraphModule, example_inputs: list[Any], **options:
     mode = _kernel_mode(example_inputs)
     if mode == "eager":
         return _as_written(gm)
+    sparsity = None
+    if opts.get("sparsity") is not None:  # opt-in approximate rewrites (docs/sparsity.md)
+        from ..sparsity.apply import sparsify_graph
+
+        gm, sparsity = sparsify_graph(gm, example_inputs, opts["sparsity"])
     attention_blocks: list[dict[str, Any]] = []
     if config.fuse_attention:
         gm, attention_blocks = _rewrite_attention(gm, example_inputs)
@@ -183,11 +193,13 @@ def tilewright_backend(gm: fx.GraphModule, example_inputs: list[Any], **options:
     def fw_compiler(g: fx.GraphModule, ex: list[Any]) -> LazyCompiledGraph:
         lazy = LazyCompiledGraph(g, "forward", tune)
         lazy.attention_blocks = attention_blocks
+        lazy.sparsity = sparsity
         return lazy
 
     def inference_compiler(g: fx.GraphModule, ex: list[Any]) -> LazyCompiledGraph:
         lazy = LazyCompiledGraph(g, "inference", tune)
         lazy.attention_blocks = attention_blocks
+        lazy.sparsity = sparsity
         return lazy
 
     def bw_compiler(g: fx.GraphModule, ex: list[Any]) -> LazyCompiledGraph:
