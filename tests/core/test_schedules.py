@@ -51,7 +51,7 @@ def test_schedules_that_cannot_be_good_are_rejected() -> None:
     assert "idle" in (red.check({"XBLOCK": 1, "RBLOCK": 64, "num_warps": 16, "num_stages": 1}) or "")
     assert red.check({"XBLOCK": 1, "RBLOCK": 64, "num_warps": 2, "num_stages": 1}) is None
     mm = matmul_space(4096, 4096, 4096, 2)
-    base = {"BLOCK_K": 32, "GROUP_M": 8, "num_stages": 3}
+    base = {"BLOCK_K": 32, "GROUP_M": 8, "num_stages": 3, "extern": False}
     assert "registers" in (mm.check(dict(base, BLOCK_M=256, BLOCK_N=128, num_warps=4)) or "")
     assert mm.check(dict(base, BLOCK_M=256, BLOCK_N=128, num_warps=8)) is None
     assert "wgmma" in (mm.check(dict(base, BLOCK_M=32, BLOCK_N=64, num_warps=2)) or "")
@@ -60,5 +60,5 @@ def test_schedules_that_cannot_be_good_are_rejected() -> None:
                                                                       num_warps=2)) or "")
     # 128x256 tiles, K=64, 4 stages of bf16: 196,608 B of pipeline fits 227 KiB; the 131,072 B
     # fp32 epilogue scratch on top does not
-    big = dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4)
+    big = dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4, extern=False)
     assert "shared memory" in (mm.check(big) or "")

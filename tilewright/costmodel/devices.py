@@ -31,7 +31,7 @@ class DeviceSpec:
         l2_bw: L2 bandwidth in bytes/s (approximate).
         l2_bytes: L2 cache size in bytes.
         fp16_tc_flops: dense fp16/bf16 tensor-core FLOP/s.
-        tf32_tc_flops: dense tf32 tensor-core FLOP/s (fp32 ``tl.dot`` default precision).
+        tf32_tc_flops: dense tf32 tensor-core FLOP/s (fp32 ``tl.dot`` with ``input_precision="tf32"``).
         fp32_flops: non-tensor fp32 FLOP/s.
     """
 
@@ -50,8 +50,17 @@ class DeviceSpec:
     tf32_tc_flops: float
     fp32_flops: float
 
-    def peak_flops(self, dtype: str, tensor_cores: bool) -> float:
-        """Peak FLOP/s for ``dtype`` with or without tensor cores."""
+    def peak_flops(self, dtype: str, tensor_cores: bool, precision: str = "tf32") -> float:
+        """Peak FLOP/s for ``dtype`` with or without tensor cores.
+
+        ``precision`` is the float32 ``tl.dot`` input precision: ``"ieee"`` runs on the FMA
+        units (the fp32 peak even when ``tensor_cores`` is asked for), ``"tf32"`` at the TF32
+        tensor-core peak, ``"tf32x3"`` at a third of it (three TF32 products per step).
+        """
+        if dtype == "float32" and precision == "ieee":
+            return self.fp32_flops
+        if dtype == "float32" and tensor_cores and precision == "tf32x3":
+            return self.tf32_tc_flops / 3.0
         if not tensor_cores:
             return self.fp32_flops * (2.0 if dtype in ("float16", "bfloat16") else 1.0)
         if dtype in ("float16", "bfloat16"):

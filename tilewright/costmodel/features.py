@@ -21,7 +21,7 @@ from ..schedule.problem import KernelProblem
 from ..schedule.space import ConfigValue
 from .devices import DEVICE_SPECS, GENERIC, DeviceSpec, device_family, device_spec  # noqa: F401 (re-exported)
 
-FEATURE_VERSION = "1"
+FEATURE_VERSION = "2"  # 2: float32 matmuls score their dot precision (ieee: no tensor cores, FMA peak)
 
 KINDS = ("pointwise", "reduction", "matmul", "attention", "conv")
 
@@ -58,6 +58,7 @@ class TileModel:
         elems_per_thread: tile elements each thread owns.
         tensor_cores: whether the inner product runs on tensor cores.
         warp_tile: output elements per warp (matmul-like kinds), else 0.
+        precision: float32 ``tl.dot`` input precision ("ieee", "tf32", "tf32x3"); "" otherwise.
     """
 
     programs: float
@@ -72,6 +73,7 @@ class TileModel:
     elems_per_thread: float
     tensor_cores: bool = False
     warp_tile: float = 0.0
+    precision: str = ""
 
 
 def _cdiv(a: float, b: float) -> int:
@@ -125,8 +127,10 @@ def _reduction(p: KernelProblem, c: Mapping[str, ConfigValue]) -> TileModel:
 
 
 def _gemm_like(batch: int, m: int, n: int, k: int, e: int, c: Mapping[str, ConfigValue],
-               spec: DeviceSpec, flops: float, extra_bytes: float, dtype: str) -> TileModel:
-    """Tile model shared by matmul and implicit-GEMM convolution."""
+               spec: DeviceSpec, flops: float, extra_bytes: float, dtype: str,
+               precision: str = "tf32") -> TileModel:
+    """Tile model shared by matmul and implicit-GEMM convolution (``precision``: float32 dots
+    without a ``PRECISION`` parameter)."""
     bm, bn, bk = _int(c, "BLOCK_M", 64), _int(c, "BLOCK_N", 64), _int(c, "BLOCK_K", 32)
     group, warps, stages = _int(c, "GROUP_M", 1), _int(c, "num_warps", 4), _int(c, "num_stages", 2)
     gm, gn, iters = _cdiv(m, bm), _cdiv(n, bn), _cdiv(k, bk)
@@ -146,12 +150,13 @@ def _gemm_like(batch: int, m: int, n: int, k: int, e: int, c: Mapping[str, Confi
     dram_operands = max(min_operands, min(tile_operands, programs / concurrent * per_wave))
     padded = (gm * bm) * (gn * bn) * (iters * bk)
     regs = 24 + bm * bn / (32 * warps) + (bm * bk + bk * bn) * e / 4 / (32 * warps)
-    tc = dtype in ("float16", "bfloat16", "float32") or dtype.startswith("float8")
+    precision = str(c.get("PRECISION", precision)) if dtype == "float32" else ""
+    tc = dtype in ("float16", "bfloat16") or (dtype == "float32" and precision != "ieee") or dtype.startswith("float8")
     tc = tc and min(bm, bn) >= 16 and bk >= 16
     return TileModel(programs, iters, flops, min_operands + extra_bytes, tile_operands + extra_bytes,
                      dram_operands + extra_bytes, 1 - m * n * k / padded,
                      float(stages * (bm * bk + bk * bn) * e), regs, bm * bn / (32 * warps), tc,
-                     bm * bn / warps)
+                     bm * bn / warps, precision)
 
 
 def _matmul(p: KernelProblem, c: Mapping[str, ConfigValue], spec: DeviceSpec) -> TileModel:
@@ -159,7 +164,8 @@ def _matmul(p: KernelProblem, c: Mapping[str, ConfigValue], spec: DeviceSpec) ->
     b, m, n, k = (_dim(p.dims, "B"), _dim(p.dims, "M"), _dim(p.dims, "N"), _dim(p.dims, "K"))
     out_bytes = b * m * n * e
     extra = max(p.bytes - b * (m * k + k * n) * e, out_bytes) if p.bytes else out_bytes
-    return _gemm_like(b, m, n, k, e, c, spec, p.flops or 2.0 * b * m * n * k, extra, p.dtype)
+    precision = str(p.meta.get("precision") or "tf32")  # the policy: tf32, or ieee without PRECISION
+    return _gemm_like(b, m, n, k, e, c, spec, p.flops or 2.0 * b * m * n * k, extra, p.dtype, precision)
 
 
 def _conv(p: KernelProblem, c: Mapping[str, ConfigValue], spec: DeviceSpec) -> TileModel:
@@ -286,7 +292,7 @@ def extract(problem: KernelProblem, config: Mapping[str, ConfigValue],
     concurrent = max(per_sm, 1) * spec.sm_count
     waves = tm.programs / concurrent
     full = math.ceil(waves) if waves > 0 else 1
-    peak = spec.peak_flops(problem.dtype, tm.tensor_cores)
+    peak = spec.peak_flops(problem.dtype, tm.tensor_cores, tm.precision or "tf32")
     e = dtype_bytes(problem.dtype)
     epilogue = problem.meta.get("epilogue_ops", 0)
     feats: dict[str, float] = {f"kind_{k}": float(problem.kind == k) for k in KINDS}

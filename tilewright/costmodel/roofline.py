@@ -31,11 +31,48 @@ LOAD_LATENCY_S = 6e-7
 #: Resident warps per SM needed to saturate compute / memory.
 WARPS_FOR_COMPUTE = 8
 WARPS_FOR_MEMORY = 16
+#: Share of the FMA peak a Triton float32 ``tl.dot`` with ``input_precision="ieee"`` reaches: it is
+#: lowered to scalar FMAs from registers, 2-4x slower than cuBLAS's SGEMM on the same units.
+TRITON_IEEE_DOT_EFF = 0.35
+#: Share of the peak the vendor library (cuBLAS) reaches on large GEMMs, and its output tile.
+VENDOR_GEMM_EFF = 0.8
+VENDOR_TILE = 128
+
+
+def extern_gemm_seconds(problem: KernelProblem, spec: DeviceSpec) -> float:
+    """Estimated seconds of a matmul's ``extern`` config: torch.mm/bmm (cuBLAS) at the precision
+    torch's flags give it (``problem.meta["precision"]`` for float32), then, unless the product is
+    the only output, the generated epilogue as a second pass over the product."""
+    dims = problem.dims
+    b, m, n, k = (max(int(dims.get(x, 1)), 1) for x in ("B", "M", "N", "K"))
+    e = dtype_bytes(problem.dtype)
+    precision = str(problem.meta.get("precision") or "tf32")
+    peak = spec.peak_flops(problem.dtype, True, precision)
+    tile = VENDOR_TILE if min(m, n) >= VENDOR_TILE else 64
+    programs = b * math.ceil(m / tile) * math.ceil(n / tile)
+    waves = programs / spec.sm_count
+    wave_eff = waves / math.ceil(waves)
+    flops = 2.0 * b * m * n * k
+    compute = flops / (peak * VENDOR_GEMM_EFF * wave_eff)
+    memory = b * (m * k + k * n + m * n) * e / spec.dram_bw
+    seconds = max(compute, memory) + LAUNCH_S
+    if not problem.meta.get("extern_direct"):
+        product = b * m * n * e
+        rest = max(problem.bytes - b * (m * k + k * n) * e, product) if problem.bytes else product
+        seconds += (product + rest) / spec.dram_bw + LAUNCH_S
+    return seconds
 
 
 def roofline_seconds(problem: KernelProblem, config: Mapping[str, ConfigValue],
                      spec: DeviceSpec) -> float:
-    """Estimated run time of ``config`` for ``problem`` on ``spec`` in seconds (``inf`` if infeasible)."""
+    """Estimated run time of ``config`` for ``problem`` on ``spec`` in seconds (``inf`` if infeasible).
+
+    A matmul's ``extern`` config is scored as the vendor library (:func:`extern_gemm_seconds`);
+    float32 dots at their input precision (ieee: FMA peak at :data:`TRITON_IEEE_DOT_EFF`,
+    tf32: the TF32 tensor-core peak, tf32x3: a third of it).
+    """
+    if problem.kind == "matmul" and config.get("extern"):
+        return extern_gemm_seconds(problem, spec)
     tm: TileModel = tile_model(problem, config, spec)
     warps, stages = _int(config, "num_warps", 4), _int(config, "num_stages", 1)
     per_sm, _ = occupancy(tm, warps, spec)
@@ -50,8 +87,10 @@ def roofline_seconds(problem: KernelProblem, config: Mapping[str, ConfigValue],
     hide_c = min(1.0, resident / WARPS_FOR_COMPUTE)
     hide_m = min(1.0, resident * pipelined * max(tm.elems_per_thread, 1) ** 0.5 / WARPS_FOR_MEMORY)
 
-    peak = spec.peak_flops(problem.dtype, tm.tensor_cores)
+    peak = spec.peak_flops(problem.dtype, tm.tensor_cores, tm.precision or "tf32")
     tc_eff = min(1.0, math.sqrt(tm.warp_tile / 4096.0)) if tm.tensor_cores else 1.0
+    if tm.precision == "ieee":
+        tc_eff = TRITON_IEEE_DOT_EFF
     useful = max(1.0 - tm.padding_waste, 1e-3)
     compute = tm.flops / (peak * max(tc_eff, 0.05) * useful * wave_eff * max(hide_c, 0.05))
 
@@ -80,7 +119,10 @@ class RooflineModel(CostModel):
         if is_cpu_device(device):  # the native C++ target: cores, SIMD, caches (costmodel.cpu)
             return [cpu_roofline_seconds(problem, config, device) for config in configs]
         spec = device_spec(device)
-        return [roofline_seconds(problem, config, spec) for config in configs]
+        gpu = not device or device.get("is_gpu") is not False
+        # NOTE: the interpreter has no cuBLAS to score: its runs exist to exercise generated code
+        return [math.inf if config.get("extern") and not gpu else roofline_seconds(problem, config, spec)
+                for config in configs]
 
     def __repr__(self) -> str:
         return "RooflineModel()"

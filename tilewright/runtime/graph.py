@@ -336,5 +336,10 @@ def _uses_tf32(kernel: Any) -> bool:
     if kind == "conv":
         return bool(torch.backends.cudnn.allow_tf32)
     if kind == "matmul":
-        return bool(torch.backends.cuda.matmul.allow_tf32) or torch.get_float32_matmul_precision() != "highest"
+        from ..schedule.precision import fp32_matmul_policy
+
+        chosen = getattr(kernel, "config", None) or {}
+        if "PRECISION" in chosen and not chosen.get("extern"):
+            return chosen["PRECISION"] == "tf32"  # tf32x3 stays within float32 tolerances
+        return fp32_matmul_policy() == "tf32"  # cuBLAS follows torch's flags
     return False

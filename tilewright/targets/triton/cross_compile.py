@@ -12,7 +12,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -24,15 +24,29 @@ _POINTER_TYPES = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32
 
 @dataclass
 class CompileJob:
-    """One kernel source plus everything the compiler needs to specialise it."""
+    """One kernel source plus everything the compiler needs to specialise it.
+
+    ``pointer_types`` are the types of the non-constexpr arguments in order (``"*fp32"``, or
+    ``"i32"``/``"fp32"`` for scalars); ``aligned`` names the arguments Triton would specialise as
+    divisible by 16 when the kernel runs (pointers from torch's allocator, sizes and strides that
+    are multiples of 16); ``source`` may be empty when ``module`` names an importable module that
+    defines ``fn_name`` (hand-written kernels).
+    """
 
     name: str
     source: str
     fn_name: str
     pointer_types: list[str]
-    constexprs: dict[str, int]
+    constexprs: dict[str, Any]
     num_warps: int
     num_stages: int
+    aligned: list[str] = field(default_factory=list)
+    module: str = ""
+
+
+def _constexpr(value: Any) -> Any:
+    """A config value as the kernel's constexpr (strings such as ``PRECISION`` stay strings)."""
+    return value if isinstance(value, str) or value is None else int(value)
 
 
 def job_for(kernel: Any, config: dict[str, Any] | None = None) -> CompileJob:
@@ -44,9 +58,21 @@ def job_for(kernel: Any, config: dict[str, Any] | None = None) -> CompileJob:
         persistent = int(config["RBLOCK"]) >= int(spec.meta["rnumel"])
         fn_name = spec.meta["persistent_fn" if persistent else "looped_fn"]
     pointers = [_POINTER_TYPES[v.type.dtype] for v in spec.inputs + spec.outputs]
-    consts = {k: int(v) for k, v in config.items() if k not in ("num_warps", "num_stages")}
+    consts = {k: _constexpr(v) for k, v in config.items() if k not in ("num_warps", "num_stages", "extern")}
+    if spec.kind == "matmul":  # the extern product's pointer, and whether it is read
+        pointers.append(_POINTER_TYPES[spec.inputs[0].type.dtype])
+        consts["EXTERN"] = int(bool(config.get("extern", False)))
     return CompileJob(kernel.name, spec.source, fn_name, pointers, consts, int(config.get("num_warps", 4)),
-                      int(config.get("num_stages", 1)))
+                      int(config.get("num_stages", 1)), aligned=_pointer_args(spec.source, fn_name))
+
+
+def _pointer_args(source: str, fn_name: str) -> list[str]:
+    """The non-constexpr parameters of a generated kernel: tensors from torch's allocator, aligned."""
+    import re
+
+    match = re.search(rf"def {re.escape(fn_name)}\((.*?)\):", source, re.S)
+    params = [p.strip() for p in match.group(1).split(",")] if match else []
+    return [p for p in params if p and "constexpr" not in p]
 
 
 def jobs_for(kernel: Any, config: dict[str, Any] | None = None) -> list[CompileJob]:
@@ -66,19 +92,25 @@ def compile_for_target(job: CompileJob, arch: int = 90, warp_size: int = 32) -> 
 
 
 def compile_and_check(job: CompileJob, arch: int = 90, warp_size: int = 32) -> dict[str, int]:
-    """Compile ``job`` for ``sm_<arch>``; its cubin size and the shared memory it needs (bytes)."""
+    """Compile ``job`` for ``sm_<arch>``: its cubin size, the shared memory it needs (bytes) and,
+    where ptxas can be run, its registers per thread and spilled bytes (-1: unknown)."""
+    compiled = compile_kernel(job, arch, warp_size)
+    shared = getattr(compiled.metadata, "shared", 0) or 0
+    stats = ptxas_stats(compiled.asm.get("ptx", ""), arch)
+    return {"cubin_bytes": len(compiled.asm.get("cubin", b"")), "shared": int(shared), **stats}
+
+
+def _jit_function(job: CompileJob) -> Any:
+    """The job's kernel as a JITFunction: from its source text, or from the module it names."""
+    import importlib
     import importlib.util
     import tempfile
 
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
     from triton.runtime.jit import JITFunction
 
-    from .jit import restore_triton_language
-
-    restore_triton_language()  # interpreted kernels run earlier in this process leave patches behind
-
+    if job.module:
+        fn = getattr(importlib.import_module(job.module), job.fn_name)
+        return fn if isinstance(fn, JITFunction) else JITFunction(fn)
     directory = tempfile.mkdtemp(prefix="tw_aot_")
     path = os.path.join(directory, f"{job.fn_name}.py")
     with open(path, "w") as handle:
@@ -88,15 +120,81 @@ def compile_and_check(job: CompileJob, arch: int = 90, warp_size: int = 32) -> d
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
-    fn = JITFunction(getattr(module, job.fn_name))
+    return JITFunction(getattr(module, job.fn_name))
+
+
+def _divisibility_attr() -> list[Any]:
+    """How this Triton spells "divisible by 16" in ASTSource attrs (read from its backend)."""
+    from triton.backends.compiler import BaseBackend
+
+    parse = getattr(BaseBackend, "parse_attr", None)
+    return parse("D") if parse is not None else [["tt.divisibility", 16]]
+
+
+def compile_kernel(job: CompileJob, arch: int = 90, warp_size: int = 32) -> Any:
+    """Compile ``job`` for CUDA ``sm_<arch>`` without a GPU; Triton's CompiledKernel."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from .jit import restore_triton_language
+
+    restore_triton_language()  # interpreted kernels run earlier in this process leave patches behind
+    fn = _jit_function(job)
     pointers = iter(job.pointer_types)
     signature = {a: "constexpr" if a in job.constexprs else next(pointers) for a in fn.arg_names}
     constexprs = {(fn.arg_names.index(k),): v for k, v in job.constexprs.items()}
-    compiled = triton.compile(ASTSource(fn, signature, constexprs=constexprs),
-                              target=GPUTarget("cuda", arch, warp_size),
-                              options={"num_warps": job.num_warps, "num_stages": job.num_stages})
-    shared = getattr(compiled.metadata, "shared", 0) or 0
-    return {"cubin_bytes": len(compiled.asm.get("cubin", b"")), "shared": int(shared)}
+    attr = _divisibility_attr()
+    attrs = {(fn.arg_names.index(a),): attr for a in job.aligned if a in fn.arg_names and a not in job.constexprs}
+    return triton.compile(ASTSource(fn, signature, constexprs=constexprs, attrs=attrs),
+                          target=GPUTarget("cuda", arch, warp_size),
+                          options={"num_warps": job.num_warps, "num_stages": job.num_stages})
+
+
+def ptxas_path(arch: int) -> str | None:
+    """The ptxas Triton itself uses for ``sm_<arch>`` (its API differs across versions), or None."""
+    import inspect
+
+    try:
+        from triton.backends.nvidia import compiler as nv
+    except ImportError:
+        return None
+    getter = getattr(nv, "get_ptxas", None)
+    if getter is not None:
+        try:
+            tool = getter(arch) if inspect.signature(getter).parameters else getter()
+            path = getattr(tool, "path", None) or (tool[0] if isinstance(tool, tuple) else tool)
+            if path and os.path.isfile(str(path)):
+                return str(path)
+        except Exception:  # an older or newer API: fall back to the bundled binary
+            pass
+    bundled = os.path.join(os.path.dirname(nv.__file__), "bin", "ptxas")
+    return bundled if os.path.isfile(bundled) else None
+
+
+def ptxas_stats(ptx: str, arch: int = 90) -> dict[str, int]:
+    """Registers per thread and spilled bytes (stores + loads) of ``ptx`` from ``ptxas -v``;
+    -1 for each when no ptxas is available or its report cannot be read."""
+    import re
+    import tempfile
+
+    unknown = {"registers": -1, "spill_bytes": -1}
+    ptxas = ptxas_path(arch)
+    if not ptx or ptxas is None:
+        return unknown
+    gpu = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
+    with tempfile.TemporaryDirectory(prefix="tw_ptxas_") as directory:
+        src = os.path.join(directory, "k.ptx")
+        with open(src, "w") as handle:
+            handle.write(ptx)
+        proc = subprocess.run([ptxas, "-v", f"--gpu-name={gpu}", src, "-o", os.path.join(directory, "k.cubin")],
+                              capture_output=True, text=True, timeout=300)
+    report = proc.stderr + proc.stdout
+    regs = re.search(r"Used (\d+) registers", report)
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
+    if proc.returncode != 0 or regs is None or not spills:
+        return unknown
+    return {"registers": int(regs.group(1)), "spill_bytes": sum(int(a) + int(b) for a, b in spills)}
 
 
 def compile_in_subprocess(jobs: list[CompileJob], arch: int = 90, timeout_s: float = 900) -> list[dict[str, Any]]:
@@ -116,8 +214,7 @@ def _main() -> None:
     for raw in request["jobs"]:
         job = CompileJob(**raw)
         try:
-            size = compile_for_target(job, request["arch"])
-            results.append({"name": job.name, "ok": True, "cubin_bytes": size})
+            results.append({"name": job.name, "ok": True, **compile_and_check(job, request["arch"])})
         except Exception as exc:  # report every failure, keep compiling the rest
             results.append({"name": job.name, "ok": False, "error": f"{type(exc).__name__}: {exc}"[:2000]})
     sys.stdout.write(json.dumps(results))

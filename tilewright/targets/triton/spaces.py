@@ -125,8 +125,16 @@ def reduction_space(xnumel: int, rnumel: int, outer: bool = False) -> ScheduleSp
 ACCUMULATORS_PER_THREAD = 128
 
 
-def matmul_space(m: int, n: int, k: int, elem_bytes: int) -> ScheduleSpace:
-    """Tile sizes, group size, warps and stages of the matmul template.
+#: version of the matmul space (3: ``extern`` cuBLAS candidate, float32 ``PRECISION``)
+MATMUL_SPACE_VERSION = "3"
+
+
+def matmul_space(m: int, n: int, k: int, elem_bytes: int, precisions: list[str] | None = None) -> ScheduleSpace:
+    """Tile sizes, group size, warps and stages of the matmul template, its ``tl.dot`` input
+    precision (float32 only: ``precisions``, see :mod:`tilewright.schedule.precision`) and ``extern``.
+
+    ``extern=True`` runs torch.mm/bmm (cuBLAS) and then the kernel's epilogue: one config,
+    whose other parameters are the defaults (its epilogue's tile).
 
     Constraints: the pipelined A/B tiles plus the epilogue's fp32 scratch (the accumulator
     converted to the store layout) fit in shared memory; at most 128 accumulators per thread
@@ -148,7 +156,13 @@ def matmul_space(m: int, n: int, k: int, elem_bytes: int) -> ScheduleSpace:
             return "tile or warps rule out wgmma (BLOCK_M >= 64 per warpgroup of 4 warps, BLOCK_N >= 16)"
         return None
 
-    constraints = [shared_memory_budget(smem, SHARED_MEMORY_BYTES, "needs {need} bytes of shared memory"),
+    def extern_default(c: Mapping[str, ConfigValue]) -> str | None:
+        if c["extern"] and any(c[p] != v for p, v in default.items() if p != "extern"):
+            return "the extern candidate takes the default values of the other parameters"
+        return None
+
+    constraints = [extern_default,
+                   shared_memory_budget(smem, SHARED_MEMORY_BYTES, "needs {need} bytes of shared memory"),
                    register_budget(product_of("BLOCK_M", "BLOCK_N"), ACCUMULATORS_PER_THREAD,
                                    f"accumulator exceeds {ACCUMULATORS_PER_THREAD} registers per thread",
                                    least=2, too_few="tile too small for the warps"),
@@ -160,7 +174,12 @@ def matmul_space(m: int, n: int, k: int, elem_bytes: int) -> ScheduleSpace:
     bk = min(64 if elem_bytes <= 2 else 32, max(16, next_pow2(k)))
     warps = 8 if bm * bn >= 128 * 128 else 4 if bm * bn >= 64 * 64 or m >= 64 else 2
     stages = 3 if elem_bytes <= 2 else 2
-    default = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": warps, "num_stages": stages}
-    return ScheduleSpace("matmul", {"BLOCK_M": sizes, "BLOCK_N": sizes, "BLOCK_K": [16, 32, 64, 128],
-                                    "GROUP_M": [1, 4, 8], "num_warps": [2, 4, 8], "num_stages": [1, 2, 3, 4, 5]},
-                         constraints, default, SPACE_VERSION)
+    default: dict[str, ConfigValue] = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8,
+                                       "num_warps": warps, "num_stages": stages, "extern": False}
+    params: dict[str, list[ConfigValue]] = {
+        "BLOCK_M": sizes, "BLOCK_N": sizes, "BLOCK_K": [16, 32, 64, 128], "GROUP_M": [1, 4, 8],
+        "num_warps": [2, 4, 8], "num_stages": [1, 2, 3, 4, 5], "extern": [False, True]}
+    if precisions:
+        params["PRECISION"] = list(precisions)
+        default["PRECISION"] = precisions[0]
+    return ScheduleSpace("matmul", params, constraints, default, MATMUL_SPACE_VERSION)

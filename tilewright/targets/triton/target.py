@@ -19,7 +19,7 @@ from .classify import classify
 from .conv.group import ConvGroupKernel
 from .jit import can_run_kernels
 from .kernel import GeneratedKernel
-from .matmul import MatmulKernelBuilder
+from .matmul import MatmulKernel, MatmulKernelBuilder
 from .pointwise_reduction import FusedKernelBuilder
 from .scatter import ScatterKernel
 
@@ -30,7 +30,7 @@ def _fused(group: Group, materialize: set[int], name: str) -> Kernel:
 
 def _matmul(group: Group, materialize: set[int], name: str) -> Kernel:
     assert group.anchor is not None
-    return GeneratedKernel(MatmulKernelBuilder(name, group.anchor, group.nodes, materialize).build(), group.nodes)
+    return MatmulKernel(MatmulKernelBuilder(name, group.anchor, group.nodes, materialize).build(), group.nodes)
 
 
 def _conv(group: Group, materialize: set[int], name: str) -> Kernel:
@@ -80,6 +80,11 @@ def precompile_graph(kernels: list[Kernel], pool: Any = None) -> dict[str, str]:
     return errors
 
 
+def on_gpu(kernel: Kernel) -> bool:
+    """Whether ``kernel``'s tensors live on a CUDA device (not in the CPU interpreter)."""
+    return any(v.type.device.type == "cuda" for v in kernel.inputs + kernel.outputs)
+
+
 class TritonTarget(Target):
     """Triton kernels: compiled on CUDA, interpreted on CPU when ``TILEWRIGHT_INTERPRET=1``."""
 
@@ -117,6 +122,25 @@ class TritonTarget(Target):
         if not kernels or interpret_mode() or not torch.cuda.is_available():
             return
         precompile_graph(kernels)
+
+    def race_candidates(self, kernel: Kernel) -> list[dict[str, Any]]:
+        """On a GPU, a GEMM without a tuned schedule: its chosen config, the same tiles at the other
+        allowed ``tl.dot`` precisions (float32: ieee against tf32x3), and extern torch.mm/bmm
+        (cuBLAS) plus the generated epilogue; the fastest runs. Never in the interpreter, whose
+        timings say nothing about a GPU."""
+        if (not isinstance(kernel, MatmulKernel) or kernel.config_source in ("database", "tuned")
+                or not on_gpu(kernel)):
+            return []
+        chosen = dict(kernel.config, extern=False)
+        if not kernel.space.is_feasible(chosen):
+            chosen = dict(kernel.space.default_config())
+        candidates = [chosen]
+        for precision in kernel.space.params.get("PRECISION", []):
+            other = dict(chosen, PRECISION=precision)
+            if other not in candidates and kernel.space.is_feasible(other):
+                candidates.append(other)
+        candidates.append(dict(kernel.space.default_config(), extern=True))
+        return candidates
 
     def device_info(self, device: Any = None) -> dict[str, Any]:
         """The GPU (or interpreter) description tuning records are keyed by."""
