@@ -17,6 +17,7 @@ COMMANDS = {
     "tuning": "tuning",
     "train-costmodel": "train_costmodel",
     "collect": "collect",
+    "sparsify": "sparsify",
 }
 
 

@@ -1,0 +1,50 @@
+"""``sparsify``: calibrate a model once and return its sparsity plan (the API behind ``tilewright sparsify``)."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch import nn
+
+from .calibrate import Metric, ModuleEvaluator
+from .candidates import DEFAULT_BLOCK, DEFAULT_DENSITIES
+from .gate import GateOptions, model_error_of, run_gate
+from .plan import SparsityPlan, model_fingerprint
+
+log = logging.getLogger(__name__)
+
+__all__ = ["evaluate_plan", "sparsify"]
+
+
+def sparsify(model: nn.Module, calibration: Sequence[Any], budget: float = 0.01, metric: str | Metric = "rel_l2",
+             methods: Sequence[str] = ("block_sparse", "low_rank"), densities: Sequence[float] = DEFAULT_DENSITIES,
+             block: tuple[int, int] = DEFAULT_BLOCK, min_speedup: float = 1.1, measure: bool = False,
+             holdout: Sequence[Any] | None = None, skip: Callable[[str], bool] | None = None) -> SparsityPlan:
+    """Choose per layer a block-sparse / 2:4 / low-rank rewrite within ``budget`` and return the plan.
+
+    ``calibration`` (and ``holdout``) are lists of batches: a tensor, a tuple of positional
+    arguments or a dict of keyword arguments each. ``metric`` is ``rel_l2`` (relative L2 error of
+    the outputs), ``kl`` (KL divergence of the first output's softmax: logits) or a callable
+    ``f(reference_outputs, approximate_outputs) -> float``. The model is not modified. With
+    ``holdout``, the plan's ``meta["holdout_error"]`` is the error on it (not gated). Save the
+    plan with ``plan.save(path)`` and compile with
+    ``torch.compile(model, backend="tilewright", options={"sparsity": {"plan": path}})`` under
+    ``torch.no_grad()``.
+    """
+    evaluator = ModuleEvaluator(model, calibration)
+    options = GateOptions(budget=budget, metric=metric, methods=tuple(methods), densities=tuple(densities),
+                          block=tuple(block), min_speedup=min_speedup, measure=measure, skip=skip)  # type: ignore[arg-type]
+    plan = run_gate(evaluator, options, model_fingerprint(model))
+    plan.meta["calibration_batches"] = len(calibration)
+    if holdout:
+        plan.meta["holdout_error"] = evaluate_plan(model, plan, holdout)
+        plan.meta["holdout_batches"] = len(holdout)
+    return plan
+
+
+def evaluate_plan(model: nn.Module, plan: SparsityPlan, batches: Sequence[Any], metric: str | Metric | None = None
+                  ) -> float:
+    """The model's error with ``plan`` applied (dense equivalents), on ``batches`` (e.g. held-out data)."""
+    plan.check_model(model)
+    return model_error_of(plan, ModuleEvaluator(model, batches), metric)
