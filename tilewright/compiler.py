@@ -129,6 +129,7 @@ _RACED: dict[str, dict[str, Any]] = {}
 
 def _race(steps: list[Any], target: Target) -> None:
     """Time each kernel's race candidates (once per problem and process) and keep the fastest."""
+    from .autotune import race_records
     from .autotune.measure import CpuMeasurer
     from .autotune.tuner import default_measurer
 
@@ -144,12 +145,20 @@ def _race(steps: list[Any], target: Target) -> None:
             measurer = default_measurer(None, kernel)
             if isinstance(measurer, CpuMeasurer):  # a quick race, not a tuning run
                 measurer = CpuMeasurer(repeats=5, warmup=1, sample_s=2e-3, retries=1)
-            try:
-                results = [r for r in measurer.measure(kernel, candidates) if r.ok]
-            except Exception as exc:  # measuring must never break a compile
-                log.warning("could not time the candidates of %s (%s); keeping its default", kernel.name, exc)
-                results = []
-            _RACED[key] = dict(min(results, key=lambda r: r.time_s).config) if results else dict(kernel.config)
+            device = measurer.device_info()
+            stored = race_records.load_winner(key, kernel.space.version, device, candidates)
+            if stored is not None:  # another process (or an earlier run) timed this race already
+                _RACED[key] = stored
+            else:
+                try:
+                    results = [r for r in measurer.measure(kernel, candidates) if r.ok]
+                except Exception as exc:  # measuring must never break a compile
+                    log.warning("could not time the candidates of %s (%s); keeping its default", kernel.name, exc)
+                    results = []
+                _RACED[key] = dict(min(results, key=lambda r: r.time_s).config) if results else dict(kernel.config)
+                if results:
+                    race_records.store_winner(key, kernel.space.version, device, _RACED[key],
+                                              {r.config_hash: r.time_s for r in results})
         kernel.config, kernel.config_source = dict(_RACED[key]), "measured"
         if step.entry is not None:
             step.entry.update(schedule=dict(kernel.config), schedule_source="measured")

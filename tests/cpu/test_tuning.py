@@ -102,14 +102,16 @@ def test_max_autotune_measures_cpu_kernels_before_their_graph_library_exists(
     assert [k["status"] for k in report.kernels] == ["ran"]
 
 
-def test_gemm_races_the_vendor_library_once_per_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gemm_races_the_vendor_library_once_per_problem(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Without a tuned schedule a GEMM's generated default and extern torch.mm are timed at compile
     time and the faster one runs ('measured' in explain); the same problem is not timed twice."""
     import torch.nn.functional as F
 
+    import tilewright
     from tilewright import compiler
 
     monkeypatch.setattr(compiler, "_RACED", {})
+    monkeypatch.setattr(tilewright.config, "cache_dir", tmp_path)  # no race records of earlier runs
     raced: list[int] = []
     real = CpuMeasurer.measure
 
