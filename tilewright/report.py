@@ -181,6 +181,14 @@ class Report:
                              f"{'' if exp is None else f'  expected {exp:.2f}x'}"
                              f"{'' if meas is None else f'  measured {meas:.2f}x'}"
                              f"{'  (' + a['note'] + ')' if a.get('note') else ''}")
+        sized = [k for k in self.kernels if k.get("sizes")]
+        if sized:
+            lines.append("")
+            lines.append("  sizes (specialised into the code | run-time arguments: a new size reuses the code):")
+            for k in sized:
+                fixed = ", ".join(f"{a}={b}" for a, b in k["sizes"]["specialised"].items()) or "-"
+                runtime = ", ".join(k["sizes"]["runtime"]) or "-"
+                lines.append(f"    {k['name'][:34]}: {fixed[:90]} | {runtime[:120]}")
         conv = [k for k in self.kernels if k.get("kind") == "conv" and k.get("shape")]
         if conv:
             lines.append("")

@@ -39,6 +39,8 @@ _key_locks: dict[str, threading.Lock] = {}
 _key_locks_lock = threading.Lock()
 _executor: ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
+_runs = 0
+_runs_lock = threading.Lock()
 
 
 class CompileError(BuildError):
@@ -97,8 +99,16 @@ def _excerpt(output: str) -> str:
     return "\n".join(shown) + (f"\n... ({rest} more lines)" if rest > 0 else "")
 
 
+def compiler_runs() -> int:
+    """How many times this process has started the C++ compiler (each a library build)."""
+    return _runs
+
+
 def _run_compiler(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     """Run one compiler command (the only place the build layer starts a compiler)."""
+    global _runs
+    with _runs_lock:
+        _runs += 1
     return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
 

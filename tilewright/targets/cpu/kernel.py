@@ -42,6 +42,11 @@ class CpuKernel(Kernel):
         self.function: Any = None
         self.library: Any = None
 
+    def describe_extra(self) -> dict[str, Any]:
+        """Explain: which sizes and strides the code was specialised to and which it takes at run time."""
+        sizes = getattr(self.source, "sizes", None)
+        return {"sizes": sizes.explain()} if sizes is not None else {}
+
     def bind(self, library: Any) -> None:
         """Take this kernel's function from its graph's loaded library."""
         fn = getattr(library, self.name)

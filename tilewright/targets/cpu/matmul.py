@@ -298,7 +298,7 @@ class MatmulKernel(CpuKernel):
     def describe_extra(self) -> dict[str, object]:
         """Explain: the fused epilogue ops and the problem size."""
         s = self.source
-        return {"epilogue": [n.op for n in s.epilogue.nodes], "shape": [s.nb, s.m, s.n, s.k]}
+        return {**super().describe_extra(), "epilogue": [n.op for n in s.epilogue.nodes], "shape": [s.nb, s.m, s.n, s.k]}
 
 
 def build_matmul(group: Group, materialize: set[int], name: str) -> MatmulKernel:

@@ -139,11 +139,11 @@ def pointwise_space(numel: int, cores: int) -> ScheduleSpace:
 
 
 def follows_dims(v: Value, shape: tuple[int, ...]) -> list[bool]:
-    """Per dim of ``shape``: whether ``v`` is indexed along it (False where ``v`` broadcasts: it
-    lacks the dim, or has size 1 where the iteration has more). A dim both have of size 1 counts as
-    followed, so a batch of 1 keeps the same kernel text as larger batches."""
+    """Per dim of ``shape``: whether ``v`` has that dim (right-aligned). Kernels index ``v`` along
+    every dim it has through a run-time stride (0 where it broadcasts): a batch of 1 or a
+    broadcast along the batch then keeps the same kernel text as larger batches."""
     lead = len(shape) - v.type.rank
-    return [d >= lead and (v.type.shape[d - lead] != 1 or size == 1) for d, size in enumerate(shape)]
+    return [d >= lead for d in range(len(shape))]
 
 
 def broadcast_strides(v: Value, shape: tuple[int, ...]) -> list[int]:
@@ -217,10 +217,11 @@ class PointwiseSource:
         loops depend on it); every other stride is a run-time size."""
         stride = self.strides[v.id][d]
         last = d == len(self.strides[v.id]) - 1
-        if not self.follows[v.id][d] or (last and stride == 0):
+        if not self.follows[v.id][d]:
             return None
-        if last and stride == 1:
-            return "1"
+        if last and stride in (0, 1):
+            self.sizes.fixed(stride, f"{self._role(v)}.stride{d}")
+            return None if stride == 0 else "1"
         return self.sizes.size(stride, f"{self._role(v)}.stride{d}")
 
     def _operand(self, arg: Any, node: Node, index: int, ctype: str) -> str:

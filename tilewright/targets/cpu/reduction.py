@@ -22,6 +22,7 @@ from ...schedule.space import ScheduleSpace
 from .moments import deviation_sums
 from .pointwise import (
     broadcast_strides,
+    follows_dims,
     group_io,
     pointer_casts,
     promoted_ctype,
@@ -39,6 +40,7 @@ from .scalar_ops import (
     store_code,
 )
 from .simd import VECTOR_OPS, vector_body
+from .sizes import SizeArgs
 
 SPACE_VERSION = "1"
 #: longest row whose costly element values are kept in a per-row scratch buffer between passes
@@ -97,6 +99,8 @@ class ReductionSource(ColumnReduction):
         self.reductions = reductions
         #: outputs may hold element values between passes (not when an output is written in place)
         self.outputs_alias_free = True
+        #: sizes and strides read at run time (see :mod:`.sizes`)
+        self.sizes = SizeArgs()
         self._classify(nodes, materialize)
         self.source = self._function()
 
@@ -136,9 +140,34 @@ class ReductionSource(ColumnReduction):
 
     # -- indexing ----------------------------------------------------------------------------
     def _offset(self, v: Value, shape: tuple[int, ...], index: list[str]) -> str:
-        """Offset of ``v`` read at ``index`` (one C++ expression per dim of ``shape``), broadcasting."""
-        terms = [f"{i} * INT64_C({s})" for i, s in zip(index, broadcast_strides(v, shape)) if s]
+        """Offset of ``v`` read at ``index`` (one C++ expression per dim of ``shape``), broadcasting.
+        A unit stride is written into the code (the loops vectorise on it), and so is a broadcast
+        along the innermost dim; other strides are run-time sizes."""
+        strides, follows = broadcast_strides(v, shape), follows_dims(v, shape)
+        last = len(shape) - 1
+        role = f"in{self.inputs.index(v)}" if v in self.inputs else f"out{self.outputs.index(v)}"
+        tag = "" if shape == self.element_shape else ".row"
+        terms = []
+        for d, (i, stride) in enumerate(zip(index, strides)):
+            if not follows[d] or i == "0":
+                continue
+            label = f"{role}{tag}.stride{d}"
+            if stride == 1 or (d == last and stride == 0):
+                self.sizes.fixed(stride, label)
+                if stride:
+                    terms.append(i)
+                continue
+            terms.append(f"{i} * {self.sizes.size(stride, label)}")
         return " + ".join(terms) or "0"
+
+    def _dim(self, d: int) -> str:
+        """Size of element dim ``d`` (a run-time size)."""
+        return self.sizes.size(self.element_shape[d], f"size{d}")
+
+    @property
+    def _count(self) -> str:
+        """Elements each row reduces (a run-time size)."""
+        return self.sizes.size(self.count, "count")
 
     def _element_index(self) -> list[str]:
         return [f"k{d}" if d in self.kept else f"e{d}" for d in range(len(self.element_shape))]
@@ -208,10 +237,10 @@ class ReductionSource(ColumnReduction):
     def _element_loop(self, body: list[str], reductions: str = "", start: str = "0") -> list[str]:
         dims = self.dims
         head = [f"#pragma omp simd{reductions}" if len(dims) == 1 and reductions is not None else "",
-                f"for (int64_t e = {start}; e < INT64_C({self.count}); ++e) {{"]
+                f"for (int64_t e = {start}; e < {self._count}; ++e) {{"]
         split = ["  int64_t rest_e = e;"]
         for d in reversed(dims):
-            split.append(f"  const int64_t e{d} = rest_e % {self.element_shape[d]}; rest_e /= {self.element_shape[d]};")
+            split.append(f"  const int64_t e{d} = rest_e % {self._dim(d)}; rest_e /= {self._dim(d)};")
         if len(dims) == 1:
             split = [f"  const int64_t e{dims[0]} = e;"]
         return [h for h in head if h] + split + ["  " + line for line in body] + ["}"]
@@ -244,7 +273,9 @@ class ReductionSource(ColumnReduction):
             slot = self._output_slot(vid) if self.outputs_alias_free else None
             if slot is None and self.count <= _SCRATCH_LIMIT:
                 name = f"scr{self.local[vid]}"
-                self._scratch.append(f"alignas(64) {CPP_TYPES[n.outputs[0].type.dtype]} {name}[{self.count}];")
+                self.sizes.specialised[f"count <= {_SCRATCH_LIMIT} (row kept in a scratch buffer)"] = self.count
+                self._scratch.append(f"{CPP_TYPES[n.outputs[0].type.dtype]} {name}[{self._count}] "
+                                     "__attribute__((aligned(64)));")
                 slot = f"{name}[e]"
             if slot is not None:
                 self._pending[vid] = slot
@@ -252,7 +283,8 @@ class ReductionSource(ColumnReduction):
         return kept
 
     def _slot_unit_stride(self, slot: str) -> bool:
-        return slot.endswith("[e]") or (len(self.dims) == 1 and slot.endswith(f"e{self.dims[0]} * INT64_C(1)]"))
+        unit = f"e{self.dims[0]}]" if len(self.dims) == 1 else None  # a unit stride is written as the bare index
+        return slot.endswith("[e]") or (unit is not None and slot.endswith((" " + unit, "[" + unit)))
 
     def _parts(self, targets: list[Value], later: list[Value]) -> dict[str, Any]:
         """What one element pass computes: loads from outside, scratch reads, nodes, scratch writes."""
@@ -324,7 +356,7 @@ class ReductionSource(ColumnReduction):
             return self._element_loop(scalar, clause)
         decl, update, combine = acc
         head = ["{", "int64_t tw_e0 = 0;", "#if TW_VW", *decl,
-                f"for (; tw_e0 + TW_VW <= INT64_C({self.count}); tw_e0 += TW_VW) {{",
+                f"for (; tw_e0 + TW_VW <= {self._count}; tw_e0 += TW_VW) {{",
                 "  const int64_t e = tw_e0;", f"  const int64_t e{self.dims[0]} = e;"]
         head += ["  " + line for line in vector + update] + ["}", *combine, "#endif"]
         return head + self._element_loop(scalar, clause, "tw_e0") + ["}"]
@@ -353,7 +385,7 @@ class ReductionSource(ColumnReduction):
 
     def _mean_code(self, r: Node) -> str:
         total = self.deviations[r.outputs[0].id][1]
-        return f"(acc{self.local[total.outputs[0].id]} / (double)INT64_C({self.count}))"
+        return f"(acc{self.local[total.outputs[0].id]} / (double){self._count})"
 
     def _reduction_pass(self, reductions: list[Node], later: list[Value]) -> list[str]:
         parts = self._parts([self._operand_of(r) for r in reductions], later)
@@ -394,7 +426,7 @@ class ReductionSource(ColumnReduction):
         out = r.outputs[0]
         t = CPP_TYPES[out.type.dtype]
         acc = f"acc{self.local[out.id]}"
-        value = f"{acc} / (double)INT64_C({self.count})" if lookup(r.target).extra.get("mean") else acc
+        value = f"{acc} / (double){self._count}" if lookup(r.target).extra.get("mean") else acc
         if _COMBINES[packet_name(r.target)] in ("max", "min") and r.args[0].type.dtype.is_floating_point:
             value = f"(nan{acc} ? std::numeric_limits<{t}>::quiet_NaN() : {acc})"
         self._done.add(out.id)
@@ -474,13 +506,17 @@ class ReductionSource(ColumnReduction):
         casts = pointer_casts(self.inputs, self.outputs)
         split = ["    int64_t rest = r;"]
         for d in reversed(self.kept):
-            split.append(f"    const int64_t k{d} = rest % {self.element_shape[d]}; rest /= {self.element_shape[d]};")
+            split.append(f"    const int64_t k{d} = rest % {self._dim(d)}; rest /= {self._dim(d)};")
+        split.append("    (void)rest;")
         body = self._row_body()
         body = self._scratch + body  # scratch buffers are declared at the top of the row
-        return f"""extern "C" void {self.name}({', '.join(params + ['int64_t threads'])}) {{
+        z = self.sizes
+        rows, chunk = z.size(self.rows, "rows"), z.size(self._chunk(), "chunk")
+        return f"""extern "C" void {self.name}({', '.join(params + ['int64_t threads', z.param])}) {{
 {chr(10).join(casts)}
-  #pragma omp parallel for num_threads(threads) schedule(dynamic, {self._chunk()}) if(threads > 1)
-  for (int64_t r = 0; r < INT64_C({self.rows}); ++r) {{
+{z.declarations()}
+  #pragma omp parallel for num_threads(threads) schedule(dynamic, {chunk}) if(threads > 1)
+  for (int64_t r = 0; r < {rows}; ++r) {{
 {chr(10).join(split)}
 {chr(10).join('    ' + line for line in body)}
   }}
@@ -493,5 +529,5 @@ class ReductionSource(ColumnReduction):
         return max(1, min(32768 // max(self.count, 1), self.rows // 8))
 
     def launch_args(self, config: Any) -> list[int]:
-        """Scalar arguments after the tensors."""
-        return [int(config["threads"])]
+        """Scalar arguments after the tensors: the thread count, the size array."""
+        return [int(config["threads"]), self.sizes.address()]

@@ -15,6 +15,9 @@ import re
 from .pointwise import broadcast_strides, pointer_casts
 from .scalar_ops import store_code
 
+#: most columns one task takes (its accumulator arrays have this many slots)
+MAX_BLOCK = 256
+
 _ACC_DECL = re.compile(r"^(\w+) (\w+) = (.*);$")
 _ACC_NAME = re.compile(r"\b((?:nan)?acc\w+)\b")
 
@@ -38,7 +41,7 @@ class ColumnReduction:
         outer = self.rows // width
         tasks_wanted = max(1, 4 * cores // max(outer, 1))
         block = max(16, math.ceil(width / tasks_wanted / 16) * 16)
-        return min(block, 256, math.ceil(width / 16) * 16)
+        return min(block, MAX_BLOCK, math.ceil(width / 16) * 16)
 
     def space_of_input(self, v) -> str:  # type: ignore[no-untyped-def]
         """``element`` when some element-space node or reduction reads input ``v``, else ``row``."""
@@ -50,14 +53,16 @@ class ColumnReduction:
 
     def _column_function(self, block: int) -> str:  # type: ignore[no-untyped-def]
         last = len(self.element_shape) - 1
-        width = self.element_shape[last]
+        z = self.sizes
+        width, tasks_m = self._dim(last), z.size(self.rows // self.element_shape[last], "outer rows")
+        block = z.size(block, "column block")
         params = [f"const void* p_in{i}" for i in range(len(self.inputs))]
         params += [f"void* p_out{i}" for i in range(len(self.outputs))]
         acc_decl, acc_load = [], []
         for r in self.reductions:
             for line in self._accumulator(r):
                 t, name, init = _ACC_DECL.match(line).groups()
-                acc_decl += [f"{t} {name}_a[{block}];", f"for (int64_t i = 0; i < {block}; ++i) {name}_a[i] = {init};"]
+                acc_decl += [f"{t} {name}_a[{MAX_BLOCK}];", f"for (int64_t i = 0; i < {block}; ++i) {name}_a[i] = {init};"]
                 acc_load.append(f"{t} {name} = {name}_a[c - c0];")
         parts = self._parts([self._operand_of(r) for r in self.reductions], [])
         body = self._scalar_lines(parts) + self._reduce_lines(self.reductions)
@@ -65,27 +70,29 @@ class ColumnReduction:
         body = [line.replace("(decltype(", "(std::remove_reference<decltype(").replace("))v", ")>::type)v")
                 if "decltype" in line else line for line in body]
         e_split = ["int64_t rest_e = e;"] + [
-            f"const int64_t e{d} = rest_e % {self.element_shape[d]}; rest_e /= {self.element_shape[d]};"
-            for d in reversed(self.dims)]
+            f"const int64_t e{d} = rest_e % {self._dim(d)}; rest_e /= {self._dim(d)};"
+            for d in reversed(self.dims)] + ["(void)rest_e;"]
         k_split = ["int64_t rest = o;"] + [
-            f"const int64_t k{d} = rest % {self.element_shape[d]}; rest /= {self.element_shape[d]};"
-            for d in reversed(self.kept) if d != last]
+            f"const int64_t k{d} = rest % {self._dim(d)}; rest /= {self._dim(d)};"
+            for d in reversed(self.kept) if d != last] + ["(void)rest;"]
         finish = [self._finish(r) for r in self.reductions] + self._row_nodes()
         for v in self.outputs:
             shape = tuple(v.type.shape)
             finish.append(f"out{self.outputs.index(v)}[{self._offset(v, shape, self._row_index(shape))}] = "
                           f"{store_code(v.type.dtype, self.local[v.id])};")
         ind = "\n      "
-        return f"""extern "C" void {self.name}({', '.join(params + ['int64_t threads'])}) {{
+        count = self._count
+        return f"""extern "C" void {self.name}({', '.join(params + ['int64_t threads', z.param])}) {{
 {chr(10).join(pointer_casts(self.inputs, self.outputs))}
+{z.declarations()}
   const int64_t nb = ({width} + {block} - 1) / {block};
   #pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if(threads > 1)
-  for (int64_t task = 0; task < INT64_C({self.rows // width}) * nb; ++task) {{
+  for (int64_t task = 0; task < {tasks_m} * nb; ++task) {{
     const int64_t o = task / nb, c0 = (task % nb) * {block};
     const int64_t c1 = c0 + {block} < {width} ? c0 + {block} : {width};
     {(chr(10) + '    ').join(k_split)}
     {(chr(10) + '    ').join(acc_decl)}
-    for (int64_t e = 0; e < INT64_C({self.count}); ++e) {{
+    for (int64_t e = 0; e < {count}; ++e) {{
       {ind.join(e_split)}
       #pragma omp simd
       for (int64_t c = c0; c < c1; ++c) {{
