@@ -61,13 +61,15 @@ class LazyCompiledGraph:
 
     _boxed_call = True
 
-    def __init__(self, gm: fx.GraphModule, kind: str, tune: bool | None = None) -> None:
+    def __init__(self, gm: fx.GraphModule, kind: str, tune: bool | None = None, cudagraphs: bool = False) -> None:
         # NOTE: an instance attribute, so wrappers made with functools.wraps keep it
         self._boxed_call = True
         self.gm = gm
         self.kind = kind
         #: tune schedule misses at compile time (None: ``tilewright.config.autotune`` decides)
         self.tune = tune
+        #: replay each specialisation as a CUDA graph (``mode="reduce-overhead"``)
+        self.cudagraphs = cudagraphs
         self.name = f"graph{next(_graph_counter)}_{kind}"
         self.cache: dict[tuple[Any, ...], Callable[[Sequence[Any]], Any]] = {}
         self.symbolic = _has_symbolic(gm)
@@ -148,6 +150,10 @@ class LazyCompiledGraph:
             publish(report)
             return self._eager()
         publish(report)
+        if self.cudagraphs:
+            from ..runtime.cudagraphs import CudaGraphRunner
+
+            return CudaGraphRunner(compiled)
         return compiled.run_boxed  # may drop the input list's references as inputs die
 
 
@@ -170,7 +176,9 @@ def tilewright_backend(gm: fx.GraphModule, example_inputs: list[Any], **options:
     """The torch.compile backend (``backend="tilewright"``).
 
     ``torch.compile(..., mode="max-autotune")`` or ``options={"mode": "max-autotune"}`` (or
-    ``{"autotune": True}``) tunes schedule misses at compile time.
+    ``{"autotune": True}``) tunes schedule misses at compile time. ``mode="reduce-overhead"``
+    (and ``"max-autotune"``, or ``options={"cudagraphs": True}``) replays each graph as a CUDA
+    graph (:mod:`tilewright.runtime.cudagraphs`); explain says whether it is on and why not.
     """
     from torch._dynamo.backends.common import aot_autograd
 
@@ -178,6 +186,8 @@ def tilewright_backend(gm: fx.GraphModule, example_inputs: list[Any], **options:
     opts = dict(options.get("options") or {})
     mode = options.get("mode") or opts.get("mode")
     tune: bool | None = True if (mode == "max-autotune" or opts.get("autotune") or options.get("autotune")) else None
+    # "reduce-overhead" (and "max-autotune", as in Inductor) replay graphs as CUDA graphs
+    cudagraphs = bool(opts.get("cudagraphs", opts.get("triton.cudagraphs", mode in ("reduce-overhead", "max-autotune"))))
     mode = _kernel_mode(example_inputs)
     if mode == "eager":
         return _as_written(gm)
@@ -191,19 +201,19 @@ def tilewright_backend(gm: fx.GraphModule, example_inputs: list[Any], **options:
         gm, attention_blocks = _rewrite_attention(gm, example_inputs)
 
     def fw_compiler(g: fx.GraphModule, ex: list[Any]) -> LazyCompiledGraph:
-        lazy = LazyCompiledGraph(g, "forward", tune)
+        lazy = LazyCompiledGraph(g, "forward", tune, cudagraphs)
         lazy.attention_blocks = attention_blocks
         lazy.sparsity = sparsity
         return lazy
 
     def inference_compiler(g: fx.GraphModule, ex: list[Any]) -> LazyCompiledGraph:
-        lazy = LazyCompiledGraph(g, "inference", tune)
+        lazy = LazyCompiledGraph(g, "inference", tune, cudagraphs)
         lazy.attention_blocks = attention_blocks
         lazy.sparsity = sparsity
         return lazy
 
     def bw_compiler(g: fx.GraphModule, ex: list[Any]) -> LazyCompiledGraph:
-        return LazyCompiledGraph(g, "backward", tune)
+        return LazyCompiledGraph(g, "backward", tune, cudagraphs)
 
     compiler = aot_autograd(fw_compiler=fw_compiler, bw_compiler=bw_compiler, inference_compiler=inference_compiler,
                             decompositions=decomposition_table(), keep_inference_input_mutations=True)
