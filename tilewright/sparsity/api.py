@@ -20,7 +20,8 @@ __all__ = ["evaluate_plan", "sparsify"]
 def sparsify(model: nn.Module, calibration: Sequence[Any], budget: float = 0.01, metric: str | Metric = "rel_l2",
              methods: Sequence[str] = ("block_sparse", "low_rank"), densities: Sequence[float] = DEFAULT_DENSITIES,
              block: tuple[int, int] = DEFAULT_BLOCK, min_speedup: float = 1.1, measure: bool = False,
-             holdout: Sequence[Any] | None = None, skip: Callable[[str], bool] | None = None) -> SparsityPlan:
+             holdout: Sequence[Any] | None = None, skip: Callable[[str], bool] | None = None,
+             rank_step: int = 16) -> SparsityPlan:
     """Choose per layer a block-sparse / 2:4 / low-rank rewrite within ``budget`` and return the plan.
 
     ``calibration`` (and ``holdout``) are lists of batches: a tensor, a tuple of positional
@@ -30,11 +31,13 @@ def sparsify(model: nn.Module, calibration: Sequence[Any], budget: float = 0.01,
     ``holdout``, the plan's ``meta["holdout_error"]`` is the error on it (not gated). Save the
     plan with ``plan.save(path)`` and compile with
     ``torch.compile(model, backend="tilewright", options={"sparsity": {"plan": path}})`` under
-    ``torch.no_grad()``.
+    ``torch.no_grad()``. Low-rank candidates are ranks on a ``rank_step`` grid that save FLOPs
+    (``min_speedup >= 1``), or every rank below full with ``min_speedup < 1``.
     """
     evaluator = ModuleEvaluator(model, calibration)
     options = GateOptions(budget=budget, metric=metric, methods=tuple(methods), densities=tuple(densities),
-                          block=tuple(block), min_speedup=min_speedup, measure=measure, skip=skip)  # type: ignore[arg-type]
+                          block=tuple(block), min_speedup=min_speedup, measure=measure, skip=skip,
+                          rank_step=rank_step)  # type: ignore[arg-type]
     plan = run_gate(evaluator, options, model_fingerprint(model))
     plan.meta["calibration_batches"] = len(calibration)
     if holdout:

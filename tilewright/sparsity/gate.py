@@ -90,7 +90,7 @@ def run_gate(evaluator: Evaluator, options: GateOptions, fingerprint: dict[str, 
         ranks = None
         if "low_rank" in options.methods and layer.weight.dim() == 2:
             n, k = layer.weight.shape
-            ranks = low_rank.rank_grid(n, k, options.rank_step)
+            ranks = low_rank.rank_grid(n, k, options.rank_step, useful_only=options.min_speedup >= 1.0)
         cands = [c for c in propose(layer.weight, options.methods, layer.col_scale, options.densities, options.block,
                                     ranks)
                  if c.expected_speedup >= options.min_speedup]

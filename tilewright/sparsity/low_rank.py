@@ -50,8 +50,9 @@ def expected_speedup(n: int, k: int, rank: int) -> float:
     return n * k / (rank * (n + k)) if rank > 0 else float("inf")
 
 
-def rank_grid(n: int, k: int, step: int = 16) -> list[int]:
-    """Candidate ranks below :func:`max_useful_rank`, multiples of ``step`` (ascending)."""
-    top = max_useful_rank(n, k)
+def rank_grid(n: int, k: int, step: int = 16, useful_only: bool = True) -> list[int]:
+    """Candidate ranks, multiples of ``step`` (ascending): below :func:`max_useful_rank`, or below full
+    rank with ``useful_only=False`` (rank reduction measured for its own sake, as LoRD reports it)."""
+    top = max_useful_rank(n, k) if useful_only else min(n, k) - 1
     step = max(1, min(step, top // 4 or 1))
     return list(range(step, top + 1, step))
