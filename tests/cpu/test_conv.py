@@ -57,6 +57,8 @@ CASES: list[tuple[str, Callable[..., Any], Callable[[], tuple[torch.Tensor, ...]
     ("depthwise_7x7", lambda x, w, b: F.conv2d(x, w, b, padding=3, groups=10),
      lambda: (_x(2, 10, 13, 15), _x(10, 1, 7, 7), _x(10))),
     ("depthwise_s2", lambda x, w: F.conv2d(x, w, stride=2, padding=1, groups=6), lambda: (_x(1, 6, 14, 11), _x(6, 1, 3, 3))),
+    ("depthwise_wide_dilated", lambda x, w: F.conv2d(x, w, padding=2, dilation=2, groups=4),
+     lambda: (_x(1, 4, 5, 37), _x(4, 1, 3, 3))),
     ("channel_multiplier", lambda x, w: F.conv2d(x, w, padding=1, groups=5), lambda: (_x(1, 5, 8, 9), _x(10, 1, 3, 3))),
     ("dilated", lambda x, w: F.conv2d(x, w, padding=2, dilation=2), lambda: (_x(1, 4, 12, 13), _x(5, 4, 3, 3))),
     ("several_k_slices", lambda x, w: F.conv2d(x, w, padding=1), lambda: (_x(1, 45, 10, 9), _x(21, 45, 3, 3))),

@@ -248,56 +248,96 @@ static void tw_conv_gemm(const S* X, const S* W, int64_t ldw, const T* Wp, const
   }
 }
 
-// Direct depthwise convolution (groups == C == K): per (image, channel) a zero-padded copy of the
-// plane, then each output row in 32-pixel blocks of register accumulators over the R x S taps.
+// Direct depthwise convolution (groups == C == K). Per (image, channel) the zero-padded plane is
+// copied into `sw` phase planes (phase p holds padded columns p, p + sw, ...), so that every tap
+// reads a contiguous run of inputs for consecutive output columns whatever the stride; each output
+// row is then computed in blocks of NV vectors of register accumulators over the R x S taps.
+template <class T, int NV>
+static inline void tw_dw_block(const T* __restrict base, int64_t rows, int64_t cols, int64_t row_step,
+                               const int64_t* __restrict col_offset, const T* __restrict wl, T* __restrict out) {
+  using V = TwVec<T>;
+  constexpr int U = 8 / NV;  // independent accumulator sets over taps: 8 FMA chains in flight
+  typename V::R acc[U][NV];
+#pragma GCC unroll 8
+  for (int u = 0; u < U; ++u)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[u][v] = V::zero();
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = base + r * row_step;
+    const T* wr = wl + r * cols;
+    int64_t s = 0;
+    for (; s + U <= cols; s += U) {
+#pragma GCC unroll 8
+      for (int u = 0; u < U; ++u) {
+        const T* xs = xr + col_offset[s + u];
+        const typename V::R wv = V::set1(wr[s + u]);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[u][v] = V::fma(wv, V::load(xs + v * V::W), acc[u][v]);
+      }
+    }
+    for (; s < cols; ++s) {
+      const T* xs = xr + col_offset[s];
+      const typename V::R wv = V::set1(wr[s]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[0][v] = V::fma(wv, V::load(xs + v * V::W), acc[0][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int u = 1; u < U; ++u)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[0][v] = V::add(acc[0][v], acc[u][v]);
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) V::store(out + v * V::W, acc[0][v]);
+}
+
 template <class S, class T, class Epi>
 static void tw_conv_depthwise(const S* X, const S* W, const TwConvGeom& g, int64_t threads, const Epi& epi) {
-  constexpr int64_t B = 32;
-  const int64_t hp = g.h + 2 * g.ph, wp = g.w + 2 * g.pw, rs = g.r * g.s;
-  // the last block of a row may read up to B * sw columns past the row: slack after the plane
-  const size_t plane = (size_t)(hp * wp + B * g.sw + g.s * g.dw + 16);
+  constexpr int64_t VW = TwVec<T>::W;
+  const int64_t nv = g.ow <= VW ? 1 : g.ow <= 2 * VW ? 2 : 4, block = nv * VW;
+  const int64_t hp = g.h + 2 * g.ph, wp = g.w + 2 * g.pw;
+  const int64_t row_stride = (wp + g.sw - 1) / g.sw + block + 16;  // a block may read `block` past a row
+  const int64_t phase_stride = hp * row_stride, rs = g.r * g.s;
+  const size_t plane = (size_t)(g.sw * phase_stride + block + 16);
   #pragma omp parallel num_threads(threads) if(threads > 1)
   {
     static thread_local TwScratch<T> pad_scratch, row_scratch, w_scratch;
+    static thread_local TwScratch<int64_t> offset_scratch;
     T* pad = pad_scratch.get(plane);
-    T* row = row_scratch.get((size_t)(g.ow + B));
+    T* row = row_scratch.get((size_t)(g.ow + block));
     T* wl = w_scratch.get((size_t)rs);
+    int64_t* col_offset = offset_scratch.get((size_t)g.s);  // tap s: its phase plane and column shift
+    for (int64_t s = 0; s < g.s; ++s) col_offset[s] = ((s * g.dw) % g.sw) * phase_stride + (s * g.dw) / g.sw;
     #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < g.n * g.c; ++t) {
       const int64_t ni = t / g.c, c = t % g.c;
       const S* x = X + ni * g.sxn + c * g.sxc;
       for (int64_t i = 0; i < rs; ++i) wl[i] = tw_to_compute(W[c * rs + i], (T*)nullptr);
-      for (int64_t i = 0; i < (int64_t)plane; ++i) pad[i] = T(0);
+      std::fill(pad, pad + plane, T(0));
       for (int64_t ih = 0; ih < g.h; ++ih) {
-        T* dst = pad + (ih + g.ph) * wp + g.pw;
         const S* src = x + ih * g.sxh;
-        if (g.sxw == 1) {
-          #pragma omp simd
-          for (int64_t iw = 0; iw < g.w; ++iw) dst[iw] = tw_to_compute(src[iw], (T*)nullptr);
+        if (g.sw == 1) {
+          T* dst = pad + (ih + g.ph) * row_stride + g.pw;
+          if (g.sxw == 1) {
+            #pragma omp simd
+            for (int64_t iw = 0; iw < g.w; ++iw) dst[iw] = tw_to_compute(src[iw], (T*)nullptr);
+          } else {
+            for (int64_t iw = 0; iw < g.w; ++iw) dst[iw] = tw_to_compute(src[iw * g.sxw], (T*)nullptr);
+          }
         } else {
-          for (int64_t iw = 0; iw < g.w; ++iw) dst[iw] = tw_to_compute(src[iw * g.sxw], (T*)nullptr);
+          for (int64_t iw = 0; iw < g.w; ++iw) {
+            const int64_t col = iw + g.pw;
+            pad[(col % g.sw) * phase_stride + (ih + g.ph) * row_stride + col / g.sw] =
+                tw_to_compute(src[iw * g.sxw], (T*)nullptr);
+          }
         }
       }
       for (int64_t oh = 0; oh < g.oh; ++oh) {
-        for (int64_t o0 = 0; o0 < g.ow; o0 += B) {
-          T acc[B];
-          for (int64_t i = 0; i < B; ++i) acc[i] = T(0);
-          for (int64_t r = 0; r < g.r; ++r) {
-            const T* xr = pad + (oh * g.sh + r * g.dh) * wp + o0 * g.sw;
-            for (int64_t s = 0; s < g.s; ++s) {
-              const T wv = wl[r * g.s + s];
-              const T* xs = xr + s * g.dw;
-              if (g.sw == 1) {
-                #pragma omp simd
-                for (int64_t i = 0; i < B; ++i) acc[i] += wv * xs[i];
-              } else {
-                #pragma omp simd
-                for (int64_t i = 0; i < B; ++i) acc[i] += wv * xs[i * g.sw];
-              }
-            }
-          }
-          const int64_t len = std::min(B, g.ow - o0);
-          for (int64_t i = 0; i < len; ++i) row[o0 + i] = acc[i];
+        const T* base = pad + oh * g.sh * row_stride;
+        for (int64_t o0 = 0; o0 < g.ow; o0 += block) {
+          const int64_t step = g.dh * row_stride;
+          if (nv == 1) tw_dw_block<T, 1>(base + o0, g.r, g.s, step, col_offset, wl, row + o0);
+          else if (nv == 2) tw_dw_block<T, 2>(base + o0, g.r, g.s, step, col_offset, wl, row + o0);
+          else tw_dw_block<T, 4>(base + o0, g.r, g.s, step, col_offset, wl, row + o0);
         }
         epi(ni, c, oh * g.ow, (oh + 1) * g.ow, row);
       }
