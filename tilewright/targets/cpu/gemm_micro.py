@@ -15,6 +15,9 @@ The C++ text here is shared by every matmul kernel of a library (guarded by ``TW
   the block into a thread-local C tile, and hands each finished row of the tile to the kernel's
   fused epilogue while it is still in cache.
 
+- ``TwDotCore`` (CPUs with AVX512_BF16): the same loop nest for bfloat16 operands packed as pairs
+  along K and multiplied by ``vdpbf16ps`` into float accumulators; a schedule candidate (``dot``).
+
 Which ``(MR, NR)`` register blocks a library instantiates, and which the schedule space may pick,
 both come from :func:`micro_shapes` (vector width and register count of the ISA).
 """
@@ -70,6 +73,25 @@ def _dispatch(isa: str, ctype: str, dtype: torch.dtype) -> str:
     return "\n".join(cases)
 
 
+def has_bf16_dot(description: dict[str, Any]) -> bool:
+    """Whether this CPU has AVX512_BF16's ``vdpbf16ps`` (the bfloat16 dot core's instruction)."""
+    return vector_isa(description) == "avx512" and "avx512_bf16" in set(description.get("isa") or ())
+
+
+def _dot_dispatch(description: dict[str, Any]) -> str:
+    """The C++ table from (MR, NR) to an instantiated bfloat16 dot micro-kernel."""
+    cases = [f"  if (mr == {mr} && nr == {nr}) return &tw_micro_dot<{mr}, {nr // 16}>;"
+             for mr, nr in micro_shapes("avx512", torch.float32)]
+    return """#if defined(__AVX512BF16__) && !defined(TW_GEMM_PICK_DOT)
+#define TW_GEMM_PICK_DOT
+static TwDotFn tw_pick_micro_dot(int64_t mr, int64_t nr) {
+""" + "\n".join(cases) + """
+  return nullptr;
+}
+#endif
+"""
+
+
 def core_source(dtype: torch.dtype, description: dict[str, Any]) -> str:
     """The shared GEMM core for compute ``dtype`` (float32 or float64), include-guarded per type."""
     isa = vector_isa(description)
@@ -83,10 +105,10 @@ static TwMicroFn<{ctype}> tw_pick_micro(int64_t mr, int64_t nr, bool packed, {ct
 }}
 #endif
 """
-    return _CORE + pick
+    return _CORE + pick + (_dot_dispatch(description) if has_bf16_dot(description) else "")
 
 
-SPACE_VERSION = "1"
+SPACE_VERSION = "2"  # 2: the bfloat16 dot core ("dot")
 #: choices offered beside the machine-derived default (which is always added)
 _MC = (48, 96, 192, 384, 768)
 _NC = (192, 384, 768, 1536, 3072)
@@ -162,14 +184,19 @@ def gemm_space(m: int, n: int, k: int, nb: int, dtype: torch.dtype, description:
     """
     isa = vector_isa(description)
     shapes = micro_shapes(isa, dtype)
-    default = default_blocks(m, n, k, nb, dtype, description)
+    # the dot core is a candidate, not the default: on this project's Xeon (AVX512_BF16, no AMX exposed) it
+    # measured 0.6-0.64x the FMA core single-threaded (256x768x768, 512x768x3072, 1024^3) — vdpbf16ps has
+    # no more multiply-add throughput there than two FMA ports; the tuner keeps it where it wins
+    dot = storage == torch.bfloat16 and has_bf16_dot(description)
+    default = {**default_blocks(m, n, k, nb, dtype, description), "dot": False}
     cores = max(1, int(description.get("cores") or 1))
     threads = sorted({1, *(t for t in (2, 4, 8, 16, 32, 64) if t <= cores), cores})
     params: dict[str, list[Any]] = {
         "MC": sorted({*_MC, default["MC"]}), "NC": sorted({*_NC, default["NC"]}),
         "KC": sorted({*_KC, default["KC"]}), "MR": sorted({mr for mr, _ in shapes}),
         "NR": sorted({nr for _, nr in shapes}), "threads": threads, "pack": [True, False],
-        "pack_b": ["shared", "task"], "order": ["mn", "nm"], "extern": [False, True]}
+        "pack_b": ["shared", "task"], "order": ["mn", "nm"], "extern": [False, True],
+        "dot": [False, True] if dot else [False]}
     feasible = set(shapes)
 
     def registers(c: Any) -> str | None:
@@ -385,6 +412,80 @@ static void tw_pack_b(const S* b, int64_t sbk, int64_t sbn, int64_t k, int64_t n
   }
 }
 
+#if defined(__AVX512BF16__)
+// The bfloat16 dot core (AVX512_BF16): vdpbf16ps multiplies pairs of bfloat16 and adds both products
+// into float lanes, twice the multiply-adds of an FMA per instruction, with no conversion to float
+// while packing. A and B are packed as pairs along K: A micro-panel [kc/2][MR] and B panel [kc/2][NR]
+// of 32-bit words (low half element 2k, high half 2k+1; an odd K's last pair and rows/columns past
+// the matrix are zeros). Accumulation is in float, as on the FMA path.
+static inline uint32_t tw_pair(uint16_t lo, uint16_t hi) { return (uint32_t)lo | ((uint32_t)hi << 16); }
+
+template <int MR, int NV>
+static void tw_micro_dot(int64_t kp, const uint32_t* __restrict a, int64_t, int64_t, const uint32_t* __restrict b,
+                         float* __restrict c, int64_t ldc, int first) {
+  constexpr int NR = NV * 16;
+  __m512 acc[MR][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kp; ++k) {
+    __builtin_prefetch(a + (k + 8) * MR, 0, 3);
+    __m512bh bv[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) bv[v] = (__m512bh)_mm512_loadu_si512((const void*)(b + k * NR + v * 16));
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const __m512bh av = (__m512bh)_mm512_set1_epi32((int32_t)a[k * MR + i]);
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], av, bv[v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      float* p = c + i * ldc + v * 16;
+      _mm512_storeu_ps(p, first ? acc[i][v] : _mm512_add_ps(acc[i][v], _mm512_loadu_ps(p)));
+    }
+}
+
+using TwDotFn = void (*)(int64_t, const uint32_t*, int64_t, int64_t, const uint32_t*, float*, int64_t, int);
+static TwDotFn tw_pick_micro_dot(int64_t mr, int64_t nr);
+
+struct TwDotCore {
+  using P = uint32_t;
+  static constexpr bool kStrided = false;
+  static inline int64_t rows(int64_t kc) { return (kc + 1) / 2; }
+  static void pack_a(const uint16_t* a, int64_t sam, int64_t sak, int64_t mc, int64_t kc, int64_t mr, uint32_t* dst) {
+    const int64_t kp = rows(kc);
+    for (int64_t ip = 0; ip < mc; ip += mr) {
+      const int64_t n = std::min<int64_t>(mr, mc - ip);
+      uint32_t* panel = dst + ip * kp;
+      for (int64_t ii = 0; ii < n; ++ii) {
+        const uint16_t* src = a + (ip + ii) * sam;
+        int64_t kk = 0;
+        for (; kk + 1 < kc; kk += 2) panel[(kk / 2) * mr + ii] = tw_pair(src[kk * sak], src[(kk + 1) * sak]);
+        if (kk < kc) panel[(kk / 2) * mr + ii] = tw_pair(src[kk * sak], 0);
+      }
+      for (int64_t ii = n; ii < mr; ++ii)
+        for (int64_t q = 0; q < kp; ++q) panel[q * mr + ii] = 0u;
+    }
+  }
+  static void pack_b(const uint16_t* b, int64_t sbk, int64_t sbn, int64_t k, int64_t n, int64_t p, int64_t nr, uint32_t* dst) {
+    const int64_t j0 = p * nr, cols = std::min<int64_t>(nr, n - j0), kp = rows(k);
+    for (int64_t q = 0; q < kp; ++q) {
+      const uint16_t* lo = b + (2 * q) * sbk + j0 * sbn;
+      const bool has_hi = 2 * q + 1 < k;
+      uint32_t* out = dst + q * nr;
+      for (int64_t jj = 0; jj < cols; ++jj) out[jj] = tw_pair(lo[jj * sbn], has_hi ? lo[sbk + jj * sbn] : (uint16_t)0);
+      for (int64_t jj = cols; jj < nr; ++jj) out[jj] = 0u;
+    }
+  }
+  static inline TwDotFn micro(int64_t mr, int64_t nr, bool) { return tw_pick_micro_dot(mr, nr); }
+};
+#endif
+
 struct TwGemmShape {
   int64_t nb, m, n, k, sab, sam, sak, sbb, sbk, sbn;
 };
@@ -392,23 +493,39 @@ struct TwGemmBlocks {
   int64_t mc, nc, kc, mr, nr, threads, pack, order, task_b;  // task_b: each task packs its own B slices
 };
 
+// How the loop nest below packs and multiplies: the FMA core packs S (float, double or bfloat16) into
+// the compute type T and runs tw_micro; the bfloat16 dot core (TwDotCore) packs pairs of K.
+template <class S, class T> struct TwFmaCore {
+  using P = T;                                          // packed element
+  static constexpr bool kStrided = std::is_same<S, T>::value;  // A may be read in place
+  static inline int64_t rows(int64_t kc) { return kc; }  // packed rows holding kc values of K
+  static inline void pack_a(const S* a, int64_t sam, int64_t sak, int64_t mc, int64_t kc, int64_t mr, P* dst) {
+    tw_pack_a(a, sam, sak, mc, kc, mr, dst);
+  }
+  static inline void pack_b(const S* b, int64_t sbk, int64_t sbn, int64_t k, int64_t n, int64_t p, int64_t nr, P* dst) {
+    tw_pack_b(b, sbk, sbn, k, n, p, nr, dst);
+  }
+  static inline TwMicroFn<T> micro(int64_t mr, int64_t nr, bool packed) { return tw_pick_micro(mr, nr, packed, (T*)nullptr); }
+};
+
 // C = A @ B blocked as described above; epi(batch, row, j0, j1, crow) receives each finished row
 // segment of C (compute type, crow[j - j0]) exactly once.
-template <class S, class T, class Epi>
+template <class S, class T, class Epi, class Core = TwFmaCore<S, T>>
 static void tw_gemm(const S* A, const S* B, const TwGemmShape& g, const TwGemmBlocks& blk, const Epi& epi) {
-  const TwMicroFn<T> packed_fn = tw_pick_micro(blk.mr, blk.nr, true, (T*)nullptr);
-  const TwMicroFn<T> strided_fn = tw_pick_micro(blk.mr, blk.nr, false, (T*)nullptr);
+  using P = typename Core::P;
+  const auto packed_fn = Core::micro(blk.mr, blk.nr, true);
+  const auto strided_fn = Core::kStrided ? Core::micro(blk.mr, blk.nr, false) : nullptr;
   if (!packed_fn) std::abort();  // the schedule space admits only instantiated register blocks
   const int64_t mr = blk.mr, nr = blk.nr, mc_max = blk.mc, nc_max = blk.nc, kc_max = blk.kc;
   const int64_t panels = (g.n + nr - 1) / nr;
   const int64_t b_batches = g.sbb == 0 ? 1 : g.nb;
-  const int64_t panel_size = g.k * nr, batch_size = panels * panel_size;
+  const int64_t panel_size = Core::rows(g.k) * nr, batch_size = panels * panel_size;
   const bool task_b = blk.task_b != 0;
-  static thread_local TwScratch<T> b_scratch;
-  T* bp = task_b ? nullptr : b_scratch.get((size_t)(b_batches * batch_size));
+  static thread_local TwScratch<P> b_scratch;
+  P* bp = task_b ? nullptr : b_scratch.get((size_t)(b_batches * batch_size));
   const int64_t mblocks = (g.m + mc_max - 1) / mc_max, nblocks = (g.n + nc_max - 1) / nc_max;
   const int64_t tasks = g.nb * mblocks * nblocks;
-  const bool pack_a = blk.pack != 0 || !strided_fn || !std::is_same<S, T>::value;
+  const bool pack_a = blk.pack != 0 || !strided_fn;
   // C tile rows padded by a cache line: rows a power of two apart would share one L1 set
   const int64_t ldc = ((nc_max + nr - 1) / nr) * nr + 64 / (int64_t)sizeof(T);
   #pragma omp parallel num_threads(blk.threads) if(blk.threads > 1)
@@ -416,12 +533,13 @@ static void tw_gemm(const S* A, const S* B, const TwGemmShape& g, const TwGemmBl
     if (!task_b) {
       #pragma omp for schedule(static)
       for (int64_t t = 0; t < b_batches * panels; ++t)
-        tw_pack_b(B + (t / panels) * g.sbb, g.sbk, g.sbn, g.k, g.n, t % panels, nr,
-                  bp + (t / panels) * batch_size + (t % panels) * panel_size);
+        Core::pack_b(B + (t / panels) * g.sbb, g.sbk, g.sbn, g.k, g.n, t % panels, nr,
+                     bp + (t / panels) * batch_size + (t % panels) * panel_size);
     }
-    static thread_local TwScratch<T> a_scratch, c_scratch, bt_scratch;
-    T* bt = task_b ? bt_scratch.get((size_t)(((nc_max + nr - 1) / nr) * nr * kc_max)) : nullptr;
-    T* ap = a_scratch.get((size_t)(((mc_max + mr - 1) / mr) * mr * kc_max));
+    static thread_local TwScratch<P> a_scratch, bt_scratch;
+    static thread_local TwScratch<T> c_scratch;
+    P* bt = task_b ? bt_scratch.get((size_t)(((nc_max + nr - 1) / nr) * nr * Core::rows(kc_max))) : nullptr;
+    P* ap = a_scratch.get((size_t)(((mc_max + mr - 1) / mr) * mr * Core::rows(kc_max)));
     T* cb = c_scratch.get((size_t)(((mc_max + mr - 1) / mr) * mr * ldc));
     #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < tasks; ++t) {
@@ -431,25 +549,25 @@ static void tw_gemm(const S* A, const S* B, const TwGemmShape& g, const TwGemmBl
       const int64_t i0 = im * mc_max, mc = std::min(mc_max, g.m - i0);
       const int64_t j0 = jn * nc_max, nc = std::min(nc_max, g.n - j0);
       const S* a_blk = A + bi * g.sab + i0 * g.sam;
-      const T* b_blk = task_b ? nullptr : bp + (g.sbb == 0 ? 0 : bi * batch_size) + (j0 / nr) * panel_size;
-      for (int64_t p0 = 0; p0 < g.k; p0 += kc_max) {
-        const int64_t kc = std::min(kc_max, g.k - p0);
+      const P* b_blk = task_b ? nullptr : bp + (g.sbb == 0 ? 0 : bi * batch_size) + (j0 / nr) * panel_size;
+      for (int64_t p0 = 0; p0 < g.k; p0 += kc_max) {  // p0: a multiple of KC, which the space keeps even
+        const int64_t kc = std::min(kc_max, g.k - p0), rows = Core::rows(kc);
         if (task_b)  // this task's KC x NC slice of B, packed just before use (it stays in cache)
           for (int64_t jr = 0; jr < nc; jr += nr)
-            tw_pack_b(B + bi * g.sbb + p0 * g.sbk + j0 * g.sbn, g.sbk, g.sbn, kc, nc, jr / nr, nr, bt + (jr / nr) * kc * nr);
-        if (pack_a) tw_pack_a(a_blk + p0 * g.sak, g.sam, g.sak, mc, kc, mr, ap);
+            Core::pack_b(B + bi * g.sbb + p0 * g.sbk + j0 * g.sbn, g.sbk, g.sbn, kc, nc, jr / nr, nr, bt + (jr / nr) * rows * nr);
+        if (pack_a) Core::pack_a(a_blk + p0 * g.sak, g.sam, g.sak, mc, kc, mr, ap);
         for (int64_t jr = 0; jr < nc; jr += nr) {
-          const T* bpanel = task_b ? bt + (jr / nr) * kc * nr : b_blk + (jr / nr) * panel_size + p0 * nr;
+          const P* bpanel = task_b ? bt + (jr / nr) * rows * nr : b_blk + (jr / nr) * panel_size + Core::rows(p0) * nr;
           for (int64_t ir = 0; ir < mc; ir += mr) {
             T* ctile = cb + ir * ldc + jr;
             if (pack_a) {
-              packed_fn(kc, ap + ir * kc, 1, mr, bpanel, ctile, ldc, p0 == 0);
+              packed_fn(rows, ap + ir * rows, 1, mr, bpanel, ctile, ldc, p0 == 0);
             } else if (ir + mr <= mc) {
-              if constexpr (std::is_same<S, T>::value)
+              if constexpr (Core::kStrided)
                 strided_fn(kc, a_blk + ir * g.sam + p0 * g.sak, g.sam, g.sak, bpanel, ctile, ldc, p0 == 0);
             } else {  // odd rows at the block's end: pack just them
-              tw_pack_a(a_blk + ir * g.sam + p0 * g.sak, g.sam, g.sak, mc - ir, kc, mr, ap);
-              packed_fn(kc, ap, 1, mr, bpanel, ctile, ldc, p0 == 0);
+              Core::pack_a(a_blk + ir * g.sam + p0 * g.sak, g.sam, g.sak, mc - ir, kc, mr, ap);
+              packed_fn(rows, ap, 1, mr, bpanel, ctile, ldc, p0 == 0);
             }
           }
         }

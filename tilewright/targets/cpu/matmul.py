@@ -191,7 +191,8 @@ class MatmulSource:
         the size array."""
         return [int(config["MC"]), int(config["NC"]), int(config["KC"]), int(config["MR"]), int(config["NR"]),
                 int(config["threads"]), int(bool(config["pack"])), _ORDER[str(config["order"])],
-                int(config["pack_b"] == "task"), c_ext, c_ext_ld, self.sizes.address()]
+                int(config["pack_b"] == "task"), int(bool(config.get("dot", False))), c_ext, c_ext_ld,
+                self.sizes.address()]
 
     def _epilogue_lambda(self, ctype: str) -> list[str]:
         ep = self.epilogue
@@ -229,7 +230,7 @@ class MatmulSource:
         stype = storage_type(self.dtype)
         params = [f"const void* p{i}" for i in range(len(self.inputs))]
         params += [f"void* q{i}" for i in range(len(self.outputs))]
-        scalars = ["mc", "nc", "kc", "mr", "nr", "threads", "pack", "order", "task_b", "c_ext", "c_ext_ld"]
+        scalars = ["mc", "nc", "kc", "mr", "nr", "threads", "pack", "order", "task_b", "dot", "c_ext", "c_ext_ld"]
         params += [f"int64_t {s}" for s in scalars]
         index = {v.id: i for i, v in enumerate(self.inputs)}
         casts = [f"  const {stype}* A = (const {stype}*)p{index[self.a.id]};",
@@ -255,6 +256,13 @@ class MatmulSource:
         strides = [z.size(sab, "A.stride_b"), z.size(sam, "A.stride_m"), z.size(sak, "A.stride_k"),
                    z.size(sbb, "B.stride_b"), z.size(sbk, "B.stride_k"), z.size(sbn, "B.stride_n")]
         body = "\n".join(casts + [z.declarations()] + lam)
+        dot = "" if stype != "uint16_t" else f"""#if defined(__AVX512BF16__)
+  if (dot) {{  // bfloat16 pairs through vdpbf16ps (the space offers it only where the CPU has it)
+    tw_gemm<{stype}, {ctype}, decltype(epi), TwDotCore>(A, B, g, blk, epi);
+    return;
+  }}
+#endif
+"""
         return f"""extern "C" void {self.name}({', '.join(params)}) {{
 {body}
   if (c_ext) {{
@@ -263,7 +271,7 @@ class MatmulSource:
   }}
   const TwGemmShape g{{{nb}, {m}, {n}, {k}, {', '.join(strides)}}};
   const TwGemmBlocks blk{{mc, nc, kc, mr, nr, threads, pack, order, task_b}};
-  tw_gemm<{stype}, {ctype}>(A, B, g, blk, epi);
+{dot}  tw_gemm<{stype}, {ctype}>(A, B, g, blk, epi);
 }}
 """
 

@@ -1,0 +1,80 @@
+"""The bfloat16 dot core (AVX512_BF16 ``vdpbf16ps``): bfloat16 GEMMs packed as pairs along K."""
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tilewright
+from tilewright.schedule.space import InfeasibleConfig
+from tilewright.targets.cpu.gemm_micro import gemm_space, has_bf16_dot
+from tilewright.targets.cpu.toolchain import cpu_description
+
+needs_bf16_dot = pytest.mark.skipif(not has_bf16_dot(cpu_description()),
+                                    reason="this CPU has no AVX512_BF16 (the dot core is not offered here)")
+
+
+def _kernel(m: int, k: int, n: int, batched: bool = False) -> Any:
+    from tilewright.frontend.api import tunable_kernels
+
+    saved = tilewright.config.target
+    tilewright.config.target = "cpu"
+    try:
+        torch.manual_seed(m + k + n)
+        if batched:
+            a, b = torch.randn(3, m, k).bfloat16(), torch.randn(3, k, n).bfloat16()
+            kernels = tunable_kernels(lambda a, b: torch.relu(torch.bmm(a, b)), (a, b))
+        else:
+            x, w, bias = torch.randn(m, k).bfloat16(), torch.randn(n, k).bfloat16(), torch.randn(n).bfloat16()
+            kernels = tunable_kernels(lambda x, w, b: F.gelu(F.linear(x, w, b)), (x, w, bias))
+    finally:
+        tilewright.config.target = saved
+        torch._dynamo.reset()
+    return next(k for k in kernels if k.problem.kind == "matmul")
+
+
+@needs_bf16_dot
+@pytest.mark.parametrize("m,k,n,batched", [(37, 131, 45, False), (5, 1037, 70, False), (29, 77, 53, True)])
+def test_dot_core_matches_float64_for_sampled_configs(m: int, k: int, n: int, batched: bool) -> None:
+    kernel = _kernel(m, k, n, batched)
+    space = kernel.space
+    assert space.params["dot"] == [False, True] and space.default_config()["dot"] is False  # measured slower here
+    tensors = kernel.make_inputs("cpu")
+    if batched:
+        a, b = tensors[:2]
+        want = torch.relu(torch.bmm(a.double(), b.double()))
+    else:
+        x, w, bias = tensors[:3]
+        want = F.gelu(x.double() @ (w.double() if w.shape == (k, n) else w.double().T) + bias.double())
+    dots = [c for c in space.enumerate() if c["dot"] and not c["extern"]]
+    small_kc = [c for c in dots if c["KC"] < k][:2]  # several K slices: pairs never straddle two
+    sample = random.Random(0).sample(dots, min(6, len(dots))) + small_kc + [dict(space.default_config(), dot=True)]
+    scale = want.abs().max().item()
+    for config in sample:
+        tensors[-1].fill_(float("nan"))
+        kernel.runner(config)(tensors)
+        got = tensors[-1].double()
+        # the output is rounded to bfloat16 (8 bits): the float accumulation must not add to that
+        torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2 * scale, msg=lambda msg, c=config: f"{c}: {msg}")
+    plain = space.default_config()  # the FMA core gives the same answer
+    tensors[-1].fill_(float("nan"))
+    kernel.runner(plain)(tensors)
+    torch.testing.assert_close(tensors[-1].double(), want, rtol=1e-2, atol=1e-2 * scale)
+
+
+def test_dot_is_offered_only_for_bfloat16_on_cpus_that_have_it() -> None:
+    desc = cpu_description()
+    f32 = gemm_space(64, 64, 64, 1, torch.float32, desc)
+    assert f32.params["dot"] == [False]
+    no_bf16 = dict(desc, isa=[f for f in desc.get("isa", []) if f != "avx512_bf16"])
+    assert gemm_space(64, 64, 64, 1, torch.float32, no_bf16, torch.bfloat16).params["dot"] == [False]
+    if has_bf16_dot(desc):
+        bf16 = gemm_space(64, 64, 300, 1, torch.float32, desc, torch.bfloat16)
+        assert bf16.params["dot"] == [False, True]
+        # pairs along K never straddle two K slices: every KC is even, or covers K (one slice)
+        assert all(kc % 2 == 0 or kc >= 300 for kc in bf16.params["KC"]), bf16.params["KC"]
+        with pytest.raises(InfeasibleConfig, match="pack"):
+            bf16.validate({**bf16.default_config(), "pack": False})
