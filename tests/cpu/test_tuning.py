@@ -129,3 +129,21 @@ def test_gemm_races_the_vendor_library_once_per_problem(monkeypatch: pytest.Monk
     assert matmuls and all(k["schedule_source"] == "measured" for k in matmuls)
     assert all(isinstance(k["schedule"]["extern"], bool) for k in matmuls)
     assert raced and set(raced) == {2} and len(raced) <= len(matmuls)
+
+
+def test_the_shipped_cpu_model_seeds_searches_on_the_cpu_it_was_trained_on() -> None:
+    """``auto`` is the trained CPU model where it fits the CPU (it beat the roofline on held-out
+    kernels), the roofline on any other CPU; compile time on CPU keeps the space default."""
+    from tilewright.autotune.tuner import default_cost_model
+    from tilewright.costmodel import DeviceDispatchModel, load_default_model
+    from tilewright.costmodel.gbm import GBMCostModel
+    from tilewright.costmodel.roofline import RooflineModel
+
+    trained = GBMCostModel.load(Path(tilewright.__file__).parent / "data" / "costmodel_cpu_default.json")
+    key, capability = trained.devices[0].split("|")  # device key: "cpu:<model>|<capability>"
+    here = {"name": key.removeprefix("cpu:"), "capability": capability, "is_gpu": False}
+    assert trained.matches_device(here)
+    model = default_cost_model(here)
+    assert isinstance(model, DeviceDispatchModel) and model.model_for(here) is not model.fallback
+    other = dict(here, capability="cpu:0000000000000000")
+    assert isinstance(load_default_model(other), RooflineModel)

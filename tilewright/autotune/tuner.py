@@ -73,11 +73,13 @@ def default_database() -> TuningDatabase:
     return _DATABASES[url]
 
 
-def default_cost_model() -> Any:
-    """The roofline cost model (the learned models are opted into per call)."""
-    from ..costmodel.roofline import RooflineModel
+def default_cost_model(device: Mapping[str, Any] | None = None) -> Any:
+    """The cost model that seeds a search on ``device``: the shipped trained model where one fits the
+    device (on a native CPU: the CPU model, shipped because it beat the roofline on held-out kernels),
+    else the roofline model (see :func:`tilewright.costmodel.load_default_model`)."""
+    from ..costmodel import load_default_model
 
-    return RooflineModel()
+    return load_default_model(device)
 
 
 def default_measurer(device: str | None = None, kernel: TunableKernel | None = None) -> Measurer:
@@ -94,7 +96,7 @@ def default_measurer(device: str | None = None, kernel: TunableKernel | None = N
 
 def cost_model_pick(kernel: TunableKernel, device: Mapping[str, Any], cost_model: Any = "auto") -> Config | None:
     """The cost model's fastest feasible config, or None without a usable model."""
-    model = default_cost_model() if cost_model == "auto" else cost_model
+    model = default_cost_model(device) if cost_model == "auto" else cost_model
     ranked = rank_space(kernel, model, device)
     return ranked[0] if ranked else None
 
@@ -110,7 +112,7 @@ def choose_config(kernel: TunableKernel, *, tune: bool | None = None, device: st
         device: torch device string of the kernel ("cuda", "cpu"); default: CUDA if present.
         db: tuning database (default: ``config.tuning_url()``).
         measurer: measurer for tuning (default: CUDA or interpreter).
-        cost_model: cost model instance, None, or "auto" (roofline when present).
+        cost_model: cost model instance, None, or "auto" (:func:`default_cost_model` for the device).
 
     Returns:
         (config, source) with source "database", "tuned", "costmodel" or "default".
@@ -212,7 +214,7 @@ def tune_kernels(kernels: list[TunableKernel], *, trials: int | None = None,
         sampler: "tpe", "cmaes" or "random".
         measurer: default: CUDA timing on a GPU; on a CPU, wall-clock timing of native C++ kernels
             (interpreter timing for Triton kernels).
-        cost_model: instance, None, or "auto" (roofline when present).
+        cost_model: instance, None, or "auto" (:func:`default_cost_model` for the device).
         progress: show a rich progress bar per kernel (on stderr).
         patience: early stop after this many measured trials without improvement.
         seed: sampler seed.
@@ -228,7 +230,7 @@ def tune_kernels(kernels: list[TunableKernel], *, trials: int | None = None,
     from ..config import config as tw_config
 
     measurer = measurer or default_measurer(None, kernels[0] if kernels else None)
-    model = default_cost_model() if cost_model == "auto" else cost_model
+    model = default_cost_model(measurer.device_info()) if cost_model == "auto" else cost_model
     if settings is None:
         settings = SearchSettings(sampler=sampler, trials=trials or tw_config.autotune_trials,
                                   timeout_s=timeout_s, patience=patience, seed=seed)
