@@ -230,3 +230,65 @@ def test_op_without_kernels_uses_math_reference(monkeypatch: pytest.MonkeyPatch)
     torch.testing.assert_close(out_r, out_k, rtol=1e-5, atol=1e-5)
     for a, b in zip(g_r, g_k):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+# -- the staged loops: unmasked blocks below the diagonal, then the masked diagonal and tails ----------
+
+@pytest.mark.parametrize("m,n,d,causal,offset", [
+    (32, 64, 32, False, 0),    # sizes divide every block, BLOCK_D == D: no masked stage at all
+    (64, 64, 16, True, 0),     # the diagonal is the only masked block of each row block
+    (48, 64, 32, True, 16),    # bottom-right causal, sizes divide
+    (37, 53, 24, True, 16),    # nothing divides, BLOCK_D != D
+    (53, 37, 16, True, -16),   # negative offset: leading rows see no key
+    (37, 53, 40, False, 0),
+])
+@pytest.mark.parametrize("tiles", [(16, 32), (32, 16)])
+def test_staged_loops_match_reference(m: int, n: int, d: int, causal: bool, offset: int,
+                                      tiles: tuple[int, int]) -> None:
+    cfg = {"BLOCK_M": tiles[0], "BLOCK_N": tiles[1], "num_warps": 2, "num_stages": 2}
+    check(rand(1, 2, m, d), rand(1, 2, n, d), rand(1, 2, n, d), causal=causal, offset=offset, config=cfg)
+
+
+@pytest.mark.parametrize("m,n", [(32, 48), (29, 45)])
+def test_staged_loops_with_mask_and_gqa(m: int, n: int) -> None:
+    mask = torch.rand(1, 4, m, n) > 0.4
+    mask[:, :, 3] = False  # a row with no key at all
+    cfg = {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 2, "num_stages": 2}
+    check(rand(1, 4, m, 32), rand(1, 2, n, 32), rand(1, 2, n, 32), mask=mask, causal=True, offset=n - m,
+          config=cfg)
+
+
+def test_backward_defaults_are_tutorial_like_and_shrink_not_collapse() -> None:
+    space = A.backward_space(64, "float16", smem_bytes=227 * 1024)
+    assert space.default_config() == {"BLOCK_M": 32, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3}
+    small = A.backward_space(128, "float32", smem_bytes=99 * 1024)  # the default does not fit
+    cfg = small.default_config()
+    assert small.is_feasible(cfg)
+    first = next(c for c in small.enumerate() if small.is_feasible(c))  # the old fallback: 16x16, 1 stage
+    assert cfg["BLOCK_M"] * cfg["BLOCK_N"] >= 4 * first["BLOCK_M"] * first["BLOCK_N"], (cfg, first)
+    fwd = A.forward_space(256, "float32", smem_bytes=99 * 1024)
+    assert fwd.default_config()["BLOCK_M"] * fwd.default_config()["BLOCK_N"] > 16 * 16
+
+
+def test_bfloat16_kernels_compile_for_sm90_without_upcast() -> None:
+    """The compiled bf16 path (UPCAST=False: bf16 tl.dot) never runs here — the interpreter's bf16
+    dot is wrong, so interpreted bf16 runs upcast (numerics: test_float16_and_bfloat16). This
+    compiles every forward/backward kernel for sm_90 with bf16 pointers and UPCAST=False."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton.backends.nvidia")
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "TILEWRIGHT_INTERPRET")}
+    script = Path(__file__).with_name("_sm90_compile.py")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=900,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(results) >= {"fwd-causal", "fwd-mask-bias", "dkdv-causal", "dq-causal", "dq-bias-grad"}
+    assert all(r.get("cubin_bytes", 0) > 0 for r in results.values()), results
+    # the staged loops pipeline: K/V (and Q/dO) loads become asynchronous copies (none before)
+    for case in ("fwd-causal", "dkdv-causal", "dq-causal"):
+        assert results[case]["async_loads"] > 0, (case, results[case])

@@ -10,8 +10,12 @@ Semantics shared by every kernel (q: [B, Hq, M, D], k/v: [B, Hkv, N, D], Hq = GR
 
 Bias and mask are read through their own strides, so broadcast dimensions have stride 0 and
 are never materialised. Query head ``h`` reads key/value head ``h // GROUP`` (grouped-query
-attention without copying K/V). Causal blocks wholly above the diagonal are never visited;
-blocks whose boolean-mask tile is all false are skipped. Scores run in the log2 domain
+attention without copying K/V). Causal blocks wholly above the diagonal are never visited. Each
+key (or query) loop runs in stages with uniform bodies, so Triton's pipeliner can stage the
+loads: whole blocks below the causal diagonal and inside the sequence need no mask at all (and
+no head-dim mask when BLOCK_D == D, ``EVEN_D``); only the diagonal and the tail blocks build
+masks. A boolean mask is applied as data in every tile (no data-dependent branch in the loop:
+block-sparse skipping belongs to the block-sparse kernels). Scores run in the log2 domain
 (``exp2``) with a float32 accumulator; ``UPCAST`` computes the dots in float32 (used for
 bfloat16 under the interpreter, whose bf16 ``tl.dot`` is wrong).
 
@@ -31,21 +35,52 @@ LOG2E = 1.4426950408889634
 def _score_tile(q, k_t, offs_m, offs_n, M, N, qk_scale, causal_offset,
                 BIAS, sbm, sbn, MASK, smm, smn,
                 HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
-                DOT_PREC: tl.constexpr):
-    """Scores of one [BLOCK_M, BLOCK_N] tile in the log2 domain, -inf where not valid."""
+                DOT_PREC: tl.constexpr, MASKED: tl.constexpr):
+    """Scores of one [BLOCK_M, BLOCK_N] tile in the log2 domain, -inf where not valid.
+
+    ``MASKED`` is False for tiles wholly inside the keys and below the causal diagonal: then no
+    bounds or causal mask is built (only a boolean mask or bias, which are data, are read).
+    """
     s = tl.dot(q, k_t, input_precision=DOT_PREC) * qk_scale
-    in_n = offs_n[None, :] < N
-    in_m = offs_m[:, None] < M
-    valid = in_n & (offs_m[:, None] >= 0)
-    if IS_CAUSAL:
-        valid = valid & (offs_n[None, :] <= offs_m[:, None] + causal_offset)
-    if HAS_MASK:
-        mk = tl.load(MASK + offs_m[:, None] * smm + offs_n[None, :] * smn, mask=in_m & in_n, other=0)
-        valid = valid & (mk != 0)
     if HAS_BIAS:
-        bias = tl.load(BIAS + offs_m[:, None] * sbm + offs_n[None, :] * sbn, mask=in_m & in_n, other=0.0)
+        bias = tl.load(BIAS + offs_m[:, None] * sbm + offs_n[None, :] * sbn,
+                       mask=(offs_m[:, None] < M) & (offs_n[None, :] < N), other=0.0)
         s = s + bias.to(tl.float32) * 1.4426950408889634
-    return tl.where(valid, s, float("-inf"))
+    if MASKED:
+        valid = (offs_n[None, :] < N) & (offs_m[:, None] >= 0)
+        if IS_CAUSAL:
+            valid = valid & (offs_n[None, :] <= offs_m[:, None] + causal_offset)
+        s = tl.where(valid, s, float("-inf"))
+    if HAS_MASK:
+        mk = tl.load(MASK + offs_m[:, None] * smm + offs_n[None, :] * smn,
+                     mask=(offs_m[:, None] < M) & (offs_n[None, :] < N), other=0)
+        s = tl.where(mk != 0, s, float("-inf"))
+    return s
+
+
+@triton_jit
+def _load_rows(ptrs, offs, LIMIT, d_ok, MASKED: tl.constexpr, EVEN_D: tl.constexpr):
+    """A [rows, BLOCK_D] tile: bounds-checked rows only when ``MASKED``, the head dim only when
+    BLOCK_D != D (the common head dims load without any mask)."""
+    if MASKED:
+        x = tl.load(ptrs, mask=(offs[:, None] < LIMIT) & d_ok[None, :], other=0.0)
+    elif EVEN_D:
+        x = tl.load(ptrs)
+    else:
+        x = tl.load(ptrs, mask=d_ok[None, :], other=0.0)
+    return x
+
+
+@triton_jit
+def _load_cols(ptrs, offs, LIMIT, d_ok, MASKED: tl.constexpr, EVEN_D: tl.constexpr):
+    """A [BLOCK_D, cols] (transposed) tile, masked like :func:`_load_rows`."""
+    if MASKED:
+        x = tl.load(ptrs, mask=(offs[None, :] < LIMIT) & d_ok[:, None], other=0.0)
+    elif EVEN_D:
+        x = tl.load(ptrs)
+    else:
+        x = tl.load(ptrs, mask=d_ok[:, None], other=0.0)
+    return x
 
 
 @triton_jit
@@ -100,14 +135,16 @@ def _causal_key_end(N, pid_m, causal_offset, BLOCK_M: tl.constexpr, IS_CAUSAL: t
 
 
 @triton_jit
-def _tile_has_valid(MASK, offs_m, offs_n, M, N, smm, smn, HAS_MASK: tl.constexpr):
-    """False when the boolean mask is all false over this tile (the tile is then skipped)."""
-    run = True
-    if HAS_MASK:
-        mk = tl.load(MASK + offs_m[:, None] * smm + offs_n[None, :] * smn,
-                     mask=(offs_m[:, None] < M) & (offs_n[None, :] < N), other=0)
-        run = tl.max(mk.to(tl.int32)) > 0
-    return run
+def _unmasked_key_end(N, pid_m, causal_offset, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                      IS_CAUSAL: tl.constexpr):
+    """End of the key blocks query block ``pid_m`` reads without any mask: whole blocks inside
+    the keys and, when causal, at or below the first row's diagonal (the rest is the masked
+    diagonal / tail stage)."""
+    end = (N // BLOCK_N) * BLOCK_N
+    if IS_CAUSAL:
+        first = tl.maximum(pid_m * BLOCK_M + causal_offset + 1, 0)
+        end = tl.minimum(end, (first // BLOCK_N) * BLOCK_N)
+    return end
 
 
 @triton_jit
@@ -144,6 +181,34 @@ def _row_stats(LSE, DELTA, pid_bh, offs_m, M):
 
 
 @triton_jit
+def _fwd_range(acc, m_i, l_i, q, K_base, V_base, BIAS_base, MASK_base, lo, hi,
+               offs_m, offs_n0, offs_d, d_ok, M, N, skn, skd, svn, svd, sbm, sbn, smm, smn,
+               qk_scale, causal_offset, seed, pid_bh, dropout_p,
+               HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
+               HAS_DROPOUT: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
+               MASKED: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The forward's online softmax over key blocks [lo, hi) (masks only when ``MASKED``)."""
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + offs_n0
+        k_t = _load_cols(K_base + offs_n[None, :] * skn + offs_d[:, None] * skd, offs_n, N, d_ok, MASKED, EVEN_D)
+        if UPCAST:
+            k_t = k_t.to(tl.float32)
+        s = _score_tile(q, k_t, offs_m, offs_n, M, N, qk_scale, causal_offset,
+                        BIAS_base, sbm, sbn, MASK_base, smm, smn,
+                        HAS_BIAS, HAS_MASK, IS_CAUSAL, DOT_PREC, MASKED)
+        p, alpha, m_new, l_i = _softmax_step(s, m_i, l_i)
+        if HAS_DROPOUT:
+            keep = _dropout_keep(seed, pid_bh, offs_m, offs_n, M, N, dropout_p)
+            p = tl.where(keep, p / (1.0 - dropout_p), 0.0)
+        v = _load_rows(V_base + offs_n[:, None] * svn + offs_d[None, :] * svd, offs_n, N, d_ok, MASKED, EVEN_D)
+        if UPCAST:
+            v = v.to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton_jit
 def attn_fwd_kernel(
     Q, K, V, BIAS, MASK, SEED, OUT, LSE,
     sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
@@ -151,7 +216,7 @@ def attn_fwd_kernel(
     H, M, N, D, GROUP, scale, dropout_p, causal_offset,
     HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
     HAS_DROPOUT: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
 ):
     """Flash-attention forward: one program per (query block, batch*head); writes out and lse."""
     # -- program ids -> (batch, head, kv head, rows)
@@ -174,26 +239,19 @@ def attn_fwd_kernel(
     l_i = tl.full([BLOCK_M], 0.0, tl.float32)
     acc = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
     hi = _causal_key_end(N, pid_m, causal_offset, BLOCK_M, IS_CAUSAL)
-    for start_n in range(0, hi, BLOCK_N):
-        offs_n = start_n + offs_n0
-        if _tile_has_valid(MASK_base, offs_m, offs_n, M, N, smm, smn, HAS_MASK):
-            k_t = tl.load(K_base + offs_n[None, :] * skn + offs_d[:, None] * skd,
-                          mask=(offs_n[None, :] < N) & d_ok[:, None], other=0.0)
-            if UPCAST:
-                k_t = k_t.to(tl.float32)
-            s = _score_tile(q, k_t, offs_m, offs_n, M, N, qk_scale, causal_offset,
-                            BIAS_base, sbm, sbn, MASK_base, smm, smn,
-                            HAS_BIAS, HAS_MASK, IS_CAUSAL, DOT_PREC)
-            p, alpha, m_new, l_i = _softmax_step(s, m_i, l_i)
-            if HAS_DROPOUT:
-                keep = _dropout_keep(seed, pid_bh, offs_m, offs_n, M, N, dropout_p)
-                p = tl.where(keep, p / (1.0 - dropout_p), 0.0)
-            v = tl.load(V_base + offs_n[:, None] * svn + offs_d[None, :] * svd,
-                        mask=(offs_n[:, None] < N) & d_ok[None, :], other=0.0)
-            if UPCAST:
-                v = v.to(tl.float32)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
-            m_i = m_new
+    mid = _unmasked_key_end(N, pid_m, causal_offset, BLOCK_M, BLOCK_N, IS_CAUSAL)
+    # NOTE: two loops with uniform bodies (no branch inside) so the compiler can pipeline K/V
+    # loads: whole key blocks below the diagonal without masks, then the diagonal and the tail.
+    acc, m_i, l_i = _fwd_range(acc, m_i, l_i, q, K_base, V_base, BIAS_base, MASK_base, 0, mid,
+                               offs_m, offs_n0, offs_d, d_ok, M, N, skn, skd, svn, svd, sbm, sbn, smm, smn,
+                               qk_scale, causal_offset, seed, pid_bh, dropout_p,
+                               HAS_BIAS, HAS_MASK, IS_CAUSAL, HAS_DROPOUT, UPCAST, DOT_PREC, False, EVEN_D,
+                               BLOCK_N)
+    acc, m_i, l_i = _fwd_range(acc, m_i, l_i, q, K_base, V_base, BIAS_base, MASK_base, mid, hi,
+                               offs_m, offs_n0, offs_d, d_ok, M, N, skn, skd, svn, svd, sbm, sbn, smm, smn,
+                               qk_scale, causal_offset, seed, pid_bh, dropout_p,
+                               HAS_BIAS, HAS_MASK, IS_CAUSAL, HAS_DROPOUT, UPCAST, DOT_PREC, True, EVEN_D,
+                               BLOCK_N)
     # -- normalise, store out and natural-log lse
     out, lse = _softmax_finish(acc, m_i, l_i)
     o_ptrs = OUT + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod
@@ -214,6 +272,72 @@ def attn_bwd_preprocess_kernel(OUT, DO, DELTA, sob, soh, som, sod, sdb, sdh, sdm
 
 
 @triton_jit
+def _dkdv_range(dk, dv, k_t, v_t, Q_base, DO_base, BIAS_base, MASK_base, LSE, DELTA, pid_bh, lo, hi,
+                offs_n, offs_m0, offs_d, d_ok, M, N, sqm, sqd, sdm, sdd, sbm, sbn, smm, smn,
+                qk_scale, causal_offset, seed, dropout_p,
+                HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
+                HAS_DROPOUT: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
+                MASKED: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_M: tl.constexpr):
+    """dK and dV contributions of query blocks [lo, hi) (masks only when ``MASKED``).
+
+    Keys past N need no mask here: they only feed dK/dV rows that are never stored.
+    """
+    for start_m in range(lo, hi, BLOCK_M):
+        offs_m = start_m + offs_m0
+        q = _load_rows(Q_base + offs_m[:, None] * sqm + offs_d[None, :] * sqd, offs_m, M, d_ok, MASKED, EVEN_D)
+        do = _load_rows(DO_base + offs_m[:, None] * sdm + offs_d[None, :] * sdd, offs_m, M, d_ok, MASKED, EVEN_D)
+        if UPCAST:
+            q = q.to(tl.float32)
+            do = do.to(tl.float32)
+        lse, delta = _row_stats(LSE, DELTA, pid_bh, offs_m, M)
+        s = _score_tile(q, k_t, offs_m, offs_n, M, N, qk_scale, causal_offset,
+                        BIAS_base, sbm, sbn, MASK_base, smm, smn,
+                        HAS_BIAS, HAS_MASK, IS_CAUSAL, DOT_PREC, MASKED)
+        p = tl.math.exp2(s - lse[:, None])
+        dp = tl.dot(do, v_t, input_precision=DOT_PREC)
+        pd = p
+        if HAS_DROPOUT:
+            keep = _dropout_keep(seed, pid_bh, offs_m, offs_n, M, N, dropout_p)
+            pd = tl.where(keep, p / (1.0 - dropout_p), 0.0)
+            dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
+        dv += tl.dot(tl.trans(pd.to(do.dtype)), do, input_precision=DOT_PREC)
+        ds = p * (dp - delta[:, None])
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PREC)
+    return dk, dv
+
+
+@triton_jit
+def _dq_range(dq, q, do, lse, delta, K_base, V_base, BIAS_base, MASK_base, DS, pid_bh, lo, hi,
+              offs_m, offs_n0, offs_d, d_ok, M, N, skn, skd, svn, svd, sbm, sbn, smm, smn,
+              qk_scale, causal_offset, seed, dropout_p,
+              HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
+              HAS_DROPOUT: tl.constexpr, UPCAST: tl.constexpr, STORE_DS: tl.constexpr, DOT_PREC: tl.constexpr,
+              MASKED: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dQ contributions of key blocks [lo, hi) (masks only when ``MASKED``)."""
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + offs_n0
+        k_t = _load_cols(K_base + offs_n[None, :] * skn + offs_d[:, None] * skd, offs_n, N, d_ok, MASKED, EVEN_D)
+        v_t = _load_cols(V_base + offs_n[None, :] * svn + offs_d[:, None] * svd, offs_n, N, d_ok, MASKED, EVEN_D)
+        if UPCAST:
+            k_t = k_t.to(tl.float32)
+            v_t = v_t.to(tl.float32)
+        s = _score_tile(q, k_t, offs_m, offs_n, M, N, qk_scale, causal_offset,
+                        BIAS_base, sbm, sbn, MASK_base, smm, smn,
+                        HAS_BIAS, HAS_MASK, IS_CAUSAL, DOT_PREC, MASKED)
+        p = tl.math.exp2(s - lse[:, None])
+        dp = tl.dot(do, v_t, input_precision=DOT_PREC)
+        if HAS_DROPOUT:
+            keep = _dropout_keep(seed, pid_bh, offs_m, offs_n, M, N, dropout_p)
+            dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
+        ds = p * (dp - delta[:, None])
+        if STORE_DS:
+            tl.store(DS + pid_bh.to(tl.int64) * M * N + offs_m[:, None] * N + offs_n[None, :], ds,
+                     mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+        dq += tl.dot(ds.to(k_t.dtype), tl.trans(k_t), input_precision=DOT_PREC)
+    return dq
+
+
+@triton_jit
 def attn_bwd_dkdv_kernel(
     Q, K, V, BIAS, MASK, SEED, DO, LSE, DELTA, DK, DV,
     sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
@@ -222,7 +346,7 @@ def attn_bwd_dkdv_kernel(
     H, HKV, M, N, D, GROUP, scale, dropout_p, causal_offset,
     HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
     HAS_DROPOUT: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
 ):
     """dK and dV for one key block of one kv head, summed over the GROUP query heads sharing it."""
     pid_n, _, b, hk, offs_n, offs_d, d_ok = _block_prologue(HKV, D, BLOCK_N, BLOCK_D)
@@ -239,10 +363,16 @@ def attn_bwd_dkdv_kernel(
     seed = _dropout_seed(SEED, HAS_DROPOUT)
     dk = tl.full([BLOCK_N, BLOCK_D], 0.0, tl.float32)
     dv = tl.full([BLOCK_N, BLOCK_D], 0.0, tl.float32)
+    # query rows: [lo, diag) see part of this key block (causal diagonal, masked), [diag, full)
+    # see all of it (no mask), [max(diag, full), M) is the row tail (masked)
     lo = 0
+    diag = 0
     if IS_CAUSAL:
         lo = tl.maximum(pid_n * BLOCK_N - causal_offset, 0)
         lo = (lo // BLOCK_M) * BLOCK_M
+        diag = tl.maximum(pid_n * BLOCK_N + BLOCK_N - 1 - causal_offset, 0)
+        diag = tl.minimum(((diag + BLOCK_M - 1) // BLOCK_M) * BLOCK_M, M)
+    full = (M // BLOCK_M) * BLOCK_M
     for g in range(0, GROUP):
         h = hk * GROUP + g
         pid_bh = b * H + h
@@ -250,29 +380,19 @@ def attn_bwd_dkdv_kernel(
         DO_base = DO + b * sdb + h * sdh
         BIAS_base = BIAS + b * sbb + h * sbh
         MASK_base = MASK + b * smb + h * smh
-        for start_m in range(lo, M, BLOCK_M):
-            offs_m = start_m + offs_m0
-            if _tile_has_valid(MASK_base, offs_m, offs_n, M, N, smm, smn, HAS_MASK):
-                q_ok = (offs_m[:, None] < M) & d_ok[None, :]
-                q = tl.load(Q_base + offs_m[:, None] * sqm + offs_d[None, :] * sqd, mask=q_ok, other=0.0)
-                do = tl.load(DO_base + offs_m[:, None] * sdm + offs_d[None, :] * sdd, mask=q_ok, other=0.0)
-                if UPCAST:
-                    q = q.to(tl.float32)
-                    do = do.to(tl.float32)
-                lse, delta = _row_stats(LSE, DELTA, pid_bh, offs_m, M)
-                s = _score_tile(q, k_t, offs_m, offs_n, M, N, qk_scale, causal_offset,
-                                BIAS_base, sbm, sbn, MASK_base, smm, smn,
-                                HAS_BIAS, HAS_MASK, IS_CAUSAL, DOT_PREC)
-                p = tl.math.exp2(s - lse[:, None])
-                dp = tl.dot(do, v_t, input_precision=DOT_PREC)
-                pd = p
-                if HAS_DROPOUT:
-                    keep = _dropout_keep(seed, pid_bh, offs_m, offs_n, M, N, dropout_p)
-                    pd = tl.where(keep, p / (1.0 - dropout_p), 0.0)
-                    dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
-                dv += tl.dot(tl.trans(pd.to(do.dtype)), do, input_precision=DOT_PREC)
-                ds = p * (dp - delta[:, None])
-                dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PREC)
+        dk, dv = _dkdv_range(dk, dv, k_t, v_t, Q_base, DO_base, BIAS_base, MASK_base, LSE, DELTA, pid_bh, lo, diag,
+                             offs_n, offs_m0, offs_d, d_ok, M, N, sqm, sqd, sdm, sdd, sbm, sbn, smm, smn,
+                             qk_scale, causal_offset, seed, dropout_p, HAS_BIAS, HAS_MASK, IS_CAUSAL,
+                             HAS_DROPOUT, UPCAST, DOT_PREC, True, EVEN_D, BLOCK_M)
+        dk, dv = _dkdv_range(dk, dv, k_t, v_t, Q_base, DO_base, BIAS_base, MASK_base, LSE, DELTA, pid_bh, diag, full,
+                             offs_n, offs_m0, offs_d, d_ok, M, N, sqm, sqd, sdm, sdd, sbm, sbn, smm, smn,
+                             qk_scale, causal_offset, seed, dropout_p, HAS_BIAS, HAS_MASK, IS_CAUSAL,
+                             HAS_DROPOUT, UPCAST, DOT_PREC, False, EVEN_D, BLOCK_M)
+        dk, dv = _dkdv_range(dk, dv, k_t, v_t, Q_base, DO_base, BIAS_base, MASK_base, LSE, DELTA, pid_bh,
+                             tl.maximum(diag, full), M,
+                             offs_n, offs_m0, offs_d, d_ok, M, N, sqm, sqd, sdm, sdd, sbm, sbn, smm, smn,
+                             qk_scale, causal_offset, seed, dropout_p, HAS_BIAS, HAS_MASK, IS_CAUSAL,
+                             HAS_DROPOUT, UPCAST, DOT_PREC, True, EVEN_D, BLOCK_M)
     dk = dk * scale
     tl.store(DK + b * sdkb + hk * sdkh + offs_n[:, None] * sdkn + offs_d[None, :] * sdkd,
              dk.to(DK.dtype.element_ty), mask=kv_ok)
@@ -289,7 +409,7 @@ def attn_bwd_dq_kernel(
     H, M, N, D, GROUP, scale, dropout_p, causal_offset,
     HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
     HAS_DROPOUT: tl.constexpr, UPCAST: tl.constexpr, STORE_DS: tl.constexpr, DOT_PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
 ):
     """dQ for one query block; optionally stores dS (= d bias) into a [B, H, M, N] buffer."""
     pid_m, pid_bh, b, h, offs_m, offs_d, d_ok = _block_prologue(H, D, BLOCK_M, BLOCK_D)
@@ -310,28 +430,15 @@ def attn_bwd_dq_kernel(
     seed = _dropout_seed(SEED, HAS_DROPOUT)
     dq = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
     hi = _causal_key_end(N, pid_m, causal_offset, BLOCK_M, IS_CAUSAL)
-    for start_n in range(0, hi, BLOCK_N):
-        offs_n = start_n + offs_n0
-        if _tile_has_valid(MASK_base, offs_m, offs_n, M, N, smm, smn, HAS_MASK):
-            kv_ok = (offs_n[None, :] < N) & d_ok[:, None]
-            k_t = tl.load(K_base + offs_n[None, :] * skn + offs_d[:, None] * skd, mask=kv_ok, other=0.0)
-            v_t = tl.load(V_base + offs_n[None, :] * svn + offs_d[:, None] * svd, mask=kv_ok, other=0.0)
-            if UPCAST:
-                k_t = k_t.to(tl.float32)
-                v_t = v_t.to(tl.float32)
-            s = _score_tile(q, k_t, offs_m, offs_n, M, N, qk_scale, causal_offset,
-                            BIAS_base, sbm, sbn, MASK_base, smm, smn,
-                            HAS_BIAS, HAS_MASK, IS_CAUSAL, DOT_PREC)
-            p = tl.math.exp2(s - lse[:, None])
-            dp = tl.dot(do, v_t, input_precision=DOT_PREC)
-            if HAS_DROPOUT:
-                keep = _dropout_keep(seed, pid_bh, offs_m, offs_n, M, N, dropout_p)
-                dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
-            ds = p * (dp - delta[:, None])
-            if STORE_DS:
-                tl.store(DS + pid_bh.to(tl.int64) * M * N + offs_m[:, None] * N + offs_n[None, :], ds,
-                         mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
-            dq += tl.dot(ds.to(k_t.dtype), tl.trans(k_t), input_precision=DOT_PREC)
+    mid = _unmasked_key_end(N, pid_m, causal_offset, BLOCK_M, BLOCK_N, IS_CAUSAL)
+    dq = _dq_range(dq, q, do, lse, delta, K_base, V_base, BIAS_base, MASK_base, DS, pid_bh, 0, mid,
+                   offs_m, offs_n0, offs_d, d_ok, M, N, skn, skd, svn, svd, sbm, sbn, smm, smn,
+                   qk_scale, causal_offset, seed, dropout_p, HAS_BIAS, HAS_MASK, IS_CAUSAL, HAS_DROPOUT,
+                   UPCAST, STORE_DS, DOT_PREC, False, EVEN_D, BLOCK_N)
+    dq = _dq_range(dq, q, do, lse, delta, K_base, V_base, BIAS_base, MASK_base, DS, pid_bh, mid, hi,
+                   offs_m, offs_n0, offs_d, d_ok, M, N, skn, skd, svn, svd, sbm, sbn, smm, smn,
+                   qk_scale, causal_offset, seed, dropout_p, HAS_BIAS, HAS_MASK, IS_CAUSAL, HAS_DROPOUT,
+                   UPCAST, STORE_DS, DOT_PREC, True, EVEN_D, BLOCK_N)
     dq = dq * scale
     tl.store(DQ + b * sdqb + h * sdqh + offs_m[:, None] * sdqm + offs_d[None, :] * sdqd,
              dq.to(DQ.dtype.element_ty), mask=q_ok)

@@ -28,7 +28,7 @@ from ..jit import cdiv, interpret_mode
 log = logging.getLogger(__name__)
 
 #: Version of the attention schedule spaces (part of tuning keys).
-SPACE_VERSION = "1"
+SPACE_VERSION = "2"  # 2: staged (unmasked/diagonal) loops, dQ on swapped tiles, tutorial-like defaults
 #: Shared memory assumed when the device is unknown (bytes; an A100/H100 opt-in block is larger).
 DEFAULT_SMEM_BYTES = 99 * 1024
 #: Query lengths up to this use the split-K decode path (when there is no dropout).
@@ -47,15 +47,15 @@ def _elem_size(dtype: str) -> int:
 
 
 def _smem_fwd(cfg: Mapping[str, Any], block_d: int, elem: int) -> int:
-    """Upper estimate of the forward tile's shared memory (bytes).
+    """Upper estimate of the forward tile's shared memory (bytes): Q plus, per pipeline stage, a
+    K and a V tile (the staged loops are software-pipelined: every stage buffers both).
 
-    NOTE: fitted to Triton's reported ``shared`` for sm_90 builds (fp16 128x128x128, 2 stages:
-    64 KiB; fp32 128x64x64, 2 stages: 96 KiB), +5% + 1 KiB: half types stage one K/V tile per stage plus Q;
-    float32 dots (IEEE) keep K and V each per stage.
+    NOTE: fitted to Triton 3.9's reported ``shared`` for sm_90 builds with launch-like
+    specialisation (bf16, 128x64, D=64, 3 stages: 64 KiB; with a boolean mask: 68 KiB), +5% + 4 KiB.
     """
     stages = max(1, int(cfg["num_stages"]))
-    per_stage = int(cfg["BLOCK_N"]) * block_d * (2 if elem >= 4 else 1)
-    return int(1.05 * elem * (int(cfg["BLOCK_M"]) * block_d + stages * per_stage)) + 1024
+    per_stage = 2 * int(cfg["BLOCK_N"]) * block_d
+    return int(1.05 * elem * (int(cfg["BLOCK_M"]) * block_d + stages * per_stage)) + 4096
 
 
 def _smem_bwd(cfg: Mapping[str, Any], block_d: int, elem: int) -> int:
@@ -88,8 +88,25 @@ def _attention_space(kind: str, params: dict[str, list[ConfigValue]], smem: Call
     then the first feasible config."""
     space = ScheduleSpace(kind=kind, params=params,
                           constraints=[shared_memory_budget(smem, smem_bytes), registers], version=SPACE_VERSION)
-    space.default = default if space.is_feasible(default) else space.default_config()
+    space.default = default if space.is_feasible(default) else nearest_feasible(space, default)
     return space
+
+
+def nearest_feasible(space: ScheduleSpace, default: Config) -> Config:
+    """The feasible config closest to ``default`` (tile sizes in log2 steps, then stages, then
+    warps), so a device with less shared memory gets smaller tiles or fewer stages, not the
+    space's first (smallest, one-stage) config."""
+    import math
+
+    def distance(c: Config) -> tuple[float, int]:
+        d = sum(abs(math.log2(int(c[k])) - math.log2(int(default[k]))) for k in default
+                if k.startswith("BLOCK_") and k in c)
+        d += 0.5 * abs(int(c.get("num_stages", 1)) - int(default.get("num_stages", 1)))
+        d += 0.25 * abs(math.log2(int(c.get("num_warps", 4))) - math.log2(int(default.get("num_warps", 4))))
+        size = math.prod(int(v) for k, v in c.items() if k.startswith("BLOCK_"))
+        return d, -size  # ties: the larger tile
+    feasible = [c for c in space.enumerate() if space.is_feasible(c)]
+    return min(feasible, key=distance) if feasible else space.default_config()
 
 
 def forward_space(head_dim: int, dtype: str = "float16", smem_bytes: int = DEFAULT_SMEM_BYTES) -> ScheduleSpace:
@@ -104,13 +121,16 @@ def forward_space(head_dim: int, dtype: str = "float16", smem_bytes: int = DEFAU
 
 
 def backward_space(head_dim: int, dtype: str = "float16", smem_bytes: int = DEFAULT_SMEM_BYTES) -> ScheduleSpace:
-    """Schedule space of the two backward kernels (dK/dV and dQ share BLOCK_M/BLOCK_N)."""
+    """Schedule space of the two backward kernels: dK/dV runs BLOCK_N keys against BLOCK_M query
+    rows per step; dQ runs the swapped tile (BLOCK_N query rows against BLOCK_M keys)."""
     block_d, elem = head_block(head_dim), _elem_size(dtype)
-    default = {"BLOCK_M": 32, "BLOCK_N": 64 if block_d <= 128 else 32,
-               "num_warps": 4 if block_d <= 64 else 8, "num_stages": 1}
+    # NOTE: as Triton's fused-attention tutorial: dK/dV on 32 query rows x 128 keys, dQ on the
+    # swapped tile (128 query rows x 32 keys), pipelined; smaller where the head dim is large.
+    default = {"BLOCK_M": 32, "BLOCK_N": 128 if block_d <= 64 else 64,
+               "num_warps": 4 if block_d <= 64 else 8, "num_stages": 3 if block_d <= 64 else 2}
     return _attention_space(
         "attention_bwd", {"BLOCK_M": [16, 32, 64, 128], "BLOCK_N": [16, 32, 64, 128],
-                          "num_warps": [2, 4, 8], "num_stages": [1, 2, 3]},
+                          "num_warps": [2, 4, 8], "num_stages": [1, 2, 3, 4, 5]},
         lambda c: _smem_bwd(c, block_d, elem), smem_bytes, _bwd_registers(block_d), default)
 
 
@@ -233,7 +253,7 @@ def flash_attention_forward(
         HAS_BIAS=bias is not None, HAS_MASK=mask is not None, IS_CAUSAL=bool(causal),
         HAS_DROPOUT=dropout_p > 0.0, UPCAST=_upcast(q), DOT_PREC=_dot_precision(q),
         BLOCK_M=int(cfg["BLOCK_M"]), BLOCK_N=int(cfg["BLOCK_N"]), BLOCK_D=head_block(D),
-        **_launch_opts(cfg))
+        EVEN_D=head_block(D) == D, **_launch_opts(cfg))
     return out, lse
 
 
@@ -299,7 +319,7 @@ def flash_attention_backward(
     full = (B, H, M, N)
     common = dict(HAS_BIAS=bias is not None, HAS_MASK=mask is not None, IS_CAUSAL=bool(causal),
                   HAS_DROPOUT=dropout_p > 0.0, UPCAST=_upcast(q), DOT_PREC=_dot_precision(q),
-                  BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, **_launch_opts(cfg))
+                  BLOCK_D=block_d, EVEN_D=block_d == D, **_launch_opts(cfg))
     bias_arg = bias if bias is not None else q
     mask_arg = _mask_arg(mask, q)
     seed_arg = seed if seed is not None else lse
@@ -308,12 +328,13 @@ def flash_attention_backward(
     K.attn_bwd_dkdv_kernel[(cdiv(N, block_n), B * HKV)](
         q, k, v, bias_arg, mask_arg, seed_arg, dout, lse, delta, dk, dv, *strides,
         *dk.stride(), *dv.stride(), H, HKV, M, N, D, H // HKV, scale, float(dropout_p),
-        int(causal_offset), **common)
+        int(causal_offset), BLOCK_M=block_m, BLOCK_N=block_n, **common)
     ds = torch.zeros(full, dtype=torch.float32, device=q.device) if bias_grad else delta
-    K.attn_bwd_dq_kernel[(cdiv(M, block_m), B * H)](
+    # dQ on the swapped tile: BLOCK_N query rows per program, BLOCK_M keys per step
+    K.attn_bwd_dq_kernel[(cdiv(M, block_n), B * H)](
         q, k, v, bias_arg, mask_arg, seed_arg, dout, lse, delta, dq, ds, *strides,
         *dq.stride(), H, M, N, D, H // HKV, scale, float(dropout_p), int(causal_offset),
-        STORE_DS=bool(bias_grad), **common)
+        STORE_DS=bool(bias_grad), BLOCK_M=block_n, BLOCK_N=block_m, **common)
     dbias = reduce_to_shape(ds, bias.shape).to(bias.dtype) if (bias_grad and bias is not None) else None
     return dq, dk, dv, dbias
 
