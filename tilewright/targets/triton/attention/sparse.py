@@ -66,8 +66,11 @@ def bsattn_fwd_kernel(
                       mask=(offs_n[None, :] < N) & d_ok[:, None], other=0.0)
         if UPCAST:
             k_t = k_t.to(tl.float32)
-        s = K._score_tile(q, k_t, offs_m, offs_n, M, N, qk_scale, causal_offset,
-                          Q, 0, 0, Q, 0, 0, False, False, IS_CAUSAL, DOT_PREC)
+        s = tl.dot(q, k_t, input_precision=DOT_PREC) * qk_scale
+        valid = (offs_n[None, :] < N) & (offs_m[:, None] >= 0)
+        if IS_CAUSAL:
+            valid = valid & (offs_n[None, :] <= offs_m[:, None] + causal_offset)
+        s = tl.where(valid, s, float("-inf"))
         p_tile, alpha, m_new, l_i = K._softmax_step(s, m_i, l_i)
         v = tl.load(V_base + offs_n[:, None] * svn + offs_d[None, :] * svd,
                     mask=(offs_n[:, None] < N) & d_ok[None, :], other=0.0)
