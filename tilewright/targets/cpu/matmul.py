@@ -207,7 +207,8 @@ class MatmulSource:
                 lines.append(f"    int64_t rest{f} = row;")
                 for d in range(len(frame) - 2, -1, -1):
                     size = self.sizes.size(frame[d], f"epilogue{f}.size{d}")
-                    lines.append(f"    const int64_t i{f}_{d} = rest{f} % {size}; rest{f} /= {size};")
+                    lines.append(f"    const int64_t i{f}_{d} = rest{f} % {size}; rest{f} /= {size};" if d else
+                                 f"    const int64_t i{f}_0 = rest{f};")  # the outermost index needs no division
                 lines.append(f"    (void)rest{f};")
             f = shapes.index(frame)
             strides = [ep.stride_code(v, d) for d in range(len(frame) - 1)]

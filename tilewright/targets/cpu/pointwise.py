@@ -329,7 +329,8 @@ class PointwiseSource:
         row_index = ["    int64_t rest = r;"]
         bases: dict[int, list[str]] = {v.id: [] for v in values}
         for d in range(len(shape) - 2, -1, -1):
-            row_index.append(f"    const int64_t i{d} = rest % {sizes[d]}; rest /= {sizes[d]};")
+            row_index.append(f"    const int64_t i{d} = rest % {sizes[d]}; rest /= {sizes[d]};" if d else
+                             "    const int64_t i0 = rest;")  # the outermost index needs no division
             for v in values:
                 stride = self.stride_code(v, d) if self.shape else None
                 if stride is not None:

@@ -37,10 +37,11 @@ class ColumnReduction:
         for v in self.inputs:
             if self.space_of_input(v) == "element" and broadcast_strides(v, self.element_shape)[last] not in (0, 1):
                 return None
+        # from the width and the cores only (not the outer rows, which change with the batch): the
+        # block is written into the code (measured: a run-time block 2-4x slower), so a new batch
+        # size keeps the code; ~4 tasks per core even when there is one outer row
         width = self.element_shape[last]
-        outer = self.rows // width
-        tasks_wanted = max(1, 4 * cores // max(outer, 1))
-        block = max(16, math.ceil(width / tasks_wanted / 16) * 16)
+        block = max(64, math.ceil(width / (4 * cores) / 16) * 16)
         return min(block, MAX_BLOCK, math.ceil(width / 16) * 16)
 
     def space_of_input(self, v) -> str:  # type: ignore[no-untyped-def]
@@ -55,14 +56,14 @@ class ColumnReduction:
         last = len(self.element_shape) - 1
         z = self.sizes
         width, tasks_m = self._dim(last), z.size(self.rows // self.element_shape[last], "outer rows")
-        block = z.size(block, "column block")
+        block = z.fixed(block, "column block")  # measured: a run-time block is 2-4x slower (accumulators in memory)
         params = [f"const void* p_in{i}" for i in range(len(self.inputs))]
         params += [f"void* p_out{i}" for i in range(len(self.outputs))]
         acc_decl, acc_load = [], []
         for r in self.reductions:
             for line in self._accumulator(r):
                 t, name, init = _ACC_DECL.match(line).groups()
-                acc_decl += [f"{t} {name}_a[{MAX_BLOCK}];", f"for (int64_t i = 0; i < {block}; ++i) {name}_a[i] = {init};"]
+                acc_decl += [f"{t} {name}_a[{block}];", f"for (int64_t i = 0; i < {block}; ++i) {name}_a[i] = {init};"]
                 acc_load.append(f"{t} {name} = {name}_a[c - c0];")
         parts = self._parts([self._operand_of(r) for r in self.reductions], [])
         body = self._scalar_lines(parts) + self._reduce_lines(self.reductions)
@@ -70,11 +71,11 @@ class ColumnReduction:
         body = [line.replace("(decltype(", "(std::remove_reference<decltype(").replace("))v", ")>::type)v")
                 if "decltype" in line else line for line in body]
         e_split = ["int64_t rest_e = e;"] + [
-            f"const int64_t e{d} = rest_e % {self._dim(d)}; rest_e /= {self._dim(d)};"
-            for d in reversed(self.dims)] + ["(void)rest_e;"]
+            f"const int64_t e{d} = rest_e % {self._dim(d)}; rest_e /= {self._dim(d)};" if d != self.dims[0]
+            else f"const int64_t e{d} = rest_e;" for d in reversed(self.dims)] + ["(void)rest_e;"]
         k_split = ["int64_t rest = o;"] + [
-            f"const int64_t k{d} = rest % {self._dim(d)}; rest /= {self._dim(d)};"
-            for d in reversed(self.kept) if d != last] + ["(void)rest;"]
+            f"const int64_t k{d} = rest % {self._dim(d)}; rest /= {self._dim(d)};" if d != self.kept[0]
+            else f"const int64_t k{d} = rest;" for d in reversed(self.kept) if d != last] + ["(void)rest;"]
         finish = [self._finish(r) for r in self.reductions] + self._row_nodes()
         for v in self.outputs:
             shape = tuple(v.type.shape)
