@@ -256,3 +256,26 @@ def test_epilogue_2d_aliases_address_output():
         kern = ConvKernel(ConvProblem.from_tensors(x, w, None, 1, 1, 1, groups), epi)
         src, name = kern.source(kern.space.default_config())
         assert f"def {name}(" in src and len(kern.grid(kern.space.default_config())) == 2
+
+
+def _loops(source: str) -> list[str]:
+    return [line.strip() for line in source.splitlines() if line.strip().startswith("for ")]
+
+
+def test_tap_order_reduction_is_one_flat_loop():
+    """The pipeliner stages one loop: (tap, channel block) pairs, not taps around a short channel loop."""
+    from tilewright.targets.triton.conv.templates import default_epilogue, igemm_source
+
+    for order in ("tap", "flat"):
+        assert len(_loops(igemm_source(default_epilogue(True), order))) == 1, order
+
+
+@pytest.mark.parametrize("channels_last,x_layout", [(False, "as_is"), (True, "as_is"), (False, "channels_last")],
+                         ids=["ncdhw", "ndhwc", "ncdhw-packed"])
+def test_flat_tap_loop_odd_channels_3d(channels_last, x_layout):
+    # 37 channels per group: three 16-wide channel blocks, the last partial; 2x3x3 taps with
+    # stride, dilation and padding so many taps fall outside the input
+    cfg = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 1, "K_ORDER": "tap",
+           "X_LAYOUT": x_layout, "W_LAYOUT": "as_is", "num_warps": 2, "num_stages": 2}
+    _check(1, 74, (3, 7, 6), 22, (2, 3, 3), stride=(1, 2, 1), padding=(1, 1, 2), dilation=(1, 1, 2), groups=2,
+           channels_last=channels_last, config=cfg)

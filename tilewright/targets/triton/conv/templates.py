@@ -203,19 +203,33 @@ def _epilogue_block(epilogue: Epilogue) -> str:
 
 
 def _tap_order_loop(precision: str) -> str:
-    """``k_order="tap"``: loops over the kernel taps, then over blocks of the group's channels."""
+    """``k_order="tap"``: one loop over (tap, channel block) pairs, taps outer.
+
+    NOTE: a single flat loop (not kd/kh/kw loops around a channel loop of 1-2 iterations) is
+    what Triton's software pipeliner stages: with nested loops only the innermost is pipelined,
+    and a loop of one or two iterations never fills the pipeline. The sum runs in the same order
+    as the nested form (kd, kh, kw, then channel blocks).
+    """
     return f"""
-{_tap_loops(4, "mask_m & ")}
-                x_pix = x_base + id_ * stride_xd + ih * stride_xh + iw * stride_xw
-                w_tap = w_base + kd * stride_wd + kh * stride_wh + kw * stride_ww
-                for c0 in range(0, CG, BLOCK_K):
-                    cc = c0 + offs_k
-                    m_c = cc < CG
-                    a = tl.load(x_pix[:, None] + cc[None, :] * stride_xc,
-                                mask=m_pix[:, None] & m_c[None, :], other=0.0)
-                    b = tl.load(w_tap[None, :] + cc[:, None] * stride_wc,
-                                mask=m_c[:, None] & mask_n[None, :], other=0.0)
-                    acc += tl.dot(a, b{precision})
+    NCB = (CG + BLOCK_K - 1) // BLOCK_K
+    for t in range(0, KD * KH * KW * NCB):
+        tap = t // NCB
+        cc = (t - tap * NCB) * BLOCK_K + offs_k
+        kw = tap % KW
+        kh = (tap // KW) % KH
+        kd = tap // (KW * KH)
+        id_ = id0 + kd * dil_d
+        ih = ih0 + kh * dil_h
+        iw = iw0 + kw * dil_w
+        m_pix = mask_m & (id_ >= 0) & (id_ < D) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        x_pix = x_base + id_ * stride_xd + ih * stride_xh + iw * stride_xw
+        w_tap = w_base + kd * stride_wd + kh * stride_wh + kw * stride_ww
+        m_c = cc < CG
+        a = tl.load(x_pix[:, None] + cc[None, :] * stride_xc,
+                    mask=m_pix[:, None] & m_c[None, :], other=0.0)
+        b = tl.load(w_tap[None, :] + cc[:, None] * stride_wc,
+                    mask=m_c[:, None] & mask_n[None, :], other=0.0)
+        acc += tl.dot(a, b{precision})
 """
 
 
@@ -270,7 +284,7 @@ def igemm_source(epilogue: Epilogue, k_order: str = "tap", allow_tf32: bool = Fa
 
     Args:
         epilogue: code run on the finished accumulator.
-        k_order: ``"tap"`` loops over kernel taps, then channel blocks (wide channels);
+        k_order: ``"tap"`` runs one loop over (kernel tap, channel block) pairs (wide channels);
             ``"flat"`` runs one loop over the flattened ``(c, kd, kh, kw)`` index (few channels,
             e.g. a 3-channel stem).
         allow_tf32: let float32 ``tl.dot`` use TF32 on the GPU.
