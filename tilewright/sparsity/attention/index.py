@@ -160,9 +160,14 @@ def vertical_slash(batch: int, heads: int, m: int, n: int, block: int, vertical:
         valid = lo <= hi
         klo = torch.div(lo, block, rounding_mode="floor")
         khi = torch.div(hi, block, rounding_mode="floor")
-        kb = torch.arange(nkb)
-        band = valid[..., None] & (kb >= klo[..., None]) & (kb <= khi[..., None])  # [B, H, nmb, ns, nkb]
-        mask |= band.any(3)
+        # a band crosses at most (block + block - 1) keys per query block: up to 3 key blocks
+        flat = torch.zeros((batch, heads, nmb, nkb + 1), dtype=torch.bool)
+        span = int((khi - klo).masked_fill(~valid, 0).max()) + 1 if bool(valid.any()) else 0
+        for step in range(span):
+            kb = klo + step
+            ok = valid & (kb <= khi)
+            flat.scatter_(3, torch.where(ok, kb, torch.full_like(kb, nkb)), True)
+        mask |= flat[..., :nkb]
     return BlockIndex.from_mask(mask, m, n, block, causal, causal_offset)
 
 
