@@ -29,8 +29,9 @@ from ...schedule.space import ScheduleSpace
 from .gemm_micro import default_blocks, micro_shapes, vector_isa
 
 SPACE_VERSION = "1"
-_MC = (32, 64, 128, 256, 512)
-_NC = (64, 128, 256, 512, 1024)
+#: multiples of every register block's MR (except 14) and NR: most choices fit any register block
+_MC = (48, 96, 192, 384, 768)
+_NC = (96, 192, 384, 768, 1536)
 _KC = (64, 128, 192, 256, 384)
 #: below this many flops one thread is faster than waking the team
 _PARALLEL_FLOPS = 2e6
@@ -142,25 +143,46 @@ struct TwConvBlocks {
   int64_t mc, nc, kc, mr, nr, threads, wmode;  // wmode: 0 pre-packed weight, 1 strided, 2 packed per task
 };
 
+template <class S, class T>
+static inline void tw_conv_copy(const S* __restrict src, T* __restrict dst, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX512F__) || defined(__AVX2__)
+  if constexpr (std::is_same<S, float>::value && std::is_same<T, float>::value) {
+    using V = TwVec<float>;
+    for (; i + V::W <= n; i += V::W) V::store(dst + i, V::load(src + i));
+  }
+#endif
+  for (; i < n; ++i) dst[i] = tw_to_compute(src[i], (T*)nullptr);
+}
+
 // im2col rows [p0, p0 + kc) (ordered c, r, s over the group's channels from c0) x output pixels
 // [q0, q0 + nc) into NR-wide panels dst[panel][kk][nr]; out-of-image taps and pixels past the end are 0.
+// `rows` (5 * kc values) receives each row's channel offset, first input row/column and the output
+// columns [lo, hi) whose input column is inside the image, so the panel loop divides nothing per row.
 template <class S, class T>
 static void tw_conv_pack_b(const S* __restrict x, const TwConvGeom& g, int64_t c0, int64_t p0, int64_t kc,
-                           int64_t q0, int64_t nc, int64_t nr, T* __restrict dst) {
+                           int64_t q0, int64_t nc, int64_t nr, T* __restrict dst, int64_t* __restrict rows) {
   const int64_t rs = g.r * g.s, q1 = std::min(q0 + nc, g.oh * g.ow);
   const int64_t panels = (nc + nr - 1) / nr;
   for (int64_t kk = 0; kk < kc; ++kk) {
     const int64_t row = p0 + kk, c = row / rs, r = (row % rs) / g.s, s = row % g.s;
-    const S* xc = x + (c0 + c) * g.sxc;
-    const int64_t ih0 = r * g.dh - g.ph, iw0 = s * g.dw - g.pw;
-    // output columns whose input column lies inside the image: [lo, hi)
+    const int64_t iw0 = s * g.dw - g.pw;
     int64_t lo = iw0 >= 0 ? 0 : (-iw0 + g.sw - 1) / g.sw;
     int64_t hi = g.w - 1 - iw0 < 0 ? 0 : (g.w - 1 - iw0) / g.sw + 1;
     lo = std::min(lo, g.ow);
     hi = std::max(lo, std::min(hi, g.ow));
-    for (int64_t pnl = 0; pnl < panels; ++pnl) {
+    int64_t* rw = rows + 5 * kk;
+    rw[0] = (c0 + c) * g.sxc; rw[1] = r * g.dh - g.ph; rw[2] = iw0; rw[3] = lo; rw[4] = hi;
+  }
+  const bool unit = g.sw == 1 && g.sxw == 1;
+  for (int64_t pnl = 0; pnl < panels; ++pnl) {
+    const int64_t qs = q0 + pnl * nr, oh0 = qs / g.ow, ow0 = qs % g.ow;
+    for (int64_t kk = 0; kk < kc; ++kk) {
+      const int64_t* rw = rows + 5 * kk;
+      const S* xc = x + rw[0];
+      const int64_t ih0 = rw[1], iw0 = rw[2], lo = rw[3], hi = rw[4];
       T* out = dst + (pnl * kc + kk) * nr;
-      int64_t q = q0 + pnl * nr, jj = 0, oh = q / g.ow, ow = q % g.ow;
+      int64_t q = qs, jj = 0, oh = oh0, ow = ow0;
       while (jj < nr) {
         if (q >= q1) {
           for (; jj < nr; ++jj) out[jj] = T(0);
@@ -175,10 +197,8 @@ static void tw_conv_pack_b(const S* __restrict x, const TwConvGeom& g, int64_t c
           const S* xr = xc + ih * g.sxh;
           const int64_t a = std::min(std::max(ow, lo), end), b = std::max(a, std::min(end, hi));
           for (int64_t t = ow; t < a; ++t) o[t] = T(0);
-          if (g.sw == 1 && g.sxw == 1) {
-            const S* src = xr + iw0;
-            #pragma omp simd
-            for (int64_t t = a; t < b; ++t) o[t] = tw_to_compute(src[t], (T*)nullptr);
+          if (unit) {
+            tw_conv_copy(xr + iw0 + a, o + a, b - a);
           } else {
             for (int64_t t = a; t < b; ++t) o[t] = tw_to_compute(xr[(t * g.sw + iw0) * g.sxw], (T*)nullptr);
           }
@@ -210,6 +230,8 @@ static void tw_conv_gemm(const S* X, const S* W, int64_t ldw, const T* Wp, const
   #pragma omp parallel num_threads(blk.threads) if(blk.threads > 1)
   {
     static thread_local TwScratch<T> b_scratch, a_scratch, c_scratch;
+    static thread_local TwScratch<int64_t> row_scratch;
+    int64_t* rows = row_scratch.get((size_t)(5 * kc_max));
     T* bp = b_scratch.get((size_t)(nc_max * kc_max));
     T* ap = a_scratch.get((size_t)(mc_max * kc_max));
     T* cb = c_scratch.get((size_t)(mc_max * ldc));
@@ -223,7 +245,7 @@ static void tw_conv_gemm(const S* X, const S* W, int64_t ldw, const T* Wp, const
       const S* wblk = W + (gi * kg + m0) * ldw;
       for (int64_t p0 = 0; p0 < crs; p0 += kc_max) {
         const int64_t kc = std::min(kc_max, crs - p0);
-        tw_conv_pack_b(x, g, gi * cg, p0, kc, q0, nc, nr, bp);
+        tw_conv_pack_b(x, g, gi * cg, p0, kc, q0, nc, nr, bp, rows);
         if (blk.wmode == 2) tw_pack_a(wblk + p0, ldw, 1, mc, kc, mr, ap);
         for (int64_t jr = 0; jr < nc; jr += nr) {
           const T* bpanel = bp + (jr / nr) * kc * nr;
