@@ -89,3 +89,17 @@ def test_sessions_nest_and_measurers_share_the_session_pool():
         for _ in range(3):  # a fresh measurer per kernel, as choose_config makes them
             assert _FakeGpuMeasurer().prepare(kernel, [kernel.space.default_config()]) == {}
         assert CompilePool.processes_started - procs <= 1
+
+
+def test_gpu_compile_task_of_a_generated_kernel_pickles_and_launches():
+    """On a GPU a worker launches each kernel once; generated kernels do not pickle (IR, closures),
+    so the task carries their launch description. Here it is launched in the interpreter."""
+    import pickle
+
+    from tilewright.autotune.compile_pool import compile_task, launch_from_spec
+
+    for kernel in _generated_kernels():
+        task = pickle.loads(pickle.dumps(compile_task(kernel, kernel.config, "cuda")))
+        spec = task.args[0]
+        assert spec["fn_name"] in spec["source"] and len(spec["tensors"]) == len(kernel.inputs + kernel.outputs)
+        launch_from_spec(spec, "cpu", interpret=True)

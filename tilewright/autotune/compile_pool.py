@@ -79,6 +79,31 @@ def _launch_once(kernel: Any, config: Config, device: str) -> str | None:
     return None
 
 
+def launch_from_spec(spec: Mapping[str, Any], device: str, interpret: bool = False) -> None:
+    """Rebuild a generated kernel from :meth:`GeneratedKernel.launch_spec` and launch it once on
+    fresh tensors of the recorded shapes, strides and dtypes (what the runtime launches)."""
+    import torch
+
+    from ..targets.triton.loader import load_kernel
+
+    fn = load_kernel(spec["source"], spec["fn_name"], interpret=interpret)
+    tensors = []
+    for shape, strides, dtype_name in spec["tensors"]:
+        dtype = getattr(torch, dtype_name)
+        span = 1 + sum((n - 1) * st for n, st in zip(shape, strides) if n > 0)
+        flat = (torch.randn(span, device=device).to(dtype) if dtype.is_floating_point
+                else torch.zeros(span, dtype=dtype, device=device))
+        tensors.append(flat.as_strided(shape, strides))
+    fn[tuple(spec["grid"])](*tensors, **spec["kwargs"])
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def _launch_spec_once(spec: Mapping[str, Any], device: str) -> str | None:
+    launch_from_spec(spec, device)
+    return None
+
+
 def _build_runner(kernel: Any, config: Config) -> str | None:
     kernel.runner(config)
     return None
@@ -89,6 +114,9 @@ def compile_task(kernel: Any, config: Config, target: str) -> Callable[[], str |
     if target.startswith("sm_") and hasattr(kernel, "compile_jobs"):
         return functools.partial(_compile_offline, kernel.compile_jobs(config), int(target[3:]))
     if target.startswith("cuda"):
+        spec = kernel.launch_spec(config) if hasattr(kernel, "launch_spec") else None
+        if spec is not None:  # generated kernels do not pickle; their launch description does
+            return functools.partial(_launch_spec_once, spec, target)
         return functools.partial(_launch_once, kernel, dict(config), target)
     return functools.partial(_build_runner, kernel, dict(config))
 

@@ -79,6 +79,24 @@ class GeneratedKernel(Kernel):
 
         return jobs_for(self, config or self.config)
 
+    def launch_spec(self, config: Config | None = None) -> dict[str, Any] | None:
+        """A picklable description of one launch under ``config`` (source, function, tensor
+        shapes/strides/dtypes, grid, constants): a compile worker rebuilds and launches it to warm
+        Triton's cache (the kernel itself holds IR and closures that do not pickle). None for
+        subclasses that launch differently."""
+        if type(self).launch is not GeneratedKernel.launch:
+            return None
+        config = dict(config or self.config)
+        fn_name = self.spec.fn_name
+        if self.spec.kind == "reduction":
+            persistent = int(config["RBLOCK"]) >= int(self.spec.meta["rnumel"])
+            fn_name = self.spec.meta["persistent_fn" if persistent else "looped_fn"]
+        return {"source": self.spec.source, "fn_name": fn_name,
+                "tensors": [(list(v.type.shape), list(v.type.strides), str(v.type.dtype).replace("torch.", ""))
+                            for v in self.inputs + self.outputs],
+                "grid": tuple(int(g) for g in self.spec.grid(config)),
+                "kwargs": dict(config)}
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_fns"] = {}  # loaded Triton functions are rebuilt where the kernel is unpickled
