@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import tilewright
@@ -87,7 +88,7 @@ def test_plan_runs_sparse_kernels_in_the_compiled_graph(cpu_target, tmp_path) ->
                                                             "fc2": "low_rank", "fc3": "2:4"}
     assert "mask" not in approx["fc1"]["params"] and approx["fc1"]["params"]["density"] == pytest.approx(0.5, abs=0.15)
     ran = {k["name"]: k["status"] for k in report.kernels if k["kind"] == "template"}
-    assert {n.split(".")[1] for n in ran} == {"bsr_conv2d", "bsr_linear", "nm_linear"}
+    assert {n.split(".")[1] for n in ran} == {"bsr_conv2d", "bsr_linear", "nm_linear", "packed_weight"}
     assert set(ran.values()) == {"ran"}
     text = str(report)
     assert "approximate rewrites" in text and "fc2 [linear] low_rank rank=20" in text
@@ -140,3 +141,42 @@ def test_bad_sparsity_options_are_clear_errors(cpu_target) -> None:
         torch._dynamo.reset()
         with torch.no_grad(), pytest.raises(Exception, match=message):
             torch.compile(model, backend="tilewright", options={"sparsity": options})(x)
+
+
+class Attn(nn.Module):
+    """One causal self-attention layer with projections: the attention rewrite must still fuse it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(4)
+        self.qkv, self.out = nn.Linear(32, 96), nn.Linear(32, 32)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, 2, 16).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(a.transpose(1, 2).reshape(b, t, 32))
+
+
+def test_weight_rewrites_keep_attention_fusion(cpu_target) -> None:
+    model = Attn().eval()
+    entries = [PlanEntry("qkv", "linear", "low_rank", {"rank": 8, "full_rank": 32}, 0.1, 1.5),
+               PlanEntry("out", "linear", "block_sparse", block_candidate(model.out.weight.detach(), 0.5, (16, 16),
+                                                                          None).params, 0.1, 1.6)]
+    plan = SparsityPlan(entries, 0.5, "rel_l2", model_fingerprint(model))
+    x = torch.randn(2, 9, 32)
+    with torch.no_grad(), collect() as report:
+        y = torch.compile(model, backend="tilewright", options={"sparsity": {"plan": plan}})(x)
+    assert report.attention_fused == 1
+    assert {a["site"] for a in report.to_dict()["approximations"]} == {"qkv", "out"}
+    approx = Attn()
+    approx.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for e in entries:
+            mod = approx.get_submodule(e.site)
+            mod.weight.copy_(materialize(mod.weight, e.method, e.params))
+        judge = approx.double()(x.double())
+    torch.testing.assert_close(y.double(), judge, rtol=1e-4, atol=1e-4)

@@ -17,15 +17,18 @@ call on that parameter is replaced at compile time:
   whatever epilogue fusion attaches);
 - ``conv2d(x, W, b, ...)`` (groups 1) -> ``tilewright::bsr_conv2d``.
 
-The compressed tensors are computed from the parameter's value at compile time and held as
-buffers of the compiled graph module; the user's model and its parameters are never modified.
-The graph still takes the dense parameter as an input (unused), so Dynamo's guards are those of
-the exact graph. Rewrites apply to graphs compiled with grad mode off (inference): a graph
+The compressed tensors are computed from the parameter's value at compile time and kept in a
+store of :mod:`.ops`; the graph reaches them through ``tilewright::packed_weight(weight, handle)``
+(so it holds no real-tensor constants: the attention rewrite's fake-tensor re-trace and
+AOTAutograd take it as is), and they are released when the graph module is. The user's model
+and its parameters are never modified; the graph still takes the dense parameter as an input,
+so Dynamo's guards are those of the exact graph. Rewrites apply to graphs compiled with grad mode off (inference): a graph
 compiled for training is left exact, with a note in explain.
 """
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,43 +148,44 @@ def _describe(entry: PlanEntry, applied: bool = True, why: str = "") -> dict[str
     return d
 
 
-def _buffer(gm: fx.GraphModule, name: str, tensor: torch.Tensor, before: fx.Node) -> fx.Node:
-    # a buffer of the graph module: AOTAutograd lifts it as a graph input, and wants a Dynamo source for
-    # each lifted tensor (used for its dedup guards only): a constant source naming the buffer
-    from torch._dynamo.source import ConstantSource
+def _buffer(gm: fx.GraphModule, weight_node: fx.Node, tensor: torch.Tensor, before: fx.Node) -> fx.Node:
+    """A node yielding ``tensor`` (kept in the op store, released with ``gm``)."""
+    from .ops import release_tensors, store_tensor
 
-    gm.register_buffer(name, tensor)
-    sources = getattr(gm, "_param_name_to_source", None)
-    if sources is not None:
-        sources[name] = ConstantSource(f"tilewright_sparsity_{name}_{id(gm)}")
+    handle = store_tensor(tensor)
+    handles = gm.__dict__.setdefault("_tw_sparse_handles", [])
+    if not handles:
+        weakref.finalize(gm, release_tensors, handles)
+    handles.append(handle)
     with gm.graph.inserting_before(before):
-        return gm.graph.get_attr(name)
+        return gm.graph.call_function(torch.ops.tilewright.packed_weight.default, (weight_node, handle))
 
 
 def _rewrite(gm: fx.GraphModule, node: fx.Node, weight: torch.Tensor, entry: PlanEntry, prefix: str) -> None:
     dev = weight.device
     packed = compress(weight, entry.method, entry.params)
     x = node.args[0] if node.args else node.kwargs["input"]
+    wnode = node.args[1] if len(node.args) > 1 else node.kwargs["weight"]
     bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
     graph = gm.graph
     if entry.kind == "linear":
         if entry.method == "low_rank":
-            v = _buffer(gm, f"{prefix}_v", packed["v"].to(dev), node)
-            u = _buffer(gm, f"{prefix}_u", packed["u"].to(dev), node)
+            v = _buffer(gm, wnode, packed["v"].to(dev), node)
+            u = _buffer(gm, wnode, packed["u"].to(dev), node)
             with graph.inserting_before(node):
                 h = graph.call_function(torch.nn.functional.linear, (x, v))
                 new = graph.call_function(torch.nn.functional.linear, (h, u, bias))
         elif entry.method == "block_sparse":
-            vals = _buffer(gm, f"{prefix}_values", packed["values"].to(dev), node)
-            cols = _buffer(gm, f"{prefix}_cols", packed["col_idx"].to(dev), node)
-            rows = _buffer(gm, f"{prefix}_rows", packed["row_ptr"].to(dev), node)
+            vals = _buffer(gm, wnode, packed["values"].to(dev), node)
+            cols = _buffer(gm, wnode, packed["col_idx"].to(dev), node)
+            rows = _buffer(gm, wnode, packed["row_ptr"].to(dev), node)
             bn, bk = packed["block"]
             with graph.inserting_before(node):
                 new = graph.call_function(torch.ops.tilewright.bsr_linear.default,
                                           (x, vals, cols, rows, bias, int(weight.shape[0]), int(bn), int(bk)))
         elif entry.method == "2:4":
-            vals = _buffer(gm, f"{prefix}_values", packed["values"].to(dev), node)
-            meta = _buffer(gm, f"{prefix}_meta", packed["meta"].to(dev), node)
+            vals = _buffer(gm, wnode, packed["values"].to(dev), node)
+            meta = _buffer(gm, wnode, packed["meta"].to(dev), node)
             with graph.inserting_before(node):
                 new = graph.call_function(torch.ops.tilewright.nm_linear.default,
                                           (x, vals, meta, bias, int(weight.shape[0])))
@@ -195,9 +199,9 @@ def _rewrite(gm: fx.GraphModule, node: fx.Node, weight: torch.Tensor, entry: Pla
         conv = _conv_args(node)
         if conv is None:
             raise ValueError("convolution with groups or string padding")
-        vals = _buffer(gm, f"{prefix}_values", packed["values"].to(dev), node)
-        cols = _buffer(gm, f"{prefix}_cols", packed["col_idx"].to(dev), node)
-        rows = _buffer(gm, f"{prefix}_rows", packed["row_ptr"].to(dev), node)
+        vals = _buffer(gm, wnode, packed["values"].to(dev), node)
+        cols = _buffer(gm, wnode, packed["col_idx"].to(dev), node)
+        rows = _buffer(gm, wnode, packed["row_ptr"].to(dev), node)
         bn, bk = packed["block"]
         with graph.inserting_before(node):
             new = graph.call_function(torch.ops.tilewright.bsr_conv2d.default,

@@ -10,6 +10,7 @@ have no autograd formula, and the rewrite is applied only to graphs compiled wit
 """
 from __future__ import annotations
 
+import itertools
 import logging
 
 import torch
@@ -18,7 +19,8 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-__all__ = ["REFERENCES", "bsr_conv2d", "bsr_dense", "bsr_linear", "nm_dense", "nm_linear"]
+__all__ = ["REFERENCES", "bsr_conv2d", "bsr_dense", "bsr_linear", "nm_dense",
+           "nm_linear", "packed_weight", "release_tensors", "store_tensor"]
 
 _warned: set[str] = set()
 
@@ -27,6 +29,44 @@ def _warn_once(key: str, message: str) -> None:
     if key not in _warned:
         _warned.add(key)
         log.warning(message)
+
+
+#: compressed weights of compiled graphs, by handle (see :func:`store_tensor`)
+_STORE: dict[int, Tensor] = {}
+_handles = itertools.count()
+
+
+def store_tensor(tensor: Tensor) -> int:
+    """Keep ``tensor`` (a compressed weight made at compile time) and return its handle.
+
+    Compiled graphs reach it through ``tilewright::packed_weight(weight, handle)`` rather than as a
+    graph-module buffer: the graph stays free of real-tensor constants, so later passes that
+    re-trace it under fake tensors (the attention rewrite) and AOTAutograd take it as it is.
+    """
+    handle = next(_handles)
+    _STORE[handle] = tensor
+    return handle
+
+
+def release_tensors(handles: list[int]) -> None:
+    """Forget stored tensors (called when their graph module is collected)."""
+    for h in handles:
+        _STORE.pop(h, None)
+
+
+@torch.library.custom_op("tilewright::packed_weight", mutates_args=())
+def packed_weight(weight: Tensor, handle: int) -> Tensor:
+    """The compressed tensor stored under ``handle`` for the parameter ``weight`` (read only)."""
+    try:
+        return _STORE[handle]
+    except KeyError:
+        raise RuntimeError(f"compressed weight {handle} is gone (its compiled graph was released)") from None
+
+
+@packed_weight.register_fake
+def _packed_weight_fake(weight: Tensor, handle: int) -> Tensor:
+    t = _STORE[handle]
+    return weight.new_empty(t.shape, dtype=t.dtype)
 
 
 def bsr_dense(values: Tensor, col_idx: Tensor, row_ptr: Tensor, n: int, k: int, bn: int, bk: int) -> Tensor:
@@ -163,5 +203,6 @@ def bsr_conv2d_reference(x: Tensor, values: Tensor, col_idx: Tensor, row_ptr: Te
 
 
 #: op name (``tilewright.<name>``) -> its reference
-REFERENCES = {"tilewright.bsr_linear": bsr_linear_reference, "tilewright.nm_linear": nm_linear_reference,
+REFERENCES = {"tilewright.packed_weight": lambda weight, handle: _STORE[handle],
+              "tilewright.bsr_linear": bsr_linear_reference, "tilewright.nm_linear": nm_linear_reference,
               "tilewright.bsr_conv2d": bsr_conv2d_reference}

@@ -1,4 +1,5 @@
-"""The sparse-weight ops (``tilewright::bsr_linear``, ``nm_linear``, ``bsr_conv2d``) as templates of the CPU target.
+"""The sparse-weight ops (``tilewright::bsr_linear``, ``nm_linear``, ``bsr_conv2d``, and ``packed_weight``
+which hands them their compressed weight) as templates of the CPU target.
 
 The weight rewrites of :mod:`tilewright.sparsity.apply` put these ops in compiled graphs; here
 the CPU target runs them as template nodes: the kernel is the native sparse GEMM of
@@ -21,7 +22,7 @@ from ..base import TemplateLowering
 
 __all__ = ["CpuSparseWeightCall", "is_sparse_weight_node", "sparse_weight_template"]
 
-_OPS = ("tilewright.bsr_linear", "tilewright.nm_linear", "tilewright.bsr_conv2d")
+_OPS = ("tilewright.bsr_linear", "tilewright.nm_linear", "tilewright.bsr_conv2d", "tilewright.packed_weight")
 
 
 def is_sparse_weight_node(node: Node) -> bool:
