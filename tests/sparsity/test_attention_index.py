@@ -153,3 +153,20 @@ def test_bad_parameters_say_what_to_use() -> None:
         xattention_scores(torch.randn(1, 1, 32, 16), torch.randn(1, 1, 32, 16), 32, 5)
     with pytest.raises(ValueError, match="threshold"):
         select_blocks(torch.zeros(1, 1, 2, 2), 1.5, 32, 32, 16)
+
+
+@pytest.mark.parametrize("m,n,block,causal,offset,threshold", [
+    (300, 300, 16, True, 0, 0.8), (150, 181, 32, True, 37, 0.5), (200, 150, 16, True, -30, 0.9),
+    (100, 130, 32, False, 0, 0.7)])
+def test_cpu_selection_equals_torch_selection(m: int, n: int, block: int, causal: bool, offset: int,
+                                              threshold: float) -> None:
+    from tilewright.targets.cpu.sparse_attention import cpu_select_blocks
+
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(2, 3, m, 32, generator=g) * 2
+    k = torch.randn(2, 3, n, 32, generator=g) * 2
+    scores = xattention_scores(q, k, block, 8, None, causal, offset, backend="cpu")
+    want = select_blocks(scores, threshold, m, n, block, causal, offset)
+    got = cpu_select_blocks(scores, threshold, m, n, block, 32, causal, offset)
+    assert torch.equal(got.rowptr, want.rowptr) and torch.equal(got.cols, want.cols)
+    assert want.density() < 1.0

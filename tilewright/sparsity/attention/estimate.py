@@ -119,7 +119,14 @@ def xattention_select(q: Tensor, k: Tensor, threshold: float = 0.9, block: int =
                       backend: str = "auto") -> BlockIndex:
     """XAttention's dynamic block index for ``q`` [B, H, M, D], ``k`` [B, Hkv, N, D]."""
     scores = xattention_scores(q, k, block, stride, scale, causal, causal_offset, backend)
-    return select_blocks(scores, threshold, int(q.shape[2]), int(k.shape[2]), block, causal, causal_offset)
+    m, n = int(q.shape[2]), int(k.shape[2])
+    if backend == "cpu" or (backend == "auto" and _cpu_kernels_usable(q)):
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"XAttention threshold {threshold} must be in (0, 1]")
+        from ...targets.cpu.sparse_attention import cpu_select_blocks
+
+        return cpu_select_blocks(scores, threshold, m, n, block, int(q.shape[-1]), causal, causal_offset)
+    return select_blocks(scores, threshold, m, n, block, causal, causal_offset)
 
 
 def minference_estimate(q: Tensor, k: Tensor, last_q: int = 64, vertical: int = 4, slash: int = 4,

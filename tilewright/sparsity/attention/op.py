@@ -18,6 +18,7 @@ attention with the dropped blocks masked); targets lower the node to their kerne
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Mapping
@@ -65,15 +66,24 @@ def build_index(method: str, params: Mapping[str, Any], q: Tensor, k: Tensor, sc
     B, H, M = (int(x) for x in q.shape[:3])
     N = int(k.shape[2])
     block = int(p["block"])
-    if method == "sinks_window":
-        return sinks_window(B, H, M, N, block, int(p["sinks"]), int(p["window"]), causal, causal_offset)
-    if method == "vertical_slash":
-        return vertical_slash(B, H, M, N, block, list(p["vertical"]), list(p["slash"]), causal, causal_offset)
+    if method in ("sinks_window", "vertical_slash"):  # static: built once per shape and parameters
+        return _static_index(method, json.dumps(p, sort_keys=True), B, H, M, N, bool(causal), int(causal_offset))
     if method == "xattention":
         return xattention_select(q, k, float(p["threshold"]), block, int(p["stride"]), scale, causal, causal_offset,
                                  backend if backend != "triton" else "torch")
     return minference_estimate(q, k, int(p["last_q"]), int(p["vertical"]), int(p["slash"]), block, scale, causal,
                                causal_offset)
+
+
+@functools.lru_cache(maxsize=128)
+def _static_index(method: str, params: str, B: int, H: int, M: int, N: int, causal: bool,
+                  causal_offset: int) -> BlockIndex:
+    """A static pattern's index (cached: its tensors are never written)."""
+    p = json.loads(params)
+    block = int(p["block"])
+    if method == "sinks_window":
+        return sinks_window(B, H, M, N, block, int(p["sinks"]), int(p["window"]), causal, causal_offset)
+    return vertical_slash(B, H, M, N, block, list(p["vertical"]), list(p["slash"]), causal, causal_offset)
 
 
 def block_sparse_reference(q: Tensor, k: Tensor, v: Tensor, index: BlockIndex, scale: float | None = None,

@@ -59,6 +59,9 @@ def sparse_library(head_dim: int, dtype: str) -> ctypes.CDLL:
     lib.tw_bsattn_fwd.argtypes = [ptr] * 9 + [ctypes.c_double]
     lib.tw_xattn_scores.restype = None
     lib.tw_xattn_scores.argtypes = [ptr] * 5 + [ctypes.c_double]
+    i64 = ctypes.c_int64
+    lib.tw_select_blocks.restype = i64
+    lib.tw_select_blocks.argtypes = [ptr, i64, i64, i64, ctypes.c_double, ptr, ptr, ptr, i64, ptr, ptr]
     with _lock:
         _libraries[key] = lib
     return lib
@@ -118,6 +121,35 @@ def cpu_xattention_scores(q: torch.Tensor, k: torch.Tensor, block: int, stride: 
     strides = _int64s([*q.stride(), *k.stride()])
     lib.tw_xattn_scores(q.data_ptr(), k.data_ptr(), scores.data_ptr(), dims, strides, scale)
     return scores
+
+
+def cpu_select_blocks(scores: torch.Tensor, threshold: float, m: int, n: int, block: int, head_dim: int,
+                      causal: bool = False, causal_offset: int = 0, threads: int | None = None) -> BlockIndex:
+    """XAttention's threshold selection of ``scores`` [B, H, nmb, nkb] straight into a CSR index (C++).
+
+    Same result as :func:`tilewright.sparsity.attention.estimate.select_blocks` (``head_dim`` only
+    picks the library, which is already built for the attention that follows).
+    """
+    from ...sparsity.attention.index import BlockIndex
+
+    B, H, nmb, nkb = (int(x) for x in scores.shape)
+    i0 = torch.arange(nmb, dtype=torch.int64) * block
+    iend = torch.clamp(i0 + block, max=m) - 1
+    if causal:
+        vis_end = torch.clamp(torch.div(iend + causal_offset, block, rounding_mode="floor") + 1, 0, nkb)
+        vis_end = torch.where(iend + causal_offset < 0, torch.zeros_like(vis_end), vis_end)
+    else:
+        vis_end = torch.full((nmb,), nkb, dtype=torch.int64)
+    flo = torch.div((i0 + causal_offset).clamp(0, n - 1), block, rounding_mode="floor")
+    fhi = torch.div((iend + causal_offset).clamp(0, n - 1), block, rounding_mode="floor")
+    rows = B * H * nmb
+    s = scores.float().contiguous()
+    rowptr = torch.empty(rows + 1, dtype=torch.int64)
+    cols = torch.empty(max(1, rows * nkb), dtype=torch.int32)
+    lib = sparse_library(head_dim, "float32")
+    nnz = lib.tw_select_blocks(s.data_ptr(), rows, nmb, nkb, float(threshold), vis_end.data_ptr(), flo.data_ptr(),
+                               fhi.data_ptr(), _threads(threads), rowptr.data_ptr(), cols.data_ptr())
+    return BlockIndex(B, H, m, n, block, rowptr, cols[:nnz].clone(), bool(causal), int(causal_offset))
 
 
 # ----------------------------------------------------------------------------- template lowering

@@ -161,8 +161,55 @@ extern "C" void tw_xattn_scores(const void* qp, const void* kp, float* scores, c
 """
 
 
+SELECT = r"""
+// XAttention's selection as CSR, per row r = (b*H + h)*nmb + mb of scores [rows][nkb]: the visible key
+// blocks (kb < vis_end[mb]) by descending score (ties: lower kb first) until the kept scores reach
+// threshold * the row's total, plus block 0 and blocks flo[mb]..fhi[mb] (the diagonal). Writes
+// rowptr [rows + 1] and ascending cols (capacity rows * nkb); returns the number kept.
+extern "C" int64_t tw_select_blocks(const float* scores, int64_t rows, int64_t nmb, int64_t nkb, double threshold,
+                                    const int64_t* vis_end, const int64_t* flo, const int64_t* fhi, int64_t threads,
+                                    int64_t* rowptr, int32_t* cols) {
+#pragma omp parallel num_threads(threads > 0 ? threads : 1)
+  {
+    std::vector<int32_t> order((size_t)nkb);
+    std::vector<uint8_t> keep((size_t)nkb);
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t mb = r % nmb, vend = std::min(nkb, vis_end[mb]);
+      const float* s = scores + r * nkb;
+      std::fill(keep.begin(), keep.end(), (uint8_t)0);
+      double total = 0.0;
+      for (int64_t kb = 0; kb < vend; ++kb) { order[(size_t)kb] = (int32_t)kb; total += std::max(s[kb], 0.0f); }
+      std::stable_sort(order.begin(), order.begin() + vend,
+                       [s](int32_t x, int32_t y) { return std::max(s[x], 0.0f) > std::max(s[y], 0.0f); });
+      double acc = 0.0;
+      for (int64_t t = 0; t < vend; ++t) {
+        if (!(acc < threshold * total)) break;
+        const int32_t kb = order[(size_t)t];
+        keep[(size_t)kb] = 1;
+        acc += std::max(s[kb], 0.0f);
+      }
+      if (vend > 0) keep[0] = 1;
+      for (int64_t kb = std::max<int64_t>(flo[mb], 0); kb <= std::min(fhi[mb], vend - 1); ++kb) keep[(size_t)kb] = 1;
+      int64_t count = 0;
+      int32_t* dst = cols + r * nkb;
+      for (int64_t kb = 0; kb < vend; ++kb) if (keep[(size_t)kb]) dst[count++] = (int32_t)kb;
+      rowptr[r + 1] = count;
+    }
+  }
+  rowptr[0] = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t count = rowptr[r + 1];
+    if (rowptr[r] != r * nkb) std::memmove(cols + rowptr[r], cols + r * nkb, (size_t)count * sizeof(int32_t));
+    rowptr[r + 1] = rowptr[r] + count;
+  }
+  return rowptr[rows];
+}
+"""
+
+
 def sparse_attention_source(head_dim: int, dtype: str) -> str:
     """The C++ text of the block-sparse library for one head dim and dtype (after the prelude)."""
     from .attention_source import AttentionVariant, attention_source
 
-    return attention_source(AttentionVariant(head_dim, dtype)) + "\n" + SPARSE_FORWARD + "\n" + ESTIMATE
+    return "\n".join([attention_source(AttentionVariant(head_dim, dtype)), SPARSE_FORWARD, ESTIMATE, SELECT])
