@@ -15,7 +15,7 @@ one process on the same tensors (median, min and max of the rounds):
 Every system's output is checked against float64 first. A shared 2-core machine is noisy:
 compare only within one run, and read the load average recorded beside the numbers.
 
-    python -m benchmarks.cpu_conv --out benchmarks/results/<date>-cpu-conv.json [--batch 1 8] [--only r18]
+    python -m benchmarks.cpu_conv --out benchmarks/results/<date>-cpu-conv.json [--batch 1 8] [--only r18] [--one-thread]
 """
 from __future__ import annotations
 
@@ -74,8 +74,10 @@ def _conv_kernel(fn: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ..
     return kernels[0]
 
 
-def case(name: str, batch: int, rounds: int, round_ms: float, inductor: bool) -> dict[str, Any]:
-    """One convolution shape at ``batch``: every system interleaved on the same tensors."""
+def case(name: str, batch: int, rounds: int, round_ms: float, inductor: bool, one_thread: bool = False) -> dict[str, Any]:
+    """One convolution shape at ``batch``: every system interleaved on the same tensors. ``one_thread``:
+    torch and the kernels on one thread, timed by the calling thread's CPU time (what a loaded shared
+    machine disturbs least); the end-to-end compiled system is left out (its kernels use every core)."""
     import tilewright
     from tilewright.report import collect
 
@@ -90,8 +92,14 @@ def case(name: str, batch: int, rounds: int, round_ms: float, inductor: bool) ->
     kernel = _conv_kernel(fn, inputs)
     out_gen, out_ext = torch.empty_like(want, dtype=torch.float32), torch.empty_like(want, dtype=torch.float32)
     default = kernel.space.default_config()  # kernel.config is what the compile-time race picked
+    if one_thread:
+        default["threads"] = 1
     gen = kernel.runner(default)
-    ext = kernel.runner({**default, "extern": True})
+    extern_config = {**default, "extern": True}  # (with threads=1 outside the space: extern takes the default)
+    kernel.ensure_built()
+
+    def ext(tensors: list[torch.Tensor]) -> None:
+        kernel.launch(tensors, extern_config)
     tilewright.config.target = "cpu"
     compiled = torch.compile(fn, backend="tilewright")
     with collect() as report:
@@ -109,18 +117,21 @@ def case(name: str, batch: int, rounds: int, round_ms: float, inductor: bool) ->
         systems["inductor"] = lambda: ind(*inputs)
     errors = {s: (outputs.get(s, f)().double() - want).abs().max().item() for s, f in systems.items()}
     load = os.getloadavg()
-    timed = interleaved(systems, rounds, round_ms)
+    if one_thread:
+        del systems["tilewright"]
+    timed = interleaved(systems, rounds, round_ms, time.thread_time if one_thread else time.perf_counter)
     torch._dynamo.reset()
     macs = batch * k * want.shape[2] * want.shape[3] * (c // groups) * r * r
     for s, entry in timed.items():
         entry["max_abs_error_vs_float64"] = errors[s]
         entry["gflops"] = 2.0 * macs / entry["median_ms"] / 1e6
         entry["speedup_vs_eager"] = timed["eager"]["median_ms"] / entry["median_ms"]
-    row = {"case": name, "batch": batch, "schedule": default, "raced": picked,
+    row = {"case": name, "batch": batch, "clock": "thread CPU time, 1 thread" if one_thread else "wall", "schedule": default, "raced": picked,
            "load_avg_before": load, "load_avg_after": os.getloadavg(), "systems": timed}
-    log.info("%-26s b%d  eager %8.3f ms  generated %.2fx  extern %.2fx  tilewright %.2fx%s  (load %.1f)", name, batch,
+    log.info("%-26s b%d  eager %8.3f ms  generated %.2fx  extern %.2fx  tilewright %s%s  (load %.1f)", name, batch,
              timed["eager"]["median_ms"], timed["tw_generated"]["speedup_vs_eager"],
-             timed["tw_extern"]["speedup_vs_eager"], timed["tilewright"]["speedup_vs_eager"],
+             timed["tw_extern"]["speedup_vs_eager"],
+             f"{timed['tilewright']['speedup_vs_eager']:.2f}x" if "tilewright" in timed else "-",
              f"  inductor {timed['inductor']['speedup_vs_eager']:.2f}x" if inductor else "", load[0])
     return row
 
@@ -134,10 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--round-ms", type=float, default=120.0)
     parser.add_argument("--no-inductor", action="store_true")
+    parser.add_argument("--one-thread", action="store_true", help="1 thread everywhere, timed by thread CPU time")
     args = parser.parse_args(argv)
+    if args.one_thread:
+        torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     started = time.perf_counter()
-    rows = [case(name, batch, args.rounds, args.round_ms, not args.no_inductor)
+    rows = [case(name, batch, args.rounds, args.round_ms, not args.no_inductor, args.one_thread)
             for batch in args.batch for name in SHAPES if args.only in name]
     systems = [s for s in rows[0]["systems"] if s != "eager"] if rows else []
     result: dict[str, Any] = {
