@@ -20,6 +20,7 @@ from ...ir.registry import packet_name, schema_argument
 from ...schedule.space import Config
 from .indexing import bits_type, operand_problem
 from .scalar_ops import CPP_TYPES, literal, storage_type, store_code
+from .sizes import SizeArgs
 
 #: ops this module generates
 COPY_OPS = ("aten.cat", "aten.slice_scatter", "aten.select_scatter", "aten.constant_pad_nd")
@@ -41,39 +42,51 @@ def coalesce(shape: list[int], strides: list[list[int]]) -> tuple[list[int], lis
 
 
 def region_copy(dst: str, src: str | None, shape: Sequence[int], dstrides: Sequence[int],
-                sstrides: Sequence[int], fill: str = "0") -> str:
+                sstrides: Sequence[int], fill: str = "0", sizes: SizeArgs | None = None, tag: str = "") -> str:
     """C++ copying ``src`` (or writing ``fill`` when None) into the region ``dst`` (pointer expressions).
 
-    Runs inside the kernel function (``block`` and ``threads`` are its arguments).
+    Runs inside the kernel function (``block`` and ``threads`` are its arguments). With ``sizes``,
+    the region's sizes and strides are run-time sizes (labelled ``tag``...; a unit innermost
+    stride stays in the code), else literals.
     """
     shape, (dstrides, sstrides) = coalesce(list(shape) or [1], [list(dstrides) or [0], list(sstrides) or [0]])
     if math.prod(shape) == 0:
         return "  // empty region\n"
     rank = len(shape)
+    z = sizes if sizes is not None else SizeArgs(specialize=True)
+
+    def stride(value: int, label: str, inner: bool = False) -> str:
+        if inner and value in (0, 1):
+            return z.fixed(value, f"{tag}{label}")
+        return z.size(value, f"{tag}{label}")
+
     index = ["      int64_t rest = r;"]
     for d in range(rank - 2, -1, -1):
-        index.append(f"      const int64_t i{d} = rest % {shape[d]}; rest /= {shape[d]};" if d else
+        size = z.size(shape[d], f"{tag}size{d}") if d else ""
+        index.append(f"      const int64_t i{d} = rest % {size}; rest /= {size};" if d else
                      "      const int64_t i0 = rest; rest = 0;")  # the outermost needs no modulo
     index.append("      (void)rest;")
 
-    def lin(strides: Sequence[int]) -> str:
-        return " + ".join(f"i{d} * INT64_C({strides[d]})" for d in range(rank - 1) if strides[d]) or "0"
+    def lin(strides: Sequence[int], name: str) -> str:
+        return " + ".join(f"i{d} * {stride(strides[d], f'{name}.stride{d}')}" for d in range(rank - 1)
+                          if strides[d]) or "0"
 
-    value = f"{src}[sb + j * INT64_C({sstrides[-1]})]" if src is not None else fill
-    src_base = f"      const int64_t sb = {lin(sstrides)};\n" if src is not None else ""
+    value = f"{src}[sb + j * {stride(sstrides[-1], f'src.stride{rank - 1}', True)}]" if src is not None else fill
+    src_base = f"      const int64_t sb = {lin(sstrides, 'src')};\n" if src is not None else ""
+    dst_inner = stride(dstrides[-1], f"dst.stride{rank - 1}", True)
     return f"""  {{
-    const int64_t length = INT64_C({shape[-1]});
+    const int64_t length = {z.size(shape[-1], f"{tag}size{rank - 1}")};
     const int64_t blocks = (length + block - 1) / block;
-    const int64_t tasks = INT64_C({math.prod(shape[:-1])}) * blocks;
+    const int64_t tasks = {z.size(math.prod(shape[:-1]), f"{tag}rows")} * blocks;
     #pragma omp parallel for num_threads(threads) schedule(static) if(threads > 1)
     for (int64_t task = 0; task < tasks; ++task) {{
       const int64_t r = blocks == 1 ? task : task / blocks;
       const int64_t j0 = blocks == 1 ? 0 : (task % blocks) * block;
       const int64_t j1 = j0 + block < length ? j0 + block : length;
 {chr(10).join(index)}
-{src_base}      const int64_t db = {lin(dstrides)};
+{src_base}      const int64_t db = {lin(dstrides, 'dst')};
       #pragma omp simd
-      for (int64_t j = j0; j < j1; ++j) {dst}[db + j * INT64_C({dstrides[-1]})] = {value};
+      for (int64_t j = j0; j < j1; ++j) {dst}[db + j * {dst_inner}] = {value};
     }}
   }}
 """
@@ -125,16 +138,19 @@ class CopySource:
         self.numel = out.type.numel
         self.nbytes = 2 * out.type.numel * out.type.dtype.itemsize
         self.t = bits_type(out.type.dtype)
+        #: sizes and strides read at run time (cat; the other copies keep theirs in the code)
+        self.sizes = SizeArgs()
         body = self._body(node, packet_name(node.target))
         params = [f"const void* p_in{i}" for i in range(len(self.inputs))] + ["void* p_out0"]
         casts = [f"  const {self.t}* in{i} = (const {self.t}*)p_in{i};" for i in range(len(self.inputs))]
         casts.append(f"  {self.t}* out = ({self.t}*)p_out0;")
-        self.source = (f'extern "C" void {name}({", ".join(params + ["int64_t block", "int64_t threads"])}) {{\n'
-                       + "\n".join(casts) + "\n" + body + "}\n")
+        scalars = ["int64_t block", "int64_t threads", self.sizes.param]
+        self.source = (f'extern "C" void {name}({", ".join(params + scalars)}) {{\n'
+                       + "\n".join(casts) + "\n" + self.sizes.declarations() + "\n" + body + "}\n")
 
     def launch_args(self, config: Config) -> list[int]:
-        """Scalar arguments after the tensors: the inner block size and the thread count."""
-        return [int(config["BLOCK"]), int(config["threads"])]
+        """Scalar arguments after the tensors: the inner block size, the thread count, the sizes."""
+        return [int(config["BLOCK"]), int(config["threads"]), self.sizes.address()]
 
     def _in(self, v: Value) -> str:
         return f"in{next(i for i, u in enumerate(self.inputs) if u.id == v.id)}"
@@ -144,12 +160,13 @@ class CopySource:
         ostrides, rank = list(out.type.strides), out.type.rank
         if name == "aten.cat":
             dim = _dim(int(_arg(node, "dim", 0)), rank)
-            parts, offset = [], 0
+            parts, offset, z = [], 0, self.sizes
             for v in node.args[0]:
                 if v.type.rank == 1 and v.type.numel == 0 and rank != 1:
                     continue  # legacy empty 1-D operands are skipped by cat
-                parts.append(region_copy(f"(out + INT64_C({offset * ostrides[dim]}))", self._in(v), v.type.shape,
-                                         ostrides, v.type.strides))
+                k = self._in(v)
+                parts.append(region_copy(f"(out + {z.size(offset * ostrides[dim], f'{k}.offset')})", k, v.type.shape,
+                                         ostrides, v.type.strides, sizes=z, tag=f"{k}."))
                 offset += v.type.shape[dim]
             return "".join(parts)
         base = node.args[0]

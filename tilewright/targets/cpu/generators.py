@@ -17,6 +17,7 @@ from ...schedule.space import Config
 from .copies import region_copy
 from .indexing import operand_problem
 from .scalar_ops import CPP_TYPES, literal, storage_type, store_code
+from .sizes import SizeArgs
 
 #: ops this module generates
 FILL_OPS = ("aten.full", "aten.scalar_tensor", "aten.arange")
@@ -83,10 +84,12 @@ class FillSource:
             fill = _fill_value(node)
             fill = float(fill) if dtype.is_floating_point else (bool(fill) if dtype == torch.bool else int(fill))
             value = store_code(dtype, f"(({ct}){literal(fill)})")
-        body = region_copy("out", None, out.type.shape, out.type.strides, [], value)
-        self.source = (f'extern "C" void {name}(void* p_out0, int64_t block, int64_t threads) {{\n'
-                       f"  {st}* out = ({st}*)p_out0;\n{body}}}\n")
+        #: sizes and strides read at run time (see :mod:`.sizes`)
+        self.sizes = SizeArgs()
+        body = region_copy("out", None, out.type.shape, out.type.strides, [], value, sizes=self.sizes)
+        self.source = (f'extern "C" void {name}(void* p_out0, int64_t block, int64_t threads, {self.sizes.param}) {{\n'
+                       f"  {st}* out = ({st}*)p_out0;\n{self.sizes.declarations()}\n{body}}}\n")
 
     def launch_args(self, config: Config) -> list[int]:
-        """Scalar arguments after the output: the inner block size and the thread count."""
-        return [int(config["BLOCK"]), int(config["threads"])]
+        """Scalar arguments after the output: the inner block size, the thread count, the sizes."""
+        return [int(config["BLOCK"]), int(config["threads"]), self.sizes.address()]

@@ -27,6 +27,7 @@ from ...ir.graph import Node, Value
 from ...ir.registry import packet_name, schema_argument
 from ...schedule.space import Config, ScheduleSpace
 from .kernel import CpuKernel
+from .sizes import SizeArgs
 
 SPACE_VERSION = "1"
 #: ops this module generates
@@ -95,10 +96,12 @@ def raise_index_error(checks: list[IndexCheck], tensors: dict[int, torch.Tensor]
     raise KernelIndexError("an index is out of bounds")
 
 
-def check_code(var: str, check: IndexCheck) -> str:
-    """C++ turning index ``var`` (int64) into its wrapped value and ``ok_<var>`` (in range)."""
-    wrap = f" {var} += {var} < 0 ? INT64_C({check.size}) : 0;" if check.wrap else ""
-    return f"{wrap} const bool ok_{var} = (uint64_t){var} < UINT64_C({check.size});"
+def check_code(var: str, check: IndexCheck, size: str | None = None) -> str:
+    """C++ turning index ``var`` (int64) into its wrapped value and ``ok_<var>`` (in range);
+    ``size``: the bound as C++ (default: its literal)."""
+    size = size or f"INT64_C({check.size})"
+    wrap = f" {var} += {var} < 0 ? {size} : 0;" if check.wrap else ""
+    return f"{wrap} const bool ok_{var} = (uint64_t){var} < (uint64_t){size};"
 
 
 class CheckedKernel(CpuKernel):
@@ -252,16 +255,23 @@ class GatherSource:
         self.spec = spec
         self.shape = tuple(out.type.shape)
         self.rows = math.prod(self.shape[:-1])
+        #: sizes and strides read at run time (see :mod:`.sizes`)
+        self.sizes = SizeArgs()
         self.nbytes = out.type.numel * out.type.dtype.itemsize * 2 + sum(
             c.value.type.numel * c.value.type.dtype.itemsize for c in self.checks)
         self.source = self._function()
 
     def launch_args(self, config: Config) -> list[int]:
-        """Scalar arguments after the tensors: the inner block size and the thread count."""
-        return [int(config["BLOCK"]), int(config["threads"])]
+        """Scalar arguments after the tensors: the inner block size, the thread count, the sizes."""
+        return [int(config["BLOCK"]), int(config["threads"]), self.sizes.address()]
 
     def _function(self) -> str:
-        spec, out = self.spec, self.outputs[0]
+        spec, out, z = self.spec, self.outputs[0], self.sizes
+
+        def st(value: int, label: str, inner: bool = False) -> str:
+            """A stride: a unit or zero innermost one in the code, the rest run-time sizes."""
+            return z.fixed(value, label) if inner and value in (0, 1) else z.size(value, label)
+
         rank, last = len(self.shape), len(self.shape) - 1
         t = bits_type(out.type.dtype)
         params = [f"const void* p_in{i}" for i in range(len(self.inputs))] + ["void* p_out0"]
@@ -274,54 +284,58 @@ class GatherSource:
             casts.append(f"  const {it}* x{k} = (const {it}*)p_in{pos};")
         row = ["    int64_t rest = r;"]
         for d in range(rank - 2, -1, -1):
-            row.append(f"    const int64_t i{d} = rest % {self.shape[d]}; rest /= {self.shape[d]};" if d else
+            row.append(f"    const int64_t i{d} = rest % {z.size(self.shape[d], f'size{d}')}; "
+                       f"rest /= {z.size(self.shape[d], f'size{d}')};" if d else
                        "    const int64_t i0 = rest; rest = 0;")  # the outermost needs no modulo
         row.append("    (void)rest;")
 
-        def lin(strides: Sequence[int]) -> str:
-            terms = [f"i{d} * INT64_C({strides[d]})" for d in range(rank - 1) if strides[d]]
+        def lin(strides: Sequence[int], name: str) -> str:
+            terms = [f"i{d} * {st(strides[d], f'{name}.stride{d}')}" for d in range(rank - 1) if strides[d]]
             return " + ".join(terms) or "0"
 
         sstrides = spec.src.type.strides
-        src_terms = [lin([0] * rank)]
+        src_terms = [lin([0] * rank, "src")]
         inner_src = "0"
         for d, (how, k) in enumerate(spec.coords):
             if how == "out":
                 stride_over_out = [0] * rank
                 stride_over_out[k] = sstrides[d]
-                src_terms.append(lin(stride_over_out))
+                src_terms.append(lin(stride_over_out, f"src{d}"))
                 if k == last and sstrides[d]:
-                    inner_src = f"j * INT64_C({sstrides[d]})"
+                    inner_src = f"j * {st(sstrides[d], f'src.stride{d}', True)}"
         row.append(f"    int64_t sb = {' + '.join(src_terms)};")
-        row.append(f"    const int64_t ob = {lin(out.type.strides)};")
+        row.append(f"    const int64_t ob = {lin(out.type.strides, 'out')};")
         varying = []
         for k, (check, strides) in enumerate(spec.indices):
             sd = sstrides[spec.coords.index(("idx", k))]
             if strides[last]:
                 varying.append((k, check, strides, sd))
-                row.append(f"    const int64_t xb{k} = {lin(strides)};")
+                row.append(f"    const int64_t xb{k} = {lin(strides, f'x{k}')};")
                 continue
-            row.append(f"    int64_t t{k} = (int64_t)x{k}[{lin(strides)}];{check_code(f't{k}', check)}")
+            bound = z.size(check.size, f"x{k}.bound")
+            row.append(f"    int64_t t{k} = (int64_t)x{k}[{lin(strides, f'x{k}')}];{check_code(f't{k}', check, bound)}")
             row.append(f"    if (!ok_t{k}) {{ status = 1; continue; }}")
-            row.append(f"    sb += t{k} * INT64_C({sd});")
-        store = f"out[ob + j * INT64_C({out.type.strides[last]})]"
+            row.append(f"    sb += t{k} * {z.size(sd, f'src.index{k}.stride')};")
+        store = f"out[ob + j * {st(out.type.strides[last], f'out.stride{last}', True)}]"
         if not varying:
             inner = [f"      {store} = src[sb + {inner_src}];"]
             pragma = "#pragma omp simd"
         else:
             inner, offs = [], [f"sb + {inner_src}"]
             for k, check, strides, sd in varying:
-                inner.append(f"      int64_t t{k} = (int64_t)x{k}[xb{k} + j * INT64_C({strides[last]})];"
-                             f"{check_code(f't{k}', check)}")
+                inner.append(f"      int64_t t{k} = (int64_t)x{k}[xb{k} + j * {st(strides[last], f'x{k}.stride{last}', True)}];"
+                             f"{check_code(f't{k}', check, z.size(check.size, f'x{k}.bound'))}")
                 inner.append(f"      bad |= !ok_t{k}; t{k} = ok_t{k} ? t{k} : 0;")
-                offs.append(f"t{k} * INT64_C({sd})")
+                offs.append(f"t{k} * {z.size(sd, f'src.index{k}.stride')}")
             inner.append(f"      {store} = src[{' + '.join(offs)}];")
             pragma = "#pragma omp simd reduction(|:bad)"
-        return f"""extern "C" int64_t {self.name}({', '.join(params + ['int64_t block', 'int64_t threads'])}) {{
+        length, rows = z.size(self.shape[last], f"size{last}"), z.size(self.rows, "rows")
+        return f"""extern "C" int64_t {self.name}({', '.join(params + ['int64_t block', 'int64_t threads', z.param])}) {{
 {chr(10).join(casts)}
-  const int64_t length = INT64_C({self.shape[last]});
+{z.declarations()}
+  const int64_t length = {length};
   const int64_t blocks = (length + block - 1) / block;
-  const int64_t tasks = INT64_C({self.rows}) * blocks;
+  const int64_t tasks = {rows} * blocks;
   int64_t status = 0;
   #pragma omp parallel for num_threads(threads) schedule(static) if(threads > 1) reduction(|:status)
   for (int64_t task = 0; task < tasks; ++task) {{
