@@ -165,3 +165,34 @@ def test_capture_attention_inputs() -> None:
         model(torch.randn(1, 20, 32))
     assert len(calls) == 2 and calls[0]["causal"] and calls[0]["q"].shape == (1, 4, 20, 8)
     assert F.scaled_dot_product_attention.__name__ != "recording"
+
+
+def test_triton_target_runs_the_sparse_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Triton target (interpreter) lowers the sparse node to its block-sparse kernel."""
+    monkeypatch.setattr(tilewright.config, "target", "triton")
+    torch._dynamo.reset()
+    entries = [{"site": "attention:0", "kind": "attention", "method": "sinks_window",
+                "params": {"block": 16, "sinks": 1, "window": 1}}]
+    original = compiler.default_passes
+
+    def passes() -> Any:
+        manager = original()
+        manager.passes.append(("sparse_attention", attention_sparsity_pass(entries)))
+        return manager
+    monkeypatch.setattr(compiler, "default_passes", passes)
+
+    class One(torch.nn.Module):
+        def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    q, k, v = (torch.randn(1, 2, 40, 16) for _ in range(3))
+    try:
+        with torch.no_grad(), collect() as report:
+            out = torch.compile(One(), backend="tilewright")(q, k, v)
+    finally:
+        torch._dynamo.reset()
+    sparse = [k_ for k_ in report.kernels if "block_sparse_attention" in k_["name"]]
+    assert len(sparse) == 1 and sparse[0]["status"] == "ran", str(report)
+    index = build_index("sinks_window", entries[0]["params"], q, k, None, True, 0)
+    want = block_sparse_reference(q.double(), k.double(), v.double(), index, None, True, 0)[0]
+    torch.testing.assert_close(out.double(), want, atol=1e-5, rtol=1e-5)
