@@ -132,3 +132,20 @@ def test_triton_kernel_equals_masked_reference(B: int, H: int, HKV: int, M: int,
     tol = 2e-2 if dtype == torch.bfloat16 else 2e-5
     torch.testing.assert_close(out.double(), want, atol=tol, rtol=tol)
     torch.testing.assert_close(lse.double(), want_lse.double(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("M,N,block,stride,causal,offset", [
+    (70, 90, 16, 4, True, 0), (50, 37, 32, 8, False, 0), (64, 80, 16, 2, True, 20)])
+def test_triton_xattention_scores_match_torch(M: int, N: int, block: int, stride: int, causal: bool,
+                                              offset: int) -> None:
+    from tilewright.sparsity.attention import (
+        xattention_scores,
+        xattention_scores_reference,
+    )
+
+    g = torch.Generator().manual_seed(6)
+    q = torch.randn(1, 4, M, 16, generator=g)
+    k = torch.randn(1, 2, N, 16, generator=g)
+    got = xattention_scores(q, k, block, stride, None, causal, offset, backend="triton")
+    want = xattention_scores_reference(q, k, block, stride, None, causal, offset)
+    torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-4)

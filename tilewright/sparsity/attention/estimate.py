@@ -4,8 +4,9 @@
   is scored by the sums of its strided antidiagonals (stride S: a reduced GEMM costing 1/S of the
   dense products), softmaxed per reduced query row and summed per block; each query block then
   keeps its highest-scoring key blocks until their cumulative score reaches ``threshold`` (the
-  diagonal block and the first block always kept). On CPU tensors the scores come from a fused
-  C++ kernel (:mod:`tilewright.targets.cpu.sparse_attention`); elsewhere from torch ops.
+  diagonal block and the first block always kept). The scores come from a fused C++ kernel on CPU
+  tensors (:mod:`tilewright.targets.cpu.sparse_attention`, selection in C++ too), a Triton kernel
+  on CUDA ones (:mod:`tilewright.targets.triton.attention.sparse_estimate`), or torch ops.
 * :func:`minference_estimate` (MInference): the attention of the last ``last_q`` queries over
   every key (a [last_q x N] product, softmaxed) is summed per key block (vertical) and per
   diagonal band (slash); the ``vertical`` best key blocks and ``slash`` best bands are kept for
@@ -70,12 +71,17 @@ def xattention_scores(q: Tensor, k: Tensor, block: int, stride: int, scale: floa
                       causal: bool = False, causal_offset: int = 0, backend: str = "auto") -> Tensor:
     """XAttention's block scores [B, H, nmb, nkb] (float32; each row sums to 1 over visible blocks).
 
-    ``backend``: ``cpu`` (the fused C++ kernel), ``torch`` or ``auto`` (C++ for CPU tensors).
+    ``backend``: ``cpu`` (the fused C++ kernel), ``triton`` (the Triton kernel), ``torch`` or ``auto``
+    (C++ for CPU tensors, Triton for CUDA ones).
     """
     block = check_block(block)
     _check_stride(block, stride)
     if q.shape[1] % k.shape[1]:
         raise ValueError(f"query heads {q.shape[1]} not a multiple of key heads {k.shape[1]}")
+    if backend == "triton" or (backend == "auto" and q.device.type == "cuda"):
+        from ...targets.triton.attention.sparse_estimate import triton_xattention_scores
+
+        return triton_xattention_scores(q, k, block, stride, scale, causal, causal_offset)
     use_cpu = backend == "cpu" or (backend == "auto" and _cpu_kernels_usable(q))
     if use_cpu:
         from ...targets.cpu.sparse_attention import cpu_xattention_scores

@@ -60,7 +60,7 @@ def build_index(method: str, params: Mapping[str, Any], q: Tensor, k: Tensor, sc
                 causal: bool = False, causal_offset: int = 0, backend: str = "auto") -> BlockIndex:
     """The block index ``method`` keeps for this call (dynamic methods estimate it from q and k).
 
-    ``backend`` picks XAttention's scorer: ``cpu`` (fused C++), ``torch`` or ``auto``.
+    ``backend`` picks XAttention's scorer: ``cpu`` (fused C++), ``triton``, ``torch`` or ``auto``.
     """
     p = method_params(method, params)
     B, H, M = (int(x) for x in q.shape[:3])
@@ -70,7 +70,7 @@ def build_index(method: str, params: Mapping[str, Any], q: Tensor, k: Tensor, sc
         return _static_index(method, json.dumps(p, sort_keys=True), B, H, M, N, bool(causal), int(causal_offset))
     if method == "xattention":
         return xattention_select(q, k, float(p["threshold"]), block, int(p["stride"]), scale, causal, causal_offset,
-                                 backend if backend != "triton" else "torch")
+                                 backend)
     return minference_estimate(q, k, int(p["last_q"]), int(p["vertical"]), int(p["slash"]), block, scale, causal,
                                causal_offset)
 

@@ -6,7 +6,8 @@ their kv head without copies) with the key loop replaced by a loop over the kept
 the query block's CSR row (``rowptr``/``cols`` of a
 :class:`~tilewright.sparsity.attention.BlockIndex`; BLOCK_M = BLOCK_N = the index's block). The
 causal limit and the end of the keys are applied inside a kept block exactly as in the dense
-kernel. Dynamic methods build their index with torch ops on the tensors' device.
+kernel. XAttention scores its blocks with the Triton kernel of :mod:`.sparse_estimate`; the
+selection and MInference's estimate use torch ops.
 """
 from __future__ import annotations
 
@@ -136,7 +137,7 @@ class TritonSparseAttentionCall:
 
         q, k, v, scale, causal, offset, method, params = _bind(args, kwargs)
         index = build_index(method, json.loads(params), q, k, float(scale), bool(causal), int(offset),
-                            backend="torch")
+                            backend="triton")
         out, lse = triton_block_sparse_forward(q, k, v, index, float(scale), bool(causal), int(offset))
         return out.contiguous(), lse.contiguous()
 
