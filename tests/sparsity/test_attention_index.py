@@ -170,3 +170,21 @@ def test_cpu_selection_equals_torch_selection(m: int, n: int, block: int, causal
     got = cpu_select_blocks(scores, threshold, m, n, block, 32, causal, offset)
     assert torch.equal(got.rowptr, want.rowptr) and torch.equal(got.cols, want.cols)
     assert want.density() < 1.0
+
+
+@pytest.mark.parametrize("m,n,block,causal,offset", [(150, 150, 16, True, 0), (77, 101, 16, True, 24),
+                                                     (200, 150, 16, True, -30), (100, 130, 32, False, 0)])
+def test_cpu_vertical_slash_and_minference_equal_torch(m: int, n: int, block: int, causal: bool, offset: int) -> None:
+    from tilewright.targets.cpu.sparse_attention import cpu_vertical_slash
+
+    g = torch.Generator().manual_seed(7)
+    vert = torch.randint(0, 5, (2, 4, 3), generator=g)
+    sl = torch.randint(-2, 4, (2, 4, 3), generator=g)
+    got = cpu_vertical_slash(2, 4, m, n, block, vert, sl, causal, offset)
+    want = vertical_slash(2, 4, m, n, block, vert, sl, causal, offset)
+    assert torch.equal(got.rowptr, want.rowptr) and torch.equal(got.cols, want.cols)
+    q = torch.randn(2, 4, m, 32, generator=g)
+    k = torch.randn(2, 2, n, 32, generator=g)
+    fast = minference_estimate(q, k, 16, 3, 3, block, None, causal, offset, backend="cpu")
+    slow = minference_estimate(q, k, 16, 3, 3, block, None, causal, offset, backend="torch")
+    assert torch.equal(fast.to_mask(), slow.to_mask())

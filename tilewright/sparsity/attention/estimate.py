@@ -137,8 +137,11 @@ def xattention_select(q: Tensor, k: Tensor, threshold: float = 0.9, block: int =
 
 def minference_estimate(q: Tensor, k: Tensor, last_q: int = 64, vertical: int = 4, slash: int = 4,
                         block: int = 64, scale: float | None = None, causal: bool = True,
-                        causal_offset: int = 0) -> BlockIndex:
-    """MInference's vertical-slash index estimated from the last ``last_q`` queries (see the module doc)."""
+                        causal_offset: int = 0, backend: str = "auto") -> BlockIndex:
+    """MInference's vertical-slash index estimated from the last ``last_q`` queries (see the module doc).
+
+    ``backend`` ``cpu`` (or ``auto`` on CPU tensors): the sums and the index in C++; else torch ops.
+    """
     block = check_block(block)
     B, H, M, D = (int(x) for x in q.shape)
     HKV, N = int(k.shape[1]), int(k.shape[2])
@@ -147,6 +150,15 @@ def minference_estimate(q: Tensor, k: Tensor, last_q: int = 64, vertical: int = 
     last = max(1, min(int(last_q), M))
     scale = D ** -0.5 if scale is None else scale
     nkb = -(-N // block)
+    if backend == "cpu" or (backend == "auto" and _cpu_kernels_usable(q)):
+        from ...targets.cpu.sparse_attention import (
+            cpu_minference_stats,
+            cpu_vertical_slash,
+        )
+
+        vert, sl, lo = cpu_minference_stats(q, k, last, block, scale, causal, causal_offset)
+        vsel, ssel = _top_vertical_slash(vert, sl, lo, vertical, slash)
+        return cpu_vertical_slash(B, H, M, N, block, vsel, ssel, causal, causal_offset)
     group = H // HKV
     ql = q[:, :, M - last:].float().reshape(B, HKV, group * last, D)  # grouped heads share their K
     s = torch.matmul(ql, k.float().transpose(-1, -2)).reshape(B, H, last, N) * scale
@@ -161,10 +173,17 @@ def minference_estimate(q: Tensor, k: Tensor, last_q: int = 64, vertical: int = 
     nbands = int(band.max()) - lo + 1
     sl = torch.zeros((B, H, nbands), dtype=torch.float32)
     sl.scatter_add_(2, (band - lo).reshape(1, 1, -1).expand(B, H, -1), p.reshape(B, H, -1))
-    nv, ns = min(max(1, vertical), nkb), min(max(1, slash), nbands)
-    vert[..., 0] = float("inf")                                        # block 0 (sinks) always
-    if -lo < nbands:
-        sl[..., -lo] = float("inf")                                    # band 0 (local) always
-    vsel = vert.topk(nv, -1).indices
-    ssel = sl.topk(ns, -1).indices + lo
+    vsel, ssel = _top_vertical_slash(vert, sl, lo, vertical, slash)
     return vertical_slash(B, H, M, N, block, vsel, ssel, causal, causal_offset)
+
+
+def _top_vertical_slash(vert: Tensor, sl: Tensor, lo: int, vertical: int, slash: int) -> tuple[Tensor, Tensor]:
+    """The ``vertical`` best key blocks and ``slash`` best bands (block 0 and band 0 always)."""
+    nkb, nbands = int(vert.shape[-1]), int(sl.shape[-1])
+    nv, ns = min(max(1, vertical), nkb), min(max(1, slash), nbands)
+    vert = vert.clone()
+    sl = sl.clone()
+    vert[..., 0] = float("inf")                                        # block 0 (sinks) always
+    if 0 <= -lo < nbands:
+        sl[..., -lo] = float("inf")                                    # band 0 (local) always
+    return vert.topk(nv, -1).indices, sl.topk(ns, -1).indices + lo

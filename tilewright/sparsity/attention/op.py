@@ -72,7 +72,7 @@ def build_index(method: str, params: Mapping[str, Any], q: Tensor, k: Tensor, sc
         return xattention_select(q, k, float(p["threshold"]), block, int(p["stride"]), scale, causal, causal_offset,
                                  backend)
     return minference_estimate(q, k, int(p["last_q"]), int(p["vertical"]), int(p["slash"]), block, scale, causal,
-                               causal_offset)
+                               causal_offset, backend if backend in ("cpu", "auto") else "torch")
 
 
 @functools.lru_cache(maxsize=128)

@@ -62,6 +62,10 @@ def sparse_library(head_dim: int, dtype: str) -> ctypes.CDLL:
     i64 = ctypes.c_int64
     lib.tw_select_blocks.restype = i64
     lib.tw_select_blocks.argtypes = [ptr, i64, i64, i64, ctypes.c_double, ptr, ptr, ptr, i64, ptr, ptr]
+    lib.tw_minference_stats.restype = None
+    lib.tw_minference_stats.argtypes = [ptr] * 4
+    lib.tw_vertical_slash_csr.restype = i64
+    lib.tw_vertical_slash_csr.argtypes = [ptr] * 5
     with _lock:
         _libraries[key] = lib
     return lib
@@ -150,6 +154,48 @@ def cpu_select_blocks(scores: torch.Tensor, threshold: float, m: int, n: int, bl
     nnz = lib.tw_select_blocks(s.data_ptr(), rows, nmb, nkb, float(threshold), vis_end.data_ptr(), flo.data_ptr(),
                                fhi.data_ptr(), _threads(threads), rowptr.data_ptr(), cols.data_ptr())
     return BlockIndex(B, H, m, n, block, rowptr, cols[:nnz].clone(), bool(causal), int(causal_offset))
+
+
+def cpu_minference_stats(q: torch.Tensor, k: torch.Tensor, last: int, block: int, scale: float | None = None,
+                         causal: bool = True, causal_offset: int = 0, threads: int | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """MInference's attention sums of the last ``last`` queries: per key block [B, H, nkb], per slash
+    band [B, H, nbands] (band ``lo + index``), and ``lo`` (scores by one GEMM, softmax and sums in C++)."""
+    check_call(q, k, k, None, None, 0.0)
+    B, H, M, D = (int(x) for x in q.shape)
+    HKV, N = int(k.shape[1]), int(k.shape[2])
+    scale = float(D ** -0.5 if scale is None else scale)
+    nkb = -(-N // block)
+    lo = (M - last + causal_offset - (N - 1)) // block
+    nbands = (M - 1 + causal_offset) // block - lo + 1
+    group = H // HKV
+    ql = q[:, :, M - last:].float().reshape(B, HKV, group * last, D)  # grouped heads share their K
+    scores = (torch.matmul(ql, k.float().transpose(-1, -2)) * scale).reshape(B, H, last, N).contiguous()
+    vert = torch.empty((B, H, nkb), dtype=torch.float32)
+    slash = torch.empty((B, H, nbands), dtype=torch.float32)
+    lib = sparse_library(D, _DTYPES[q.dtype])
+    dims = _int64s([B * H, M, N, causal_offset, block, last, _threads(threads), int(bool(causal)), lo, nbands])
+    lib.tw_minference_stats(scores.data_ptr(), vert.data_ptr(), slash.data_ptr(), dims)
+    return vert, slash, lo
+
+
+def cpu_vertical_slash(batch: int, heads: int, m: int, n: int, block: int, vertical: torch.Tensor,
+                       slash: torch.Tensor, causal: bool = True, causal_offset: int = 0,
+                       threads: int | None = None) -> BlockIndex:
+    """The CSR of a per-head vertical-slash pattern (int64 [B, H, nv] / [B, H, ns]) built in C++."""
+    from ...sparsity.attention.index import BlockIndex
+
+    vert = vertical.to(torch.int64).contiguous()
+    sl = slash.to(torch.int64).contiguous()
+    nmb, nkb = -(-m // block), -(-n // block)
+    rows = batch * heads * nmb
+    rowptr = torch.empty(rows + 1, dtype=torch.int64)
+    cols = torch.empty(max(1, rows * nkb), dtype=torch.int32)
+    lib = sparse_library(16, "float32")
+    dims = _int64s([batch, heads, m, n, block, causal_offset, int(bool(causal)), vert.shape[-1], sl.shape[-1],
+                    _threads(threads)])
+    nnz = lib.tw_vertical_slash_csr(vert.data_ptr(), sl.data_ptr(), dims, rowptr.data_ptr(), cols.data_ptr())
+    return BlockIndex(batch, heads, m, n, block, rowptr, cols[:nnz].clone(), bool(causal), int(causal_offset))
 
 
 # ----------------------------------------------------------------------------- template lowering

@@ -208,8 +208,97 @@ extern "C" int64_t tw_select_blocks(const float* scores, int64_t rows, int64_t n
 """
 
 
+MINFERENCE = r"""
+// MInference's statistics from the scaled scores of the last `last` queries (scores [B*H][last][N],
+// from a GEMM): each row softmaxed over its visible keys (causal) and summed per key block
+// (vert [B*H][nkb]) and per slash band floor((i + off - j) / block) - lo (slash [B*H][nbands]).
+// dims: B*H, M, N, causal_offset, block, last, threads, flags (1 causal), lo, nbands.
+extern "C" void tw_minference_stats(float* scores, float* vert, float* slash, const int64_t* dims) {
+  const int64_t BH = dims[0], M = dims[1], N = dims[2], off = dims[3], block = dims[4], last = dims[5];
+  const int64_t threads = dims[6] > 0 ? dims[6] : 1, lo = dims[8], nbands = dims[9];
+  const bool causal = (dims[7] & 1) != 0;
+  const int64_t nkb = (N + block - 1) / block;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+  for (int64_t bh = 0; bh < BH; ++bh) {
+    float* vo = vert + bh * nkb;
+    float* so = slash + bh * nbands;
+    for (int64_t x = 0; x < nkb; ++x) vo[x] = 0.0f;
+    for (int64_t x = 0; x < nbands; ++x) so[x] = 0.0f;
+    for (int64_t r = 0; r < last; ++r) {
+      const int64_t i = M - last + r;
+      float* srow = scores + (bh * last + r) * N;
+      const int64_t end = causal ? std::min(N, std::max<int64_t>(0, i + off + 1)) : N;
+      if (end <= 0) continue;
+      float mx = TW_NEG_INF;
+      for (int64_t j = 0; j < end; ++j) mx = srow[j] > mx ? srow[j] : mx;
+      float sum = 0.0f;
+      for (int64_t j = 0; j < end; ++j) { srow[j] = tw_exp_neg(srow[j] - mx); sum += srow[j]; }
+      const float inv = 1.0f / sum;
+      for (int64_t j0 = 0; j0 < end; j0 += block) {
+        const int64_t j1 = std::min(end, j0 + block);
+        float acc = 0.0f;
+        for (int64_t j = j0; j < j1; ++j) acc += srow[j];
+        vo[j0 / block] += acc * inv;
+      }
+      for (int64_t j = 0; j < end; ++j) {
+        const int64_t o = i + off - j;
+        const int64_t band = (o >= 0 ? o / block : -((-o + block - 1) / block)) - lo;
+        if (band >= 0 && band < nbands) so[band] += srow[j] * inv;
+      }
+    }
+  }
+}
+
+// The CSR of a vertical-slash pattern (same semantics as tilewright.sparsity.attention.index):
+// vertical [B*H][nv] key blocks, slash [B*H][ns] bands; rows (b*H + h)*nmb + mb; cols capacity rows*nkb.
+// dims: B, H, M, N, block, causal_offset, flags (1 causal), nv, ns, threads. Returns the number kept.
+extern "C" int64_t tw_vertical_slash_csr(const int64_t* vertical, const int64_t* slash, const int64_t* dims,
+                                         int64_t* rowptr, int32_t* cols) {
+  const int64_t B = dims[0], H = dims[1], M = dims[2], N = dims[3], bn = dims[4], off = dims[5];
+  const bool causal = (dims[6] & 1) != 0;
+  const int64_t nv = dims[7], ns = dims[8], threads = dims[9] > 0 ? dims[9] : 1;
+  const int64_t nmb = (M + bn - 1) / bn, nkb = (N + bn - 1) / bn, rows = B * H * nmb;
+  auto fdiv = [](int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); };
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<uint8_t> keep((size_t)nkb);
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t mb = r % nmb, bh = r / nmb;
+      const int64_t i0 = mb * bn, iend = std::min(i0 + bn, M) - 1;
+      int64_t vend = nkb;
+      if (causal) vend = iend + off < 0 ? 0 : std::min(nkb, (iend + off) / bn + 1);
+      std::fill(keep.begin(), keep.end(), (uint8_t)0);
+      for (int64_t x = 0; x < nv; ++x) {
+        const int64_t kb = vertical[bh * nv + x];
+        if (kb >= 0 && kb < nkb) keep[(size_t)kb] = 1;
+      }
+      for (int64_t x = 0; x < ns; ++x) {
+        const int64_t sb = slash[bh * ns + x];
+        const int64_t jl = std::max<int64_t>(0, i0 + off - (sb + 1) * bn + 1);
+        const int64_t jh = std::min<int64_t>(N - 1, iend + off - sb * bn);
+        if (jl > jh) continue;
+        for (int64_t kb = fdiv(jl, bn); kb <= fdiv(jh, bn); ++kb) keep[(size_t)kb] = 1;
+      }
+      int64_t count = 0;
+      int32_t* dst = cols + r * nkb;
+      for (int64_t kb = 0; kb < vend; ++kb) if (keep[(size_t)kb]) dst[count++] = (int32_t)kb;
+      rowptr[r + 1] = count;
+    }
+  }
+  rowptr[0] = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t count = rowptr[r + 1];
+    if (rowptr[r] != r * nkb) std::memmove(cols + rowptr[r], cols + r * nkb, (size_t)count * sizeof(int32_t));
+    rowptr[r + 1] = rowptr[r] + count;
+  }
+  return rowptr[rows];
+}
+"""
+
+
 def sparse_attention_source(head_dim: int, dtype: str) -> str:
     """The C++ text of the block-sparse library for one head dim and dtype (after the prelude)."""
     from .attention_source import AttentionVariant, attention_source
 
-    return "\n".join([attention_source(AttentionVariant(head_dim, dtype)), SPARSE_FORWARD, ESTIMATE, SELECT])
+    return "\n".join([attention_source(AttentionVariant(head_dim, dtype)), SPARSE_FORWARD, ESTIMATE, SELECT, MINFERENCE])
