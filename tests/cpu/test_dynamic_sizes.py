@@ -143,3 +143,19 @@ def test_specialize_switch_writes_sizes_into_the_code(monkeypatch: pytest.Monkey
         sizes = [k["sizes"] for k in report.kernels if "sizes" in k]
         assert sizes and all(not s["runtime"] and s["specialised"]["rows"] == rows for s in sizes)
     assert builds == [1, 1], builds
+
+
+def test_cat_of_one_operand_twice_at_two_sizes() -> None:
+    """``cat([x, x])``: each part has its own offset argument; a new size reuses the code."""
+    fn = lambda x: torch.cat([x, x * 2, x], 1) + 1
+    builds = []
+    for rows in (5, 9):
+        x = torch.randn(rows, 3, 7).transpose(1, 2)
+        before = compiler_runs()
+        with collect() as report:
+            got = torch.compile(fn, backend="tilewright", dynamic=False)(x)
+        torch._dynamo.reset()
+        builds.append(compiler_runs() - before)
+        torch.testing.assert_close(got, fn(x))
+        assert all(k["status"] == "ran" for k in report.kernels) and report.kernels
+    assert builds[1] == 0, builds

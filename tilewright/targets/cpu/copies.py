@@ -164,9 +164,9 @@ class CopySource:
             for v in node.args[0]:
                 if v.type.rank == 1 and v.type.numel == 0 and rank != 1:
                     continue  # legacy empty 1-D operands are skipped by cat
-                k = self._in(v)
-                parts.append(region_copy(f"(out + {z.size(offset * ostrides[dim], f'{k}.offset')})", k, v.type.shape,
-                                         ostrides, v.type.strides, sizes=z, tag=f"{k}."))
+                part = f"part{len(parts)}"  # an operand may appear twice (cat([x, x]))
+                parts.append(region_copy(f"(out + {z.size(offset * ostrides[dim], f'{part}.offset')})", self._in(v),
+                                         v.type.shape, ostrides, v.type.strides, sizes=z, tag=f"{part}."))
                 offset += v.type.shape[dim]
             return "".join(parts)
         base = node.args[0]
