@@ -199,6 +199,10 @@ static void tw_conv_pack_b(const S* __restrict x, const TwConvGeom& g, int64_t c
           for (int64_t t = ow; t < a; ++t) o[t] = T(0);
           if (unit) {
             tw_conv_copy(xr + iw0 + a, o + a, b - a);
+          } else if (g.sw == 2 && g.sxw == 1) {  // a constant stride: even/odd lanes by permutes, not gathers
+            const S* src = xr + iw0;
+            #pragma omp simd
+            for (int64_t t = a; t < b; ++t) o[t] = tw_to_compute(src[2 * t], (T*)nullptr);
           } else {
             for (int64_t t = a; t < b; ++t) o[t] = tw_to_compute(xr[(t * g.sw + iw0) * g.sxw], (T*)nullptr);
           }
