@@ -175,8 +175,8 @@ def train_tiny_lm(steps: int, seed: int = 0) -> tuple[TinyLM, torch.Tensor, dict
         opt.zero_grad()
         loss.backward()
         opt.step()
-        first = float(loss) if step == 0 else first
-        last = float(loss)
+        last = float(loss.detach())
+        first = last if step == 0 else first
     entropy = float(-(trans * trans.clamp_min(1e-12).log()).sum(-1).mean())
     return model.eval(), trans, {"first_loss": first, "last_loss": last, "markov_entropy": entropy,
                                  "train_s": time.perf_counter() - started}

@@ -2,6 +2,8 @@
 plans applied in compiled graphs (CPU target, strict mode), explain, the user's model untouched."""
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -76,8 +78,12 @@ def test_plan_runs_sparse_kernels_in_the_compiled_graph(cpu_target, tmp_path) ->
     plan = _plan(model)
     path = plan.save(tmp_path / "plan.json")
     x = torch.randn(2, 3, 7, 9)
+    compiled = torch.compile(model, backend="tilewright", options={"sparsity": {"plan": str(path)}})
     with torch.no_grad(), collect() as report:
-        y = torch.compile(model, backend="tilewright", options={"sparsity": {"plan": str(path)}})(x)
+        compiled(x)
+    gc.collect()  # the compressed weights live as long as the compiled graph, not Dynamo's graph module
+    with torch.no_grad():
+        y = compiled(x)
     with torch.no_grad():
         judge = _approx_model(model, plan).double()(x.double())
     torch.testing.assert_close(y.double(), judge, rtol=1e-4, atol=1e-4)
@@ -180,3 +186,30 @@ def test_weight_rewrites_keep_attention_fusion(cpu_target) -> None:
             mod.weight.copy_(materialize(mod.weight, e.method, e.params))
         judge = approx.double()(x.double())
     torch.testing.assert_close(y.double(), judge, rtol=1e-4, atol=1e-4)
+
+
+def test_compressed_weights_live_as_long_as_the_sparsity_result() -> None:
+    from tilewright.sparsity import ops
+    from tilewright.sparsity.apply import sparsify_graph
+
+    model = Net().eval()
+    plan = _plan(model)
+    kept: dict[str, object] = {}
+
+    def backend(gm, example_inputs):
+        gm, kept["result"] = sparsify_graph(gm, example_inputs, {"plan": plan})
+        return gm.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=backend)
+    x = torch.randn(1, 3, 5, 6)
+    with torch.no_grad():
+        first = compiled(x)
+        handles = list(kept["result"].handles)
+        assert len(handles) == 10 and all(h in ops._STORE for h in handles)
+        gc.collect()
+        assert torch.equal(compiled(x), first)  # the Dynamo graph module may be gone; the result holds them
+    del kept["result"]
+    gc.collect()
+    assert not any(h in ops._STORE for h in handles)
+    torch._dynamo.reset()

@@ -149,14 +149,11 @@ def _describe(entry: PlanEntry, applied: bool = True, why: str = "") -> dict[str
 
 
 def _buffer(gm: fx.GraphModule, weight_node: fx.Node, tensor: torch.Tensor, before: fx.Node) -> fx.Node:
-    """A node yielding ``tensor`` (kept in the op store, released with ``gm``)."""
-    from .ops import release_tensors, store_tensor
+    """A node yielding ``tensor`` (kept in the op store; :class:`SparsityResult` releases it)."""
+    from .ops import store_tensor
 
     handle = store_tensor(tensor)
-    handles = gm.__dict__.setdefault("_tw_sparse_handles", [])
-    if not handles:
-        weakref.finalize(gm, release_tensors, handles)
-    handles.append(handle)
+    gm.__dict__.setdefault("_tw_sparse_handles", []).append(handle)
     with gm.graph.inserting_before(before):
         return gm.graph.call_function(torch.ops.tilewright.packed_weight.default, (weight_node, handle))
 
@@ -223,6 +220,14 @@ class SparsityResult:
     plan: SparsityPlan | None = None
     rewrites: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: store handles of the compressed weights, released when this result is collected (the
+    #: compiled graphs hold it: the Dynamo graph module itself is dropped after compilation)
+    handles: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        from .ops import release_tensors
+
+        weakref.finalize(self, release_tensors, self.handles)
 
     def attention_entries(self) -> list[PlanEntry]:
         """The plan's applied attention entries (empty without a plan)."""
@@ -258,6 +263,7 @@ def sparsify_graph(gm: fx.GraphModule, example_inputs: list[Any], value: Any
                 plan.save(req.save_plan)
                 result.notes.append(f"sparsity: plan saved to {req.save_plan}")
         gm, result.rewrites = apply_plan_to_graph(gm, example_inputs, result.plan)
+        result.handles.extend(gm.__dict__.pop("_tw_sparse_handles", []))
     except (PlanError, ValueError, TypeError):
         raise
     except Exception as exc:  # noqa: BLE001  (an optimisation must never break the program)
