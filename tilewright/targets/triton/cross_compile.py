@@ -42,6 +42,8 @@ class CompileJob:
     num_stages: int
     aligned: list[str] = field(default_factory=list)
     module: str = ""
+    #: the names of ``pointer_types``' arguments (empty: the kernel's non-constexpr ones, in order)
+    arg_names: list[str] = field(default_factory=list)
 
 
 def _constexpr(value: Any) -> Any:
@@ -84,6 +86,78 @@ def jobs_for(kernel: Any, config: dict[str, Any] | None = None) -> list[CompileJ
                            {"XBLOCK": int(config["XBLOCK"])}, int(config.get("num_warps", 4)), 1)
                 for suffix in ("_copy", "_scatter")]
     return [job_for(kernel, config)]
+
+
+def _parameters(fn: Any) -> list[tuple[str, bool, Any]]:
+    """(name, is constexpr, default) of a Triton kernel's parameters (JIT, interpreted or plain)."""
+    import inspect
+
+    raw = fn
+    while hasattr(raw, "fn"):  # a recorder, JIT or interpreted function: the Python function inside
+        raw = raw.fn
+    out = []
+    for name, p in inspect.signature(raw).parameters.items():
+        default = None if p.default is inspect.Parameter.empty else p.default
+        out.append((name, "constexpr" in str(p.annotation), default))
+    return out
+
+
+def job_from_launch(name: str, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, source: str = "",
+                    module: str = "", fn_name: str = "") -> CompileJob:
+    """The :class:`CompileJob` of one launch ``fn[grid](*args, **kwargs)``, specialised as Triton would
+    specialise it: tensors are pointers (divisible by 16 when their address is), integers equal
+    to 1 are constants, other integers ``i32``/``i64`` (divisible by 16 when they are), floats ``fp32``."""
+    import torch
+
+    params = _parameters(fn)
+    values = {p: a for (p, _, _), a in zip(params, args)}
+    values.update({k: v for k, v in kwargs.items() if k not in ("num_warps", "num_stages")})
+    types: list[str] = []
+    names: list[str] = []
+    consts: dict[str, Any] = {}
+    aligned: list[str] = []
+    for pname, is_constexpr, default in params:
+        value = values.get(pname, default)
+        if is_constexpr or value is None:
+            consts[pname] = value.value if hasattr(value, "value") and not isinstance(value, torch.Tensor) else value
+            continue
+        names.append(pname)
+        if isinstance(value, torch.Tensor):
+            types.append(_POINTER_TYPES[value.dtype])
+            if value.data_ptr() % 16 == 0:
+                aligned.append(pname)
+        elif isinstance(value, bool):
+            types.append("i1")
+        elif isinstance(value, int):
+            if value == 1:
+                consts[pname] = 1
+                names.pop()
+                continue
+            types.append("i32" if -2**31 <= value < 2**31 else "i64")
+            if value % 16 == 0:
+                aligned.append(pname)
+        elif isinstance(value, float):
+            types.append("fp32")
+        else:
+            raise TypeError(f"{name}: cannot state the type of argument {pname}={value!r}")
+    return CompileJob(name, source, fn_name or getattr(getattr(fn, "fn", fn), "__name__", name), types, consts,
+                      int(kwargs.get("num_warps", 4)), int(kwargs.get("num_stages", 3)), aligned, module, names)
+
+
+class LaunchRecorder:
+    """Stands in for a Triton kernel: ``recorder[grid](*args, **kwargs)`` records the launch as a
+    :class:`CompileJob` (see :func:`job_from_launch`) instead of running it, so a launcher's own
+    code states the arguments, constants and launch options a real run would compile."""
+
+    def __init__(self, fn: Any, name: str, *, source: str = "", module: str = "", fn_name: str = "") -> None:
+        self.fn, self.name, self.source, self.module, self.fn_name = fn, name, source, module, fn_name
+        self.jobs: list[CompileJob] = []
+
+    def __getitem__(self, grid: Any) -> Any:
+        def record(*args: Any, **kwargs: Any) -> None:
+            self.jobs.append(job_from_launch(self.name, self.fn, args, kwargs, source=self.source,
+                                             module=self.module, fn_name=self.fn_name))
+        return record
 
 
 def compile_for_target(job: CompileJob, arch: int = 90, warp_size: int = 32) -> int:
@@ -141,8 +215,15 @@ def compile_kernel(job: CompileJob, arch: int = 90, warp_size: int = 32) -> Any:
 
     restore_triton_language()  # interpreted kernels run earlier in this process leave patches behind
     fn = _jit_function(job)
-    pointers = iter(job.pointer_types)
-    signature = {a: "constexpr" if a in job.constexprs else next(pointers) for a in fn.arg_names}
+    if job.arg_names:
+        types = dict(zip(job.arg_names, job.pointer_types))
+        unknown = [a for a in fn.arg_names if a not in job.constexprs and a not in types]
+        if unknown:
+            raise TypeError(f"{job.fn_name} has arguments the job does not state: {unknown} (the kernel changed)")
+        signature = {a: "constexpr" if a in job.constexprs else types[a] for a in fn.arg_names}
+    else:
+        pointers = iter(job.pointer_types)
+        signature = {a: "constexpr" if a in job.constexprs else next(pointers) for a in fn.arg_names}
     constexprs = {(fn.arg_names.index(k),): v for k, v in job.constexprs.items()}
     attr = _divisibility_attr()
     attrs = {(fn.arg_names.index(a),): attr for a in job.aligned if a in fn.arg_names and a not in job.constexprs}
