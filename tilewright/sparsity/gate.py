@@ -97,21 +97,7 @@ def run_gate(evaluator: Evaluator, options: GateOptions, fingerprint: dict[str, 
         if not cands:
             entry.note = f"no candidate expected to reach {options.min_speedup:g}x"
             continue
-        svd = low_rank.svd(layer.weight) if any(c.method == "low_rank" for c in cands) else None
-        best_rejected: Candidate | None = None
-        ok: list[Candidate] = []
-        for cand in cands:
-            approx = materialize(layer.weight, cand.method, cand.params, svd)
-            cand.error = error({site: approx})
-            if cand.error <= options.budget:
-                ok.append(cand)
-            elif best_rejected is None or cand.error < best_rejected.error:
-                best_rejected = cand
-        # keep a chain of acceptable candidates whose error falls as speedup falls (the back-off path)
-        chain: list[Candidate] = []
-        for cand in ok:  # already fastest first
-            if not chain or cand.error < chain[-1].error:
-                chain.append(cand)
+        chain, best_rejected = _measure_candidates(site, layer.weight, cands, options.budget, error)
         accepted[site] = chain
         if not chain and best_rejected is not None:
             entry.error = best_rejected.error
@@ -154,6 +140,23 @@ def run_gate(evaluator: Evaluator, options: GateOptions, fingerprint: dict[str, 
                         {"calibration_s": round(time.perf_counter() - started, 3), "backoffs": backoffs,
                          "methods": list(options.methods), "min_speedup": options.min_speedup, **options.extra})
     return plan
+
+
+def _measure_candidates(site: str, weight: torch.Tensor, cands: list[Candidate], budget: float,
+                        error: Callable[[dict[str, torch.Tensor]], float]) -> tuple[list[Candidate], Candidate | None]:
+    """Measure each candidate alone; returns the back-off chain (acceptable candidates, fastest first,
+    each with a lower error than the one before) and the least lossy rejected candidate."""
+    svd = low_rank.svd(weight) if any(c.method == "low_rank" for c in cands) else None
+    best_rejected: Candidate | None = None
+    chain: list[Candidate] = []
+    for cand in cands:  # fastest first
+        cand.error = error({site: materialize(weight, cand.method, cand.params, svd)})
+        if cand.error > budget:
+            if best_rejected is None or cand.error < best_rejected.error:
+                best_rejected = cand
+        elif not chain or cand.error < chain[-1].error:
+            chain.append(cand)
+    return chain, best_rejected
 
 
 def _measure(layer: Any, cand: Candidate) -> float | None:
