@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import torch
 import torch.fx as fx
 
-from .autotune.compile_pool import compile_session
+from .autotune.compile_pool import compile_session, precompile_graph
 from .config import config
 from .errors import BuildError, StrictModeError
 from .frontend.fx_import import import_fx
@@ -113,7 +113,10 @@ def compile_graph_for_inputs(gm: fx.GraphModule, inputs: Sequence[Any], report: 
     t2 = time.perf_counter()
     with compile_session(config.compile_workers, config.compile_timeout_s):  # one pool for the whole graph
         steps = _build_steps(graph, fusion, target, report, tune)
-        target.prepare([s.kernel for s in steps if isinstance(s, KernelStep)])
+        kernels = [s.kernel for s in steps if isinstance(s, KernelStep)]
+        target.prepare(kernels)
+        if target.compiles_in_workers(kernels):
+            precompile_graph(kernels)
         _race(steps, target)
     plan = make_plan(graph, steps)
     t3 = time.perf_counter()

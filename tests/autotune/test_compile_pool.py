@@ -25,7 +25,7 @@ def _generated_kernels() -> list:
 
 
 def test_worker_compiles_to_cubin_and_a_hang_fails_only_its_kernel():
-    from tilewright.targets.triton.target import precompile_graph
+    from tilewright.autotune.compile_pool import precompile_graph
 
     kernels = _generated_kernels()
     assert len(kernels) >= 1 and all(hasattr(k, "compile_jobs") for k in kernels)

@@ -38,7 +38,7 @@ from ..schedule.space import Config, config_hash
 log = logging.getLogger(__name__)
 
 __all__ = ["CompilePool", "compile_session", "active_pool", "compile_task", "precompile_kernels",
-           "SHARED_MEMORY_LIMIT"]
+           "precompile_graph", "SHARED_MEMORY_LIMIT"]
 
 #: bytes of shared memory one block may use, by CUDA architecture (opt-in maximum)
 SHARED_MEMORY_LIMIT = {70: 98304, 75: 65536, 80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448}
@@ -342,4 +342,32 @@ def precompile_kernels(kernels: Sequence[Any], pool: CompilePool) -> dict[str, s
         except Exception as exc:  # noqa: BLE001 - reported, the runtime compiles it itself
             errors[kernel.name] = _short_error(exc)
     errors.update(pool.run(work))
+    return errors
+
+
+def precompile_graph(kernels: Sequence[Any], pool: CompilePool | None = None,
+                     workers: int = 4, timeout_s: float = 120.0) -> dict[str, str]:
+    """Compile ``kernels`` (their current configs) together in ``pool`` (default: the compile
+    session's, else a fresh pool of ``workers``); {kernel name: error}.
+
+    Errors are logged once; a timeout or a crashed compiler marks the kernel broken so the
+    runtime never waits on it (its reference runs and the fallback is reported).
+    """
+    own = None
+    if pool is None:
+        pool = active_pool()
+        if pool is None:
+            pool = own = CompilePool(workers, timeout_s)
+    try:
+        errors = precompile_kernels(kernels, pool)
+    finally:
+        if own is not None:
+            own.close()
+    for kernel in kernels:
+        err = errors.get(kernel.name)
+        if err is None:
+            continue
+        log.warning("first compile of %s failed in a worker: %s", kernel.name, err)
+        if "timeout" in err or "worker died" in err:
+            kernel.broken = f"compile failed: {err}"
     return errors

@@ -250,28 +250,8 @@ def tune_kernels(kernels: list[TunableKernel], *, trials: int | None = None,
     try:
         session.__enter__()
         for kernel in unique.values():
-            def record(result: Any, kernel: TunableKernel = kernel) -> None:
-                db.add_measurements(kernel.problem, kernel.space, info, [result])
-
-            def tick(n: int, best: float, kernel: TunableKernel = kernel) -> None:
-                if bar is not None:
-                    bar.update(kernel.name, n, best)
-                if on_trial is not None:
-                    on_trial(kernel.name, n, best)
-
-            # NOTE: create the study before workers start so they all load the same one.
-            create_study(kernel, storage_url, settings, info, rank_space(kernel, model, info))
-            procs = _spawn_workers(workers - 1, (kernel, measurer, storage_url, settings, model, info),
-                                   kernel_source)
-            run_search(kernel, measurer, storage=storage_url, settings=settings, cost_model=model,
-                       device=info, on_result=record, on_trial=tick, finalize=False,
-                       n_jobs=workers if procs is None else 1, claims=db)
-            for p in procs or []:
-                p.join()
-                if p.exitcode:
-                    log.warning("worker process for %s exited with %s", kernel.name, p.exitcode)
-            study = create_study(kernel, storage_url, settings, info, None)
-            summary = summarize(kernel, study, measurer, settings)
+            summary = _tune_one(kernel, measurer, model, info, db, storage_url, settings, workers,
+                                kernel_source, bar, on_trial)
             results.append(_store(db, kernel, info, summary, measurer.source))
             if bar is not None:
                 bar.finish(kernel.name, summary)
@@ -280,6 +260,35 @@ def tune_kernels(kernels: list[TunableKernel], *, trials: int | None = None,
         if bar is not None:
             bar.close()
     return results
+
+
+def _tune_one(kernel: TunableKernel, measurer: Measurer, model: Any, info: Mapping[str, Any],
+              db: TuningDatabase, storage_url: str, settings: SearchSettings, workers: int,
+              kernel_source: str | None, bar: Any, on_trial: Callable[[str, int, float], None] | None
+              ) -> SearchResult:
+    """Search ``kernel``'s study (with ``workers`` processes) and summarize it; every measurement
+    is recorded in ``db`` as it arrives (a killed run keeps them)."""
+    def record(result: Any) -> None:
+        db.add_measurements(kernel.problem, kernel.space, info, [result])
+
+    def tick(n: int, best: float) -> None:
+        if bar is not None:
+            bar.update(kernel.name, n, best)
+        if on_trial is not None:
+            on_trial(kernel.name, n, best)
+
+    # NOTE: create the study before workers start so they all load the same one.
+    create_study(kernel, storage_url, settings, info, rank_space(kernel, model, info))
+    procs = _spawn_workers(workers - 1, (kernel, measurer, storage_url, settings, model, info), kernel_source)
+    run_search(kernel, measurer, storage=storage_url, settings=settings, cost_model=model,
+               device=info, on_result=record, on_trial=tick, finalize=False,
+               n_jobs=workers if procs is None else 1, claims=db)
+    for p in procs or []:
+        p.join()
+        if p.exitcode:
+            log.warning("worker process for %s exited with %s", kernel.name, p.exitcode)
+    study = create_study(kernel, storage_url, settings, info, None)
+    return summarize(kernel, study, measurer, settings)
 
 
 def _store(db: TuningDatabase, kernel: TunableKernel, info: Mapping[str, Any],

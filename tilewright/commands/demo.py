@@ -35,7 +35,6 @@ def _models(device: str, small: bool) -> list[tuple[str, Any, tuple[Any, ...]]]:
     import transformers
 
     transformers.logging.set_verbosity_error()
-    big = not small
     gpt_cfg = transformers.GPT2Config(n_layer=2 if small else 4, n_embd=64 if small else 256, n_head=4,
                                       n_positions=128, vocab_size=512, resid_pdrop=0.0, embd_pdrop=0.0,
                                       attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)

@@ -88,6 +88,11 @@ class Target(ABC):
     def prepare(self, kernels: list[Kernel]) -> None:
         """Make the graph's kernels launchable together (e.g. one shared library); raises BuildError."""
 
+    def compiles_in_workers(self, kernels: list[Kernel]) -> bool:
+        """Whether the compiler should compile ``kernels`` in parallel worker processes (with
+        per-compile timeouts) before their first launch; False: they compile on first call."""
+        return False
+
     def race_candidates(self, kernel: Kernel) -> list[dict[str, Any]]:
         """Configs of ``kernel`` worth measuring against each other at compile time when it has no
         tuned schedule (e.g. a generated GEMM against the vendor library's); [] for none. The

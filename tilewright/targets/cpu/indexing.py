@@ -17,7 +17,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -265,6 +265,22 @@ class GatherSource:
         """Scalar arguments after the tensors: the inner block size, the thread count, the sizes."""
         return [int(config["BLOCK"]), int(config["threads"]), self.sizes.address()]
 
+    def _inner_loop(self, varying: list[Any], store: str, inner_src: str,
+                    st: Callable[..., str]) -> tuple[list[str], str]:
+        """The innermost loop's body and its SIMD pragma: a plain copy, or per-element index loads
+        (bounds-checked; a bad index sets the status) when an index varies along the last dim."""
+        z, last = self.sizes, len(self.shape) - 1
+        if not varying:
+            return [f"      {store} = src[sb + {inner_src}];"], "#pragma omp simd"
+        inner, offs = [], [f"sb + {inner_src}"]
+        for k, check, strides, sd in varying:
+            inner.append(f"      int64_t t{k} = (int64_t)x{k}[xb{k} + j * {st(strides[last], f'x{k}.stride{last}', True)}];"
+                         f"{check_code(f't{k}', check, z.size(check.size, f'x{k}.bound'))}")
+            inner.append(f"      bad |= !ok_t{k}; t{k} = ok_t{k} ? t{k} : 0;")
+            offs.append(f"t{k} * {z.size(sd, f'src.index{k}.stride')}")
+        inner.append(f"      {store} = src[{' + '.join(offs)}];")
+        return inner, "#pragma omp simd reduction(|:bad)"
+
     def _function(self) -> str:
         spec, out, z = self.spec, self.outputs[0], self.sizes
 
@@ -317,18 +333,7 @@ class GatherSource:
             row.append(f"    if (!ok_t{k}) {{ status = 1; continue; }}")
             row.append(f"    sb += t{k} * {z.size(sd, f'src.index{k}.stride')};")
         store = f"out[ob + j * {st(out.type.strides[last], f'out.stride{last}', True)}]"
-        if not varying:
-            inner = [f"      {store} = src[sb + {inner_src}];"]
-            pragma = "#pragma omp simd"
-        else:
-            inner, offs = [], [f"sb + {inner_src}"]
-            for k, check, strides, sd in varying:
-                inner.append(f"      int64_t t{k} = (int64_t)x{k}[xb{k} + j * {st(strides[last], f'x{k}.stride{last}', True)}];"
-                             f"{check_code(f't{k}', check, z.size(check.size, f'x{k}.bound'))}")
-                inner.append(f"      bad |= !ok_t{k}; t{k} = ok_t{k} ? t{k} : 0;")
-                offs.append(f"t{k} * {z.size(sd, f'src.index{k}.stride')}")
-            inner.append(f"      {store} = src[{' + '.join(offs)}];")
-            pragma = "#pragma omp simd reduction(|:bad)"
+        inner, pragma = self._inner_loop(varying, store, inner_src, st)
         length, rows = z.size(self.shape[last], f"size{last}"), z.size(self.rows, "rows")
         return f"""extern "C" int64_t {self.name}({', '.join(params + ['int64_t block', 'int64_t threads', z.param])}) {{
 {chr(10).join(casts)}

@@ -79,37 +79,8 @@ class MatmulKernelBuilder:
         fp32 = a.type.dtype == torch.float32
         policy = fp32_matmul_policy() if fp32 else ""
         dot = "tl.dot(a, b, input_precision=PRECISION)" if fp32 else "tl.dot(a, b)"
-        head = [
-            f"# float32 matmul policy: {policy}" if fp32 else "# half-precision operands",
-            "pid = tl.program_id(0)",
-            f"bid = tl.program_id(1){wide}",
-            f"num_pid_m = tl.cdiv({m}, BLOCK_M)",
-            f"num_pid_n = tl.cdiv({n}, BLOCK_N)",
-            "num_pid_in_group = GROUP_M * num_pid_n",
-            "group_id = pid // num_pid_in_group",
-            "first_pid_m = group_id * GROUP_M",
-            "group_size_m = min(num_pid_m - first_pid_m, GROUP_M)",
-            "pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)",
-            "pid_n = (pid % num_pid_in_group) // group_size_m",
-            f"rm = (pid_m{wide} * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]",
-            f"rn = (pid_n{wide} * BLOCK_N + tl.arange(0, BLOCK_N))[None, :]",
-            f"mask_m = rm < {m}",
-            f"mask_n = rn < {n}",
-            "if EXTERN:  # the product was computed by torch.mm/bmm into c_ext (contiguous [B, M, N])",
-            f"    acc = tl.load(c_ext + bid * {m * n} + rm * {n} + rn, mask=mask_m & mask_n, other=0.0).to(tl.float32)",
-            "else:",
-            "    rk = tl.arange(0, BLOCK_K)",
-            f"    a_ptrs = {a_name} + bid * {sab} + rm * {sam} + rk[None, :] * {sak}",
-            f"    b_ptrs = {b_name} + bid * {sbb} + rk[:, None] * {sbk} + rn * {sbn}",
-            "    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)",
-            f"    for kk in range(0, {k}, BLOCK_K):",
-            f"        kmask = rk < {k} - kk",
-            "        a = tl.load(a_ptrs, mask=mask_m & kmask[None, :], other=0.0)",
-            "        b = tl.load(b_ptrs, mask=kmask[:, None] & mask_n, other=0.0)",
-            f"        acc += {dot}",
-            f"        a_ptrs += BLOCK_K * {sak}",
-            f"        b_ptrs += BLOCK_K * {sbk}",
-        ]
+        head = _program_body(m, n, k, wide, a_name, b_name, (sab, sam, sak), (sbb, sbk, sbn), dot,
+                             f"# float32 matmul policy: {policy}" if fp32 else "# half-precision operands")
         params = [emitter.arg_names[v.id] for v in emitter.inputs.values()]
         params += [emitter.arg_name(v, "out") for v in self.outputs]
         params += ["c_ext", "BLOCK_M: tl.constexpr", "BLOCK_N: tl.constexpr", "BLOCK_K: tl.constexpr",
@@ -132,6 +103,44 @@ class MatmulKernelBuilder:
         return KernelSource(self.name, "matmul", source, self.name, inputs, self.outputs,
                             space, grid, {"B": nb, "M": m, "N": n, "K": k}, [nd.op for nd in self.nodes], flops,
                             meta)
+
+
+def _program_body(m: int, n: int, k: int, wide: str, a_name: str, b_name: str, sa: tuple[int, int, int],
+                  sb: tuple[int, int, int], dot: str, comment: str) -> list[str]:
+    """The kernel's lines before the epilogue: grouped (L2-friendly) program order, then either
+    the K loop of ``tl.dot`` over masked tiles or the extern product loaded from ``c_ext``."""
+    (sab, sam, sak), (sbb, sbk, sbn) = sa, sb
+    return [
+        comment,
+        "pid = tl.program_id(0)",
+        f"bid = tl.program_id(1){wide}",
+        f"num_pid_m = tl.cdiv({m}, BLOCK_M)",
+        f"num_pid_n = tl.cdiv({n}, BLOCK_N)",
+        "num_pid_in_group = GROUP_M * num_pid_n",
+        "group_id = pid // num_pid_in_group",
+        "first_pid_m = group_id * GROUP_M",
+        "group_size_m = min(num_pid_m - first_pid_m, GROUP_M)",
+        "pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)",
+        "pid_n = (pid % num_pid_in_group) // group_size_m",
+        f"rm = (pid_m{wide} * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]",
+        f"rn = (pid_n{wide} * BLOCK_N + tl.arange(0, BLOCK_N))[None, :]",
+        f"mask_m = rm < {m}",
+        f"mask_n = rn < {n}",
+        "if EXTERN:  # the product was computed by torch.mm/bmm into c_ext (contiguous [B, M, N])",
+        f"    acc = tl.load(c_ext + bid * {m * n} + rm * {n} + rn, mask=mask_m & mask_n, other=0.0).to(tl.float32)",
+        "else:",
+        "    rk = tl.arange(0, BLOCK_K)",
+        f"    a_ptrs = {a_name} + bid * {sab} + rm * {sam} + rk[None, :] * {sak}",
+        f"    b_ptrs = {b_name} + bid * {sbb} + rk[:, None] * {sbk} + rn * {sbn}",
+        "    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)",
+        f"    for kk in range(0, {k}, BLOCK_K):",
+        f"        kmask = rk < {k} - kk",
+        "        a = tl.load(a_ptrs, mask=mask_m & kmask[None, :], other=0.0)",
+        "        b = tl.load(b_ptrs, mask=kmask[:, None] & mask_n, other=0.0)",
+        f"        acc += {dot}",
+        f"        a_ptrs += BLOCK_K * {sak}",
+        f"        b_ptrs += BLOCK_K * {sbk}",
+    ]
 
 
 def _row_major(shape: tuple[int, ...], strides: tuple[int, ...]) -> bool:

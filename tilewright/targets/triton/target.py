@@ -47,39 +47,6 @@ BUILDERS: dict[str, KernelBuilder] = {
     "pointwise": _fused, "reduction": _fused, "matmul": _matmul, "conv": _conv, "scatter": _scatter,
 }
 
-def precompile_graph(kernels: list[Kernel], pool: Any = None) -> dict[str, str]:
-    """Compile ``kernels`` (their current configs) together in ``pool`` (default: the compile
-    session's, else a pool sized by ``config.compile_workers``); {kernel name: error}.
-
-    Errors are logged once; a timeout or a crashed compiler marks the kernel broken so the
-    runtime never waits on it.
-    """
-    import logging
-
-    from ...autotune.compile_pool import CompilePool, active_pool, precompile_kernels
-    from ...config import config
-
-    log = logging.getLogger(__name__)
-    own = None
-    if pool is None:
-        pool = active_pool()
-        if pool is None:
-            pool = own = CompilePool(config.compile_workers, config.compile_timeout_s)
-    try:
-        errors = precompile_kernels(kernels, pool)
-    finally:
-        if own is not None:
-            own.close()
-    for kernel in kernels:
-        err = errors.get(kernel.name)
-        if err is None:
-            continue
-        log.warning("first compile of %s failed in a worker: %s", kernel.name, err)
-        if "timeout" in err or "worker died" in err:
-            kernel.broken = f"compile failed: {err}"
-    return errors
-
-
 def on_gpu(kernel: Kernel) -> bool:
     """Whether ``kernel``'s tensors live on a CUDA device (not in the CPU interpreter)."""
     return any(v.type.device.type == "cuda" for v in kernel.inputs + kernel.outputs)
@@ -113,15 +80,13 @@ class TritonTarget(Target):
         reason = unsupported_reason(node)
         return TemplateLowering(call, None if reason else template_kernel(node), reason)
 
-    def prepare(self, kernels: list[Kernel]) -> None:
-        """On a GPU, compile every kernel's config in parallel worker processes (warming Triton's
-        on-disk cache) so the first call loads binaries instead of compiling them one by one; a
-        compile that times out marks its kernel broken (its reference runs) instead of hanging."""
+    def compiles_in_workers(self, kernels: list[Kernel]) -> bool:
+        """On a GPU (not in the interpreter): the compiler compiles every kernel's config in
+        parallel worker processes first (warming Triton's on-disk cache), so the first call loads
+        binaries instead of compiling them one by one."""
         from .jit import interpret_mode
 
-        if not kernels or interpret_mode() or not torch.cuda.is_available():
-            return
-        precompile_graph(kernels)
+        return bool(kernels) and not interpret_mode() and torch.cuda.is_available()
 
     def race_candidates(self, kernel: Kernel) -> list[dict[str, Any]]:
         """On a GPU, a GEMM without a tuned schedule: its chosen config, the same tiles at the other
