@@ -95,15 +95,20 @@ def _template_schedule(kernel: Any, node: Node, tune: bool | None) -> tuple[dict
 
 
 def compile_graph_for_inputs(gm: fx.GraphModule, inputs: Sequence[Any], report: GraphReport,
-                             tune: bool | None = None, eager: Any = None) -> CompiledGraph:
+                             tune: bool | None = None, eager: Any = None,
+                             extra_passes: Sequence[tuple[str, Any]] | None = None) -> CompiledGraph:
     """Compile ``gm`` specialised to ``inputs`` into a :class:`CompiledGraph`.
 
     ``eager`` (a callable over the input list) runs the whole graph if a step fails at run time.
+    ``extra_passes`` (``(name, fn)`` pairs, e.g. the opt-in sparse attention rewrite) run after the
+    default passes, before fusion.
     """
     t0 = time.perf_counter()
     graph = import_fx(gm, inputs)
     t1 = time.perf_counter()
     default_passes().run(graph)
+    if extra_passes:
+        PassManager(list(extra_passes)).run(graph)
     target = target_for(_device_of(inputs))
     try:
         report.target = target.summary(_device_of(inputs))
