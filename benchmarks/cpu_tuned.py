@@ -35,8 +35,13 @@ DEFAULT_CASES = ("linear+bias+gelu 512x768x3072,layer_norm 2048x1024,softmax 204
                  "vit 4x384 b2 224px")
 
 
-def tune_case(case: CpuCase, db_url: str, trials: int, timeout_s: float | None) -> dict[str, Any]:
-    """Tune every kernel of ``case`` into ``db_url`` with real CPU timings; a summary of what ran."""
+def tune_case(case: CpuCase, db_url: str, trials: int, timeout_s: float | None,
+              case_budget_s: float | None = None) -> dict[str, Any]:
+    """Tune every kernel of ``case`` into ``db_url`` with real CPU timings; a summary of what ran.
+
+    ``case_budget_s`` (optional) is shared by the case's kernels: each gets at most
+    ``case_budget_s / kernels`` seconds (and never more than ``timeout_s``).
+    """
     import tilewright
     from tilewright.autotune.search import SearchSettings
     from tilewright.autotune.tuner import default_measurer, tune_kernels
@@ -52,6 +57,9 @@ def tune_case(case: CpuCase, db_url: str, trials: int, timeout_s: float | None) 
     if not kernels:
         return {"kernels": [], "tune_s": 0.0}
     measurer = default_measurer(None, kernels[0])
+    if case_budget_s is not None:
+        share = max(case_budget_s / len(kernels), 5.0)
+        timeout_s = min(timeout_s, share) if timeout_s else share
     start = time.perf_counter()
     results = tune_kernels(kernels, storage_url=db_url, measurer=measurer, progress=False,
                            settings=SearchSettings(trials=trials, timeout_s=timeout_s, seed=0),
@@ -60,7 +68,7 @@ def tune_case(case: CpuCase, db_url: str, trials: int, timeout_s: float | None) 
              "default_ms": r.default_time_s * 1e3 if r.default_time_s else None,
              "best_ms": r.time_s * 1e3 if r.time_s else None, "speedup": r.speedup} for r in results]
     return {"kernels": rows, "tune_s": round(time.perf_counter() - start, 1),
-            "timing_source": measurer.source}
+            "timing_source": measurer.source, "timeout_per_kernel_s": timeout_s}
 
 
 def _geomean(values: list[float]) -> float | None:
@@ -75,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", default=DEFAULT_CASES, help="comma-separated case names (benchmarks.cpu_cases)")
     p.add_argument("--trials", type=int, default=12, help="measured trials per kernel")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds of tuning per kernel")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="total tuning seconds shared by the cases still to run (each case's kernels share its part)")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--round-ms", type=float, default=150.0)
     args = p.parse_args(argv)
@@ -86,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown cases {unknown}; choose from {sorted(by_name)}")
     systems = ["eager", "tilewright_cpu", "tilewright_cpu_tuned"]
     start = time.perf_counter()
+    load_start = list(os.getloadavg())
     results = []
     with tempfile.TemporaryDirectory() as tw_cache, tempfile.TemporaryDirectory() as ind_cache:
         os.environ.update(TILEWRIGHT_CACHE_DIR=tw_cache, TORCHINDUCTOR_CACHE_DIR=ind_cache)
@@ -93,16 +104,21 @@ def main(argv: list[str] | None = None) -> int:
 
         tilewright.config.cache_dir = Path(tw_cache)
         cpu_target.TUNED_DB_URL = f"sqlite:///{Path(tw_cache) / 'tuned.db'}"
-        for name in wanted:
+        tune_spent = 0.0
+        for i, name in enumerate(wanted):
             case = by_name[name]
-            tuning = tune_case(case, cpu_target.TUNED_DB_URL, args.trials, args.timeout)
+            share = None if args.budget_s is None else max(args.budget_s - tune_spent, 0.0) / (len(wanted) - i)
+            tuning = tune_case(case, cpu_target.TUNED_DB_URL, args.trials, args.timeout, share)
+            tune_spent += tuning["tune_s"]
             timed = cpu_target.run_case(case, systems, args.rounds, args.round_ms)
             default, tuned = (timed["systems"][s]["median_ms"] for s in systems[1:])
-            row = {**timed, "tuning": tuning, "tuned_over_default": default / tuned}
+            row = {**timed, "tuning": tuning, "tuned_over_default": default / tuned,
+                   "loadavg_after_timing": list(os.getloadavg())}
             results.append(row)
             print(f"{name:30s} tuned {tuned:.2f} ms, default {default:.2f} ms: {default / tuned:.2f}x "
                   f"({len(tuning['kernels'])} kernels tuned in {tuning['tune_s']:.0f} s)", flush=True)
-    doc = {"machine": cpu_target.machine(), "trials_per_kernel": args.trials, "rounds": args.rounds,
+    doc = {"machine": cpu_target.machine(), "trials_per_kernel": args.trials, "budget_s": args.budget_s,
+           "loadavg_start": load_start, "loadavg_end": list(os.getloadavg()), "rounds": args.rounds,
            "round_ms": args.round_ms, "results": results,
            "geomean_tuned_over_default": _geomean([r["tuned_over_default"] for r in results]),
            "geomean_kernel_speedup_measured_by_tuner": _geomean(

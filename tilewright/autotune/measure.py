@@ -272,13 +272,24 @@ class CpuMeasurer(Measurer):
     above ``max_spread`` (another process took the cores), the config is sampled again, up to
     ``retries`` times, and the calmest batch is kept. The threads a kernel uses are part of its
     config, so a timing is that of the config as the runtime launches it.
+
+    With ``rounds`` > 1 (robust labels on a shared machine) :meth:`measure` times every config
+    once per round, rounds interleaved in a shuffled order, and reports the smallest round
+    median: a stall (a descheduled OpenMP thread makes a launch 100-1000x slower for a while)
+    spoils a round, rarely all of them. Configs whose round medians still differ by more than
+    ``disturbed_ratio`` get up to ``retries`` extra rounds; those that still do are listed in
+    :attr:`disturbed` (config hashes) and :attr:`round_medians` keeps every round's median.
     """
 
     label = CPU_LABEL
     source = SOURCE_CPU
 
     def __init__(self, *, repeats: int = 7, warmup: int = 2, sample_s: float = 2e-3, cold_cache: bool = False,
-                 max_spread: float = 0.15, retries: int = 2):
+                 max_spread: float = 0.15, retries: int = 2, rounds: int = 1, disturbed_ratio: float = 1.5):
+        self.rounds = rounds
+        self.disturbed_ratio = disturbed_ratio
+        self.disturbed: set[str] = set()
+        self.round_medians: dict[str, list[float]] = {}
         self.repeats = repeats
         self.warmup = warmup
         self.sample_s = sample_s
@@ -292,6 +303,38 @@ class CpuMeasurer(Measurer):
         from ..targets import native_cpu_target
 
         return native_cpu_target().device_info()
+
+    def measure(self, kernel: TunableKernel, configs: Sequence[Config]) -> list[MeasureResult]:
+        """Measure each config (interleaved rounds, smallest round median, when ``rounds`` > 1)."""
+        if self.rounds <= 1:
+            return super().measure(kernel, configs)
+        configs = [dict(c) for c in configs]
+        failed = dict(self.prepare(kernel, configs))
+        medians: dict[str, list[float]] = {config_hash(c): [] for c in configs}
+        samples: dict[str, list[float]] = {h: [] for h in medians}
+        rng = random.Random(0)
+        todo = [c for c in configs if config_hash(c) not in failed]
+        for i in range(self.rounds + self.retries):
+            if i >= self.rounds:
+                todo = [c for c in todo if self._disagree(medians[config_hash(c)])]
+            rng.shuffle(todo)
+            for config in list(todo):
+                h = config_hash(config)
+                result = self._safe_time(kernel, config, self.repeats)
+                if not result.ok:
+                    failed[h] = result.error or "failed"
+                    todo.remove(config)
+                    continue
+                medians[h].append(float(result.time_s))  # type: ignore[arg-type]
+                samples[h].extend(result.times)
+        self.round_medians = medians
+        self.disturbed = {h for h, m in medians.items() if h not in failed and self._disagree(m)}
+        return [MeasureResult.failure(c, failed[h], self.label, self.source) if h in failed else
+                MeasureResult(c, h, min(medians[h]), tuple(samples[h]), None, self.label, self.source)
+                for c, h in ((c, config_hash(c)) for c in configs)]
+
+    def _disagree(self, medians: Sequence[float]) -> bool:
+        return len(medians) > 1 and max(medians) > self.disturbed_ratio * min(medians)
 
     def _flush_caches(self) -> None:
         import torch

@@ -14,6 +14,7 @@ reports how well the two agree.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -244,9 +245,19 @@ def measure_kernel(kernel: Any, configs: Sequence[Config], measurer: Any, info: 
         return [Record.measured(kernel.problem, c, info, failure=f"{type(exc).__name__}: {exc}"[:300],
                                 triton_version="none", space_version=str(kernel.space.version), source=source,
                                 device_extra=extra) for c in configs]
-    return [Record.measured(kernel.problem, dict(r.config), info, times_s=list(r.times or ()),
-                            failure=r.error, triton_version="none", space_version=str(kernel.space.version),
-                            source=source, device_extra=extra) for r in results]
+    rounds = getattr(measurer, "round_medians", {}) if getattr(measurer, "rounds", 1) > 1 else {}
+    out = []
+    for r in results:
+        marks = {}
+        if r.ok and rounds.get(r.config_hash):
+            # the label is the smallest round median (robust to stalls); every round's median is kept
+            marks = {"round_medians": rounds[r.config_hash], "label": "min_of_rounds",
+                     "disturbed": r.config_hash in getattr(measurer, "disturbed", set())}
+        rec = Record.measured(kernel.problem, dict(r.config), info, times_s=list(r.times or ()),
+                              failure=r.error, triton_version="none", space_version=str(kernel.space.version),
+                              source=source, device_extra={**extra, **marks})
+        out.append(dataclasses.replace(rec, time_median_s=r.time_s) if marks else rec)
+    return out
 
 
 def collect_cpu(items: Iterator[tuple[str, Any, dict[str, Any] | None]], measurer: Any, out: str | Path, *,
