@@ -111,9 +111,11 @@ class LazyCompiledGraph:
 
         report = GraphReport(self.name)
         report.attention_blocks = list(self.attention_blocks) if self.kind != "backward" else []
+        sparse_attention = None  # the IR pass of a plan's attention entries (None: the exact pipeline)
         if self.sparsity is not None and self.kind != "backward":
             report.approximations = list(self.sparsity.rewrites)
             report.notes.extend(self.sparsity.notes)
+            sparse_attention = self.sparsity.attention_passes(report)
         if self.symbolic:
             report.specialized = True
             report.notes.append(f"dynamic shapes: specialised for {len(self.cache) + 1} concrete signature(s)")
@@ -134,7 +136,8 @@ class LazyCompiledGraph:
             if folded:
                 report.notes.append(f"folded {folded} batch norm(s) into convolutions")
         try:
-            compiled = compile_graph_for_inputs(self.gm, inputs, report, tune=self.tune, eager=self._eager())
+            compiled = compile_graph_for_inputs(self.gm, inputs, report, tune=self.tune, eager=self._eager(),
+                                                extra_passes=sparse_attention)
         except StrictModeError:
             raise
         except Exception as exc:
@@ -199,6 +202,8 @@ def tilewright_backend(gm: fx.GraphModule, example_inputs: list[Any], **options:
     attention_blocks: list[dict[str, Any]] = []
     if config.fuse_attention:
         gm, attention_blocks = _rewrite_attention(gm, example_inputs)
+    if sparsity is not None:  # the plan's attention sites checked, or calibrated (budget mode)
+        sparsity.prepare_attention(gm, example_inputs)
 
     def fw_compiler(g: fx.GraphModule, ex: list[Any]) -> LazyCompiledGraph:
         lazy = LazyCompiledGraph(g, "forward", tune, cudagraphs)

@@ -56,7 +56,10 @@ class SparsityRequest:
     plan: SparsityPlan | None = None
     gate: GateOptions = field(default_factory=GateOptions)
     save_plan: str | None = None
+    #: the raw ``"attention"`` value (``False`` drops a plan's attention entries)
     attention: Any = None
+    #: budget mode: what the attention gate may try (None: attention is not calibrated)
+    attention_options: Any = None
     raw: dict[str, Any] = field(default_factory=dict)
 
 
@@ -92,6 +95,10 @@ def parse_request(value: Any) -> SparsityRequest:
     )
     gate.validate()
     req.gate = gate
+    if req.plan is None:
+        from .attention.gate import parse_attention
+
+        req.attention_options = parse_attention(value.get("attention"), gate.measure)
     return req
 
 
@@ -223,6 +230,12 @@ class SparsityResult:
     #: store handles of the compressed weights, released when this result is collected (the
     #: compiled graphs hold it: the Dynamo graph module itself is dropped after compilation)
     handles: list[int] = field(default_factory=list)
+    #: the request (the attention hook reads its attention options, budget and save_plan)
+    request: SparsityRequest | None = None
+    #: budget mode: the exact graph's outputs on the first call's inputs (the attention gate's reference)
+    reference: list[Any] | None = field(default=None, repr=False)
+    #: whether the plan was calibrated here (budget mode) rather than given
+    calibrated: bool = False
 
     def __post_init__(self) -> None:
         from .ops import release_tensors
@@ -232,6 +245,19 @@ class SparsityResult:
     def attention_entries(self) -> list[PlanEntry]:
         """The plan's applied attention entries (empty without a plan)."""
         return self.plan.applied("attention") if self.plan is not None else []
+
+    def attention_passes(self, report: Any) -> list[tuple[str, Any]] | None:
+        """The IR pass rewriting the plan's attention sites, reporting each to ``report`` (None: none)."""
+        from .attention.wiring import attention_passes
+
+        return attention_passes(self, report)
+
+    def prepare_attention(self, gm: fx.GraphModule, example_inputs: list[Any]) -> None:
+        """On the Dynamo graph after the attention rewrite: check the plan's attention sites, or
+        calibrate them (budget mode with ``"attention"``) and save the plan when asked."""
+        from .attention.wiring import prepare_attention
+
+        prepare_attention(self, gm, example_inputs)
 
 
 def sparsify_graph(gm: fx.GraphModule, example_inputs: list[Any], value: Any
@@ -243,7 +269,7 @@ def sparsify_graph(gm: fx.GraphModule, example_inputs: list[Any], value: Any
     noted, and leaves the graph exact.
     """
     req = parse_request(value)
-    result = SparsityResult(plan=req.plan)
+    result = SparsityResult(plan=req.plan, request=req)
     if torch.is_grad_enabled():
         result.notes.append("sparsity: not applied (grad mode is on; approximate rewrites are for inference: "
                             "call the model under torch.no_grad() or torch.inference_mode())")
@@ -256,10 +282,12 @@ def sparsify_graph(gm: fx.GraphModule, example_inputs: list[Any], value: Any
                                       for s, layer in evaluator.layers.items()}, "attention_sites": None}
             plan = run_gate(evaluator, req.gate, fingerprint)
             plan.meta["source"] = "calibrated on the first call's inputs"
-            result.plan = plan
+            result.plan, result.calibrated = plan, True
+            if req.attention_options is not None:
+                result.reference = evaluator.reference
             result.notes.append(f"sparsity: calibrated {len(evaluator.layers)} layer(s) on the first call, model "
                                 f"error {plan.model_error:.3g} ({plan.metric}, budget {plan.budget:g})")
-            if req.save_plan:
+            if req.save_plan and req.attention_options is None:  # else saved after the attention gate
                 plan.save(req.save_plan)
                 result.notes.append(f"sparsity: plan saved to {req.save_plan}")
         gm, result.rewrites = apply_plan_to_graph(gm, example_inputs, result.plan)

@@ -87,6 +87,9 @@ def run_gate(evaluator: Evaluator, options: GateOptions, fingerprint: dict[str, 
         if options.skip is not None and options.skip(site):
             entry.note = "skipped by request"
             continue
+        if not options.methods:
+            entry.note = "no weight methods asked for"
+            continue
         ranks = None
         if "low_rank" in options.methods and layer.weight.dim() == 2:
             n, k = layer.weight.shape

@@ -68,14 +68,17 @@ def unsupported_site(graph: Graph, node: Node) -> str | None:
     return None
 
 
-def rewrite_attention_sites(graph: Graph, entries: Iterable[Any]) -> int:
+def rewrite_attention_sites(graph: Graph, entries: Iterable[Any], record: list[dict[str, Any]] | None = None) -> int:
     """Replace the attention sites ``entries`` name by block-sparse nodes; returns how many changed.
 
     Entries of another kind, with method ``exact``, or naming a site the graph lacks are skipped
     (the last logged); a site the sparse kernels cannot take stays exact (logged with its reason).
+    ``record`` (when given) gets ``{"site" (the entry's), "ordinal", "method", "applied", "reason",
+    "density"}`` per chosen site; ``density`` is the kept block fraction of a static pattern at this
+    node's shape (None for the dynamic methods, whose index depends on each call's q and k).
     """
     sites = attention_sites(graph)
-    chosen: dict[int, tuple[str, str]] = {}
+    chosen: dict[int, tuple[str, str, Any]] = {}
     for entry in entries:
         if _field(entry, "kind", "attention") != "attention":
             continue
@@ -89,12 +92,16 @@ def rewrite_attention_sites(graph: Graph, entries: Iterable[Any]) -> int:
         if not 0 <= ordinal < len(sites):
             log.warning("sparsity plan names attention site %d but the graph has %d; skipped", ordinal, len(sites))
             continue
-        chosen[ordinal] = (method, params_text(method, _field(entry, "params") or {}))
+        chosen[ordinal] = (method, params_text(method, _field(entry, "params") or {}), _field(entry, "site"))
     replaced = 0
     target = torch.ops.tilewright.block_sparse_attention.default
-    for ordinal, (method, params) in sorted(chosen.items()):
+    for ordinal, (method, params, site) in sorted(chosen.items()):
         node = sites[ordinal]
         reason = unsupported_site(graph, node)
+        if record is not None:
+            record.append({"site": site, "ordinal": ordinal, "method": method, "applied": reason is None,
+                           "reason": reason and f"stays exact: {reason}",
+                           "density": _static_density(node, method, params) if reason is None else None})
         if reason is not None:
             log.warning("attention site %d stays exact: %s", ordinal, reason)
             continue
@@ -110,6 +117,18 @@ def rewrite_attention_sites(graph: Graph, entries: Iterable[Any]) -> int:
     if replaced:
         graph.rebuild_users()
     return replaced
+
+
+def _static_density(node: Node, method: str, params: str) -> float | None:
+    """Kept block fraction of a static pattern at the node's shapes (None: dynamic method)."""
+    if method not in ("sinks_window", "vertical_slash"):
+        return None
+    from .op import _static_index
+
+    q, k = node.args[0], node.args[1]
+    B, H, M = (int(x) for x in q.type.shape[:3])
+    causal, offset = bool(node.args[7]), int(node.args[8])
+    return round(_static_index(method, params, B, H, M, int(k.type.shape[2]), causal, offset).density(), 4)
 
 
 def attention_sparsity_pass(entries: Iterable[Any]) -> Callable[[Graph], int]:
