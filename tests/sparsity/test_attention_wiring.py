@@ -194,3 +194,38 @@ def test_attention_options_are_validated() -> None:
         parse_attention({"methods": ["bigbird"]})
     with pytest.raises(ValueError, match="takes"):
         parse_attention({"candidates": {"xattention": [{"window": 2}]}})
+
+
+def test_gate_measures_lazily_and_backs_off() -> None:
+    """Model errors from a fake model (site i with window w costs c_i / w, errors add): the safest
+    setting first, the fastest setting within the budget, then the global back-off."""
+    from tilewright.sparsity.attention.evaluate import AttentionCall, AttentionEvaluator
+    from tilewright.sparsity.attention.gate import AttentionOptions, run_attention_gate
+
+    g = torch.Generator().manual_seed(0)
+    costs = [0.4, 0.22, 2.0]  # the third site fails even at its safest setting
+
+    class Fake(AttentionEvaluator):
+        def __init__(self) -> None:
+            self.sites = [AttentionCall(*(torch.randn(1, 2, 512, 16, generator=g) for _ in range(3)), None, True, 0)
+                          for _ in costs]
+            self.reference = [torch.zeros(())]
+            self.runs: list[dict[int, Any]] = []
+
+        def run(self, choice: Any) -> list[Any]:
+            self.runs.append(dict(choice))
+            return [torch.tensor(sum(costs[i] / p["window"] for i, (_, p) in choice.items()))]
+
+    fake = Fake()
+    options = AttentionOptions(("sinks_window",), 16, {"sinks_window": [{"sinks": 1, "window": w} for w in (1, 2, 3, 4)]})
+    entries, error, meta = run_attention_gate(fake, options, 0.15, lambda ref, out: float(out[0]))
+    # site 0: w4 (safest) 0.1, w1 0.4, w2 0.2, w3 0.133 -> w3; site 1: w4 0.055, w1 0.22, w2 0.11 -> w2;
+    # site 2: w4 0.5 > budget -> exact after one run; together 0.243 -> site 0 to w4 (0.21) -> site 1 to w3
+    # (0.173) -> site 0 has nothing slower: exact (0.073)
+    assert [e.method for e in entries] == ["exact", "sinks_window", "exact"]
+    assert entries[1].params["window"] == 3 and error == pytest.approx(0.22 / 3)
+    assert "reverted to exact" in entries[0].note and "least lossy" in entries[2].note
+    assert entries[2].error == pytest.approx(0.5) and meta["attention_backoffs"] == 3
+    singles = [next(iter(r.items())) for r in fake.runs if len(r) == 1]
+    assert [(i, p["window"]) for i, (_, p) in singles if i == 2] == [(2, 4)]  # one run for the hopeless site
+    assert 0 < entries[1].params["density"] < 1 and entries[1].expected_speedup > 1

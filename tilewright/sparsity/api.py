@@ -7,7 +7,8 @@ from typing import Any
 
 from torch import nn
 
-from .attention.gate import ModuleAttentionEvaluator, parse_attention, run_attention_gate
+from .attention.evaluate import ModuleAttentionEvaluator
+from .attention.gate import parse_attention, run_attention_gate
 from .attention.rewrite import site_ordinal
 from .calibrate import Metric, ModuleEvaluator, metric_fn
 from .candidates import DEFAULT_BLOCK, DEFAULT_DENSITIES, materialize

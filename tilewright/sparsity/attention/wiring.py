@@ -22,7 +22,8 @@ from typing import Any
 
 from ...ir.graph import Graph
 from ..plan import PlanMismatchError
-from .gate import GraphAttentionEvaluator, flash_sites, run_attention_gate
+from .evaluate import GraphAttentionEvaluator, flash_sites
+from .gate import run_attention_gate
 from .rewrite import rewrite_attention_sites
 
 log = logging.getLogger(__name__)
