@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from ....schedule.precision import fp32_matmul_policy
 from ....schedule.problem import KernelProblem
 from ....ops.attention import reduce_to_shape
 from ....schedule.space import Config, ConfigValue, Constraint, ScheduleSpace, next_pow2
@@ -28,7 +29,7 @@ from ..jit import cdiv, interpret_mode
 log = logging.getLogger(__name__)
 
 #: Version of the attention schedule spaces (part of tuning keys).
-SPACE_VERSION = "2"  # 2: staged (unmasked/diagonal) loops, dQ on swapped tiles, tutorial-like defaults
+SPACE_VERSION = "3"  # 3: register estimate with Q/dO tiles and dtype; sm_90 spill-free defaults
 #: Shared memory assumed when the device is unknown (bytes; an A100/H100 opt-in block is larger).
 DEFAULT_SMEM_BYTES = 99 * 1024
 #: Query lengths up to this use the split-K decode path (when there is no dropout).
@@ -70,16 +71,42 @@ def _smem_bwd(cfg: Mapping[str, Any], block_d: int, elem: int) -> int:
     return int(1.15 * raw) + 4096
 
 
-def _fwd_registers(block_d: int) -> Constraint:
-    """Forward and decode: the [BLOCK_M, BLOCK_D] accumulator plus two [BLOCK_M, BLOCK_N] score tiles."""
-    return register_budget(lambda c: int(c["BLOCK_M"]) * block_d + 2 * int(c["BLOCK_M"]) * int(c["BLOCK_N"]), 256,
-                           "~{per_thread:.0f} fp32 registers per thread for accumulator and scores (> 256)")
+#: Estimated 32-bit registers per thread above which a config is rejected (ptxas has 255; the
+#: estimate leaves room for addresses, row statistics and the mask/bias/dropout variants).
+REGISTER_BUDGET = 160
 
 
-def _bwd_registers(block_d: int) -> Constraint:
-    """Backward: the dK and dV accumulators plus three [BLOCK_M, BLOCK_N] tiles (p, dp, ds)."""
-    return register_budget(lambda c: 2 * int(c["BLOCK_N"]) * block_d + 3 * int(c["BLOCK_M"]) * int(c["BLOCK_N"]),
-                           256, "~{per_thread:.0f} fp32 registers per thread (> 256)")
+def _fwd_registers(block_d: int, elem: int) -> Constraint:
+    """Forward and decode, per thread: the float32 [BLOCK_M, BLOCK_D] accumulator, the score
+    tile in float32 and again as the P operand (input dtype), and the resident Q tile.
+
+    NOTE: calibrated on sm_90 builds (Triton 3.9, ptxas -v): bf16 D=64 128x64 at 8 warps
+    estimates 96 (114 registers), 128x128 at 8 warps 144 (224), D=128 128x64 at 8 warps 144
+    (184); 128x64 at 4 warps estimates 192 and sits at 255.
+    """
+    def values(c: Mapping[str, Any]) -> float:
+        m, n = int(c["BLOCK_M"]), int(c["BLOCK_N"])
+        return m * block_d + m * n * (1 + elem / 4) + m * block_d * elem / 4
+    return register_budget(values, REGISTER_BUDGET,
+                           "~{per_thread:.0f} registers per thread for accumulator, scores and Q (> %d)"
+                           % REGISTER_BUDGET)
+
+
+def _bwd_registers(block_d: int, elem: int) -> Constraint:
+    """dK/dV, per thread: the float32 dK and dV accumulators ([BLOCK_N, BLOCK_D] each), three
+    float32 [BLOCK_M, BLOCK_N] tiles (P, dP, dS) and the Q and dO tiles; K and V are dot
+    operands read from shared memory. The dQ kernel (swapped tile, one accumulator) needs less.
+
+    NOTE: calibrated on sm_90 builds (Triton 3.9): bf16 D=64 32x128 at 4 warps estimates 240
+    and spills 40 B, at 8 warps 120 (213 registers); 64x128 at 8 warps estimates 176 and spills
+    16 B; D=128 32x64 at 8 warps 104 (170 registers).
+    """
+    def values(c: Mapping[str, Any]) -> float:
+        m, n = int(c["BLOCK_M"]), int(c["BLOCK_N"])
+        return 2 * n * block_d + 3 * m * n + 2 * m * block_d * elem / 4
+    return register_budget(values, REGISTER_BUDGET,
+                           "~{per_thread:.0f} registers per thread for dK/dV, P/dP/dS and Q/dO (> %d)"
+                           % REGISTER_BUDGET)
 
 
 def _attention_space(kind: str, params: dict[str, list[ConfigValue]], smem: Callable[[Mapping[str, Any]], int],
@@ -109,29 +136,52 @@ def nearest_feasible(space: ScheduleSpace, default: Config) -> Config:
     return min(feasible, key=distance) if feasible else space.default_config()
 
 
+def _fwd_default(block_d: int, elem: int) -> Config:
+    """The forward's default on a Hopper-class device (227 KiB of shared memory per block)."""
+    # NOTE: measured spill-free for sm_90 (ptxas -v, Triton 3.9), see docs/gpu.md. Half
+    # precision: 128 query rows on 8 warps (two warpgroups of 64 rows; FA2 / Triton's tutorial
+    # on Hopper). float32 (IEEE): Triton's FMA dot keeps each operand replicated along the
+    # reduction axis in every thread, so only small tiles fit (64x32 at D=64: 96 registers,
+    # 32x64 at D=128: 94; 128x64 at D=64 spills 137 KB).
+    if elem == 4:
+        return {"BLOCK_M": 64 if block_d <= 64 else 32, "BLOCK_N": 64 if block_d == 128 else 32,
+                "num_warps": 8, "num_stages": 2}
+    if block_d <= 128:
+        return {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}
+    return {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}
+
+
+def _bwd_default(block_d: int, elem: int) -> Config:
+    """The backward's default (dK/dV on BLOCK_M query rows x BLOCK_N keys; dQ on the swapped tile)."""
+    # NOTE: Triton's fused-attention tutorial tile (dK/dV: 32 query rows x 128 keys; dQ: 128 x
+    # 32), on 8 warps: at 4 warps the D=64 dK/dV kernel spills on sm_90. D=128 halves the keys
+    # (32x64: 170 registers). float32 (IEEE FMA dots): 16x32 (D=64 dK/dV: 245 registers).
+    if elem == 4:
+        return {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 8, "num_stages": 2}
+    if block_d <= 64:
+        return {"BLOCK_M": 32, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3}
+    return {"BLOCK_M": 32, "BLOCK_N": 64 if block_d <= 128 else 32, "num_warps": 8, "num_stages": 2}
+
+
 def forward_space(head_dim: int, dtype: str = "float16", smem_bytes: int = DEFAULT_SMEM_BYTES) -> ScheduleSpace:
     """Schedule space of the forward kernel for one head dim and dtype."""
     block_d, elem = head_block(head_dim), _elem_size(dtype)
-    default = {"BLOCK_M": 128, "BLOCK_N": 64 if block_d <= 128 else 32,
-               "num_warps": 4 if block_d <= 64 else 8, "num_stages": 3 if block_d <= 64 else 2}
     return _attention_space(
         "attention_fwd", {"BLOCK_M": [16, 32, 64, 128], "BLOCK_N": [16, 32, 64, 128],
                           "num_warps": [2, 4, 8], "num_stages": [1, 2, 3, 4]},
-        lambda c: _smem_fwd(c, block_d, elem), smem_bytes, _fwd_registers(block_d), default)
+        lambda c: _smem_fwd(c, block_d, elem), smem_bytes, _fwd_registers(block_d, elem),
+        _fwd_default(block_d, elem))
 
 
 def backward_space(head_dim: int, dtype: str = "float16", smem_bytes: int = DEFAULT_SMEM_BYTES) -> ScheduleSpace:
     """Schedule space of the two backward kernels: dK/dV runs BLOCK_N keys against BLOCK_M query
     rows per step; dQ runs the swapped tile (BLOCK_N query rows against BLOCK_M keys)."""
     block_d, elem = head_block(head_dim), _elem_size(dtype)
-    # NOTE: as Triton's fused-attention tutorial: dK/dV on 32 query rows x 128 keys, dQ on the
-    # swapped tile (128 query rows x 32 keys), pipelined; smaller where the head dim is large.
-    default = {"BLOCK_M": 32, "BLOCK_N": 128 if block_d <= 64 else 64,
-               "num_warps": 4 if block_d <= 64 else 8, "num_stages": 3 if block_d <= 64 else 2}
     return _attention_space(
         "attention_bwd", {"BLOCK_M": [16, 32, 64, 128], "BLOCK_N": [16, 32, 64, 128],
                           "num_warps": [2, 4, 8], "num_stages": [1, 2, 3, 4, 5]},
-        lambda c: _smem_bwd(c, block_d, elem), smem_bytes, _bwd_registers(block_d), default)
+        lambda c: _smem_bwd(c, block_d, elem), smem_bytes, _bwd_registers(block_d, elem),
+        _bwd_default(block_d, elem))
 
 
 def decode_space(head_dim: int, dtype: str = "float16", smem_bytes: int = DEFAULT_SMEM_BYTES) -> ScheduleSpace:
@@ -141,7 +191,7 @@ def decode_space(head_dim: int, dtype: str = "float16", smem_bytes: int = DEFAUL
     return _attention_space(
         "attention_decode", {"NUM_SPLITS": [1, 2, 4, 8, 16, 32, 64, 128], "BLOCK_M": [16, 32, 64],
                              "BLOCK_N": [16, 32, 64, 128], "num_warps": [2, 4, 8], "num_stages": [1, 2, 3, 4]},
-        lambda c: _smem_fwd(c, block_d, elem), smem_bytes, _fwd_registers(block_d), default)
+        lambda c: _smem_fwd(c, block_d, elem), smem_bytes, _fwd_registers(block_d, elem), default)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -165,11 +215,21 @@ def _upcast(q: torch.Tensor) -> bool:
     return interpret_mode() and q.dtype == torch.bfloat16
 
 
-def _dot_precision(q: torch.Tensor) -> str | None:
-    """float32: IEEE dots unless torch itself allows TF32 (then eager uses TF32 too); else default."""
-    if q.dtype != torch.float32:
+def dot_precision(dtype: str | torch.dtype) -> str | None:
+    """The ``tl.dot`` input precision of float32 attention, following torch's float32 matmul flags
+    (:func:`~tilewright.schedule.precision.fp32_matmul_policy`): ``tf32`` where torch allows TF32
+    (eager uses it too), else ``ieee`` (FMA). None (the dtype's own dot) for half precision.
+
+    NOTE: ``tf32x3`` (the GEMMs' float32-level tensor-core candidate) is not used here: compiled
+    for sm_90 its split operands need more registers and shared memory than IEEE at every
+    attention tile tried (e.g. D=64 dK/dV 32x64, 8 warps: 200 B spilled, 112 KiB)."""
+    if str(dtype).replace("torch.", "") != "float32":
         return None
-    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    return "tf32" if fp32_matmul_policy() == "tf32" else "ieee"
+
+
+def _dot_precision(q: torch.Tensor) -> str | None:
+    return dot_precision(q.dtype)
 
 
 def _launch_opts(cfg: Mapping[str, Any]) -> dict[str, Any]:
