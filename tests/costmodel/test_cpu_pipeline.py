@@ -47,7 +47,7 @@ def test_train_reports_model_roofline_and_random_held_out(trained: tuple[Path, d
             o = cv[model]["overall"]
             assert -1.0 <= o["spearman"] <= 1.0 and o["top1_regret"] >= 0.0 and 0.0 <= o["top5_recall"] <= 1.0
     assert report["cv_by_model"]["holdout"] == "model" and report["cv"]["holdout"] == "problem"
-    assert set(report["objectives"]) == {"logtime", "rank"} and report["objective"] in report["objectives"]
+    assert set(report["objectives"]) == {"logtime", "rank", "throughput"} and report["objective"] in report["objectives"]
     assert all(Path(p).exists() for p in report["plots"])
     # shipped only when it beats the roofline on held-out kernels
     assert (out / "shipped.json").exists() == bool(report["beats_roofline"])

@@ -48,8 +48,11 @@ def _with_rounds(rec, rounds, disturbed=None):
 
 
 def test_labels_from_round_medians_and_disturbed_marks() -> None:
-    rec = next(r for r in read_records(SAMPLE) if r.ok)
+    rec = next(r for r in read_records(SAMPLE) if r.ok and r.time_p80_s < 1.1 * r.time_p20_s)
     assert round_medians(rec) == [rec.time_median_s] and not is_disturbed(rec)
+    wide = dataclasses.replace(rec, time_p80_s=3 * rec.time_median_s)  # never got a calm batch
+    assert is_disturbed(wide) and not is_disturbed(wide, max_spread=5.0)
+    rec = dataclasses.replace(rec, time_p20_s=None, time_p80_s=None)
     stalled = _with_rounds(rec, [2e-5, 1e-2, 2.1e-5])  # one round 500x slower
     assert is_disturbed(stalled) and not is_disturbed(_with_rounds(rec, [2e-5, 2.2e-5]))
     assert is_disturbed(_with_rounds(rec, [2e-5, 2.2e-5], disturbed=True))
@@ -105,3 +108,35 @@ def test_cpu_measurer_rounds_keep_the_smallest_round_median_and_mark_disturbed(m
     assert m.round_medians[b_hash] == [2.0, 900.0, 2.1, 2.0, 2.0]
     assert b_hash in m.disturbed  # still 450x apart after the extra rounds: marked, not dropped
     assert math.isfinite(by["b"].time_s)
+
+
+def test_throughput_target_is_bounded_and_zero_for_the_fastest() -> None:
+    import numpy as np
+
+    from tilewright.costmodel.gbm import throughput_loss_target
+
+    times = np.array([1.0, 2.0, 1000.0, 5.0, 5.0])
+    groups = np.array(["p", "p", "p", "q", "q"], dtype=object)
+    out = throughput_loss_target(times, groups)
+    assert out.tolist() == pytest.approx([0.0, 0.5, 0.999, 0.0, 0.0])
+
+
+def test_disturbed_rows_are_counted_weighted_and_scored_apart() -> None:
+    import numpy as np
+
+    from tilewright.costmodel.dataset import build_dataset
+    from tilewright.costmodel.gbm import GBMCostModel
+    from tilewright.costmodel.train import cross_validate
+
+    records = read_records(SAMPLE)
+    data = build_dataset(records, feature_set="cpu")
+    assert data.disturbed is not None and len(data.disturbed) == len(data)
+    assert data.disturbed.sum() == sum(is_disturbed(r) for r in data.records)
+    cv, _ = cross_validate(data, n_splits=3, fit=lambda d: GBMCostModel.fit(
+        d, n_estimators=10, max_depth=2, objective="throughput", disturbed_weight=0.0))
+    assert cv["disturbed"]["rows"] == int(data.disturbed.sum()) and cv["disturbed"]["of_rows"] == len(data)
+    assert {"gbm", "roofline", "random"} <= set(cv["calm"])
+    assert -1.0 <= cv["calm"]["gbm"]["spearman"] <= 1.0
+    model = GBMCostModel.fit(data, n_estimators=10, max_depth=2, objective="throughput")
+    assert model.payload["objective"] == "throughput" and not model.payload["baseline"]
+    assert np.isfinite(model.predict_matrix(data.X)).all()

@@ -43,7 +43,7 @@ def test_folds_hold_out_whole_kernels() -> None:
 def test_cross_validation_scores_all_models(synthetic_records) -> None:
     data = build_dataset(synthetic_records)
     report, oof = cross_validate(data, n_splits=3, fit=_fit)
-    assert set(report) == {"gbm", "roofline", "random", "folds", "holdout"}
+    assert set(report) == {"gbm", "roofline", "random", "folds", "holdout", "disturbed", "calm"}
     g, r, x = (report[m]["overall"] for m in ("gbm", "roofline", "random"))
     assert g["groups"] == r["groups"] == x["groups"] == len(set(data.groups.tolist()))
     assert g["spearman"] > x["spearman"] and g["top5_recall"] > x["top5_recall"]

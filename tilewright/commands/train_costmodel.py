@@ -48,11 +48,18 @@ def register(subparsers: Any) -> None:
     p.add_argument("--ship-to", metavar="PATH",
                    help="also write the model here, only when it beats the roofline on held-out kernels "
                         "(Spearman ρ, mean and median top-1 regret, top-5 recall not worse)")
+    p.add_argument("--noise-ceiling", metavar="JSON",
+                   help="report of benchmarks.cpu_noise_ceiling: its figures (what ranking by one measurement "
+                        "reaches against another) are printed and stored next to the model's")
     p.add_argument("--no-cv", action="store_true", help="skip evaluation, only train the model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--estimators", type=int, default=300, help="boosting rounds (default 300)")
     p.add_argument("--max-depth", type=int, default=5)
     p.add_argument("--learning-rate", type=float, default=0.05)
+    p.add_argument("--min-samples-leaf", type=int, default=5, help="smallest leaf of a tree (default 5)")
+    p.add_argument("--disturbed-weight", type=float, default=1.0,
+                   help="training weight of records marked disturbed (stalled rounds, a spread the measurer "
+                        "never calmed); they are always kept and counted in the report (default 1)")
     p.add_argument("--allow-synthetic", action="store_true",
                    help="accept synthetic records (tests only; the model is marked synthetic)")
     p.set_defaults(func=run)
@@ -94,6 +101,12 @@ def _print_report(report: dict[str, Any]) -> None:
         o = cv[model]["overall"]
         table.add_row(model, _fmt(o["spearman"]), _fmt(o["top1_regret"], True), _fmt(o["top5_recall"], True))
     console.print(table)
+    marked = cv.get("disturbed")
+    if marked:
+        console.print(f"disturbed measurements: {marked['rows']} of {marked['of_rows']} rows in "
+                      f"{marked['groups_with_any']} kernel problems (kept); scored without them: " + " | ".join(
+                          f"{m} ρ {_fmt(cv['calm'][m]['spearman'])} top-5 {_fmt(cv['calm'][m]['top5_recall'], True)}"
+                          for m in ("gbm", "roofline")))
     by_model = report.get("cv_by_model")
     if by_model:
         console.print("held out by model (gbm / roofline / random): " + " | ".join(
@@ -119,6 +132,10 @@ def _print_report(report: dict[str, Any]) -> None:
                       f"{_fmt(g['top1_regret'], True)} ({_fmt(r['top1_regret'], True)})",
                       f"{_fmt(g['top5_recall'], True)} ({_fmt(r['top5_recall'], True)})")
         console.print(t)
+    for label, c in report.get("noise_ceiling", {}).items():
+        console.print(f"noise ceiling ({label} labels, one measurement ranked against another over "
+                      f"{c['groups_compared']} problems): ρ {_fmt(c['spearman'])} (perfect model ≈ "
+                      f"{_fmt(c['spearman_perfect_estimate'])}), top-5 {_fmt(c['top5_recall'], True)}")
     verdict = report["targets"]
     line = (f"targets (ρ ≥ {TARGET_SPEARMAN}, top-5 recall ≥ {TARGET_TOP5:.0%}, beat roofline): "
             + ("[green]met[/]" if verdict["met"] else "[red]not met[/]"))
@@ -160,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
         model, report = train_model(records, seed=args.seed, n_splits=args.folds, holdout=args.holdout,
                                     evaluate=not args.no_cv, objective=objective, feature_set=args.feature_set,
                                     n_estimators=args.estimators, max_depth=args.max_depth,
-                                    learning_rate=args.learning_rate)
+                                    learning_rate=args.learning_rate, min_samples_leaf=args.min_samples_leaf,
+                                    disturbed_weight=args.disturbed_weight)
     except ValueError as exc:
         return fail(f"not enough data to train: {exc}", 3)
     out = Path(args.out)
@@ -169,6 +187,13 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         return fail(f"cannot write the model to {out}: {exc.strerror or exc}", 1)
     report["model"] = str(out)
+    if args.noise_ceiling:
+        try:
+            doc = json.loads(Path(args.noise_ceiling).read_text())
+            report["noise_ceiling"] = {label: {**c["overall"], "spearman_perfect_estimate": c["spearman_perfect_estimate"],
+                                               "groups_compared": c["groups"]} for label, c in doc["a_vs_b"].items()}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return fail(f"cannot read the noise-ceiling report {args.noise_ceiling}: {exc}", 1)
     if "cv" in report:
         report["targets"] = _targets(report["cv"], report["synthetic"])
         g, r = report["cv"]["gbm"]["overall"], report["cv"]["roofline"]["overall"]

@@ -22,6 +22,7 @@ from ..schedule.space import ConfigValue
 from .cpu import CPU_FEATURE_NAMES, cpu_feature_vector, cpu_roofline_seconds, is_cpu_device
 from .devices import device_family, device_spec
 from .features import FEATURE_NAMES, feature_vector
+from .noise import is_disturbed
 from .records import Record
 from .roofline import roofline_seconds
 
@@ -91,6 +92,8 @@ class Dataset:
         records: the successful records, row-aligned.
         feature_set: "gpu" or "cpu" (:data:`FEATURE_SETS`).
         sources: record source per row ("cpu:model:gpt2", "cpu:random:matmul", ...).
+        disturbed: per row, whether the measurement was disturbed (:func:`.noise.is_disturbed`):
+            kept, counted in the metrics, optionally down-weighted in training.
     """
 
     X: np.ndarray
@@ -105,6 +108,7 @@ class Dataset:
     records: list[Record]
     feature_set: str = "gpu"
     sources: np.ndarray | None = None
+    disturbed: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.y)
@@ -115,7 +119,8 @@ class Dataset:
         return Dataset(self.X[idx], self.y[idx], self.times[idx], self.roofline[idx], self.groups[idx],
                        self.kernels[idx], self.problems[idx], self.kinds[idx], self.devices[idx],
                        [self.records[i] for i in idx], self.feature_set,
-                       None if self.sources is None else self.sources[idx])
+                       None if self.sources is None else self.sources[idx],
+                       None if self.disturbed is None else self.disturbed[idx])
 
 
 def center_per_group(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -184,4 +189,5 @@ def build_dataset(records: Sequence[Record], feature_set: str | None = None) -> 
                    kinds=np.asarray([r.kind for _, r, _ in kept], dtype=object),
                    devices=np.asarray([device_key(r.device()) for _, r, _ in kept], dtype=object),
                    records=[r for _, r, _ in kept], feature_set=feature_set,
-                   sources=np.asarray([r.source for _, r, _ in kept], dtype=object))
+                   sources=np.asarray([r.source for _, r, _ in kept], dtype=object),
+                   disturbed=np.asarray([is_disturbed(r) for _, r, _ in kept], dtype=bool))

@@ -55,7 +55,20 @@ FEATURE_VERSIONS = {"gpu": FEATURE_VERSION, "cpu": CPU_FEATURE_VERSION}
 #: Training objectives: "logtime" regresses the normalized log time over the roofline's;
 #: "rank" regresses each config's rank percentile within its kernel problem (a pointwise
 #: ranking objective: every kernel weighs the same and outlier slow configs cannot dominate).
-OBJECTIVES = ("logtime", "rank")
+#: "throughput" regresses 1 − best/time within the kernel problem (the normalised throughput
+#: cost models of tensor compilers learn, as a loss: 0 for the fastest config, bounded by 1, so a
+#: stalled measurement 1000x slower weighs no more than one 2x slower and the fast end of the
+#: ranking, which top-k search needs, gets the resolution).
+OBJECTIVES = ("logtime", "rank", "throughput")
+
+
+def throughput_loss_target(times: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Per group, ``1 − min(time) / time`` in [0, 1) (fastest 0)."""
+    out = np.zeros(len(times))
+    for g in np.unique(groups):
+        mask = groups == g
+        out[mask] = 1.0 - times[mask].min() / times[mask]
+    return out
 
 
 def rank_target(times: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -195,33 +208,40 @@ class GBMCostModel(CostModel):
     @classmethod
     def fit(cls, data: Dataset, *, n_estimators: int = 300, max_depth: int = 5,
             learning_rate: float = 0.05, subsample: float = 0.8, seed: int = 0,
-            extra: Mapping[str, Any] | None = None, objective: str = "logtime") -> "GBMCostModel":
+            extra: Mapping[str, Any] | None = None, objective: str = "logtime",
+            disturbed_weight: float = 1.0, min_samples_leaf: int = 5) -> "GBMCostModel":
         """Train on ``data`` with ``objective`` (:data:`OBJECTIVES`); ``extra`` is stored in the
-        payload (metrics, data digest...)."""
+        payload (metrics, data digest...). Rows marked disturbed (``data.disturbed``) weigh
+        ``disturbed_weight`` (1: like the others; 0 would leave them out)."""
         from sklearn.ensemble import GradientBoostingRegressor
 
         if len(data) < 2:
             raise ValueError("need at least two successful measurements to train")
         reg = GradientBoostingRegressor(n_estimators=n_estimators, max_depth=max_depth,
                                         learning_rate=learning_rate, subsample=subsample,
-                                        min_samples_leaf=5, random_state=seed)
+                                        min_samples_leaf=min_samples_leaf, random_state=seed)
         # NOTE: the trees learn the residual over the roofline (both normalized per group), so
         # the analytical model is the starting point and the data only has to teach corrections.
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, not {objective!r}")
-        if objective == "rank":
-            reg.fit(data.X, rank_target(data.times, data.groups))
+        weight = np.ones(len(data))
+        if data.disturbed is not None:
+            weight[data.disturbed] = disturbed_weight
+        if objective in ("rank", "throughput"):
+            target = rank_target if objective == "rank" else throughput_loss_target
+            reg.fit(data.X, target(data.times, data.groups), sample_weight=weight)
         else:
             baseline = normalized_log_time(np.exp2(data.X[:, BASELINE_COLUMN]), data.groups)
-            reg.fit(data.X, data.y - baseline)
+            reg.fit(data.X, data.y - baseline, sample_weight=weight)
         records = data.records
         payload: dict[str, Any] = {
             "model_type": MODEL_TYPE,
             "feature_version": FEATURE_VERSIONS[data.feature_set],
             "record_schema_version": SCHEMA_VERSION,
             "feature_names": list(FEATURE_SETS[data.feature_set]),
-            "target": ("rank percentile of the config within its kernel problem" if objective == "rank" else
-                       "log2(time) - log2(roofline), each minus its mean over the kernel problem"),
+            "target": {"rank": "rank percentile of the config within its kernel problem",
+                       "throughput": "1 - best time / time within the kernel problem"}.get(
+                objective, "log2(time) - log2(roofline), each minus its mean over the kernel problem"),
             **export_sklearn(reg),
             "devices": sorted({device_key(r.device()) for r in records}),
             "device_names": sorted({r.device_name for r in records}),
@@ -232,11 +252,12 @@ class GBMCostModel(CostModel):
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "hyperparameters": {"n_estimators": n_estimators, "max_depth": max_depth,
                                 "learning_rate": learning_rate, "subsample": subsample,
-                                "seed": seed},
+                                "seed": seed, "min_samples_leaf": min_samples_leaf,
+                                **({"disturbed_weight": disturbed_weight} if disturbed_weight != 1.0 else {})},
         }
         if data.feature_set != "gpu":  # GPU model files stay as they were
             payload.update({"feature_set": data.feature_set, "objective": objective,
-                            "baseline": objective != "rank"})
+                            "baseline": objective == "logtime"})
         payload.update(extra or {})
         log.info("trained GBM on %d rows / %d groups", len(records), payload["n_groups"])
         return cls(payload)

@@ -48,14 +48,18 @@ LABELS: dict[str, Callable[[Sequence[float]], float]] = {
 }
 
 
-def is_disturbed(record: Record, ratio: float = 1.5) -> bool:
-    """True when the measurer marked the record disturbed, or its round medians differ by more
-    than ``ratio`` (a stall spoiled some rounds)."""
+def is_disturbed(record: Record, ratio: float = 1.5, max_spread: float = 1.0) -> bool:
+    """True when the measurer marked the record disturbed, its round medians differ by more than
+    ``ratio`` (a stall spoiled some rounds), or its samples' spread ((p80 − p20) / median) is
+    above ``max_spread`` although the measurer re-sampled it (it never got a calm batch)."""
     extra = record.device_extra or {}
     if extra.get("disturbed"):
         return True
     rounds = round_medians(record)
-    return len(rounds) > 1 and max(rounds) > ratio * min(rounds)
+    if len(rounds) > 1 and max(rounds) > ratio * min(rounds):
+        return True
+    p20, p80, med = record.time_p20_s, record.time_p80_s, record.time_median_s
+    return bool(p20 and p80 and med and (p80 - p20) / med > max_spread)
 
 
 def label_table(records: Iterable[Record], label: str = "min_of_rounds") -> dict[str, dict[str, float]]:

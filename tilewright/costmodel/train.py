@@ -37,11 +37,15 @@ def data_digest(records: Sequence[Record]) -> str:
     return hashlib.sha256("\n".join(keys).encode()).hexdigest()
 
 
-def score_groups(data: Dataset, pred: np.ndarray) -> dict[str, list[GroupMetrics]]:
-    """Per-group metrics of ``pred`` (GBM), the roofline column and the random ranker."""
+def score_groups(data: Dataset, pred: np.ndarray, calm: bool = False) -> dict[str, list[GroupMetrics]]:
+    """Per-group metrics of ``pred`` (GBM), the roofline column and the random ranker; ``calm``
+    scores each group on its undisturbed rows only (groups left with fewer than two are skipped)."""
     out: dict[str, list[GroupMetrics]] = {m: [] for m in MODELS}
+    keep = ~data.disturbed if calm and data.disturbed is not None else np.ones(len(data), dtype=bool)
     for g in sorted(set(data.groups.tolist())):
-        mask = data.groups == g
+        mask = (data.groups == g) & keep
+        if mask.sum() < 2:
+            continue
         true = data.times[mask].tolist()
         kind = str(data.kinds[mask][0])
         out["gbm"].append(group_metrics(g, kind, pred[mask].tolist(), true))
@@ -98,7 +102,18 @@ def cross_validate(data: Dataset, *, n_splits: int = 5, seed: int = 0, holdout: 
     report: dict[str, Any] = {m: summarize(rows) for m, rows in scored.items()}
     report["folds"] = len(folds)
     report["holdout"] = holdout
+    report.update(disturbed_summary(data, oof))
     return report, oof
+
+
+def disturbed_summary(data: Dataset, pred: np.ndarray) -> dict[str, Any]:
+    """How many rows are marked disturbed (never dropped), and every model's figures when each
+    kernel problem is scored on its undisturbed rows only (``calm``)."""
+    flags = data.disturbed if data.disturbed is not None else np.zeros(len(data), dtype=bool)
+    calm = {m: summarize(rows)["overall"] for m, rows in score_groups(data, pred, calm=True).items()}
+    return {"disturbed": {"rows": int(flags.sum()), "of_rows": len(data),
+                          "groups_with_any": int(len(set(data.groups[flags].tolist())))},
+            "calm": calm}
 
 
 def transfer(data: Dataset, source: str, target: str, *, shots: Sequence[int] = (0, 5, 20),
