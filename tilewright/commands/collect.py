@@ -41,6 +41,9 @@ def register(subparsers: Any) -> None:
                    help="module with a MODELS dict of model factories (CPU target)")
     p.add_argument("--repeat-sample", type=int, default=24,
                    help="configs measured again in a second process for the repeatability report (CPU)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="CPU: time each kernel's configs in this many interleaved rounds and keep the smallest "
+                        "round median (robust to stalls on a loaded machine; default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-suite", action="store_true", help="skip the model-suite kernels")
     p.add_argument("--dry-run", action="store_true", help="list what would be measured, measure nothing")
@@ -153,7 +156,7 @@ def run_cpu(args: argparse.Namespace) -> int:
     from ..autotune.measure import CpuMeasurer
     from .collect_cpu import collect_cpu, device_extra, repeatability
 
-    measurer = CpuMeasurer(repeats=min(args.repeats, 7), sample_s=1e-3)
+    measurer = CpuMeasurer(repeats=min(args.repeats, 7), sample_s=1e-3, rounds=max(args.rounds, 1))
     info = measurer.device_info()
     out = Path(args.out or f"data/costmodel/records/cpu-{time.strftime('%Y%m%d-%H%M')}.jsonl")
     if args.dry_run:
@@ -180,7 +183,7 @@ def run_cpu(args: argparse.Namespace) -> int:
             "device": {k: v for k, v in info.items() if k != "isa"}, "isa": info.get("isa", []),
             "cpu": device_extra(info), "timing": {"measurer": "CpuMeasurer", "repeats": measurer.repeats,
                                                   "sample_s": measurer.sample_s, "max_spread": measurer.max_spread,
-                                                  "retries": measurer.retries},
+                                                  "retries": measurer.retries, "rounds": measurer.rounds},
             "loadavg_start_end": summary.loadavg, "cores_online": os.cpu_count(),
             "kernels": summary.kernels, "records_written": summary.records, "failures": summary.failures,
             "by_kind": summary.by_kind, "seconds": round(summary.seconds, 1),
