@@ -197,35 +197,57 @@ def test_attention_options_are_validated() -> None:
 
 
 def test_gate_measures_lazily_and_backs_off() -> None:
-    """Model errors from a fake model (site i with window w costs c_i / w, errors add): the safest
-    setting first, the fastest setting within the budget, then the global back-off."""
-    from tilewright.sparsity.attention.evaluate import AttentionCall, AttentionEvaluator
+    """A fake model whose error is c_i times site i's attention-output error (sites add): the safest
+    setting first, then the fastest setting predicted and measured within the budget; a hopeless
+    site costs one run; the global back-off brings the sum within the budget."""
+    from tilewright.sparsity.attention.calibrate import relative_error
+    from tilewright.sparsity.attention.evaluate import (
+        AttentionCall,
+        AttentionEvaluator,
+        dense_forward,
+        sparse_forward,
+    )
     from tilewright.sparsity.attention.gate import AttentionOptions, run_attention_gate
 
     g = torch.Generator().manual_seed(0)
-    costs = [0.4, 0.22, 2.0]  # the third site fails even at its safest setting
+    grid = [{"sinks": 1, "window": w} for w in (1, 2, 3, 4, 6)]
+    calls = [AttentionCall(*(torch.randn(1, 2, 512, 16, generator=g) for _ in range(3)), None, True, 0)
+             for _ in range(3)]
+
+    def local(i: int, window: int) -> float:
+        call = calls[i]
+        params = {"block": 16, "sinks": 1, "window": window}
+        return relative_error(sparse_forward(call, "sinks_window", params), dense_forward(call)[0])
 
     class Fake(AttentionEvaluator):
-        def __init__(self) -> None:
-            self.sites = [AttentionCall(*(torch.randn(1, 2, 512, 16, generator=g) for _ in range(3)), None, True, 0)
-                          for _ in costs]
+        def __init__(self, costs: list[float]) -> None:
+            self.sites, self.costs = calls, costs
             self.reference = [torch.zeros(())]
             self.runs: list[dict[int, Any]] = []
 
         def run(self, choice: Any) -> list[Any]:
             self.runs.append(dict(choice))
-            return [torch.tensor(sum(costs[i] / p["window"] for i, (_, p) in choice.items()))]
+            return [torch.tensor(sum(self.costs[i] * local(i, p["window"]) for i, (_, p) in choice.items()))]
 
-    fake = Fake()
-    options = AttentionOptions(("sinks_window",), 16, {"sinks_window": [{"sinks": 1, "window": w} for w in (1, 2, 3, 4)]})
-    entries, error, meta = run_attention_gate(fake, options, 0.15, lambda ref, out: float(out[0]))
-    # site 0: w4 (safest) 0.1, w1 0.4, w2 0.2, w3 0.133 -> w3; site 1: w4 0.055, w1 0.22, w2 0.11 -> w2;
-    # site 2: w4 0.5 > budget -> exact after one run; together 0.243 -> site 0 to w4 (0.21) -> site 1 to w3
-    # (0.173) -> site 0 has nothing slower: exact (0.073)
-    assert [e.method for e in entries] == ["exact", "sinks_window", "exact"]
-    assert entries[1].params["window"] == 3 and error == pytest.approx(0.22 / 3)
-    assert "reverted to exact" in entries[0].note and "least lossy" in entries[2].note
-    assert entries[2].error == pytest.approx(0.5) and meta["attention_backoffs"] == 3
-    singles = [next(iter(r.items())) for r in fake.runs if len(r) == 1]
-    assert [(i, p["window"]) for i, (_, p) in singles if i == 2] == [(2, 4)]  # one run for the hopeless site
-    assert 0 < entries[1].params["density"] < 1 and entries[1].expected_speedup > 1
+    def gate(costs: list[float], budget: float) -> tuple[Any, float, dict[str, Any], Fake]:
+        fake = Fake(costs)
+        options = AttentionOptions(("sinks_window",), 16, {"sinks_window": grid})
+        return (*run_attention_gate(fake, options, budget, lambda ref, out: float(out[0])), fake)
+
+    e = {w: local(0, w) for w in (1, 2, 3, 4, 6)}
+    assert e[1] > e[2] > e[3] > e[4] > e[6]
+    budget = 0.1
+    c0 = budget / e[3] * 0.99  # window 3 is the fastest setting of site 0 within the budget
+    entries, error, meta, fake = gate([c0, 0.0, budget / local(2, 6) * 1.5], budget)
+    assert [en.method for en in entries] == ["sinks_window", "sinks_window", "exact"]
+    assert entries[0].params["window"] == 3 and entries[1].params["window"] == 1  # site 1 costs nothing
+    assert "least lossy" in entries[2].note and entries[2].error > budget
+    site_runs = [next(iter(r)) for r in fake.runs if len(r) == 1]
+    assert site_runs.count(0) == 2 and site_runs.count(2) == 1  # safest + chosen; the hopeless site once
+    assert error <= budget and meta["attention_backoffs"] == 0
+    assert 0 < entries[0].params["density"] < 1 and entries[0].expected_speedup > 1
+
+    entries, error, meta, _ = gate([c0, budget / local(1, 3) * 0.99, 0.0], budget)  # each alone fits, not both
+    assert meta["attention_backoffs"] >= 1 and error <= budget
+    applied = [en for en in entries if not en.is_exact]
+    assert applied and all(en.error <= budget for en in applied)

@@ -21,11 +21,13 @@ from .op import block_sparse_attention, build_index, method_params
 log = logging.getLogger(__name__)
 
 #: default candidate grids (from the sparsest up)
+#: (the dense ends, window 32 / threshold 0.995 / 32 lines, are for small budgets at a few
+#: thousand tokens; the gate drops settings not expected to pay)
 GRIDS: dict[str, list[dict[str, Any]]] = {
-    "sinks_window": [{"sinks": 1, "window": w} for w in (1, 2, 4, 8, 16)],
-    "vertical_slash": [{"vertical": [0], "slash": list(range(w))} for w in (1, 2, 4, 8)],
-    "xattention": [{"threshold": t, "stride": 8} for t in (0.6, 0.8, 0.9, 0.95, 0.98)],
-    "minference": [{"vertical": n, "slash": n} for n in (2, 4, 8, 16)],
+    "sinks_window": [{"sinks": 1, "window": w} for w in (1, 2, 4, 8, 16, 24, 32)],
+    "vertical_slash": [{"vertical": [0], "slash": list(range(w))} for w in (1, 2, 4, 8, 16)],
+    "xattention": [{"threshold": t, "stride": 8} for t in (0.6, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)],
+    "minference": [{"vertical": n, "slash": n} for n in (2, 4, 8, 16, 24, 32)],
 }
 
 

@@ -7,19 +7,24 @@ module on calibration batches). :func:`run_attention_gate`, per site:
 
 1. :func:`~.calibrate.calibrate_attention` gives every candidate setting (each method's grid)
    its density and attention-output error ("local error") on the site's own q, k, v; settings
-   whose expected speedup (:func:`expected_attention_speedup`) is below ``min_speedup`` go.
+   whose expected speedup (:func:`expected_attention_speedup`) is below ``min_speedup`` go. With
+   ``measure``, each setting that reaches step 2 is first timed (the sparse kernel, index
+   estimation included, against the dense kernel on the same q, k, v; medians of 3) and skipped
+   when it misses ``min_speedup``.
 2. Model-level errors (that site sparse, the others exact, weight rewrites in force, against
-   the exact model), measured lazily: first the setting with the smallest local error (when even
-   it exceeds the budget the site stays exact), then the settings fastest first, until one fits
-   the budget. A setting whose local error is at least that of a setting already rejected at
-   the model level is assumed to exceed the budget too and is not run (the model error of one
-   site grows with its attention-output error).
+   the exact model) are measured lazily, as each costs a forward pass: first the setting with
+   the smallest local error (when even it exceeds the budget the site stays exact), which gives
+   the site's sensitivity (model error per unit of local error; the largest seen so far); then
+   the settings fastest first whose local error times the sensitivity fits the budget are run
+   until one does. The model error of one site grows about linearly with its attention-output
+   error, so a few runs per site suffice; every accepted setting's error is a measured one.
 3. All chosen sites together; while the model error exceeds the budget, the site with the
    largest error backs off to its next slower setting with a lower error (or to exact), as the
    weight gate does.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -35,8 +40,7 @@ from .op import METHODS, method_params
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AttentionOptions", "expected_attention_speedup", "measure_attention_speedup", "parse_attention",
-           "run_attention_gate"]
+__all__ = ["AttentionOptions", "expected_attention_speedup", "parse_attention", "run_attention_gate"]
 
 Choice = Mapping[int, tuple[str, Mapping[str, Any]]]
 
@@ -55,7 +59,8 @@ class AttentionOptions:
     #: method -> candidate params (default: :data:`~.calibrate.GRIDS`)
     candidates: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     min_speedup: float = 1.1
-    #: time each chosen site's sparse kernel (estimation included) against the dense one (CPU)
+    #: time each setting before its model run (sparse kernel + index estimation against the dense
+    #: kernel, on the site's q, k, v; CPU) and skip it when it misses ``min_speedup``
     measure: bool = False
 
 
@@ -86,18 +91,18 @@ def parse_attention(value: Any, measure: bool = False) -> AttentionOptions | Non
                             float(value.get("min_speedup", 1.1)), bool(value.get("measure", measure)))
 
 
+#: the dynamic methods' index estimation as a share of the dense kernel's time at 4096 queries
+#: (measured on the CPU target, benchmarks/sparse_attention.py: XAttention 0.25-0.30, MInference
+#: 0.33 at 4k; 0.04-0.05 at 16k); modelled as falling like 1/queries (conservative at 16k)
+ESTIMATE_SHARE_4K = 0.3
+
+
 def expected_attention_speedup(method: str, params: Mapping[str, Any], density: float, queries: int) -> float:
     """Dense over sparse attention time, modelled: the sparse kernel runs at the dense kernel's
-    per-block speed (measured, docs/sparsity_attention.md), plus the estimation's share of dense work:
-    XAttention's scoring does 1/stride of the dense products over all blocks (``2 / stride`` of a
-    causal pass), MInference's ``last_q`` queries against every key ``2 * last_q / queries``; static
-    patterns none."""
-    if method == "xattention":
-        extra = 2.0 / float(params.get("stride", 8))
-    elif method == "minference":
-        extra = 2.0 * float(params.get("last_q", 64)) / max(queries, 1)
-    else:
-        extra = 0.0
+    per-block speed (measured, docs/sparsity_attention.md), plus the index estimation of the dynamic
+    methods (:data:`ESTIMATE_SHARE_4K` of dense at 4096 queries, scaled by ``4096 / queries``); the
+    static patterns' index is built once per shape."""
+    extra = ESTIMATE_SHARE_4K * 4096 / max(queries, 1) if method in ("xattention", "minference") else 0.0
     return 1.0 / max(density + extra, 1e-6)
 
 
@@ -109,6 +114,7 @@ class _Cand:
     local_error: float
     expected: float
     error: float = math.nan
+    measured: float | None = None
 
     def label(self) -> str:
         shown = {k: v for k, v in self.params.items() if k != "block"}
@@ -130,19 +136,41 @@ def _candidates(call: AttentionCall, options: AttentionOptions) -> list[_Cand]:
 class _Site:
     """One site's settings (fastest first) with model-level errors measured on demand (module doc, step 2)."""
 
-    def __init__(self, ordinal: int, cands: list[_Cand], budget: float, error: Callable[[Choice], float]) -> None:
+    def __init__(self, ordinal: int, cands: list[_Cand], budget: float, error: Callable[[Choice], float],
+                 call: AttentionCall | None = None, min_speedup: float = 0.0) -> None:
         self.ordinal, self.cands, self.budget, self._error = ordinal, cands, budget, error
-        self.rejected_local = math.inf
+        #: the site's inputs when settings are timed before their model run (``measure``), else None
+        self.call, self.min_speedup = call, min_speedup
+        #: model error per unit of local error (the largest seen: conservative)
+        self.sensitivity = 0.0
         self.pos: int | None = None
         self.runs = 0
+        self._dense: float | None = None
+
+    def too_slow(self, cand: _Cand) -> bool:
+        """With ``measure``: time the setting (once) and say whether it misses ``min_speedup``."""
+        if self.call is None or self.call.q.device.type != "cpu":
+            return False
+        if cand.measured is None:
+            from ..speed import median_time
+
+            if self._dense is None:
+                self._dense = median_time(functools.partial(dense_forward, self.call), 3)
+            sparse = median_time(functools.partial(sparse_forward, self.call, cand.method, cand.params), 3)
+            cand.measured = round(self._dense / max(sparse, 1e-9), 3)
+        return cand.measured < self.min_speedup
 
     def error(self, cand: _Cand) -> float:
         if math.isnan(cand.error):
             cand.error = self._error({self.ordinal: (cand.method, cand.params)})
             self.runs += 1
-            if cand.error > self.budget:
-                self.rejected_local = min(self.rejected_local, cand.local_error)
+            self.sensitivity = max(self.sensitivity, cand.error / max(cand.local_error, 1e-12))
         return cand.error
+
+    def predicted_within(self, cand: _Cand, below: float = math.inf) -> bool:
+        """The measured error, else the local error times the sensitivity, within the budget and below ``below``."""
+        value = cand.error if not math.isnan(cand.error) else cand.local_error * self.sensitivity
+        return value <= self.budget and value < below
 
     def safest(self) -> _Cand:
         return min(self.cands, key=lambda c: (c.local_error, -c.expected))
@@ -151,8 +179,8 @@ class _Site:
         """Move to the first setting from ``start`` within the budget and below ``below``; False: none."""
         for j in range(start, len(self.cands)):
             cand = self.cands[j]
-            if math.isnan(cand.error) and cand.local_error >= self.rejected_local:
-                continue  # assumed over the budget (module doc)
+            if not self.predicted_within(cand, below) or self.too_slow(cand):
+                continue
             if self.error(cand) <= self.budget and cand.error < below:
                 self.pos = j
                 return True
@@ -165,18 +193,6 @@ class _Site:
         return self.cands[self.pos]
 
 
-def measure_attention_speedup(call: AttentionCall, method: str, params: Mapping[str, Any], repeat: int = 3
-                              ) -> float | None:
-    """Dense fused CPU attention time over the sparse kernel's (index estimation included), median of ``repeat``."""
-    if call.q.device.type != "cpu":
-        return None
-    from ..speed import median_time
-
-    dense = median_time(lambda: dense_forward(call), repeat)
-    sparse = median_time(lambda: sparse_forward(call, method, params), repeat)
-    return dense / sparse if sparse > 0 else None
-
-
 def _gate_site(i: int, call: AttentionCall, options: AttentionOptions, budget: float,
                error: Callable[[Choice], float], entry: PlanEntry) -> _Site | None:
     """Steps 1-2 for one site: its :class:`_Site` at the fastest setting within the budget, or None (exact)."""
@@ -187,12 +203,17 @@ def _gate_site(i: int, call: AttentionCall, options: AttentionOptions, budget: f
     if not cands:
         entry.note = f"no setting expected to reach {options.min_speedup:g}x"
         return None
-    site = _Site(i, cands, budget, error)
+    site = _Site(i, cands, budget, error, call if options.measure else None, options.min_speedup)
     safest = site.safest()
-    if site.error(safest) > budget or not site.advance():
+    if site.error(safest) > budget:
         entry.error = safest.error
         entry.note = (f"gate: least lossy setting {safest.label()} has model error {safest.error:.3g} > budget "
                       f"{budget:g}")
+        return None
+    if not site.advance():
+        entry.error = safest.error
+        entry.note = (f"gate: no setting within the budget measured {options.min_speedup:g}x faster than dense "
+                      f"(least lossy: {safest.label()}, error {safest.error:.3g}, measured {safest.measured}x)")
         return None
     log.info("attention gate site %d: %s (%d model runs)", i, site.current.label(), site.runs)
     return site
@@ -223,8 +244,7 @@ def run_attention_gate(evaluator: AttentionEvaluator, options: AttentionOptions,
         entry.method, entry.error, entry.expected_speedup = cand.method, cand.error, round(cand.expected, 3)
         entry.params = dict(cand.params, density=round(cand.density, 4))
         entry.note = f"attention output error {cand.local_error:.3g} on calibration"
-        if options.measure:
-            entry.measured_speedup = measure_attention_speedup(evaluator.sites[i], cand.method, cand.params)
+        entry.measured_speedup = cand.measured
     meta = {"attention_calibration_s": round(time.perf_counter() - started, 3), "attention_backoffs": backoffs,
             "attention_model_runs": runs[0], "attention_methods": list(options.methods)}
     return entries, model_error, meta
@@ -243,8 +263,11 @@ def _back_off(picked: dict[int, _Site], entries: list[PlanEntry], budget: float,
         worst = max(picked, key=lambda i: picked[i].current.error)
         site = picked[worst]
         backoffs += 1
-        if not site.advance(site.pos + 1, site.current.error):  # type: ignore[operator]
+        last = site.current
+        if not site.advance(site.pos + 1, last.error):  # type: ignore[operator]
             del picked[worst]
-            entries[worst].note = "gate: reverted to exact (the whole model exceeded the budget)"
+            entries[worst].error = last.error
+            entries[worst].note = (f"gate: reverted to exact (the whole model exceeded the budget; last setting "
+                                   f"{last.label()} alone: {last.error:.3g})")
         model_error = error(choice()) if picked else 0.0
     return model_error, backoffs
