@@ -9,6 +9,14 @@ failed). What it checks, each against a baseline taken in the same process:
   (one pool), and the first call then finds them in Triton's cache.
 * ``attention_bf16``: the compiled bf16 flash-attention kernels (UPCAST=False: bf16 tl.dot)
   against SDPA, causal and not, sizes that divide the blocks and sizes that do not.
+* ``attention_fp32``: float32 (IEEE dots) forward and backward with the sm_90 defaults at head
+  dims 64 and 128 against a float64 reference; D=128 dK/dV is the one launch known to spill
+  (tests/core/test_gpu_compile.py), so its time is recorded next to SDPA's.
+* ``gemm``: the generated GEMM at each float32 precision candidate (ieee, tf32x3, extern cuBLAS
+  under torch's default flags; tf32 under ``allow_tf32``) and in bf16, against ``torch.mm``
+  (cuBLAS) under the same flags: relative error vs float64 and median time (do_bench).
+
+``--checks`` picks a subset (comma-separated names); ``--out FILE`` also writes the JSON there.
 """
 from __future__ import annotations
 
@@ -104,19 +112,117 @@ def check_attention_bf16() -> dict[str, Any]:
     return {"ok": ok, **results}
 
 
-def main() -> None:
-    """Run every check; print JSON; exit 1 when one failed."""
+def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.double() - want).norm() / want.norm().clamp_min(1e-30))
+
+
+def check_attention_fp32() -> dict[str, Any]:
+    """float32 (IEEE dots) with the default configs against float64, at head dims 64 and 128."""
+    from tilewright.targets.triton.attention.launch import flash_attention_backward, flash_attention_forward
+
+    results: dict[str, Any] = {}
+    ok = True
+    for d in (64, 128):
+        q, k, v = (torch.randn(2, 8, s, d, device="cuda") for s in (509, 517, 517))
+        out, lse = flash_attention_forward(q, k, v, causal=True, decode=False)
+        qd, kd, vd = (t.double().requires_grad_() for t in (q, k, v))
+        ref = F.scaled_dot_product_attention(qd, kd, vd, is_causal=True)
+        dout = torch.randn_like(out)
+        dq, dk, dv, _ = flash_attention_backward(dout, q, k, v, out, lse, causal=True)
+        ref.backward(dout.double())
+        errs = [_rel_err(out, ref.detach())] + [_rel_err(g, w.grad) for g, w in ((dq, qd), (dk, kd), (dv, vd))]
+        t_fwd = _time(lambda: flash_attention_forward(q, k, v, causal=True, decode=False), reps=10)
+        t_bwd = _time(lambda: flash_attention_backward(dout, q, k, v, out, lse, causal=True), reps=10)
+        t_sdpa = _time(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), reps=10)
+        good = max(errs) < 1e-4
+        ok = ok and good
+        results[f"d{d}"] = {"ok": good, "rel_err_out_dq_dk_dv": errs, "fwd_us": t_fwd * 1e6, "bwd_us": t_bwd * 1e6,
+                            "sdpa_fwd_us": t_sdpa * 1e6}
+    return {"ok": ok, **results}
+
+
+def _gemm_rows(dtype: torch.dtype, size: int, device: str = "cuda", bench: Any = None) -> list[dict[str, Any]]:
+    """The generated GEMM under each candidate the current flags allow, and cuBLAS, on one shape
+    (``bench(fn) -> ms``: ``triton.testing.do_bench``'s median by default)."""
+    from tilewright.frontend.api import tunable_kernels
+
+    if bench is None:
+        from triton.testing import do_bench
+
+        def bench(fn: Any) -> float:
+            return float(do_bench(fn, return_mode="median"))
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    kernel = next(k for k in tunable_kernels(lambda x, y: x @ y, (a, b)) if k.kind == "matmul")
+    tensors = kernel.make_inputs(device)
+    want = tensors[0].double() @ tensors[1].double()
+    rows = [{"system": "cublas", "rel_err": _rel_err(torch.mm(tensors[0], tensors[1]), want),
+             "ms": bench(lambda: torch.mm(tensors[0], tensors[1]))}]
+    precisions = list(kernel.space.params.get("PRECISION", [None]))
+    candidates = [{"PRECISION": p, "extern": False} for p in precisions] + [{"extern": True}]
+    for change in candidates:
+        cfg = {**kernel.config, **{k: v for k, v in change.items() if v is not None}}
+        if not kernel.space.is_feasible(cfg):
+            continue
+        run = kernel.runner(cfg)
+        tensors[-1].fill_(float("nan"))
+        run(tensors)
+        name = "extern" if cfg.get("extern") else f"tilewright[{cfg.get('PRECISION', str(dtype)[6:])}]"
+        rows.append({"system": name, "config": cfg, "rel_err": _rel_err(tensors[-1], want),
+                     "ms": bench(lambda: run(tensors))})
+    for row in rows:
+        row["tflops"] = 2.0 * size ** 3 / (row["ms"] * 1e-3) / 1e12
+    return rows
+
+
+def check_gemm(size: int = 4096) -> dict[str, Any]:
+    """The generated GEMM's precision candidates and bf16 against cuBLAS under the same torch flags."""
+    saved = torch.backends.cuda.matmul.allow_tf32
+    out: dict[str, Any] = {}
+    try:
+        for name, dtype, tf32 in (("fp32_highest", torch.float32, False), ("fp32_allow_tf32", torch.float32, True),
+                                  ("bf16", torch.bfloat16, False)):
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            torch._dynamo.reset()
+            out[name] = _gemm_rows(dtype, size)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+    # float32-level error under the default flags (ieee and tf32x3 alike); tf32/bf16 within their formats
+    bounds = {"fp32_highest": 1e-5, "fp32_allow_tf32": 5e-3, "bf16": 2e-2}
+    ok = all(r["rel_err"] < bounds[name] for name, rows in out.items() for r in rows)
+    return {"ok": ok, "size": size, **out}
+
+
+CHECKS = {"cudagraphs": check_cudagraphs, "compile_pool": check_compile_pool, "attention_bf16": check_attention_bf16,
+          "attention_fp32": check_attention_fp32, "gemm": check_gemm}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the checks; print JSON; exit 1 when one failed (or there is no CUDA device)."""
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checks", default=",".join(CHECKS), help="comma-separated, of: " + ", ".join(CHECKS))
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON to this file")
+    args = parser.parse_args(argv)
+    names = [n for n in args.checks.split(",") if n]
+    unknown = [n for n in names if n not in CHECKS]
+    if unknown:
+        parser.error(f"unknown checks {unknown}; known: {sorted(CHECKS)}")
     if not torch.cuda.is_available():
         print(json.dumps({"error": "no CUDA device"}))
         sys.exit(1)
     out: dict[str, Any] = {"device": torch.cuda.get_device_name()}
-    for name, check in (("cudagraphs", check_cudagraphs), ("compile_pool", check_compile_pool),
-                        ("attention_bf16", check_attention_bf16)):
+    for name in names:
+        check = CHECKS[name]
         try:
             out[name] = check()
         except Exception as exc:  # noqa: BLE001 - report every check
             out[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:2000]}
-    print(json.dumps(out, indent=1, default=str))
+    text = json.dumps(out, indent=1, default=str)
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text)
     sys.exit(0 if all(v.get("ok") for k, v in out.items() if isinstance(v, dict)) else 1)
 
 
