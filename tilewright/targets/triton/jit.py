@@ -68,7 +68,27 @@ def ensure_interpreter() -> None:
         log.info("Triton was imported before the interpreter was requested: %d of its helpers now run "
                  "interpreted", len(converted))
     _language_snapshot.extend((ns, dict(vars(ns))) for ns in namespaces + [tl.core.dtype])
+    _squeeze_scalar_index()
     _interpreter_ready = True
+
+
+def _squeeze_scalar_index() -> None:
+    """Triton <= 3.6's interpreter converts a scalar to an int (``range(lo, hi)`` with bounds from
+    ``tl.program_id``) by ``int()`` of a one-element array, which NumPy >= 2.4 refuses ("only
+    0-dimensional arrays can be converted to Python scalars"); Triton 3.9 squeezes it first. Do
+    the same on older versions."""
+    from triton.runtime import interpreter
+
+    patch_tensor = getattr(interpreter, "_patch_lang_tensor", None)
+    if patch_tensor is None or getattr(patch_tensor, "squeezes_index", False):
+        return
+
+    def patched(tensor: Any, scope: Any) -> None:
+        patch_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    patched.squeezes_index = True  # type: ignore[attr-defined]
+    interpreter._patch_lang_tensor = patched
 
 
 #: (namespace, its attributes) of triton.language as ensure_interpreter left it
