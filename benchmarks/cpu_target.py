@@ -220,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     wanted = set(filter(None, args.cases.split(",")))
     cases = [c for c in ALL_CASES if (c.name in wanted if wanted else c.group in groups)]
     start = time.perf_counter()
+    load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tw_cache, tempfile.TemporaryDirectory() as ind_cache:
         os.environ.update(TILEWRIGHT_CACHE_DIR=tw_cache, TORCHINDUCTOR_CACHE_DIR=ind_cache)
         import tilewright
@@ -236,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
                                  [s for s in systems if s != "eager"])
     doc = {"machine": machine(), "rounds": args.rounds, "round_ms": args.round_ms, "results": results,
            "geomean_speedup_vs_eager": _geomeans(results, systems), "compile_times": compile_rows,
-           "wall_s": round(time.perf_counter() - start, 1)}
+           "wall_s": round(time.perf_counter() - start, 1),
+           "load_average": {"start": [round(x, 2) for x in load_start], "end": [round(x, 2) for x in os.getloadavg()]}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1))
     for group, geo in doc["geomean_speedup_vs_eager"].items():
