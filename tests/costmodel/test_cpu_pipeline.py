@@ -94,12 +94,17 @@ def test_replay_of_the_committed_cpu_tables() -> None:
 def test_collect_on_the_cpu_target_writes_labelled_records_and_a_repeatability_report(tmp_path: Path) -> None:
     out = tmp_path / "records.jsonl"
     argv = ["collect", "--target", "cpu", "--out", str(out), "--kinds", "pointwise", "--per-kind", "1",
-            "--configs-per-kernel", "3", "--no-suite", "--repeat-sample", "1", "--repeats", "2", "--json"]
+            "--configs-per-kernel", "3", "--no-suite", "--repeat-sample", "1", "--repeats", "2", "--rounds", "2",
+            "--json"]
     assert main(argv) == 0
     records = read_records(out)
     assert records and all(r.capability.startswith("cpu:") and r.triton_version == "none" for r in records)
     assert all(r.source == "cpu:random:pointwise" and r.device_extra["simd_bytes"] > 0 for r in records)
     assert any(r.ok for r in records)
+    for rec in (r for r in records if r.ok):  # robust label: the smallest of the rounds' medians, rounds kept
+        rounds = rec.device_extra["round_medians"]
+        assert len(rounds) >= 2 and rec.time_median_s == min(rounds)
+        assert rec.device_extra["label"] == "min_of_rounds" and isinstance(rec.device_extra["disturbed"], bool)
     meta = json.loads(out.with_suffix(".meta.json").read_text())
     assert meta["repeatability"]["pairs"] >= 1 and "method" in meta["repeatability"]
     assert len(meta["loadavg_start_end"]) == 6 and meta["device"]["capability"].startswith("cpu:")
