@@ -23,7 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metric", default="rel_l2", help="rel_l2 (relative output error), kl (KL of logits), or "
                                                       "MODULE:FUNCTION f(reference, approx) -> float")
     p.add_argument("--methods", default="block_sparse,low_rank",
-                   help="comma-separated among block_sparse, 2:4, low_rank (default block_sparse,low_rank)")
+                   help="weight rewrites, comma-separated among block_sparse, 2:4, low_rank (default "
+                        "block_sparse,low_rank); 'none' for attention only")
+    p.add_argument("--attention", nargs="?", const="default", default=None, metavar="METHODS",
+                   help="also gate block-sparse attention at the model's scaled_dot_product_attention calls: "
+                        "without a value sinks_window,xattention,minference; or comma-separated among "
+                        "sinks_window, vertical_slash, xattention, minference")
     p.add_argument("--densities", default=None, help="block densities to try, e.g. 0.125,0.25,0.5")
     p.add_argument("--block", default=None, help="block size ROWSxCOLS (default 32x32)")
     p.add_argument("--min-speedup", type=float, default=1.1, help="skip candidates expected slower than this")
@@ -97,12 +102,17 @@ def run(args: argparse.Namespace) -> int:
         except ValueError:
             return fail(f"--block takes ROWSxCOLS such as 32x32, got {args.block!r}")
         kwargs["block"] = (rows, cols)
+    if args.attention is not None:
+        kwargs["attention"] = True if args.attention == "default" else \
+            [m.strip() for m in args.attention.split(",") if m.strip()]
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip() and m.strip() != "none")
+    if not methods and args.attention is None:
+        return fail("--methods none leaves nothing to do: name weight methods or add --attention")
     model.eval()
     try:
-        plan = sparsify(model, calibration, budget=args.budget, metric=metric,
-                        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+        plan = sparsify(model, calibration, budget=args.budget, metric=metric, methods=methods,
                         min_speedup=args.min_speedup, measure=args.measure, holdout=holdout, **kwargs)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         return fail(exc)
     plan.meta["model"] = args.spec
     if args.out:
