@@ -24,9 +24,35 @@ def _reset_dynamo():
 
 
 def _norm_users_of_convs(gm: torch.fx.GraphModule) -> int:
-    """Norm/affine ops still applied to a convolution's output."""
-    return sum(1 for n in gm.graph.nodes if n.target is aten.convolution.default
-               for u in n.users if u.target in NORMS)
+    """Norm/affine ops applied to a convolution's output beyond the fold's one per-channel scale
+    and one per-channel shift (``conv * s[C,1,..] + t[C,1,..]``, the convolution's epilogue)."""
+    def per_channel(operand: object, channels: int) -> bool:
+        if not isinstance(operand, torch.fx.Node):
+            return True  # a number
+        val = operand.meta.get("val")
+        return val is not None and val.dim() >= 1 and val.shape[0] == channels and val.numel() == channels
+
+    extra = 0
+    for conv in (n for n in gm.graph.nodes if n.target is aten.convolution.default):
+        channels = conv.meta["val"].shape[1]
+        cur, allowed = conv, [aten.mul.Tensor, aten.add.Tensor]
+        while len(cur.users) == 1:
+            user = next(iter(cur.users))
+            if user.target not in NORMS:
+                break
+            other = [a for a in user.args[:2] if a is not cur]
+            if user.target in allowed and other and per_channel(other[0], channels):
+                allowed = allowed[allowed.index(user.target) + 1:]
+                cur = user
+                continue
+            extra += 1
+            break
+    return extra
+
+
+def _weights_are_parameters(gm: torch.fx.GraphModule) -> bool:
+    """Every convolution's weight is a graph input (a parameter), not a per-call computed copy."""
+    return all(n.args[1].op == "placeholder" for n in gm.graph.nodes if n.target is aten.convolution.default)
 
 
 def _randomize_bn(model: nn.Module) -> nn.Module:
@@ -76,6 +102,7 @@ def test_fold_conv2d_bn(decompose_bn, bias):
     assert count_targets(gm, aten._native_batch_norm_legit_no_training.default) == 0
     assert _norm_users_of_convs(gm) == 0
     assert count_targets(gm, aten.convolution.default) == 1
+    assert _weights_are_parameters(gm)  # the affine runs in the epilogue; weights are never rescaled per call
 
 
 @pytest.mark.parametrize("build,shape", [
