@@ -205,3 +205,33 @@ def test_compile_timeout_is_a_failure_and_the_pool_recovers():
         assert pool.compile(fast, [fast.space.default_config()]) == {}
     finally:
         pool.close()
+
+
+def test_storage_open_retries_a_schema_race(monkeypatch, tmp_path) -> None:
+    """Two processes opening a fresh database race on Optuna's schema (PostgreSQL: CREATE TYPE
+    studydirection); the loser's database error is retried, and a persistent one still raises."""
+    import optuna
+    import sqlalchemy as sa
+
+    from tilewright.autotune import search
+
+    real = optuna.storages.RDBStorage
+    calls = []
+
+    def racing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise sa.exc.IntegrityError("CREATE TYPE studydirection", {}, Exception("duplicate key value"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search.time, "sleep", lambda s: None)
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    storage = search.make_storage(f"sqlite:///{tmp_path / 'race.db'}")
+    assert isinstance(storage, real) and len(calls) == 2
+
+    def always(*args, **kwargs):
+        raise sa.exc.OperationalError("connect", {}, Exception("server down"))
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", always)
+    with pytest.raises(sa.exc.OperationalError):
+        search.make_storage(f"sqlite:///{tmp_path / 'down.db'}")
