@@ -21,6 +21,31 @@ import torch  # noqa: E402
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "fallback: tests of the fallback path (strict mode off; they assert the "
                                        "fallback happened and was reported)")
+    config.addinivalue_line("markers", "native_cpu: needs a C++ compiler (the native CPU target); every test "
+                                       "under tests/cpu/ has it implicitly")
+
+
+def _needs_compiler(item: pytest.Item) -> bool:
+    return "tests/cpu/" in str(item.fspath).replace("\\", "/") or item.get_closest_marker("native_cpu") is not None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests of the native CPU target need a C++ compiler: on a machine without one they are skipped
+    (and say so), except in CI (``CI`` set), whose ``.ci/run`` installs one: there a missing compiler
+    is an error."""
+    wanted = [item for item in items if _needs_compiler(item)]
+    if not wanted:
+        return
+    from tilewright.targets.cpu.toolchain import NoCompilerError, find_compiler
+
+    try:
+        find_compiler()
+    except NoCompilerError as exc:
+        if os.environ.get("CI"):
+            raise pytest.UsageError(f"CI must run the CPU target's tests, but there is no C++ compiler: {exc}") from exc
+        skip = pytest.mark.skip(reason=f"no C++ compiler on this machine: {exc}")
+        for item in wanted:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

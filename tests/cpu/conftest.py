@@ -1,24 +1,8 @@
-"""The CPU target's tests need a C++ compiler; on a machine without one they are skipped (and say
-so) — except in CI (``CI`` set), whose ``.ci/run`` installs one: there a missing compiler fails them."""
+"""Fixtures of the CPU target's tests (their need for a C++ compiler is handled in tests/conftest.py:
+skipped without one, an error in CI)."""
 from __future__ import annotations
 
-import os
-
 import pytest
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    from tilewright.targets.cpu.toolchain import NoCompilerError, find_compiler
-
-    try:
-        find_compiler()
-    except NoCompilerError as exc:
-        if os.environ.get("CI"):
-            raise pytest.UsageError(f"CI must run the CPU target's tests, but there is no C++ compiler: {exc}") from exc
-        skip = pytest.mark.skip(reason=f"no C++ compiler on this machine: {exc}")
-        for item in items:
-            if "tests/cpu/" in str(item.fspath).replace("\\", "/"):
-                item.add_marker(skip)
 
 
 @pytest.fixture
