@@ -213,7 +213,7 @@ def test_storage_open_retries_a_schema_race(monkeypatch, tmp_path) -> None:
     import optuna
     import sqlalchemy as sa
 
-    from tilewright.autotune import search
+    from tilewright.autotune import database, search
 
     real = optuna.storages.RDBStorage
     calls = []
@@ -224,7 +224,7 @@ def test_storage_open_retries_a_schema_race(monkeypatch, tmp_path) -> None:
             raise sa.exc.IntegrityError("CREATE TYPE studydirection", {}, Exception("duplicate key value"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(search.time, "sleep", lambda s: None)
+    monkeypatch.setattr(database.time, "sleep", lambda s: None)
     monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
     storage = search.make_storage(f"sqlite:///{tmp_path / 'race.db'}")
     assert isinstance(storage, real) and len(calls) == 2

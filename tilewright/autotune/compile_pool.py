@@ -345,10 +345,9 @@ def precompile_kernels(kernels: Sequence[Any], pool: CompilePool) -> dict[str, s
     return errors
 
 
-def precompile_graph(kernels: Sequence[Any], pool: CompilePool | None = None,
-                     workers: int = 4, timeout_s: float = 120.0) -> dict[str, str]:
+def precompile_graph(kernels: Sequence[Any], pool: CompilePool | None = None) -> dict[str, str]:
     """Compile ``kernels`` (their current configs) together in ``pool`` (default: the compile
-    session's, else a fresh pool of ``workers``); {kernel name: error}.
+    session's, else a pool sized by ``config.compile_workers``); {kernel name: error}.
 
     Errors are logged once; a timeout or a crashed compiler marks the kernel broken so the
     runtime never waits on it (its reference runs and the fallback is reported).
@@ -357,7 +356,9 @@ def precompile_graph(kernels: Sequence[Any], pool: CompilePool | None = None,
     if pool is None:
         pool = active_pool()
         if pool is None:
-            pool = own = CompilePool(workers, timeout_s)
+            from ..config import config
+
+            pool = own = CompilePool(config.compile_workers, config.compile_timeout_s)
     try:
         errors = precompile_kernels(kernels, pool)
     finally:

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from functools import partial
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
@@ -47,6 +48,7 @@ __all__ = ["TuningDatabase", "TuningKey", "BestEntry", "Rejection", "CorruptEntr
            "space_version"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _untrusted(entry: BestEntry, device: Mapping[str, Any], accept: tuple[str, ...]) -> str:
@@ -82,7 +84,7 @@ class TuningDatabase:
 
     def _create_tables(self) -> None:
         # another process may create them meanwhile
-        _retry_raced(lambda: metadata.create_all(self.engine, checkfirst=True),
+        retry_raced(lambda: metadata.create_all(self.engine, checkfirst=True),
                      "create_all raced (%s); retrying")
 
     def _add_source_columns(self) -> None:
@@ -93,7 +95,7 @@ class TuningDatabase:
         """
         for table in (best_configs, measurements):
             # another process may add it meanwhile
-            _retry_raced(partial(self._add_source_column, table),
+            retry_raced(partial(self._add_source_column, table),
                          "adding timing_source raced (%s); checking again",
                          skip=partial(self._has_source_column, table))
 
@@ -423,21 +425,24 @@ class TuningDatabase:
         self.engine.dispose()
 
 
-def _retry_raced(step: Callable[[], None], race_message: str, *,
-                 skip: Callable[[], bool] = lambda: False) -> None:
-    """Run a schema ``step`` that another process may race; up to three attempts.
+def retry_raced(step: Callable[[], T], race_message: str, *, skip: Callable[[], bool] = lambda: False,
+                backoff_s: float = 0.0) -> T | None:
+    """Run a schema ``step`` that another process may race; up to three attempts; its result
+    (None when ``skip`` said it is no longer needed).
 
     Each attempt first asks ``skip`` whether the step is no longer needed. A database error
     (the other process got there first) is logged at debug level with ``race_message`` and
-    retried; the third one is raised.
+    retried, after ``backoff_s`` times the attempt number; the third one is raised.
     """
     for attempt in range(3):
         if skip():
-            return
+            return None
         try:
-            step()
-            return
+            return step()
         except sa.exc.DBAPIError as exc:
             if attempt == 2:
                 raise
             log.debug(race_message, exc)
+            if backoff_s:
+                time.sleep(backoff_s * (attempt + 1))
+    return None  # pragma: no cover - the loop returns or raises

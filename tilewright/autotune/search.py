@@ -34,10 +34,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import optuna
-import sqlalchemy as sa
 from optuna.trial import FrozenTrial, TrialState
 
-from .database import space_version
+from .database import retry_raced, space_version
 from ..schedule.device import SOURCE_REPLAY
 from .measure import MeasureResult, Measurer
 from ..schedule.problem import TunableKernel
@@ -192,17 +191,12 @@ def make_storage(url: str | None, settings: SearchSettings | None = None) -> opt
             retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=3)}
         # NOTE: two processes opening a fresh database race on Optuna's schema (CREATE TYPE /
         # CREATE TABLE); the loser's error means the schema now exists, so open it again.
-        for attempt in range(3):
-            try:
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
-                                                  heartbeat_interval=settings.heartbeat_s,
-                                                  grace_period=settings.grace_s, **retry)
-            except sa.exc.DBAPIError as exc:
-                if attempt == 2:
-                    raise
-                log.debug("creating Optuna's schema raced (%s); opening again", exc)
-                time.sleep(0.2 * (attempt + 1))
-    raise AssertionError("unreachable")  # pragma: no cover
+        storage = retry_raced(lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                                                 heartbeat_interval=settings.heartbeat_s,
+                                                                 grace_period=settings.grace_s, **retry),
+                              "creating Optuna's schema raced (%s); opening again", backoff_s=0.2)
+    assert storage is not None  # no skip: retry_raced returns the step's value or raises
+    return storage
 
 
 def rank_space(kernel: TunableKernel, cost_model: Any, device: Mapping[str, Any]) -> list[Config] | None:

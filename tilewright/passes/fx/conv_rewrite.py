@@ -221,12 +221,11 @@ def _fold_one(gm: fx.GraphModule, conv: fx.Node) -> bool:
         cur = user
     if not steps:
         return False
-    _rewrite(gm, conv, steps[-1], s, t, channels, w_val.dtype)
+    _rewrite(gm, conv, steps[-1], s, t, channels)
     return True
 
 
-def _rewrite(gm: fx.GraphModule, conv: fx.Node, last: fx.Node, s: Coef, t: Coef,
-             channels: int, w_dtype: torch.dtype) -> None:
+def _rewrite(gm: fx.GraphModule, conv: fx.Node, last: fx.Node, s: Coef, t: Coef, channels: int) -> None:
     """Replace the chain ``conv .. last`` by ``conv(x, w) * s + (b * s + t)`` with ``s`` and the
     shift as per-channel ``[C, 1, ...]`` operands: the convolution's epilogue (fused into its kernel)
     applies them, so the weights stay the parameters themselves (packed once per version, never
@@ -234,16 +233,15 @@ def _rewrite(gm: fx.GraphModule, conv: fx.Node, last: fx.Node, s: Coef, t: Coef,
     x, w, b, *rest = conv.args
     g = _Builder(gm.graph, last)
     conv_val = _val(conv)
-    out_dtype = conv_val.dtype
     shift = t if b is None else g.add(g.mul(b, s), t)
     bare = g.call(aten.convolution.default, (x, w, None, *rest))
     bare.meta.update({k: v for k, v in conv.meta.items() if k not in ("val", "tensor_meta")})
     view_shape = [channels] + [1] * (conv_val.dim() - 2)
     out: fx.Node = bare
     if s is not None:
-        out = g.call(aten.mul.Tensor, (out, _channel_operand(g, s, view_shape, out_dtype)))
+        out = g.call(aten.mul.Tensor, (out, _channel_operand(g, s, view_shape, conv_val.dtype)))
     if not _is_zero(shift):
-        out = g.call(aten.add.Tensor, (out, _channel_operand(g, shift, view_shape, out_dtype)))
+        out = g.call(aten.add.Tensor, (out, _channel_operand(g, shift, view_shape, conv_val.dtype)))
     last.replace_all_uses_with(out)
     _erase_dead(last)
 
