@@ -131,10 +131,17 @@ def _static_density(node: Node, method: str, params: str) -> float | None:
     return round(_static_index(method, params, B, H, M, int(k.type.shape[2]), causal, offset).density(), 4)
 
 
-def attention_sparsity_pass(entries: Iterable[Any]) -> Callable[[Graph], int]:
-    """A pass (for :class:`~tilewright.passes.manager.PassManager`) applying ``entries`` to a graph."""
+def attention_sparsity_pass(entries: Iterable[Any],
+                            on_site: Callable[[dict[str, Any]], None] | None = None) -> Callable[[Graph], int]:
+    """A pass (for :class:`~tilewright.passes.manager.PassManager`) applying ``entries`` to a graph;
+    ``on_site`` (when given) gets each chosen site's record (see :func:`rewrite_attention_sites`)
+    after the rewrite."""
     chosen = list(entries)
 
     def sparse_attention(graph: Graph) -> int:
-        return rewrite_attention_sites(graph, chosen)
+        record: list[dict[str, Any]] = []
+        changed = rewrite_attention_sites(graph, chosen, record)
+        for done in record if on_site is not None else ():
+            on_site(done)
+        return changed
     return sparse_attention

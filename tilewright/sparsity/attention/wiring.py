@@ -8,7 +8,7 @@
    already in force and the exact model as the reference, and adds its entries to the plan
    (saved afterwards when ``save_plan`` is set).
 2. :func:`attention_passes`, when the IR graph of a forward (inference) graph is compiled: the
-   IR pass (:func:`.rewrite.rewrite_attention_sites`) the compiler runs after its default passes,
+   IR pass (:func:`.rewrite.attention_sparsity_pass`) the compiler runs after its default passes,
    before fusion; every site it rewrites (or leaves exact, with the reason) goes to explain's
    "approximate rewrites" with its method, density (kept block fraction), error and speedups.
 
@@ -24,7 +24,7 @@ from ...ir.graph import Graph
 from ..plan import PlanMismatchError
 from .evaluate import GraphAttentionEvaluator, flash_sites
 from .gate import run_attention_gate
-from .rewrite import rewrite_attention_sites
+from .rewrite import attention_sparsity_pass
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +108,8 @@ def attention_passes(result: Any, report: Any) -> list[tuple[str, Callable[[Grap
         return None
     by_site = {e.site: e for e in entries}
 
-    def sparse_attention(graph: Graph) -> int:
-        record: list[dict[str, Any]] = []
-        changed = rewrite_attention_sites(graph, entries, record)
-        for done in record:
-            entry = by_site.get(done["site"])
-            if entry is not None:
-                report.approximations.append(_describe(entry, done))
-        return changed
-    return [("sparse_attention", sparse_attention)]
+    def describe(done: dict[str, Any]) -> None:
+        entry = by_site.get(done["site"])
+        if entry is not None:
+            report.approximations.append(_describe(entry, done))
+    return [("sparse_attention", attention_sparsity_pass(entries, describe))]
