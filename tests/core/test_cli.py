@@ -160,6 +160,41 @@ def test_explain_json(tmp_path: Path) -> None:
     assert "matmul" in kinds and "reduction" in kinds
 
 
+KWARGS_FACTORY = '''
+import torch
+
+
+class TwoInputs(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(12, 20)
+
+    def forward(self, pixel_values, scale=None):
+        return torch.nn.functional.gelu(self.proj(pixel_values)) * scale
+
+
+def make():
+    return TwoInputs().eval(), {"pixel_values": torch.randn(3, 12), "scale": torch.randn(20)}
+'''
+
+
+def test_explain_and_tunable_kernels_take_keyword_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A factory returning a dict (Hugging Face style inputs) is called as ``model(**inputs)``."""
+    (tmp_path / "kwfactories.py").write_text(KWARGS_FACTORY)
+    proc = _run("explain", "kwfactories:make", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    kinds = {k["kind"] for k in json.loads(proc.stdout)["kernels"]}
+    assert "matmul" in kinds
+
+    from tilewright.autotune.model_kernels import kernels_of, load_target
+
+    monkeypatch.setenv("TILEWRIGHT_INTERPRET", "1")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    kernels = kernels_of(load_target("kwfactories:make"))
+    assert kernels and all(k.problem.key() for k in kernels)
+
+
 def test_explain_bad_spec_fails_with_a_clear_message(tmp_path: Path) -> None:
     proc = _run("explain", "no_such_module:make", cwd=tmp_path)
     assert proc.returncode == 2

@@ -5,9 +5,13 @@ import importlib
 import importlib.util
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from ._common import one_line
+
+
+#: positional example inputs, or keyword ones (a factory that returned a dict)
+ExampleInputs = tuple[Any, ...] | dict[str, Any]
 
 
 class FactoryError(ValueError):
@@ -21,8 +25,12 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def load_factory(spec: str, input_shapes: str | None = None) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+def load_factory(spec: str, input_shapes: str | None = None) -> tuple[Callable[..., Any], ExampleInputs]:
     """Return ``(model_or_fn, example_inputs)`` from ``module:factory`` or a ``.mlir`` file.
+
+    ``example_inputs`` is a tuple of positional arguments, or a dict of keyword arguments when
+    the factory returned a mapping (Hugging Face style: ``model(**inputs)``); see
+    :func:`split_inputs`.
 
     Raises:
         FactoryError: for anything wrong with the spec: a missing file, a file that is not
@@ -72,6 +80,16 @@ def load_factory(spec: str, input_shapes: str | None = None) -> tuple[Callable[.
     if not (isinstance(result, tuple) and len(result) == 2):
         raise FactoryError(f"{spec} must return (model, example_inputs), got {type(result).__name__}")
     model, inputs = result
+    if isinstance(inputs, Mapping):
+        bad = [k for k in inputs if not isinstance(k, str)]
+        if bad:
+            raise FactoryError(f"{spec} returned keyword inputs with non-string keys {bad[:3]}")
+        return model, dict(inputs)
     if not isinstance(inputs, (tuple, list)):
         inputs = (inputs,)
     return model, tuple(inputs)
+
+
+def split_inputs(inputs: ExampleInputs) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``(args, kwargs)`` for calling the model with what :func:`load_factory` returned."""
+    return ((), dict(inputs)) if isinstance(inputs, dict) else (tuple(inputs), {})

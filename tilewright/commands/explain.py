@@ -4,14 +4,15 @@ from __future__ import annotations
 import argparse
 
 from ._common import fail
-from ._factory import FactoryError, load_factory
+from ._factory import FactoryError, load_factory, split_inputs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``explain`` sub-command."""
     p = sub.add_parser("explain", help="compile a model and report kernels, fallbacks and coverage",
                        description="Compile the model returned by FACTORY (a function returning "
-                                   "(model, example_inputs)) and print the explain report.")
+                                   "(model, example_inputs); example_inputs a tuple of positional "
+                                   "arguments or a dict of keyword arguments) and print the explain report.")
     p.add_argument("spec", help="MODULE:FACTORY, FILE.py:FACTORY, or a .mlir file")
     p.add_argument("--input-shapes", help="for .mlir files with dynamic dims, e.g. 1x16,1x16")
     p.add_argument("--training", action="store_true", help="also compile and report the backward graph")
@@ -28,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
     except FactoryError as exc:
         return fail(exc)
     try:
-        report = tilewright.explain(model, *inputs, training=args.training or None)
+        positional, keywords = split_inputs(inputs)
+        report = tilewright.explain(model, *positional, training=args.training or None, **keywords)
     except Exception as exc:  # NOTE: -v gives the traceback (the CLI's handler)
         if args.verbose:
             raise

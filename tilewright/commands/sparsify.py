@@ -53,9 +53,9 @@ def _callable(spec: str) -> Any:
     return fn
 
 
-def _batches(spec: str | None, default: tuple[Any, ...]) -> list[Any]:
+def _batches(spec: str | None, default: tuple[Any, ...] | dict[str, Any]) -> list[Any]:
     if spec is None:
-        return [tuple(default)]
+        return [dict(default) if isinstance(default, dict) else tuple(default)]
     batches = _callable(spec)()
     if not isinstance(batches, (list, tuple)) or not batches:
         raise FactoryError(f"{spec} must return a non-empty list of batches")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.fx as fx
@@ -12,8 +12,12 @@ from ..report import Report, collect
 log = logging.getLogger(__name__)
 
 
-def explain(model_or_fn: Callable[..., Any], *example_inputs: Any, training: bool | None = None) -> Report:
+def explain(model_or_fn: Callable[..., Any], *example_inputs: Any, training: bool | None = None,
+            **example_kwargs: Any) -> Report:
     """Compile ``model_or_fn`` with tilewright, run it once on ``example_inputs`` and report.
+
+    Keyword arguments other than ``training`` are passed to the model too
+    (``explain(model, **tokenizer_output)``).
 
     The report lists every generated kernel (kind, fused ops, schedule), every fallback with its
     reason, the coverage (share of compute ops running in generated kernels) and the number of
@@ -28,13 +32,13 @@ def explain(model_or_fn: Callable[..., Any], *example_inputs: Any, training: boo
                         any(p.requires_grad for p in params))
     with collect() as report:
         if training:
-            out = compiled(*example_inputs)
+            out = compiled(*example_inputs, **example_kwargs)
             loss = _first_tensor(out)
             if loss is not None and loss.requires_grad:
                 loss.float().sum().backward()
         else:
             with torch.no_grad():
-                compiled(*example_inputs)
+                compiled(*example_inputs, **example_kwargs)
     torch._dynamo.reset()
     return report
 
@@ -71,9 +75,15 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable
     return run
 
 
-def tunable_kernels(model: Callable[..., Any], example_inputs: Sequence[Any]) -> list[Any]:
-    """Every kernel of ``model`` on ``example_inputs`` (one per problem), as tuner-ready objects."""
-    report = explain(model, *example_inputs)
+def tunable_kernels(model: Callable[..., Any], example_inputs: Sequence[Any] | Mapping[str, Any]) -> list[Any]:
+    """Every kernel of ``model`` on ``example_inputs`` (one per problem), as tuner-ready objects.
+
+    ``example_inputs``: positional arguments, or a mapping of keyword arguments.
+    """
+    if isinstance(example_inputs, Mapping):
+        report = explain(model, **example_inputs)
+    else:
+        report = explain(model, *example_inputs)
     kernels: list[Any] = []
     seen: set[str] = set()
     for graph in report.graphs:
