@@ -8,6 +8,10 @@
     groups = fuse(graph, target.can_build, target.kind_of)  # kernel groups, cycle-free
     steps  = one kernel / template / extern step per group, schedules from the tuner
     return CompiledGraph(graph, make_plan(graph, steps))    # ordered steps with buffer reuse
+
+With ``static_inputs`` (the positions of parameters and buffers, inference graphs only), the
+part of the graph that reads nothing else is split off first (``passes/hoist.py``), compiled
+the same way, and run once and again only when a parameter changes (``runtime/hoisted.py``).
 """
 from __future__ import annotations
 
@@ -27,10 +31,13 @@ from .ir.registry import lookup
 from .passes.canonicalize import canonicalize
 from .passes.cleanup import common_subexpression_elimination, constant_folding, dead_code_elimination
 from .passes.fusion import FUSABLE, FusionResult, fuse
+from .passes.hoist import HoistSplit, split_static
+from .passes.hoist import settings as hoist_settings
 from .passes.manager import PassManager
 from .passes.split_reductions import split_reductions
 from .report import GraphReport
 from .runtime.graph import CompiledGraph
+from .runtime.hoisted import HoistedGraph, reference_runner
 from .runtime.plan import ExternStep, KernelStep, make_plan
 from .schedule.group import Group
 from .schedule.kernel import Kernel
@@ -54,11 +61,11 @@ def default_passes() -> PassManager:
     ])
 
 
-def _kernel_name(group: Group, index: int) -> str:
+def _kernel_name(group: Group, index: int, prefix: str = "tw_") -> str:
     ops = [n.op.split(".")[1] for n in group.nodes]
     tag = {"matmul": "mm", "reduction": "red", "pointwise": "pw", "conv": "conv"}.get(group.kind, group.kind)
     interesting = [o for o in dict.fromkeys(ops) if o not in ("view", "_unsafe_view", "clone")]
-    return f"tw_{tag}{index}_" + "_".join(interesting[:3])[:40]
+    return f"{prefix}{tag}{index}_" + "_".join(interesting[:3])[:40]
 
 
 def choose_schedule(kernel: Kernel, tune: bool | None = None, cost_model: Any = "auto") -> None:
@@ -96,12 +103,15 @@ def _template_schedule(kernel: Any, node: Node, tune: bool | None) -> tuple[dict
 
 def compile_graph_for_inputs(gm: fx.GraphModule, inputs: Sequence[Any], report: GraphReport,
                              tune: bool | None = None, eager: Any = None,
-                             extra_passes: Sequence[tuple[str, Any]] | None = None) -> CompiledGraph:
+                             extra_passes: Sequence[tuple[str, Any]] | None = None,
+                             static_inputs: Sequence[int] | None = None) -> CompiledGraph | HoistedGraph:
     """Compile ``gm`` specialised to ``inputs`` into a :class:`CompiledGraph`.
 
     ``eager`` (a callable over the input list) runs the whole graph if a step fails at run time.
     ``extra_passes`` (``(name, fn)`` pairs, e.g. the opt-in sparse attention rewrite) run after the
-    default passes, before fusion.
+    default passes, before fusion. ``static_inputs``: positions of ``inputs`` that are parameters
+    or buffers of an inference graph; the part computed from them alone is hoisted (a
+    :class:`HoistedGraph` is returned) unless ``TILEWRIGHT_HOIST=0``.
     """
     t0 = time.perf_counter()
     graph = import_fx(gm, inputs)
@@ -109,26 +119,50 @@ def compile_graph_for_inputs(gm: fx.GraphModule, inputs: Sequence[Any], report: 
     default_passes().run(graph)
     if extra_passes:
         PassManager(list(extra_passes)).run(graph)
+    split = split_static(graph, static_inputs, len(inputs)) \
+        if static_inputs is not None and hoist_settings.enabled else None
     target = target_for(_device_of(inputs))
     try:
         report.target = target.summary(_device_of(inputs))
     except Exception as exc:  # informative only: a missing compiler fails the build below, with its message
         report.target = f"{target.label} ({type(exc).__name__}: {exc})"
     fusion = fuse(graph, target.can_build, target.kind_of)
+    hoist_fusion = fuse(split.graph, target.can_build, target.kind_of) if split is not None else None
     t2 = time.perf_counter()
     with compile_session(config.compile_workers, config.compile_timeout_s):  # one pool for the whole graph
         steps = _build_steps(graph, fusion, target, report, tune)
-        kernels = [s.kernel for s in steps if isinstance(s, KernelStep)]
+        hoist_steps = _build_steps(split.graph, hoist_fusion, target, report, tune, "twh_") \
+            if split is not None and hoist_fusion is not None else []
+        kernels = [s.kernel for s in steps + hoist_steps if isinstance(s, KernelStep)]
         target.prepare(kernels)
-        if target.compiles_in_workers(kernels):
-            precompile_graph(kernels)
-        _race(steps, target)
+        if target.compiles_in_workers(kernels):  # generated kernels and template (attention) steps
+            templates = [s for s in steps + hoist_steps if isinstance(s, ExternStep) and s.call is not None]
+            precompile_graph(kernels, templates=templates, report=report)
+        _race(steps + hoist_steps, target)
     plan = make_plan(graph, steps)
     t3 = time.perf_counter()
     report.timings["import"] = report.timings.get("import", 0.0) + t1 - t0
     report.timings["passes"] = report.timings.get("passes", 0.0) + t2 - t1
     report.timings["codegen"] = report.timings.get("codegen", 0.0) + t3 - t2
-    return CompiledGraph(graph, plan, report, eager)
+    if split is None:
+        return CompiledGraph(graph, plan, report, eager)
+    return _hoisted_graph(graph, plan, split, hoist_steps, report, eager, len(inputs))
+
+
+def _hoisted_graph(graph: Graph, plan: Any, split: HoistSplit, hoist_steps: list[Any], report: GraphReport,
+                   eager: Any, n_args: int) -> HoistedGraph:
+    """The main graph and its hoisted part as one callable; the report says what was hoisted."""
+    main_eager = (lambda xs: eager(xs[:n_args])) if eager is not None else None  # the cached values dropped
+    main = CompiledGraph(graph, plan, report, main_eager)
+    hoisted = CompiledGraph(split.graph, make_plan(split.graph, hoist_steps), report,
+                            reference_runner(split.graph))
+    entries = [s.entry for s in hoist_steps if s.entry is not None]
+    for entry in entries:
+        entry["hoisted"] = True
+    report.hoisted = {"kernels": len(entries), "steps": len(hoist_steps),
+                      "compute_ops": split.compute_ops, "cached_bytes": split.cached_bytes,
+                      "cached_values": len(split.cached), "parameters": len(split.positions), "recomputed": 0}
+    return HoistedGraph(main, hoisted, split.positions, report.hoisted)
 
 
 #: problem key -> the config that measured fastest among a target's race candidates (this process)
@@ -179,7 +213,7 @@ def _device_of(inputs: Sequence[Any]) -> Any:
 
 
 def _build_steps(graph: Graph, fusion: FusionResult, target: Target, report: GraphReport,
-                 tune: bool | None = None) -> list[Any]:
+                 tune: bool | None = None, prefix: str = "tw_") -> list[Any]:
     steps: list[Any] = []
     compute_ops = 0
     for index, group in enumerate(fusion.groups):
@@ -188,7 +222,7 @@ def _build_steps(graph: Graph, fusion: FusionResult, target: Target, report: Gra
             continue
         compute_ops += len(group.nodes)
         if group.kind in _KERNEL_KINDS or group.kind in target.builders:  # a target's own kinds too
-            steps.extend(_kernel_steps(group, index, fusion, target, report, tune))
+            steps.extend(_kernel_steps(group, index, fusion, target, report, tune, prefix))
         elif group.kind == "template":
             steps.append(_template_step(group.nodes[0], target, report, tune))
         else:
@@ -202,9 +236,9 @@ def _build_steps(graph: Graph, fusion: FusionResult, target: Target, report: Gra
 
 
 def _kernel_steps(group: Group, index: int, fusion: FusionResult, target: Target, report: GraphReport,
-                  tune: bool | None) -> list[Any]:
+                  tune: bool | None, prefix: str = "tw_") -> list[Any]:
     """A generated kernel's step, or one extern step per node when its kernel cannot be built."""
-    name = _kernel_name(group, index)
+    name = _kernel_name(group, index, prefix)
     try:
         kernel = target.build(group, fusion.materialize, name)
     except Exception as exc:

@@ -41,6 +41,10 @@ class GraphReport:
     #: opt-in approximate rewrites applied to this graph (sparse/low-rank weights, sparse attention):
     #: site, kind, method, params, error, expected_speedup, measured_speedup
     approximations: list[dict[str, Any]] = field(default_factory=list)
+    #: the parameter-only part run once and cached (runtime/hoisted.py), None when nothing is:
+    #: kernels, steps, compute_ops, cached_bytes, cached_values, parameters (parameters and
+    #: buffers it reads) and recomputed (how often it ran; the runtime keeps it current)
+    hoisted: dict[str, Any] | None = None
     #: the graph's launchable and template kernels, as the tuner takes them (not serialised)
     tunable_kernels: list[Any] = field(default_factory=list, repr=False, compare=False)
 
@@ -67,6 +71,18 @@ class GraphReport:
         entry.setdefault("fallback", None)
         self.kernels.append(entry)
         return entry
+
+
+def hoisted_summary(hoisted: dict[str, Any]) -> str:
+    """One line on a graph's hoisted part: "hoisted: 84 kernels (12 KiB cached), recomputed when
+    any of 40 parameters/buffers changes (ran 1 time)"."""
+    kib = hoisted.get("cached_bytes", 0) / 1024
+    size = f"{kib:.0f} KiB" if kib >= 10 else f"{kib:.1f} KiB"
+    n = hoisted.get("parameters", 0)
+    when = f"recomputed when any of {n} parameters/buffers changes" if n else "computed once (shapes only)"
+    ran = hoisted.get("recomputed", 0)
+    return (f"hoisted: {hoisted.get('kernels', 0)} kernels, {hoisted.get('compute_ops', 0)} ops ({size} cached), "
+            f"{when} (ran {ran} time{'s' if ran != 1 else ''})")
 
 
 def mark_ran(entry: dict[str, Any] | None) -> None:
@@ -136,7 +152,8 @@ class Report:
                               for status in (NOT_RUN, RAN, FELL_BACK)},
             "graphs": [{"name": g.name, "mode": g.mode, "target": g.target, "kernels": len(g.kernels),
                         "compute_ops": g.compute_ops,
-                        "kernel_ops": g.kernel_ops, "specialized": g.specialized, "notes": g.notes}
+                        "kernel_ops": g.kernel_ops, "specialized": g.specialized, "notes": g.notes,
+                        "hoisted": g.hoisted}
                        for g in self.graphs],
         }
 
@@ -152,6 +169,8 @@ class Report:
                          f"{g.kernel_ops}/{g.compute_ops} compute ops in kernels")
             if g.target:
                 lines.append(f"    target: {g.target}")
+            if g.hoisted:
+                lines.append(f"    {hoisted_summary(g.hoisted)}")
             for note in g.notes:
                 lines.append(f"    note: {note}")
         if self.kernels:
