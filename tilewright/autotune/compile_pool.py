@@ -37,7 +37,7 @@ from ..schedule.space import Config, config_hash
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CompilePool", "compile_session", "active_pool", "compile_task", "precompile_kernels",
+__all__ = ["CompilePool", "compile_session", "active_pool", "compile_task", "template_task", "precompile_kernels",
            "precompile_graph", "SHARED_MEMORY_LIMIT"]
 
 #: bytes of shared memory one block may use, by CUDA architecture (opt-in maximum)
@@ -63,10 +63,34 @@ def _compile_offline(jobs: Sequence[Any], arch: int) -> str | None:
     limit = SHARED_MEMORY_LIMIT.get(arch)
     for job in jobs:
         info = compile_and_check(job, arch)
+        if not info["cubin_bytes"]:
+            return f"{job.name} compiled to no sm_{arch} machine code"
         if limit is not None and info["shared"] > limit:
             return (f"{job.name} needs {info['shared']} bytes of shared memory; sm_{arch} allows {limit} "
                     f"per block (smaller tiles or fewer stages)")
     return None
+
+
+def _compile_template_offline(launch: Any, arch: int) -> str | None:
+    """Record the kernel launches of a template call (attention.precompile.TemplateLaunch) as an
+    ``sm_<arch>`` device would see them, then compile each for that architecture."""
+    jobs = launch.compile_jobs(arch, SHARED_MEMORY_LIMIT.get(arch))
+    if not jobs:
+        return f"{launch.name} launched no kernel"
+    return _compile_offline(jobs, arch)
+
+
+def _launch_template_once(launch: Any, device: str) -> str | None:
+    launch.launch(device)
+    return None
+
+
+def template_task(launch: Any, target: str) -> Callable[[], str | None]:
+    """The picklable work that compiles a template call's kernels (a ``TemplateLaunch``) for
+    ``target`` in a worker: launched once on the GPU, or recorded and compiled offline."""
+    if target.startswith("sm_"):
+        return functools.partial(_compile_template_offline, launch, int(target[3:]))
+    return functools.partial(_launch_template_once, launch, target)
 
 
 def _launch_once(kernel: Any, config: Config, device: str) -> str | None:
@@ -328,13 +352,15 @@ def active_pool() -> CompilePool | None:
     return _session[0] if _session else None
 
 
-def precompile_kernels(kernels: Sequence[Any], pool: CompilePool) -> dict[str, str]:
-    """Compile every kernel's current config in parallel in ``pool``; {kernel name: error}.
+def precompile_kernels(kernels: Sequence[Any], pool: CompilePool,
+                       extra: Mapping[str, Callable[[], str | None]] | None = None) -> dict[str, str]:
+    """Compile every kernel's current config (plus the ``extra`` work, e.g. template launches)
+    in parallel in ``pool``; {kernel name or extra key: error}.
 
     On a GPU this warms Triton's on-disk cache, so the runtime's first call loads binaries
     instead of compiling them one after another.
     """
-    work = {}
+    work = dict(extra or {})
     errors: dict[str, str] = {}
     for kernel in kernels:
         try:
@@ -345,12 +371,37 @@ def precompile_kernels(kernels: Sequence[Any], pool: CompilePool) -> dict[str, s
     return errors
 
 
-def precompile_graph(kernels: Sequence[Any], pool: CompilePool | None = None) -> dict[str, str]:
-    """Compile ``kernels`` (their current configs) together in ``pool`` (default: the compile
-    session's, else a pool sized by ``config.compile_workers``); {kernel name: error}.
+def _template_work(templates: Sequence[Any], target: str) -> tuple[dict[str, Callable[[], str | None]],
+                                                                    dict[str, list[Any]]]:
+    """One compile per distinct template launch (layers of one model share theirs): {name: work}
+    and {name: the template steps it serves}."""
+    work: dict[str, Callable[[], str | None]] = {}
+    served: dict[str, list[Any]] = {}
+    names: dict[str, str] = {}  # launch key -> the name of its work
+    for step in templates:
+        describe = getattr(step.call, "precompile_launch", None)
+        launch = describe(step.node) if describe is not None and step.broken is None else None
+        if launch is None:
+            continue
+        key = launch.key()
+        if key not in names:
+            names[key] = launch.name
+            work[launch.name] = template_task(launch, target)
+            served[launch.name] = []
+        served[names[key]].append(step)
+    return work, served
 
-    Errors are logged once; a timeout or a crashed compiler marks the kernel broken so the
-    runtime never waits on it (its reference runs and the fallback is reported).
+
+def precompile_graph(kernels: Sequence[Any], pool: CompilePool | None = None, templates: Sequence[Any] = (),
+                     report: Any = None) -> dict[str, str]:
+    """Compile ``kernels`` (their current configs) and the kernels of the ``templates`` steps
+    (fused attention: ``ExternStep`` s whose call can describe its launch, with the config bound
+    to it) together in ``pool`` (default: the compile session's, else a pool sized by
+    ``config.compile_workers``); {kernel or template name: error}.
+
+    Errors are logged once; a timeout or a crashed compiler marks the kernel (or template step)
+    broken so the runtime never waits on it: its reference runs, and with ``report`` (the
+    graph's) the fallback is reported and the template's explain entry says why.
     """
     own = None
     if pool is None:
@@ -359,8 +410,9 @@ def precompile_graph(kernels: Sequence[Any], pool: CompilePool | None = None) ->
             from ..config import config
 
             pool = own = CompilePool(config.compile_workers, config.compile_timeout_s)
+    work, served = _template_work(templates, pool.target)
     try:
-        errors = precompile_kernels(kernels, pool)
+        errors = precompile_kernels(kernels, pool, work)
     finally:
         if own is not None:
             own.close()
@@ -369,6 +421,29 @@ def precompile_graph(kernels: Sequence[Any], pool: CompilePool | None = None) ->
         if err is None:
             continue
         log.warning("first compile of %s failed in a worker: %s", kernel.name, err)
-        if "timeout" in err or "worker died" in err:
+        if _fatal(err):
             kernel.broken = f"compile failed: {err}"
+            if report is not None:
+                report.add_fallback(f"kernel {kernel.name}", kernel.broken)
+    for key in work:
+        if key in errors:
+            _template_failed(served[key], errors[key], report)
     return errors
+
+
+def _fatal(err: str) -> bool:
+    """A compile that timed out or killed its worker: the runtime must not try it again."""
+    return "timeout" in err or "worker died" in err
+
+
+def _template_failed(steps: Sequence[Any], err: str, report: Any) -> None:
+    from ..report import mark_fell_back
+
+    log.warning("first compile of template %s failed in a worker: %s", steps[0].node.op, err)
+    if not _fatal(err):
+        return  # a compile error: the runtime's first call raises it and falls back itself
+    for step in steps:
+        step.broken = f"compile failed: {err}"
+        mark_fell_back(step.entry, step.broken)
+        if report is not None:
+            report.add_fallback(f"template {step.node.op}", step.broken)

@@ -81,12 +81,13 @@ class TritonTarget(Target):
         return TemplateLowering(call, None if reason else template_kernel(node), reason)
 
     def compiles_in_workers(self, kernels: list[Kernel]) -> bool:
-        """On a GPU (not in the interpreter): the compiler compiles every kernel's config in
-        parallel worker processes first (warming Triton's on-disk cache), so the first call loads
-        binaries instead of compiling them one by one."""
+        """On a GPU (not in the interpreter): the compiler compiles every kernel's config, and the
+        kernels of the fused-attention template steps, in parallel worker processes first
+        (warming Triton's on-disk cache), so the first call loads binaries instead of compiling
+        them one by one. True without generated kernels too: a graph may hold only templates."""
         from .jit import interpret_mode
 
-        return bool(kernels) and not interpret_mode() and torch.cuda.is_available()
+        return not interpret_mode() and torch.cuda.is_available()
 
     def race_candidates(self, kernel: Kernel) -> list[dict[str, Any]]:
         """On a GPU, a GEMM without a tuned schedule: its chosen config, the same tiles at the other

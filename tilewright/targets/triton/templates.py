@@ -53,6 +53,16 @@ class TemplateCall:
         """Launch the kernels (raises when they fail)."""
         return self.kernel(*args, config=self.config, **kwargs)
 
+    def precompile_launch(self, node: Node) -> Any:
+        """What a compile worker launches (or records) to compile this call's kernels before the
+        first call (:class:`~.attention.precompile.TemplateLaunch`); None for the convolution
+        gradient, whose kernels compile on first call."""
+        if self.attention is None:
+            return None
+        from .attention.precompile import precompile_launch
+
+        return precompile_launch(self, node)
+
     def on_kernel_failure(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Note a kernel failure that must change how later calls run."""
         global _dropout_on_reference

@@ -245,14 +245,18 @@ def use_decode_path(m: int, n: int, dropout_p: float) -> bool:
 
 def default_num_splits(batch_heads_kv: int, n: int, block_n: int, device: torch.device) -> int:
     """Heuristic split count: enough programs for ~2 waves, at least one key block per split."""
-    sms = 8
-    if device.type == "cuda":
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-    want = max(1, (2 * sms) // max(1, batch_heads_kv))
+    want = max(1, (2 * multiprocessors(device)) // max(1, batch_heads_kv))
     splits = 1
     while splits * 2 <= min(want, max(1, n // block_n), 128):
         splits *= 2
     return splits
+
+
+def multiprocessors(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device`` (8 off CUDA: the interpreter's stand-in)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).multi_processor_count)
+    return 8
 
 
 def device_smem(device: torch.device) -> int:

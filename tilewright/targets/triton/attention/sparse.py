@@ -147,6 +147,13 @@ class TritonSparseAttentionCall:
 
         return block_sparse_attention_reference_op(*_bind(args, kwargs))
 
+    def precompile_launch(self, node: Node) -> Any:
+        """What a compile worker launches (or records) to compile the estimator and the sparse
+        kernel before the first call (:class:`~.precompile.TemplateLaunch`)."""
+        from .precompile import precompile_launch
+
+        return precompile_launch(self, node)
+
     def on_kernel_failure(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Nothing to carry over to later calls."""
 
