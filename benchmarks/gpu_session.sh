@@ -89,7 +89,8 @@ step runtime_check 100 python3 benchmarks/gpu_runtime_check.py --out "$WORK/resu
 step compat_tests 80 python3 -m pytest -q -p no:cacheprovider -p no:randomly -n 8 -m "not slow" \
   tests/core/test_gpu_compile.py tests/attention/test_kernels.py
 # 3. the model suite: correctness of every kernel case first, then eager / Inductor / vendor timings
-step gpu_suite 120 python3 -m benchmarks.gpu_suite --out "$WORK/results/suite" --budget-s 110
+#    (75 s, was 120: its budget stops starting cases in time; the 45 s went to step 7)
+step gpu_suite 75 python3 -m benchmarks.gpu_suite --out "$WORK/results/suite" --budget-s 65
 # 4. fused attention vs SDPA-flash and FlexAttention (quick grid: 2 lengths, D=64, fwd and fwd+bwd)
 step attention_bench 60 python3 benchmarks/attention_bench.py --out "$WORK/results/attention" --quick
 # 5. the CPU target on this machine's cores, in the same report: three kernels and one model (every
@@ -100,4 +101,9 @@ step cpu_target 60 python3 -m benchmarks.cpu_target --out "$WORK/results/cpu_tar
 # 6. block-sparse attention (CPU target) against its dense fused kernel at 4k tokens
 step sparse_attention_cpu 30 python3 benchmarks/sparse_attention.py --lengths 4096 --reps 3 \
   --out "$WORK/results/sparse_attention_cpu.json"
+# 7. the Triton block-sparse kernels: block-sparse attention (given index; XAttention estimate
+#    included) vs our dense fused attention, SDPA-flash and FlexAttention with the same BlockMask;
+#    BSR matmul vs cuBLAS and torch's 2:4 semi-structured; float64 checks first (writes as it goes)
+step gpu_sparse 45 python3 -m benchmarks.gpu_sparse --lengths 4096,16384 --budget-s 30 \
+  --out "$WORK/results/gpu_sparse.json"
 finish
