@@ -34,7 +34,10 @@ def _running_cli_without_gpu() -> bool:
 # are interpreted, and importing torch._dynamo imports triton; so the interpreter must be
 # switched on here, before anything else, when it is requested (or when the `tilewright`
 # command runs on a machine without a GPU).
-if _running_cli_without_gpu():
+#: True when the `tilewright` command switched the interpreter on itself (no GPU, nothing asked):
+#: commands that compile a user's model then prefer the native CPU target (commands/_common.py)
+CLI_DEFAULTED_INTERPRETER = _running_cli_without_gpu()
+if CLI_DEFAULTED_INTERPRETER:
     os.environ["TILEWRIGHT_INTERPRET"] = "1"
 if _env_flag("TILEWRIGHT_INTERPRET") and not os.environ.get("TRITON_INTERPRET"):
     os.environ["TRITON_INTERPRET"] = "1"

@@ -195,6 +195,24 @@ def test_explain_and_tunable_kernels_take_keyword_inputs(tmp_path: Path, monkeyp
     assert kernels and all(k.problem.key() for k in kernels)
 
 
+@pytest.mark.native_cpu
+def test_explain_on_cpu_reports_the_native_target_as_torch_compile_runs_it(tmp_path: Path) -> None:
+    """Without a GPU the command switches Triton's interpreter on at start-up; explain must still
+    compile with the native C++ target (what ``torch.compile`` uses), unless Triton is asked for."""
+    (tmp_path / "factories.py").write_text(FACTORY)
+    exe = Path(sys.executable).with_name("tilewright")
+    env = {k: v for k, v in os.environ.items() if k not in ("TILEWRIGHT_INTERPRET", "TRITON_INTERPRET",
+                                                            "TILEWRIGHT_TARGET")}
+    native = subprocess.run([str(exe), "explain", "factories:make", "--json"], capture_output=True, text=True,
+                            cwd=tmp_path, env=env, timeout=3600)
+    assert native.returncode == 0, native.stderr
+    assert json.loads(native.stdout)["graphs"][0]["target"].startswith("C++")
+    asked = subprocess.run([str(exe), "explain", "factories:make", "--json"], capture_output=True, text=True,
+                           cwd=tmp_path, env=dict(env, TILEWRIGHT_TARGET="triton"), timeout=3600)
+    assert asked.returncode == 0, asked.stderr
+    assert "C++" not in json.loads(asked.stdout)["graphs"][0]["target"]
+
+
 def test_explain_bad_spec_fails_with_a_clear_message(tmp_path: Path) -> None:
     proc = _run("explain", "no_such_module:make", cwd=tmp_path)
     assert proc.returncode == 2

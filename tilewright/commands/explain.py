@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import fail
+from ._common import fail, prefer_native_cpu_target
 from ._factory import FactoryError, load_factory, split_inputs
 
 
@@ -24,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the command; returns the exit code."""
     import tilewright
 
+    prefer_native_cpu_target()
     try:
         model, inputs = load_factory(args.spec, args.input_shapes)
     except FactoryError as exc:

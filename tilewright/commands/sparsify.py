@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Any
 
-from ._common import fail
+from ._common import fail, prefer_native_cpu_target
 from ._factory import FactoryError, load_factory
 
 
@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..sparsity.api import sparsify
 
+    prefer_native_cpu_target()
     try:
         model, inputs = load_factory(args.spec)
         calibration = _batches(args.calibration, inputs)
