@@ -29,6 +29,7 @@ from .pointwise import (
     supported_node,
 )
 from .reduction_columns import ColumnReduction
+from .reduction_runs import ReductionRuns, row_views
 from .scalar_ops import (
     BODIES,
     CPP_TYPES,
@@ -73,7 +74,7 @@ def reduction_space(rows: int, cores: int) -> ScheduleSpace:
                          default={"threads": cores if rows >= 4 * cores else 1}, version=SPACE_VERSION)
 
 
-class ReductionSource(ColumnReduction):
+class ReductionSource(ColumnReduction, ReductionRuns):
     """The C++ function of one reduction group (``name`` is its C symbol)."""
 
     def __init__(self, name: str, nodes: list[Node], materialize: set[int]) -> None:
@@ -110,10 +111,14 @@ class ReductionSource(ColumnReduction):
     def _classify(self, nodes: list[Node], materialize: set[int]) -> None:
         self.space: dict[int, str] = {}
         self.level: dict[int, int] = {}
-        ids = {n.outputs[0].id for n in nodes}
+        self.aliases = row_views(nodes)
+        ids = {n.outputs[0].id for n in nodes} | set(self.aliases)
         for n in nodes:
             out = n.outputs[0]
             internal = [a for a in n.inputs if a.id in ids]
+            for a in internal:
+                if a.id in self.aliases:
+                    self._classify_alias(a)
             if n in self.reductions:
                 if any(self.space[a.id] != "element" for a in internal):
                     raise BuildError("a reduction reads a row value")
@@ -139,6 +144,20 @@ class ReductionSource(ColumnReduction):
         self.inputs, self.outputs = group_io(nodes, ids, materialize)
         self.values = {v.id: v for v in self.inputs + [n.outputs[0] for n in nodes]}
         self.local = {v.id: f"v{k}" for k, v in enumerate(self.inputs + [n.outputs[0] for n in nodes])}
+        self.local.update({vid: self.local[root.id] for vid, root in self.aliases.items()})
+
+    def _classify_alias(self, a: Value) -> None:
+        """A view of a row value (an unsqueeze back to the kept dims' shape) is that row's scalar."""
+        root = self.aliases[a.id]
+        if self.space.get(root.id) != "row":
+            raise BuildError(f"%{a.name} is a view of an element value computed inside the group")
+        if tuple(a.type.shape) not in (self.keep_shape, self.row_shape) or a.type.numel != self.rows:
+            raise BuildError(f"%{a.name} views row value %{root.name} with another shape")
+        self.space[a.id], self.level[a.id] = "row", self.level[root.id]
+
+    def _mark_done(self, vid: int) -> None:
+        self._done.add(vid)
+        self._done.update(a for a, root in self.aliases.items() if root.id == vid)
 
     # -- indexing ----------------------------------------------------------------------------
     def _offset(self, v: Value, shape: tuple[int, ...], index: list[str]) -> str:
@@ -189,7 +208,11 @@ class ReductionSource(ColumnReduction):
         return False
 
     def _element_index(self) -> list[str]:
-        return [f"k{d}" if d in self.kept else f"e{d}" for d in range(len(self.element_shape))]
+        """Per element dim, its index: ``k{d}`` (kept), ``e{d}`` (reduced); in the row form, dims of the
+        contiguous run other than its innermost are ``0`` (the innermost's index runs over the run)."""
+        run = self._run or []
+        return [f"k{d}" if d in self.kept else "0" if d in run[:-1] else f"e{d}"
+                for d in range(len(self.element_shape))]
 
     def _row_index(self, shape: tuple[int, ...]) -> list[str]:
         if shape == self.keep_shape:
@@ -254,20 +277,15 @@ class ReductionSource(ColumnReduction):
         return [n for n in self.nodes if n.outputs[0].id in want and n not in self.reductions]
 
     def _element_loop(self, body: list[str], reductions: str = "", start: str = "0") -> list[str]:
-        dims = self.dims
+        """The scalar loop over the run's elements from ``start`` (see :mod:`.reduction_runs`)."""
         # the tail after whole vectors is shorter than one: half-width vectors (TW_VW / 2) serve it
         # better than full ones that never start (measured: rows of 24, 3x faster) when its length is
         # not known at compile time
-        tail = " simdlen(TW_VW > 1 ? TW_VW / 2 : 1)" if start != "0" and not self._count.startswith("INT64_C") else ""
-        head = [f"#pragma omp simd{tail}{reductions}" if len(dims) == 1 and reductions is not None else "",
-                f"for (int64_t e = {start}; e < {self._count}; ++e) {{"]
-        split = ["  int64_t rest_e = e;"]
-        for d in reversed(dims):
-            split.append(f"  const int64_t e{d} = rest_e % {self._dim(d)}; rest_e /= {self._dim(d)};" if d != dims[0]
-                         else f"  const int64_t e{d} = rest_e;")  # the outermost index needs no division
-        if len(dims) == 1:
-            split = [f"  const int64_t e{dims[0]} = e;"]
-        return [h for h in head if h] + split + ["  " + line for line in body] + ["}"]
+        count = self._run_count
+        tail = " simdlen(TW_VW > 1 ? TW_VW / 2 : 1)" if start != "0" and not count.startswith("INT64_C") else ""
+        head = [f"#pragma omp simd{tail}{reductions}" if reductions is not None else "",
+                f"for (int64_t e = {start}; e < {count}; ++e) {{", f"  const int64_t e{self._run[-1]} = e;"]
+        return [h for h in head if h] + ["  " + line for line in body] + ["}"]
 
     def _output_slot(self, vid: int) -> str | None:
         """An element output that can hold element value ``vid`` until the output pass overwrites it
@@ -300,15 +318,15 @@ class ReductionSource(ColumnReduction):
                 self.sizes.specialised[f"count <= {_SCRATCH_LIMIT} (row kept in a scratch buffer)"] = self.count
                 self._scratch.append(f"{CPP_TYPES[n.outputs[0].type.dtype]} {name}[{self._count}] "
                                      "__attribute__((aligned(64)));")
-                slot = f"{name}[e]"
+                slot = f"{name}[tw_eb + e]" if self._outer else f"{name}[e]"
             if slot is not None:
                 self._pending[vid] = slot
                 kept.append(vid)
         return kept
 
     def _slot_unit_stride(self, slot: str) -> bool:
-        unit = f"e{self.dims[0]}]" if len(self.dims) == 1 else None  # a unit stride is written as the bare index
-        return slot.endswith("[e]") or (unit is not None and slot.endswith((" " + unit, "[" + unit)))
+        unit = f"e{self._run[-1]}]"  # a unit stride is written as the bare index
+        return slot.endswith(("[e]", "[tw_eb + e]", " " + unit, "[" + unit))
 
     def _parts(self, targets: list[Value], later: list[Value]) -> dict[str, Any]:
         """What one element pass computes: loads from outside, scratch reads, nodes, scratch writes."""
@@ -334,9 +352,9 @@ class ReductionSource(ColumnReduction):
 
     def _vector_load(self, v: Value) -> str | None:
         """A ``tw_vf`` load of ``v`` at element ``e`` (contiguous or broadcast), or None."""
-        if v.type.dtype != torch.float32 or len(self.dims) != 1:
+        if v.type.dtype != torch.float32:
             return None
-        stride = broadcast_strides(v, self.element_shape)[self.dims[0]]
+        stride = broadcast_strides(v, self.element_shape)[self._run[-1]]
         element = f"in{self.inputs.index(v)}[{self._offset(v, self.element_shape, self._element_index())}]"
         if stride in (0, 1):
             return f"const tw_vf {self.local[v.id]} = {'tw_vf(' if stride == 0 else 'tw_vf::load(&'}{element});"
@@ -376,14 +394,14 @@ class ReductionSource(ColumnReduction):
                acc: tuple[list[str], list[str], list[str]] | None) -> list[str]:
         """The pass as an explicit-SIMD loop over whole vectors and the scalar loop over the rest
         (the whole pass where the compiler targets no vector ISA or the pass has no vector form)."""
-        if vector is None or acc is None or len(self.dims) != 1:
-            return self._element_loop(scalar, clause)
+        if vector is None or acc is None:
+            return self._outer_loop(self._element_loop(scalar, clause))
         decl, update, combine = acc
         head = ["{", "int64_t tw_e0 = 0;", "#if TW_VW", *decl,
-                f"for (; tw_e0 + TW_VW <= {self._count}; tw_e0 += TW_VW) {{",
-                "  const int64_t e = tw_e0;", f"  const int64_t e{self.dims[0]} = e;"]
+                f"for (; tw_e0 + TW_VW <= {self._run_count}; tw_e0 += TW_VW) {{",
+                "  const int64_t e = tw_e0;", f"  const int64_t e{self._run[-1]} = e;"]
         head += ["  " + line for line in vector + update] + ["}", *combine, "#endif"]
-        return head + self._element_loop(scalar, clause, "tw_e0") + ["}"]
+        return self._outer_loop(head + self._element_loop(scalar, clause, "tw_e0") + ["}"])
 
     def _reduce_lines(self, reductions: list[Node]) -> list[str]:
         body = []
@@ -453,7 +471,7 @@ class ReductionSource(ColumnReduction):
         value = f"{acc} / (double){self._count}" if lookup(r.target).extra.get("mean") else acc
         if _COMBINES[packet_name(r.target)] in ("max", "min") and r.args[0].type.dtype.is_floating_point:
             value = f"(nan{acc} ? std::numeric_limits<{t}>::quiet_NaN() : {acc})"
-        self._done.add(out.id)
+        self._mark_done(out.id)
         return f"const {t} {self.local[out.id]} = {result_code(out.type.dtype, value)};"
 
     def _output_pass(self, element_outputs: list[Value]) -> list[str]:
@@ -465,7 +483,7 @@ class ReductionSource(ColumnReduction):
         vector = self._vector_lines(parts)
         if vector is not None:
             for v, off in zip(element_outputs, offsets):
-                stride = broadcast_strides(v, self.element_shape)[self.dims[0]] if len(self.dims) == 1 else None
+                stride = broadcast_strides(v, self.element_shape)[self._run[-1]]
                 if v.type.dtype != torch.float32 or stride != 1:
                     vector = None
                     break
@@ -510,7 +528,7 @@ class ReductionSource(ColumnReduction):
                     self._row_loaded.add(a.id)
                     lines.append(self._load(a, "row", tuple(out.type.shape)))
             lines.append(self._expr(n))
-            self._done.add(out.id)
+            self._mark_done(out.id)
         return lines
 
     def _function(self) -> str:
@@ -520,11 +538,13 @@ class ReductionSource(ColumnReduction):
         self._slots_used: set[int] = set()
         self._row_loaded: set[int] = set()
         self._scratch: list[str] = []
+        self._run, self._outer = None, []
         from .toolchain import cpu_description
 
         block = self._column_block(int(cpu_description().get("cores") or 1))
         if block is not None:
             return self._column_function(block)
+        self._run, self._outer = self._loop_dims()
         params = [f"const void* p_in{i}" for i in range(len(self.inputs))]
         params += [f"void* p_out{i}" for i in range(len(self.outputs))]
         casts = pointer_casts(self.inputs, self.outputs)
