@@ -28,6 +28,9 @@ from typing import Any
 import torch
 
 from ...schedule.space import ScheduleSpace
+from .gemm_dot import DOT_CORE, dot_dispatch, dot_pays, has_bf16_dot
+
+__all__ = ["core_source", "default_blocks", "gemm_space", "has_bf16_dot", "lanes", "micro_shapes", "vector_isa"]
 
 #: (MR, NV) register blocks per vector ISA, NV vectors of W lanes wide: accumulators MR*NV,
 #: plus NV B vectors and one broadcast A value must fit the register file
@@ -73,25 +76,6 @@ def _dispatch(isa: str, ctype: str, dtype: torch.dtype) -> str:
     return "\n".join(cases)
 
 
-def has_bf16_dot(description: dict[str, Any]) -> bool:
-    """Whether this CPU has AVX512_BF16's ``vdpbf16ps`` (the bfloat16 dot core's instruction)."""
-    return vector_isa(description) == "avx512" and "avx512_bf16" in set(description.get("isa") or ())
-
-
-def _dot_dispatch(description: dict[str, Any]) -> str:
-    """The C++ table from (MR, NR) to an instantiated bfloat16 dot micro-kernel."""
-    cases = [f"  if (mr == {mr} && nr == {nr}) return &tw_micro_dot<{mr}, {nr // 16}>;"
-             for mr, nr in micro_shapes("avx512", torch.float32)]
-    return """#if defined(__AVX512BF16__) && !defined(TW_GEMM_PICK_DOT)
-#define TW_GEMM_PICK_DOT
-static TwDotFn tw_pick_micro_dot(int64_t mr, int64_t nr) {
-""" + "\n".join(cases) + """
-  return nullptr;
-}
-#endif
-"""
-
-
 def core_source(dtype: torch.dtype, description: dict[str, Any]) -> str:
     """The shared GEMM core for compute ``dtype`` (float32 or float64), include-guarded per type."""
     isa = vector_isa(description)
@@ -105,7 +89,8 @@ static TwMicroFn<{ctype}> tw_pick_micro(int64_t mr, int64_t nr, bool packed, {ct
 }}
 #endif
 """
-    return _CORE + pick + (_dot_dispatch(description) if has_bf16_dot(description) else "")
+    return _CORE + DOT_CORE + _CORE_LOOP + pick + (dot_dispatch(micro_shapes("avx512", torch.float32))
+                                                   if has_bf16_dot(description) else "")
 
 
 SPACE_VERSION = "2"  # 2: the bfloat16 dot core ("dot")
@@ -184,11 +169,10 @@ def gemm_space(m: int, n: int, k: int, nb: int, dtype: torch.dtype, description:
     """
     isa = vector_isa(description)
     shapes = micro_shapes(isa, dtype)
-    # the dot core is a candidate, not the default: on this project's Xeon (AVX512_BF16, no AMX exposed) it
-    # measured 0.6-0.64x the FMA core single-threaded (256x768x768, 512x768x3072, 1024^3): in a throughput
-    # loop vdpbf16ps gave 14.6 GMAC/s against 28-32 for FMAs there; the tuner keeps it where it wins
+    # the dot core is the default where a throughput probe on this CPU says vdpbf16ps does more multiply-adds
+    # per second than FMAs (AMD Zen 4: 2x; this project's earlier Xeon: 0.5x, see gemm_dot.dot_pays)
     dot = storage == torch.bfloat16 and has_bf16_dot(description)
-    default = {**default_blocks(m, n, k, nb, dtype, description), "dot": False}
+    default = {**default_blocks(m, n, k, nb, dtype, description), "dot": dot and dot_pays(description)}
     cores = max(1, int(description.get("cores") or 1))
     threads = sorted({1, *(t for t in (2, 4, 8, 16, 32, 64) if t <= cores), cores})
     params: dict[str, list[Any]] = {
@@ -228,6 +212,7 @@ _CORE = r"""#ifndef TW_GEMM_CORE
 #include <cstdlib>
 #include <algorithm>
 #include <type_traits>
+#include <cstring>
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
@@ -412,81 +397,9 @@ static void tw_pack_b(const S* b, int64_t sbk, int64_t sbn, int64_t k, int64_t n
   }
 }
 
-#if defined(__AVX512BF16__)
-// The bfloat16 dot core (AVX512_BF16): vdpbf16ps multiplies pairs of bfloat16 and adds both products
-// into float lanes, twice the multiply-adds of an FMA per instruction, with no conversion to float
-// while packing. A and B are packed as pairs along K: A micro-panel [kc/2][MR] and B panel [kc/2][NR]
-// of 32-bit words (low half element 2k, high half 2k+1; an odd K's last pair and rows/columns past
-// the matrix are zeros). Accumulation is in float, as on the FMA path.
-static inline uint32_t tw_pair(uint16_t lo, uint16_t hi) { return (uint32_t)lo | ((uint32_t)hi << 16); }
+"""
 
-template <int MR, int NV>
-static void tw_micro_dot(int64_t kp, const uint32_t* __restrict a, int64_t, int64_t, const uint32_t* __restrict b,
-                         float* __restrict c, int64_t ldc, int first) {
-  constexpr int NR = NV * 16;
-  __m512 acc[MR][NV];
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < kp; ++k) {
-    __builtin_prefetch(a + (k + 8) * MR, 0, 3);
-    __m512bh bv[NV];
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) bv[v] = (__m512bh)_mm512_loadu_si512((const void*)(b + k * NR + v * 16));
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
-      const __m512bh av = (__m512bh)_mm512_set1_epi32((int32_t)a[k * MR + i]);
-#pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], av, bv[v]);
-    }
-  }
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) {
-      float* p = c + i * ldc + v * 16;
-      _mm512_storeu_ps(p, first ? acc[i][v] : _mm512_add_ps(acc[i][v], _mm512_loadu_ps(p)));
-    }
-}
-
-using TwDotFn = void (*)(int64_t, const uint32_t*, int64_t, int64_t, const uint32_t*, float*, int64_t, int);
-static TwDotFn tw_pick_micro_dot(int64_t mr, int64_t nr);
-
-struct TwDotCore {
-  using P = uint32_t;
-  static constexpr bool kStrided = false;
-  static inline int64_t rows(int64_t kc) { return (kc + 1) / 2; }
-  static void pack_a(const uint16_t* a, int64_t sam, int64_t sak, int64_t mc, int64_t kc, int64_t mr, uint32_t* dst) {
-    const int64_t kp = rows(kc);
-    for (int64_t ip = 0; ip < mc; ip += mr) {
-      const int64_t n = std::min<int64_t>(mr, mc - ip);
-      uint32_t* panel = dst + ip * kp;
-      for (int64_t ii = 0; ii < n; ++ii) {
-        const uint16_t* src = a + (ip + ii) * sam;
-        int64_t kk = 0;
-        for (; kk + 1 < kc; kk += 2) panel[(kk / 2) * mr + ii] = tw_pair(src[kk * sak], src[(kk + 1) * sak]);
-        if (kk < kc) panel[(kk / 2) * mr + ii] = tw_pair(src[kk * sak], 0);
-      }
-      for (int64_t ii = n; ii < mr; ++ii)
-        for (int64_t q = 0; q < kp; ++q) panel[q * mr + ii] = 0u;
-    }
-  }
-  static void pack_b(const uint16_t* b, int64_t sbk, int64_t sbn, int64_t k, int64_t n, int64_t p, int64_t nr, uint32_t* dst) {
-    const int64_t j0 = p * nr, cols = std::min<int64_t>(nr, n - j0), kp = rows(k);
-    for (int64_t q = 0; q < kp; ++q) {
-      const uint16_t* lo = b + (2 * q) * sbk + j0 * sbn;
-      const bool has_hi = 2 * q + 1 < k;
-      uint32_t* out = dst + q * nr;
-      for (int64_t jj = 0; jj < cols; ++jj) out[jj] = tw_pair(lo[jj * sbn], has_hi ? lo[sbk + jj * sbn] : (uint16_t)0);
-      for (int64_t jj = cols; jj < nr; ++jj) out[jj] = 0u;
-    }
-  }
-  static inline TwDotFn micro(int64_t mr, int64_t nr, bool) { return tw_pick_micro_dot(mr, nr); }
-};
-#endif
-
-struct TwGemmShape {
+_CORE_LOOP = r"""struct TwGemmShape {
   int64_t nb, m, n, k, sab, sam, sak, sbb, sbk, sbn;
 };
 struct TwGemmBlocks {
