@@ -10,6 +10,8 @@ are eager's. Runs on the native CPU target and in Triton's interpreter.
 from __future__ import annotations
 
 import copy
+import gc
+import weakref
 from typing import Any
 
 import pytest
@@ -265,3 +267,19 @@ def test_report_says_what_was_hoisted() -> None:
     line = _report_line(report)
     assert "KiB cached" in line and "parameters/buffers" in line and "ran 1 time" in line
     assert report.to_dict()["graphs"][0]["hoisted"]["parameters"] >= 20
+
+
+@pytest.mark.native_cpu
+def test_the_cache_keeps_no_parameter_alive(graphs: list[HoistedGraph]) -> None:
+    tilewright.config.target = "cpu"
+    model, x = resnet(), torch.randn(1, 3, 9, 9)
+    compiled = torch.compile(model, backend="tilewright")
+    with torch.no_grad():
+        compiled(x)
+        bn = model[3].b1
+        weight = weakref.ref(bn.weight)
+        bn.weight = nn.Parameter(bn.weight.detach() * 3)  # a new tensor: recomputed, the old one can go
+        _check(compiled, model, x)
+    gc.collect()
+    assert weight() is None
+    assert graphs[0].stats["recomputed"] == 2

@@ -25,6 +25,7 @@ can). Those need ``TILEWRIGHT_HOIST=0`` or a fresh ``torch.compile``.
 from __future__ import annotations
 
 import gc
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -55,14 +56,14 @@ def version_companions(tensors: Sequence[Any]) -> list[torch.Tensor]:
 
 
 def _make_check(positions: Sequence[int], companions: int) -> Callable[[list[Any], list[Any], list[int]], bool]:
-    """``check(inputs, held, key)``: inputs[p] is held[i] with key's version and data pointer, and
-    each companion (held after the inputs) has its version and data pointer in the key."""
-    terms = [f"x[{p}] is h[{i}] and x[{p}]._version == k[{2 * i}] and x[{p}].data_ptr() == k[{2 * i + 1}]"
-             for i, p in enumerate(positions)]
-    n = len(positions)
-    terms += [f"h[{j}]._version == k[{2 * j}] and h[{j}].data_ptr() == k[{2 * j + 1}]"
-              for j in range(n, n + companions)]
-    source = "def check(x, h, k):\n    return (" + "\n            and ".join(terms or ["True"]) + ")\n"
+    """``check(inputs, c, k)``: each inputs[p] has the id, version and data pointer in ``k``,
+    and each companion ``c[j]`` the version and data pointer after them."""
+    terms = [f"id(x[{p}]) == k[{3 * i}] and x[{p}]._version == k[{3 * i + 1}] and "
+             f"x[{p}].data_ptr() == k[{3 * i + 2}]" for i, p in enumerate(positions)]
+    n = 3 * len(positions)
+    terms += [f"c[{j}]._version == k[{n + 2 * j}] and c[{j}].data_ptr() == k[{n + 2 * j + 1}]"
+              for j in range(companions)]
+    source = "def check(x, c, k):\n    return (" + "\n            and ".join(terms or ["True"]) + ")\n"
     ns: dict[str, Any] = {}
     exec(compile(source, "<tilewright hoisted-part check>", "exec"), ns)
     return ns["check"]  # type: ignore[no-any-return]
@@ -95,11 +96,13 @@ class HoistedGraph:
         self.positions = list(positions)
         self.stats = stats
         self._check: Callable[[list[Any], list[Any], list[int]], bool] = _make_check(self.positions, 0)
-        #: the tensors the cached values were computed from (kept alive: their ids stay theirs),
-        #: then their version companions
-        self._held: list[Any] = []
+        #: weak references to the tensors the cached values were computed from: one dying
+        #: invalidates the cache (so its id, in the key, cannot be taken by a new tensor unseen),
+        #: and the cache keeps no parameter alive
+        self._refs: list[weakref.ref[Any]] = []
+        #: the version companions (``num_batches_tracked`` counters) of those tensors
         self._companions: list[torch.Tensor] = []
-        #: [version, data_ptr] of each held tensor when the values were computed
+        #: id, version and data pointer of each tensor, then version and pointer of each companion
         self._key: list[int] = []
         self._cached: list[Any] = []
         self._valid = False
@@ -120,30 +123,39 @@ class HoistedGraph:
 
     def run_boxed(self, inputs: list[Any]) -> Any:
         """Run on ``inputs`` (a list the graph owns, cleared as inputs die)."""
-        if not (self._valid and self._check(inputs, self._held, self._key)):
+        if not (self._valid and self._check(inputs, self._companions, self._key)):
             self._refresh(inputs)
         inputs.extend(self._cached)
         return self.main.run_boxed(inputs)
 
-    def invalidate(self) -> None:
+    def invalidate(self, *_: Any) -> None:
         """Forget the cached values (the next call recomputes them)."""
         self._valid = False
-        self._held, self._key, self._cached, self._companions = [], [], [], []
+        self._cached = []
 
     def _refresh(self, inputs: list[Any]) -> None:
         """Run the hoisted graph on the current parameters and keep its outputs and their key."""
         self._valid = False
         params = [inputs[p] for p in self.positions]
-        if len(params) != len(self._held) - len(self._companions) or \
-                any(a is not b for a, b in zip(params, self._held)):  # new tensors: look for their counters
+        if len(params) != len(self._refs) or any(r() is not t for r, t in zip(self._refs, params)):
+            # new tensors: watch them die, and find their counters
+            invalidate = weakref.WeakMethod(self.invalidate)
+            self._refs = [weakref.ref(t, lambda _, m=invalidate: _call(m)) for t in params]
             self._companions = version_companions(params)
             self._check = _make_check(self.positions, len(self._companions))
-        held = params + self._companions
         # NOTE: the key is taken before the hoisted graph runs; it never writes into its inputs
-        key = [n for t in held for n in (t._version, t.data_ptr())]
+        key = [n for t in params for n in (id(t), t._version, t.data_ptr())]
+        key += [n for t in self._companions for n in (t._version, t.data_ptr())]
         self._cached = []
         with torch.no_grad():  # cached values never carry autograd history
             outs = self.hoisted.run_boxed(list(params))
         self._cached = list(outs) if isinstance(outs, (list, tuple)) else [outs]
-        self._held, self._key, self._valid = held, key, True
+        self._key, self._valid = key, True
         self.stats["recomputed"] = self.stats.get("recomputed", 0) + 1
+
+
+def _call(method: Any) -> None:
+    """Call a weakly referenced method if its object is still alive."""
+    bound = method()
+    if bound is not None:
+        bound()
