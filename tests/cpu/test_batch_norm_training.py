@@ -66,6 +66,8 @@ def _x(shape: tuple[int, ...], layout: str) -> torch.Tensor:
 def test_training_step_matches_float64(shape: tuple[int, ...], layout: str) -> None:
     got, want, report = _run(_x(shape, layout), shape[1])
     assert all(k["status"] == "ran" for k in report.kernels), report.kernels
+    # the BN fold (passes/fx/conv_rewrite.py) is for inference graphs: training uses batch statistics
+    assert not any("folded" in note for g in report.graphs for note in g.notes), [g.notes for g in report.graphs]
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-4)
 
@@ -91,3 +93,27 @@ def test_nchw_kernels_walk_one_run_and_fuse_the_backward() -> None:
     pointwise = [name for k in report.kernels if k["kind"] == "pointwise"
                  for name in [k["name"]] if "sub" in ops[name]]
     assert not pointwise, {name: ops[name] for name in pointwise}
+
+
+def _softmax_over(x: torch.Tensor, dims: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    e = torch.exp(x - x.amax(dims, keepdim=True))
+    return (e / e.sum(dims, keepdim=True)).to(dtype)
+
+
+@pytest.mark.parametrize("shape,dims,dtype", [((3, 5, 37), (0, 2), torch.float32), ((3, 5, 37), (0, 2), torch.float64),
+                                              ((2, 4, 3, 33), (0, 2, 3), torch.float32),
+                                              ((3, 2, 5, 7), (1, 3), torch.float64)])
+def test_multi_dim_reduction_with_an_outer_loop(shape: tuple[int, ...], dims: tuple[int, ...], dtype: torch.dtype) -> None:
+    """Several levels over non-adjacent reduced dims: each pass is runs inside the outer loop, and
+    exp(x - max) is kept between passes at the element's place in the whole row (in the output, or
+    in a scratch buffer when the output is float64)."""
+    from .helpers import run_compiled
+
+    torch.manual_seed(0)
+    x = torch.randn(*shape) * 4
+    got, report = run_compiled(lambda t: _softmax_over(t, dims, dtype), x)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.double(), _softmax_over(x.double(), dims, torch.float64), rtol=1e-5, atol=1e-6)
+    kernels = [k for k in report.kernels if k["kind"] == "reduction"]
+    assert len(kernels) == 1 and kernels[0]["status"] == "ran", report.kernels
+    assert "outer reduced" in kernels[0]["sizes"]["runtime"], kernels[0]["sizes"]
