@@ -35,6 +35,10 @@ static inline tw_vf operator/(tw_vf a, tw_vf b) { return _mm512_div_ps(a.v, b.v)
 static inline tw_vf operator-(tw_vf a) { return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(a.v), _mm512_set1_epi32(INT32_MIN))); }
 static inline tw_vf tw_vsqrt(tw_vf a) { return _mm512_sqrt_ps(a.v); }
 static inline tw_vf tw_vabs(tw_vf a) { return _mm512_abs_ps(a.v); }
+// a < b ? x : y; the sign of s on |r|; x where x is NaN, else r
+static inline tw_vf tw_vless(tw_vf a, tw_vf b, tw_vf x, tw_vf y) { return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ), y.v, x.v); }
+static inline tw_vf tw_vcopysign(tw_vf r, tw_vf s) { return _mm512_castsi512_ps(_mm512_ternarylogic_epi32(_mm512_castps_si512(r.v), _mm512_castps_si512(s.v), _mm512_set1_epi32(INT32_MIN), 0xd8)); }
+static inline tw_vf tw_vkeep_nan(tw_vf x, tw_vf r) { return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x.v, x.v, _CMP_UNORD_Q), r.v, x.v); }
 // NaN in either operand gives NaN (maxps returns its second operand when either is NaN)
 template <> inline tw_vf tw_max<tw_vf>(tw_vf a, tw_vf b) {
   return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a.v, a.v, _CMP_UNORD_Q), _mm512_max_ps(a.v, b.v), a.v);
@@ -109,6 +113,12 @@ static inline tw_vf operator/(tw_vf a, tw_vf b) { return _mm256_div_ps(a.v, b.v)
 static inline tw_vf operator-(tw_vf a) { return _mm256_xor_ps(a.v, _mm256_set1_ps(-0.0f)); }
 static inline tw_vf tw_vsqrt(tw_vf a) { return _mm256_sqrt_ps(a.v); }
 static inline tw_vf tw_vabs(tw_vf a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a.v); }
+static inline tw_vf tw_vless(tw_vf a, tw_vf b, tw_vf x, tw_vf y) { return _mm256_blendv_ps(y.v, x.v, _mm256_cmp_ps(a.v, b.v, _CMP_LT_OQ)); }
+static inline tw_vf tw_vcopysign(tw_vf r, tw_vf s) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  return _mm256_or_ps(_mm256_andnot_ps(sign, r.v), _mm256_and_ps(sign, s.v));
+}
+static inline tw_vf tw_vkeep_nan(tw_vf x, tw_vf r) { return _mm256_blendv_ps(r.v, x.v, _mm256_cmp_ps(x.v, x.v, _CMP_UNORD_Q)); }
 template <> inline tw_vf tw_max<tw_vf>(tw_vf a, tw_vf b) {
   return _mm256_blendv_ps(_mm256_max_ps(a.v, b.v), a.v, _mm256_cmp_ps(a.v, a.v, _CMP_UNORD_Q));
 }
@@ -177,6 +187,25 @@ struct tw_vmin {
 #else
 #define TW_VW 0
 #endif
+#if TW_VW
+// tanh and erf on vectors: the scalar prelude's formulas (same constants, same branches as selects)
+static inline tw_vf tw_tanh(tw_vf x) {
+  const tw_vf a = tw_vabs(x), e = tw_exp(tw_vf(-2.0f) * a), z = x * x;
+  const tw_vf big = (tw_vf(1.0f) - e) / (tw_vf(1.0f) + e);
+  const tw_vf small = a * (tw_vf(1.0f) + z * (tw_vf(-0.333333333f) + z * (tw_vf(0.133333333f) + z * (tw_vf(-0.0539682540f) + z * tw_vf(0.0218694885f)))));
+  return tw_vkeep_nan(x, tw_vcopysign(tw_vless(a, tw_vf(0.125f), small, big), x));
+}
+static inline tw_vf tw_erf(tw_vf x) {
+  const tw_vf z = tw_vabs(x), t = tw_vf(1.0f) / (tw_vf(1.0f) + tw_vf(0.5f) * z), s = z * z;
+  const tw_vf poly = tw_vf(-1.26551223f) - s + t * (tw_vf(1.00002368f) + t * (tw_vf(0.37409196f) + t * (tw_vf(0.09678418f) +
+                     t * (tw_vf(-0.18628806f) + t * (tw_vf(0.27886807f) + t * (tw_vf(-1.13520398f) + t * (tw_vf(1.48851587f) +
+                     t * (tw_vf(-0.82215223f) + t * tw_vf(0.17087277f)))))))));
+  const tw_vf big = tw_vf(1.0f) - t * tw_exp(poly);
+  const tw_vf small = z * tw_vf(1.12837916709551257f) * (tw_vf(1.0f) + s * (tw_vf(-0.333333333f) + s * (tw_vf(0.1f) + s * (tw_vf(-0.0238095238f) +
+                      s * (tw_vf(0.00462962963f) + s * tw_vf(-0.000757575758f))))));
+  return tw_vkeep_nan(x, tw_vcopysign(tw_vless(z, tw_vf(0.5f), small, big), x));
+}
+#endif
 """
 
 #: ops whose scalar body text is also a valid ``tw_vf`` expression (after :func:`vector_body`)
@@ -184,7 +213,7 @@ VECTOR_OPS = frozenset({
     "aten.add", "aten.sub", "aten.rsub", "aten.mul", "aten.div", "aten.true_divide", "aten.neg", "aten.abs",
     "aten.exp", "aten.sqrt", "aten.rsqrt", "aten.reciprocal", "aten.sigmoid", "aten.silu", "aten.relu",
     "aten.maximum", "aten.minimum", "aten.clamp", "aten.clamp_min", "aten.clamp_max", "aten.hardtanh",
-    "aten.pow", "aten._to_copy", "aten.clone", "aten.lift_fresh_copy", "aten.copy", "aten.copy_", "prims.convert_element_type",
+    "aten.pow", "aten.erf", "aten.tanh", "aten.gelu", "aten._to_copy", "aten.clone", "aten.lift_fresh_copy", "aten.copy", "aten.copy_", "prims.convert_element_type",
 })
 
 _RENAMES = {"std::sqrt(": "tw_vsqrt(", "std::abs(": "tw_vabs("}
