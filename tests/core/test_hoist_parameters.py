@@ -283,3 +283,31 @@ def test_the_cache_keeps_no_parameter_alive(graphs: list[HoistedGraph]) -> None:
     gc.collect()
     assert weight() is None
     assert graphs[0].stats["recomputed"] == 2
+
+
+class WeightNormConv(nn.Module):
+    """A convolution whose weight is computed from parameters (weight normalisation)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.v, self.g = nn.Parameter(torch.randn(8, 3, 3, 3)), nn.Parameter(torch.rand(8, 1, 1, 1) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.g * self.v / self.v.square().sum((1, 2, 3), keepdim=True).sqrt()
+        return torch.relu(nn.functional.conv2d(x, w, padding=1))
+
+
+def test_a_computed_weight_is_hoisted_and_refreshed(target: str, graphs: list[HoistedGraph]) -> None:
+    torch.manual_seed(0)
+    model, x = WeightNormConv(), torch.randn(2, 3, 10, 9)
+    compiled = torch.compile(model, backend="tilewright")
+    with torch.no_grad():
+        for scale in (1.0, 2.0, 0.5):  # the kernel reading the cached weight sees every new value
+            model.g.mul_(scale)
+            for _ in range(2):
+                torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+        with torch.inference_mode():  # inference tensors have no version counter: never cached
+            fresh = WeightNormConv().requires_grad_(False)
+            fresh.load_state_dict(model.state_dict())
+            torch.testing.assert_close(torch.compile(fresh, backend="tilewright")(x), model(x), rtol=1e-4, atol=1e-4)
+    assert graphs[0].stats["recomputed"] == 3

@@ -143,15 +143,19 @@ class HoistedGraph:
             self._refs = [weakref.ref(t, lambda _, m=invalidate: _call(m)) for t in params]
             self._companions = version_companions(params)
             self._check = _make_check(self.positions, len(self._companions))
-        # NOTE: the key is taken before the hoisted graph runs; it never writes into its inputs
-        key = [n for t in params for n in (id(t), t._version, t.data_ptr())]
-        key += [n for t in self._companions for n in (t._version, t.data_ptr())]
-        self._cached = []
+        # NOTE: the previous values stay alive until the new ones exist, so no new value can take
+        # an old one's address: a kernel caching work per (data_ptr, _version) of an input (the CPU
+        # convolution's packed weights) sees a new key
         with torch.no_grad():  # cached values never carry autograd history
             outs = self.hoisted.run_boxed(list(params))
         self._cached = list(outs) if isinstance(outs, (list, tuple)) else [outs]
-        self._key, self._valid = key, True
         self.stats["recomputed"] = self.stats.get("recomputed", 0) + 1
+        if any(t.is_inference() for t in params):  # no version counter: recomputed on every call
+            return
+        # the key is of the tensors the values were computed from (the hoisted graph never writes them)
+        key = [n for t in params for n in (id(t), t._version, t.data_ptr())]
+        self._key = key + [n for t in self._companions for n in (t._version, t.data_ptr())]
+        self._valid = True
 
 
 def _call(method: Any) -> None:
