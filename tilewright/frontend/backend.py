@@ -80,10 +80,8 @@ class LazyCompiledGraph:
         #: (guard, callable) of the last call's specialisation: checked before the cache
         self._last: tuple[Callable[[Sequence[Any]], bool], Callable[[list[Any]], Any]] | None = None
         self._guards: dict[tuple[Any, ...], Callable[[Sequence[Any]], bool] | None] = {}
-        #: hoist the parameter-only part (an inference graph from the backend), with AOTAutograd's
-        #: static input indices (parameters and buffers; None: the tensors' own marks decide)
+        #: hoist the part computed from parameters and buffers alone (inference graphs of the backend)
         self.hoist = False
-        self.static_inputs: list[int] | None = None
 
     def __call__(self, args: list[Any]) -> Any:
         inputs = list(args)
@@ -143,7 +141,7 @@ class LazyCompiledGraph:
         if self.kind == "inference" and self.hoist and not self.cudagraphs:
             from ..passes.hoist import static_positions_of
 
-            static = static_positions_of(inputs, self.static_inputs)
+            static = static_positions_of(inputs)
         try:
             compiled = compile_graph_for_inputs(self.gm, inputs, report, tune=self.tune, eager=self._eager(),
                                                 extra_passes=sparse_attention, static_inputs=static)
@@ -224,7 +222,7 @@ def tilewright_backend(gm: fx.GraphModule, example_inputs: list[Any], **options:
         lazy = LazyCompiledGraph(g, "inference", tune, cudagraphs)
         lazy.attention_blocks = attention_blocks
         lazy.sparsity = sparsity
-        lazy.hoist, lazy.static_inputs = True, _static_input_indices()
+        lazy.hoist = True
         return lazy
 
     def bw_compiler(g: fx.GraphModule, ex: list[Any]) -> LazyCompiledGraph:
@@ -233,19 +231,6 @@ def tilewright_backend(gm: fx.GraphModule, example_inputs: list[Any], **options:
     compiler = aot_autograd(fw_compiler=fw_compiler, bw_compiler=bw_compiler, inference_compiler=inference_compiler,
                             decompositions=decomposition_table(), keep_inference_input_mutations=True)
     return compiler(gm, example_inputs)
-
-
-def _static_input_indices() -> list[int] | None:
-    """AOTAutograd's indices of the graph's parameters and buffers (None when it gives none)."""
-    try:
-        from torch._guards import TracingContext
-
-        context = TracingContext.try_get()
-        meta = context.fw_metadata if context is not None else None
-        indices = getattr(meta, "static_input_indices", None)
-        return list(indices) if indices is not None else None
-    except Exception:  # a torch without this metadata: the tensors' own marks decide
-        return None
 
 
 def _kernel_mode(tensors: Sequence[Any]) -> str:

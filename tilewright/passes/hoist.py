@@ -273,13 +273,14 @@ def split_static(graph: Graph, static_positions: Collection[int], n_args: int) -
     return HoistSplit(hoisted, positions, cached, cached_bytes, compute_ops)
 
 
-def static_positions_of(inputs: list[Any], candidates: Collection[int] | None) -> list[int]:
+def static_positions_of(inputs: list[Any]) -> list[int]:
     """Positions of ``inputs`` that are parameters or buffers.
 
-    ``candidates``: AOTAutograd's static input indices (parameters and buffers Dynamo lifted),
-    or None when unknown; either way a position counts only if its tensor is an
-    ``nn.Parameter`` or carries Dynamo's static-input mark (module buffers do).
+    Dynamo lifts a module's parameters and buffers as graph inputs and marks each tensor with
+    ``_dynamo_static_input_type`` (so does ``torch._dynamo.mark_static_address``); parameters are
+    also ``nn.Parameter``s. NOTE: AOTAutograd's ``static_input_indices`` are derived from the same
+    marks, but they index its own flat arguments: empty for a graph whose arguments start with
+    effect tokens (Hugging Face LLaMA), so the tensors are asked directly.
     """
-    positions = range(len(inputs)) if candidates is None else sorted(set(candidates))
-    return [p for p in positions if p < len(inputs) and isinstance(inputs[p], torch.Tensor) and
-            (isinstance(inputs[p], torch.nn.Parameter) or getattr(inputs[p], "_dynamo_static_input_type", None))]
+    return [p for p, t in enumerate(inputs) if isinstance(t, torch.Tensor) and
+            (isinstance(t, torch.nn.Parameter) or getattr(t, "_dynamo_static_input_type", None))]
