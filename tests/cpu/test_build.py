@@ -21,6 +21,7 @@ from tilewright.targets.cpu.build import (
     build_library,
     library_path,
     load_library,
+    with_runtime_prelude,
 )
 from tilewright.targets.cpu.toolchain import (
     NoCompilerError,
@@ -79,7 +80,7 @@ def _call_add_one(path: Path) -> torch.Tensor:
 def test_built_library_runs_on_a_tensor(_cache: Path) -> None:
     path = build_library(ADD_ONE, "add_one")
     assert path.parent == _cache / "cpu" and path.suffix == ".so"
-    assert path.with_suffix(".cpp").read_text() == ADD_ONE  # kept for debugging
+    assert path.with_suffix(".cpp").read_text() == with_runtime_prelude(ADD_ONE)  # kept for debugging
     torch.testing.assert_close(_call_add_one(path), torch.arange(1000, dtype=torch.float32) + 1)
     compiler = find_compiler()
     assert ("-fopenmp" in compile_flags(compiler)) == compiler.openmp
@@ -110,7 +111,7 @@ def test_compile_error_quotes_the_compiler(tmp_path: Path, monkeypatch: pytest.M
     message = str(info.value)
     assert "undefined_name_xyz" in message and "error" in message.lower()
     kept = library_path(source, "broken").with_suffix(".cpp")
-    assert str(kept) in message and kept.read_text() == source
+    assert str(kept) in message and kept.read_text() == with_runtime_prelude(source)
     assert isinstance(info.value, BuildError)
     assert [p.suffix for p in (tmp_path / "debug").iterdir()] == [".cpp"]
     assert not list(kept.parent.glob(".*tmp*"))  # no temp file left behind
@@ -225,3 +226,53 @@ def test_cpuinfo_parsing() -> None:
     arm = "processor\t: 0\nFeatures\t: fp asimd evtstrm\nCPU part\t: 0xd0c\n"
     assert toolchain._cpuinfo(arm) == ("", {"fp", "asimd", "evtstrm"})
     assert toolchain._cpuinfo(None) == ("", set())
+
+
+THREADS_PROBE = '''
+#include <omp.h>
+extern "C" int team_size(long long requested) {
+  int n = 0;
+  #pragma omp parallel num_threads(tw_nthreads(requested))
+  {
+    #pragma omp single
+    n = omp_get_num_threads();
+  }
+  return n;
+}
+'''
+
+
+def test_openmp_teams_follow_torch_set_num_threads() -> None:
+    """A schedule's ``threads`` is capped by torch's intra-op setting at run time: after
+    ``torch.set_num_threads(1)`` a region asking for 2 threads runs 1 (an oversubscribed team
+    stalls at every barrier on a busy machine)."""
+    if not find_compiler().openmp:
+        pytest.skip("the C++ compiler has no OpenMP: every kernel runs one thread")
+    team_size = load_library(build_library(THREADS_PROBE, "threads_probe")).team_size
+    team_size.restype, team_size.argtypes = ctypes.c_int, [ctypes.c_longlong]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert team_size(2) == 1 and team_size(8) == 1
+        assert team_size(0) == 1
+        torch.set_num_threads(2)
+        assert team_size(1) == 1
+        assert team_size(2) == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_every_generated_parallel_region_is_capped() -> None:
+    """Each OpenMP team the C++ generators open asks ``tw_nthreads`` for its size."""
+    import re
+
+    import tilewright.targets.cpu as cpu_pkg
+
+    unchecked = []
+    for path in sorted(Path(cpu_pkg.__file__).parent.glob("*.py")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if "#pragma omp parallel" in line and path.name != "toolchain.py":
+                clauses = re.findall(r"num_threads\(([^()]*(?:\([^()]*\))?)\)", line)
+                if not clauses or not all(c.startswith("tw_nthreads(") for c in clauses):
+                    unchecked.append(f"{path.name}:{number}: {line.strip()}")
+    assert not unchecked, unchecked

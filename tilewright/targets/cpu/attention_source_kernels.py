@@ -60,7 +60,7 @@ extern "C" void tw_attn_fwd(const void* qp, const void* kp, const void* vp, cons
   // contiguous chunks of (batch, head, query block) tasks per thread (every head has the same
   // work, so causal chunks balance too); a thread packs the K and V of each (batch, kv head) it
   // meets into its own buffers (packing writes every element the kernels read: no zero-fill).
-#pragma omp parallel num_threads(a.threads)
+#pragma omp parallel num_threads(tw_nthreads(a.threads))
   {
     std::unique_ptr<float[]> kt_buf(new float[(size_t)kv_stride]), vr_buf(new float[(size_t)kv_stride]);
     float* kt = kt_buf.get();
@@ -226,7 +226,7 @@ static void tw_bwd_key_block(const tw_bwd_ctx& c, int64_t b, int64_t hk, int64_t
 // Separate passes: dK/dV in parallel over key blocks (packed K/V shared; then tw_bwd_dq).
 static void tw_bwd_dkdv(const tw_bwd_ctx& c, tw_t* dk, tw_t* dv, const int64_t* dks, const int64_t* dvs) {
   const tw_attn_args& a = c.a;
-#pragma omp parallel num_threads(a.threads)
+#pragma omp parallel num_threads(tw_nthreads(a.threads))
   {
     tw_bwd_scratch w(a.bm, a.bn);
 #pragma omp for schedule(dynamic, 1)
@@ -241,7 +241,7 @@ static void tw_bwd_fused(const tw_bwd_ctx& shared, float* ds, tw_t* dq, const in
                          const int64_t* dks, const int64_t* dvs) {
   const tw_attn_args& a = shared.a;
   const int64_t m4 = (a.M + 3) & ~(int64_t)3, bn = a.bn;
-#pragma omp parallel num_threads(a.threads)
+#pragma omp parallel num_threads(tw_nthreads(a.threads))
   {
     tw_bwd_scratch w(a.bm, bn);
     tw_bwd_ctx c = shared;
@@ -273,7 +273,7 @@ static void tw_bwd_fused(const tw_bwd_ctx& shared, float* ds, tw_t* dq, const in
 static void tw_bwd_dq(const tw_bwd_ctx& c, tw_t* dq, const int64_t* dqs, float* ds) {
   const tw_attn_args& a = c.a;
   const int64_t bm = a.bm, bn = a.bn;
-#pragma omp parallel num_threads(a.threads)
+#pragma omp parallel num_threads(tw_nthreads(a.threads))
   {
     std::vector<float> Q((size_t)(bm * TW_DP)), dO((size_t)(bm * TW_DP)), S((size_t)(bm * bn)), dP((size_t)(bm * bn));
     std::vector<float> dQ((size_t)(bm * TW_DP));
@@ -321,7 +321,7 @@ extern "C" void tw_attn_bwd(const void* doutp, const void* qp, const void* kp, c
   c.kv_head_stride = c.kv_stride;
   const size_t total = (size_t)(a.B * a.HKV * c.kv_stride);
   std::unique_ptr<float[]> kt(new float[total]), vt(new float[total]), kr(new float[total]);
-#pragma omp parallel for num_threads(a.threads) schedule(static)
+#pragma omp parallel for num_threads(tw_nthreads(a.threads)) schedule(static)
   for (int64_t t = 0; t < a.B * a.HKV * c.nkb; ++t) {
     const int64_t kb = t % c.nkb, bh = t / c.nkb;
     const size_t off = (size_t)(bh * c.kv_stride + kb * bn * TW_DP);

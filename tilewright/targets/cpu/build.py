@@ -64,8 +64,31 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:64] or "kernel"
 
 
+#: compiled at the top of every library: ``tw_nthreads(requested)`` is the OpenMP team size a
+#: parallel region uses, the schedule's ``threads`` capped by ``omp_get_max_threads()``, which
+#: ``torch.set_num_threads`` sets (torch's libgomp is the one the kernels load). A schedule tuned
+#: for 2 threads must not run 2 threads when the user asked torch for 1: on a busy machine an
+#: oversubscribed team waits at every barrier for a descheduled thread (measured 3-20x slower).
+RUNTIME_PRELUDE = """#ifdef _OPENMP
+#include <omp.h>
+static inline int tw_nthreads(long long requested) {
+  const int cap = omp_get_max_threads();
+  return requested < 1 ? 1 : (requested < cap ? (int)requested : cap);
+}
+#else
+static inline int tw_nthreads(long long) { return 1; }
+#endif
+"""
+
+
+def with_runtime_prelude(source: str) -> str:
+    """``source`` with :data:`RUNTIME_PRELUDE` in front (once)."""
+    return source if source.startswith(RUNTIME_PRELUDE) else RUNTIME_PRELUDE + source
+
+
 def library_path(source: str, name: str, compiler: Compiler | None = None, flags: list[str] | None = None) -> Path:
     """Where :func:`build_library` keeps the library for these arguments (built or not)."""
+    source = with_runtime_prelude(source)
     compiler = compiler or find_compiler()
     flags = compile_flags(compiler) if flags is None else flags
     return cache_dir() / f"{_safe_name(name)}_{cache_key(source, compiler, flags)[:24]}.so"
@@ -147,6 +170,7 @@ def build_library(source: str, name: str, compiler: Compiler | None = None, flag
     been loaded once (see :func:`load_library`); a cached one that fails to load is rebuilt.
     Raises :class:`CompileError` when the compiler fails or times out.
     """
+    source = with_runtime_prelude(source)
     compiler = compiler or find_compiler()
     flags = compile_flags(compiler) if flags is None else list(flags)
     so = library_path(source, name, compiler, flags)

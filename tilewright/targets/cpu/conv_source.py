@@ -231,7 +231,7 @@ static void tw_conv_gemm(const S* X, const S* W, int64_t ldw, const T* Wp, const
   const int64_t mblocks = (kg + mc_max - 1) / mc_max, nblocks = (P + nc_max - 1) / nc_max;
   const int64_t tasks = g.n * g.groups * mblocks * nblocks;
   const int64_t ldc = nc_max + 64 / (int64_t)sizeof(T);  // rows a power of two apart would share an L1 set
-  #pragma omp parallel num_threads(blk.threads) if(blk.threads > 1)
+  #pragma omp parallel num_threads(tw_nthreads(blk.threads)) if(tw_nthreads(blk.threads) > 1)
   {
     static thread_local TwScratch<T> b_scratch, a_scratch, c_scratch;
     static thread_local TwScratch<int64_t> row_scratch;
@@ -324,7 +324,7 @@ static void tw_conv_depthwise(const S* X, const S* W, const TwConvGeom& g, int64
   const int64_t row_stride = (wp + g.sw - 1) / g.sw + block + 16;  // a block may read `block` past a row
   const int64_t phase_stride = hp * row_stride, rs = g.r * g.s;
   const size_t plane = (size_t)(g.sw * phase_stride + block + 16);
-  #pragma omp parallel num_threads(threads) if(threads > 1)
+  #pragma omp parallel num_threads(tw_nthreads(threads)) if(tw_nthreads(threads) > 1)
   {
     static thread_local TwScratch<T> pad_scratch, row_scratch, w_scratch;
     static thread_local TwScratch<int64_t> offset_scratch;
@@ -374,7 +374,7 @@ static void tw_conv_depthwise(const S* X, const S* W, const TwConvGeom& g, int64
 // The extern path: the convolution (contiguous NCHW, k channels, p pixels) came from another library.
 template <class S, class T, class Epi>
 static void tw_conv_epilogue_only(const S* c, int64_t n, int64_t k, int64_t p, int64_t threads, const Epi& epi) {
-  #pragma omp parallel num_threads(threads) if(threads > 1)
+  #pragma omp parallel num_threads(tw_nthreads(threads)) if(tw_nthreads(threads) > 1)
   {
     static thread_local TwScratch<T> row_scratch;
     T* row = row_scratch.get((size_t)p);

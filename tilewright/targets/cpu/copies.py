@@ -78,7 +78,7 @@ def region_copy(dst: str, src: str | None, shape: Sequence[int], dstrides: Seque
     const int64_t length = {z.size(shape[-1], f"{tag}size{rank - 1}")};
     const int64_t blocks = (length + block - 1) / block;
     const int64_t tasks = {z.size(math.prod(shape[:-1]), f"{tag}rows")} * blocks;
-    #pragma omp parallel for num_threads(threads) schedule(static) if(threads > 1)
+    #pragma omp parallel for num_threads(tw_nthreads(threads)) schedule(static) if(tw_nthreads(threads) > 1)
     for (int64_t task = 0; task < tasks; ++task) {{
       const int64_t r = blocks == 1 ? task : task / blocks;
       const int64_t j0 = blocks == 1 ? 0 : (task % blocks) * block;

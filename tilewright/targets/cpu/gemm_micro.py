@@ -441,7 +441,7 @@ static void tw_gemm(const S* A, const S* B, const TwGemmShape& g, const TwGemmBl
   const bool pack_a = blk.pack != 0 || !strided_fn;
   // C tile rows padded by a cache line: rows a power of two apart would share one L1 set
   const int64_t ldc = ((nc_max + nr - 1) / nr) * nr + 64 / (int64_t)sizeof(T);
-  #pragma omp parallel num_threads(blk.threads) if(blk.threads > 1)
+  #pragma omp parallel num_threads(tw_nthreads(blk.threads)) if(tw_nthreads(blk.threads) > 1)
   {
     if (!task_b) {
       #pragma omp for schedule(static)
@@ -493,7 +493,7 @@ static void tw_gemm(const S* A, const S* B, const TwGemmShape& g, const TwGemmBl
 // The extern path: C was computed by another library (row stride ldc); run the epilogue over its rows.
 template <class S, class T, class Epi>
 static void tw_epilogue_only(const S* c, int64_t ldc, int64_t nb, int64_t m, int64_t n, int64_t threads, const Epi& epi) {
-  #pragma omp parallel num_threads(threads) if(threads > 1)
+  #pragma omp parallel num_threads(tw_nthreads(threads)) if(tw_nthreads(threads) > 1)
   {
     static thread_local TwScratch<T> row_scratch;
     T* row = row_scratch.get((size_t)n);

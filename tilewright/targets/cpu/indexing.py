@@ -342,7 +342,7 @@ class GatherSource:
   const int64_t blocks = (length + block - 1) / block;
   const int64_t tasks = {rows} * blocks;
   int64_t status = 0;
-  #pragma omp parallel for num_threads(threads) schedule(static) if(threads > 1) reduction(|:status)
+  #pragma omp parallel for num_threads(tw_nthreads(threads)) schedule(static) if(tw_nthreads(threads) > 1) reduction(|:status)
   for (int64_t task = 0; task < tasks; ++task) {{
     const int64_t r = blocks == 1 ? task : task / blocks;
     const int64_t j0 = blocks == 1 ? 0 : (task % blocks) * block;

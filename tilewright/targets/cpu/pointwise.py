@@ -343,7 +343,7 @@ class PointwiseSource:
 {z.declarations()}
   const int64_t blocks = ({length} + block - 1) / block;
   const int64_t tasks = {rows} * blocks;
-  #pragma omp parallel for num_threads(threads) schedule(static) if(threads > 1)
+  #pragma omp parallel for num_threads(tw_nthreads(threads)) schedule(static) if(tw_nthreads(threads) > 1)
   for (int64_t task = 0; task < tasks; ++task) {{
     const int64_t r = task / blocks;
     const int64_t j0 = (task % blocks) * block;

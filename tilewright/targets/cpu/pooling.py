@@ -131,7 +131,7 @@ class PoolSource:
         xs, vs, js = _plane_strides(x), _plane_strides(values), _plane_strides(indices)
         return f"""extern "C" void {self.name}({self._params()}) {{
 {self._casts()}
-  #pragma omp parallel for num_threads(threads) schedule(static) if(threads > 1)
+  #pragma omp parallel for num_threads(tw_nthreads(threads)) schedule(static) if(tw_nthreads(threads) > 1)
   for (int64_t task = 0; task < INT64_C({math.prod(self.shape_out[:3])}); ++task) {{
     const int64_t oh = task % {oh_n}, plane = task / {oh_n};
     const int64_t n = plane / {channels}, c = plane % {channels};
@@ -205,7 +205,7 @@ class PoolSource:
                   "pool" if include_pad else "(ih1 - ih0) * (iw1 - iw0)")
         return f"""extern "C" void {self.name}({self._params()}) {{
 {self._casts()}
-  #pragma omp parallel for num_threads(threads) schedule(static) if(threads > 1)
+  #pragma omp parallel for num_threads(tw_nthreads(threads)) schedule(static) if(tw_nthreads(threads) > 1)
   for (int64_t task = 0; task < INT64_C({math.prod(self.shape_out[:3])}); ++task) {{
     const int64_t oh = task % {oh_n}, plane = task / {oh_n};
     const int64_t n = plane / {channels}, c = plane % {channels};
@@ -240,7 +240,7 @@ class PoolSource:
         return f"""extern "C" int64_t {self.name}({self._params()}) {{
 {self._casts()}
   int64_t status = 0;
-  #pragma omp parallel for num_threads(threads) schedule(static) if(threads > 1) reduction(|:status)
+  #pragma omp parallel for num_threads(tw_nthreads(threads)) schedule(static) if(tw_nthreads(threads) > 1) reduction(|:status)
   for (int64_t plane = 0; plane < INT64_C({self.shape_in[0] * channels}); ++plane) {{
     const int64_t n = plane / {channels}, c = plane % {channels};
     const int64_t ob = n * INT64_C({os_[0]}) + c * INT64_C({os_[1]});

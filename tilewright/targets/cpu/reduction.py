@@ -560,7 +560,7 @@ class ReductionSource(ColumnReduction, ReductionRuns):
         return f"""extern "C" void {self.name}({', '.join(params + ['int64_t threads', z.param])}) {{
 {chr(10).join(casts)}
 {z.declarations()}
-  #pragma omp parallel for num_threads(threads) schedule(dynamic, {chunk}) if(threads > 1)
+  #pragma omp parallel for num_threads(tw_nthreads(threads)) schedule(dynamic, {chunk}) if(tw_nthreads(threads) > 1)
   for (int64_t r = 0; r < {rows}; ++r) {{
 {chr(10).join(split)}
 {chr(10).join('    ' + line for line in body)}

@@ -87,7 +87,7 @@ class ColumnReduction:
 {chr(10).join(pointer_casts(self.inputs, self.outputs))}
 {z.declarations()}
   const int64_t nb = ({width} + {block} - 1) / {block};
-  #pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if(threads > 1)
+  #pragma omp parallel for num_threads(tw_nthreads(threads)) schedule(dynamic, 1) if(tw_nthreads(threads) > 1)
   for (int64_t task = 0; task < {tasks_m} * nb; ++task) {{
     const int64_t o = task / nb, c0 = (task % nb) * {block};
     const int64_t c1 = c0 + {block} < {width} ? c0 + {block} : {width};

@@ -168,7 +168,7 @@ class ScatterSource:
   const int64_t blocks = (length + block - 1) / block;
   const int64_t destinations = INT64_C({self.destinations});
   int64_t status = 0;
-  #pragma omp parallel for num_threads(threads) schedule(static) if(threads > 1) reduction(|:status)
+  #pragma omp parallel for num_threads(tw_nthreads(threads)) schedule(static) if(tw_nthreads(threads) > 1) reduction(|:status)
   for (int64_t task = 0; task < parts * blocks; ++task) {{
     const int64_t part = task / blocks;
     const int64_t j0 = (task % blocks) * block;

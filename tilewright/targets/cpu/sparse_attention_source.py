@@ -37,7 +37,7 @@ extern "C" void tw_bsattn_fwd(const void* qp, const void* kp, const void* vp, vo
   tw_t* out = (tw_t*)outp;
   const int64_t bm = a.bm, bn = a.bn, nkb = (a.N + bn - 1) / bn, nmb = (a.M + bm - 1) / bm;
   const int64_t kv_stride = nkb * bn * TW_DP;
-#pragma omp parallel num_threads(a.threads)
+#pragma omp parallel num_threads(tw_nthreads(a.threads))
   {
     std::unique_ptr<float[]> kt_buf(new float[(size_t)kv_stride]), vr_buf(new float[(size_t)kv_stride]);
     float* kt = kt_buf.get();
@@ -93,7 +93,7 @@ extern "C" void tw_xattn_scores(const void* qp, const void* kp, float* scores, c
   const float sc = (float)(scale / (double)S);
   std::unique_ptr<float[]> kt_buf(new float[(size_t)(B * HKV * DS * Nrp)]);
   float* KT = kt_buf.get();
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(tw_nthreads(threads))
   {
     // reduced keys, transposed in panels of 64: KT[bhk][c / 64][s*D + d][c % 64] = k[b, hk, c*S + s, d]
     // (0 past N; contiguous panels, so the GEMM never strides across a whole row of reduced keys)
@@ -169,7 +169,7 @@ SELECT = r"""
 extern "C" int64_t tw_select_blocks(const float* scores, int64_t rows, int64_t nmb, int64_t nkb, double threshold,
                                     const int64_t* vis_end, const int64_t* flo, const int64_t* fhi, int64_t threads,
                                     int64_t* rowptr, int32_t* cols) {
-#pragma omp parallel num_threads(threads > 0 ? threads : 1)
+#pragma omp parallel num_threads(tw_nthreads(threads > 0 ? threads : 1))
   {
     std::vector<int32_t> order((size_t)nkb);
     std::vector<uint8_t> keep((size_t)nkb);
@@ -218,7 +218,7 @@ extern "C" void tw_minference_stats(float* scores, float* vert, float* slash, co
   const int64_t threads = dims[6] > 0 ? dims[6] : 1, lo = dims[8], nbands = dims[9];
   const bool causal = (dims[7] & 1) != 0;
   const int64_t nkb = (N + block - 1) / block;
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+#pragma omp parallel for num_threads(tw_nthreads(threads)) schedule(dynamic, 1)
   for (int64_t bh = 0; bh < BH; ++bh) {
     float* vo = vert + bh * nkb;
     float* so = slash + bh * nbands;
@@ -259,7 +259,7 @@ extern "C" int64_t tw_vertical_slash_csr(const int64_t* vertical, const int64_t*
   const int64_t nv = dims[7], ns = dims[8], threads = dims[9] > 0 ? dims[9] : 1;
   const int64_t nmb = (M + bn - 1) / bn, nkb = (N + bn - 1) / bn, rows = B * H * nmb;
   auto fdiv = [](int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); };
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(tw_nthreads(threads))
   {
     std::vector<uint8_t> keep((size_t)nkb);
 #pragma omp for schedule(static)

@@ -132,7 +132,7 @@ extern "C" void {name}(const float* X, const float* vals, const int32_t* cols, c
                        int64_t threads) {{
   using namespace {name}_ns;
   const int64_t nbr = (N + BN - 1) / BN, mt = (M + {mc} - 1) / {mc};
-#pragma omp parallel for collapse(2) schedule(dynamic, 1) num_threads(threads) if(threads > 1)
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) num_threads(tw_nthreads(threads)) if(tw_nthreads(threads) > 1)
   for (int64_t mi = 0; mi < mt; ++mi)
     for (int64_t br = 0; br < nbr; ++br) {{
       const int32_t b0 = row_ptr[br], b1 = row_ptr[br + 1];
@@ -158,7 +158,7 @@ extern "C" void {name}(const float* XT, const float* vals, const uint8_t* meta, 
                        int64_t Mp, int64_t N, int64_t G, int64_t threads) {{
   constexpr int MV = {mv}, W = {vw};
   const int64_t mt = Mp / (MV * W);
-#pragma omp parallel for collapse(2) schedule(static) num_threads(threads) if(threads > 1)
+#pragma omp parallel for collapse(2) schedule(static) num_threads(tw_nthreads(threads)) if(tw_nthreads(threads) > 1)
   for (int64_t mi = 0; mi < mt; ++mi)
     for (int64_t n = 0; n < N; ++n) {{
       const int64_t m0 = mi * MV * W;
