@@ -29,6 +29,13 @@ class TensorType:
         return math.prod(self.shape)
 
     @property
+    def span_bytes(self) -> int:
+        """Bytes from the first to one past the last element the strides reach (0 when empty)."""
+        if self.numel == 0:
+            return 0
+        return (1 + sum((s - 1) * st for s, st in zip(self.shape, self.strides))) * self.dtype.itemsize
+
+    @property
     def rank(self) -> int:
         """Number of dimensions."""
         return len(self.shape)

@@ -85,13 +85,6 @@ def _root(v: Value) -> Value:
     return v
 
 
-def _span_bytes(v: Value) -> int:
-    t = v.type
-    if t.numel == 0:
-        return 0
-    return (1 + sum((s - 1) * st for s, st in zip(t.shape, t.strides))) * t.dtype.itemsize
-
-
 def _hoistable(node: Node) -> bool:
     kind = _kind(node)
     if kind in ("template",) or is_impure(node.target):
@@ -174,9 +167,9 @@ def _boundary(graph: Graph, nodes: list[Node], computed: set[int]) -> list[Value
 def _too_big(boundary: list[Value], reads: dict[int, frozenset[int]], sizes: dict[int, int]) -> list[Value]:
     """Boundary values over the size limits (the largest first when the total is over)."""
     bad = [v for v in boundary
-           if _span_bytes(_root(v)) > max(settings.max_value_bytes, sum(sizes[i] for i in reads[v.id]))]
+           if _root(v).type.span_bytes > max(settings.max_value_bytes, sum(sizes[i] for i in reads[v.id]))]
     ok = [v for v in boundary if v not in bad]
-    roots = {_root(v).id: _span_bytes(_root(v)) for v in ok}
+    roots = {_root(v).id: _root(v).type.span_bytes for v in ok}
     budget = max(settings.max_total_bytes, sum(sizes[i] for i in frozenset().union(*(reads[v.id] for v in ok))))
     total = sum(roots.values())
     for v in sorted(ok, key=lambda v: -roots[_root(v).id]):
@@ -191,7 +184,7 @@ def _too_big(boundary: list[Value], reads: dict[int, frozenset[int]], sizes: dic
 def _choose(graph: Graph, static: set[int]) -> tuple[list[Node], list[Value]]:
     """The hoisted nodes and boundary values, shrunk until nothing returned or too big remains."""
     returned = _returned(graph)
-    sizes = {v.id: _span_bytes(v) for v in graph.inputs}
+    sizes = {v.id: v.type.span_bytes for v in graph.inputs}
     excluded: set[int] = set()
     while True:
         nodes, reads = _static_nodes(graph, static, excluded)
@@ -259,7 +252,7 @@ def split_static(graph: Graph, static_positions: Collection[int], n_args: int) -
         return None
     hoisted, positions = _copy_subgraph(graph, nodes, boundary)
     compute_ops = sum(1 for n in hoisted.nodes if _kind(n) != "view")
-    cached_bytes = sum(_span_bytes(r) for r in {_root(v).id: _root(v) for v in boundary}.values())
+    cached_bytes = sum(r.type.span_bytes for r in {_root(v).id: _root(v) for v in boundary}.values())
     cached: list[Value] = []
     for i, v in enumerate(boundary):
         new = graph.add_input(f"{v.name}_hoisted", v.type)

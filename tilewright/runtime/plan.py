@@ -86,13 +86,6 @@ def root_value(v: Value) -> Value:
     return v
 
 
-def _span_bytes(v: Value) -> int:
-    t = v.type
-    if t.numel == 0:
-        return 0
-    return (1 + sum((s - 1) * st for s, st in zip(t.shape, t.strides))) * t.dtype.itemsize
-
-
 def make_plan(graph: Graph, steps: list[Any]) -> Plan:
     """Add buffer slots and frees to ``steps`` (KernelStep/ExternStep in execution order)."""
     out_roots = {root_value(v).id for v in graph.output_values()}
@@ -120,7 +113,7 @@ def make_plan(graph: Graph, steps: list[Any]) -> Plan:
                 if v.id in out_roots:
                     step.slots.append(-1)
                     continue
-                need = _span_bytes(v)
+                need = v.type.span_bytes
                 device = str(v.type.device)
                 match = next((s for s in free_slots if s[0] == need and s[1] == device), None)
                 if match is not None:
