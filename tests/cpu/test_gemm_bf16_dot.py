@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import tilewright
 from tilewright.schedule.space import InfeasibleConfig
-from tilewright.targets.cpu.gemm_dot import dot_pays
+from tilewright.targets.cpu.gemm_dot import DOT_MIN_K, dot_default, dot_pays
 from tilewright.targets.cpu.gemm_micro import gemm_space, has_bf16_dot
 from tilewright.targets.cpu.toolchain import cpu_description
 
@@ -43,7 +43,7 @@ def test_dot_core_matches_float64_for_sampled_configs(m: int, k: int, n: int, ba
     kernel = _kernel(m, k, n, batched)
     space = kernel.space
     assert space.params["dot"] == [False, True]
-    assert space.default_config()["dot"] is dot_pays(cpu_description())  # the host's probe decides
+    assert space.default_config()["dot"] is False  # small GEMMs keep the FMA core: packing pairs costs more
     tensors = kernel.make_inputs("cpu")
     if batched:
         a, b = tensors[:2]
@@ -80,3 +80,12 @@ def test_dot_is_offered_only_for_bfloat16_on_cpus_that_have_it() -> None:
         assert all(kc % 2 == 0 or kc >= 300 for kc in bf16.params["KC"]), bf16.params["KC"]
         with pytest.raises(InfeasibleConfig, match="pack"):
             bf16.validate({**bf16.default_config(), "pack": False})
+
+
+def test_dot_core_is_the_default_only_for_large_gemms_on_hosts_where_it_pays() -> None:
+    desc = cpu_description()
+    assert dot_default(256, 1536, 384, desc) is False  # transformer shapes: measured slower in models
+    assert dot_default(1024, 1024, DOT_MIN_K - 1, desc) is False
+    assert dot_default(1024, 1024, 1024, desc) is dot_pays(desc)
+    space = gemm_space(1024, 1024, 1024, 1, torch.float32, desc, torch.bfloat16)
+    assert space.default_config()["dot"] is (has_bf16_dot(desc) and dot_pays(desc))

@@ -103,6 +103,20 @@ def dot_pays(description: dict[str, Any]) -> bool:
         return False
 
 
+#: the dot core is the default only from this many multiply-adds along K and output elements on:
+#: its pair packing costs more per multiply-add than the FMA core's, and at transformer shapes
+#: (M=256, K=384..1536) the FMA core measured faster inside models (LLaMA-GQA bf16 at 2 threads,
+#: one process per core, two runs each: 1.05-1.12x eager with the FMA core, 0.97x with the dot
+#: core), while one-thread 1024^3 GEMMs ran twice as fast on the dot core (Zen 4)
+DOT_MIN_K, DOT_MIN_OUTPUTS = 1024, 1 << 19
+
+
+def dot_default(m: int, n: int, k: int, description: dict[str, Any]) -> bool:
+    """Whether an ``m``x``k`` @ ``k``x``n`` bfloat16 GEMM defaults to the dot core: it pays on this
+    host (:func:`dot_pays`) and the problem is large enough for its packing (:data:`DOT_MIN_K`)."""
+    return k >= DOT_MIN_K and m * n >= DOT_MIN_OUTPUTS and dot_pays(description)
+
+
 DOT_CORE = r"""#if defined(__AVX512BF16__)
 // The bfloat16 dot core (AVX512_BF16): vdpbf16ps multiplies pairs of bfloat16 and adds both products
 // into float lanes, twice the multiply-adds of an FMA per instruction, with no conversion to float

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from ...schedule.space import ScheduleSpace
-from .gemm_dot import DOT_CORE, dot_dispatch, dot_pays, has_bf16_dot
+from .gemm_dot import DOT_CORE, dot_default, dot_dispatch, has_bf16_dot
 
 __all__ = ["core_source", "default_blocks", "gemm_space", "has_bf16_dot", "lanes", "micro_shapes", "vector_isa"]
 
@@ -169,10 +169,10 @@ def gemm_space(m: int, n: int, k: int, nb: int, dtype: torch.dtype, description:
     """
     isa = vector_isa(description)
     shapes = micro_shapes(isa, dtype)
-    # the dot core is the default where a throughput probe on this CPU says vdpbf16ps does more multiply-adds
-    # per second than FMAs (AMD Zen 4: 2x; this project's earlier Xeon: 0.5x, see gemm_dot.dot_pays)
+    # the dot core is the default for large GEMMs where a throughput probe on this CPU says vdpbf16ps does
+    # more multiply-adds per second than FMAs (AMD Zen 4: 2x; the earlier Xeon: 0.5x; gemm_dot.dot_default)
     dot = storage == torch.bfloat16 and has_bf16_dot(description)
-    default = {**default_blocks(m, n, k, nb, dtype, description), "dot": dot and dot_pays(description)}
+    default = {**default_blocks(m, n, k, nb, dtype, description), "dot": dot and dot_default(m, n, k, description)}
     cores = max(1, int(description.get("cores") or 1))
     threads = sorted({1, *(t for t in (2, 4, 8, 16, 32, 64) if t <= cores), cores})
     params: dict[str, list[Any]] = {
