@@ -84,9 +84,11 @@ class ScheduleSpace:
     def enumerate(self) -> Iterator[Config]:
         """Every feasible config, in a deterministic order."""
         names = list(self.params)
+        constraints = self.constraints
         for values in itertools.product(*(self.params[n] for n in names)):
             config = dict(zip(names, values))
-            if self.is_feasible(config):
+            # every name present and every value a choice by construction: only the constraints can fail
+            if not any(constraint(config) for constraint in constraints):
                 yield config
 
     def size(self) -> int:
