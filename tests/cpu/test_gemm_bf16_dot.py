@@ -89,3 +89,53 @@ def test_dot_core_is_the_default_only_for_large_gemms_on_hosts_where_it_pays() -
     assert dot_default(1024, 1024, 1024, desc) is dot_pays(desc)
     space = gemm_space(1024, 1024, 1024, 1, torch.float32, desc, torch.bfloat16)
     assert space.default_config()["dot"] is (has_bf16_dot(desc) and dot_pays(desc))
+
+
+def test_race_offers_both_bf16_cores_and_extern() -> None:
+    """A bfloat16 GEMM's compile-time race times the default core, the other core (with its own
+    blocks: pairs keep 2 bytes per value of K, so the dot core's KC is larger) and extern."""
+    desc = cpu_description()
+    kernel = _kernel(256, 1024, 384)
+    candidates = kernel.race_candidates()
+    default = dict(kernel.space.default_config(), extern=False)
+    assert candidates[0] == default and candidates[-1] == dict(default, extern=True)
+    assert all(kernel.space.is_feasible(c) for c in candidates)
+    if not has_bf16_dot(desc):
+        assert len(candidates) == 2
+        return
+    assert len(candidates) == 3
+    other = candidates[1]
+    assert other["dot"] is not default["dot"] and not other["extern"]
+    dot_config = other if other["dot"] else default
+    fma_config = default if other["dot"] else other
+    assert dot_config["KC"] > fma_config["KC"] and dot_config["KC"] % 2 == 0
+    f32 = _kernel_f32(64, 96, 80)
+    assert [c["extern"] for c in f32.race_candidates()] == [False, True]  # float32: no second core
+
+
+def _kernel_f32(m: int, k: int, n: int) -> Any:
+    from tilewright.frontend.api import tunable_kernels
+
+    saved = tilewright.config.target
+    tilewright.config.target = "cpu"
+    try:
+        kernels = tunable_kernels(lambda x, w: F.linear(x, w), (torch.randn(m, k), torch.randn(n, k)))
+    finally:
+        tilewright.config.target = saved
+        torch._dynamo.reset()
+    return next(k for k in kernels if k.problem.kind == "matmul")
+
+
+@needs_bf16_dot
+def test_every_race_candidate_matches_float64() -> None:
+    """Whichever candidate the race picks computes the same GEMM (odd sizes, K split into slices)."""
+    kernel = _kernel(53, 611, 77)
+    tensors = kernel.make_inputs("cpu")
+    x, w, bias = tensors[:3]
+    want = F.gelu(x.double() @ (w.double() if w.shape == (611, 77) else w.double().T) + bias.double())
+    scale = want.abs().max().item()
+    for config in kernel.race_candidates():
+        tensors[-1].fill_(float("nan"))
+        kernel.runner(config)(tensors)
+        torch.testing.assert_close(tensors[-1].double(), want, rtol=1e-2, atol=1e-2 * scale,
+                                   msg=lambda msg, c=config: f"{c}: {msg}")

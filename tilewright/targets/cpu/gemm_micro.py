@@ -30,7 +30,7 @@ import torch
 from ...schedule.space import ScheduleSpace
 from .gemm_dot import DOT_CORE, dot_default, dot_dispatch, has_bf16_dot
 
-__all__ = ["core_source", "default_blocks", "gemm_space", "has_bf16_dot", "lanes", "micro_shapes", "vector_isa"]
+__all__ = ["core_alternative", "core_source", "default_blocks", "gemm_space", "has_bf16_dot", "lanes", "micro_shapes", "vector_isa"]
 
 #: (MR, NV) register blocks per vector ISA, NV vectors of W lanes wide: accumulators MR*NV,
 #: plus NV B vectors and one broadcast A value must fit the register file
@@ -93,7 +93,7 @@ static TwMicroFn<{ctype}> tw_pick_micro(int64_t mr, int64_t nr, bool packed, {ct
                                                    if has_bf16_dot(description) else "")
 
 
-SPACE_VERSION = "2"  # 2: the bfloat16 dot core ("dot")
+SPACE_VERSION = "3"  # 2: the bfloat16 dot core ("dot"); 3: its own KC (pairs: 2 bytes per value of K)
 #: choices offered beside the machine-derived default (which is always added)
 _MC = (48, 96, 192, 384, 768)
 _NC = (192, 384, 768, 1536, 3072)
@@ -113,16 +113,19 @@ def _split(size: int, block: int, unit: int) -> int:
 
 
 def default_blocks(m: int, n: int, k: int, nb: int, dtype: torch.dtype,
-                   description: dict[str, Any]) -> dict[str, Any]:
+                   description: dict[str, Any], dot: bool = False) -> dict[str, Any]:
     """Cache blocks and register block for this problem from the machine's description.
 
     ``KC`` keeps one packed ``KC x NR`` B micro-panel in half of L1; ``MC`` keeps the packed
     ``MC x KC`` A block in half of L2 (large: each B micro-panel fetched from L3 then serves MC/MR
     micro-kernel calls); ``NC`` bounds the ``KC x NC`` B block a task streams per K slice to half
     of L2. Blocks are then evened out over the problem and split until every thread has a block.
+    ``dot``: the bfloat16 dot core, whose packed operands keep 2 bytes per value of K (pairs in
+    32-bit words), so the same cache budget holds twice the ``KC`` (one-thread 256x384x1024:
+    KC 256-512 1.10-1.12 ms against 1.15-1.24 ms at KC 128).
     """
     isa = vector_isa(description)
-    elem = 8 if dtype == torch.float64 else 4
+    elem = 8 if dtype == torch.float64 else (2 if dot else 4)
     shapes = micro_shapes(isa, dtype)
     # the first register block (in order of measured speed) that pads M by at most 1% more than the best
     waste = [(_round_up(m, mr) - m) / m for mr, _ in shapes]
@@ -155,7 +158,18 @@ def default_blocks(m: int, n: int, k: int, nb: int, dtype: torch.dtype,
         else:
             nc = _split(n, max(nr, _round_up(nc // 2, nr)), nr)
     return {"MC": mc, "NC": nc, "KC": kc, "MR": mr, "NR": nr, "threads": threads, "pack": True,
-            "pack_b": pack_b, "order": "mn", "extern": False}
+            "pack_b": pack_b, "order": "mn", "extern": False, "dot": dot}
+
+
+def core_alternative(m: int, n: int, k: int, nb: int, dtype: torch.dtype, description: dict[str, Any],
+                     storage: torch.dtype | None = None) -> dict[str, Any] | None:
+    """The default blocks of the bfloat16 core the space's default does not use (the dot core when the
+    default is the FMA core and the other way round), or None when the dot core is not offered: a race
+    candidate (:meth:`.matmul.MatmulKernel.race_candidates`), as its best-performing core depends on the
+    shape, the threads and the host."""
+    if storage != torch.bfloat16 or not has_bf16_dot(description):
+        return None
+    return default_blocks(m, n, k, nb, dtype, description, not dot_default(m, n, k, description))
 
 
 def gemm_space(m: int, n: int, k: int, nb: int, dtype: torch.dtype, description: dict[str, Any],
@@ -172,12 +186,14 @@ def gemm_space(m: int, n: int, k: int, nb: int, dtype: torch.dtype, description:
     # the dot core is the default for large GEMMs where a throughput probe on this CPU says vdpbf16ps does
     # more multiply-adds per second than FMAs (AMD Zen 4: 2x; the earlier Xeon: 0.5x; gemm_dot.dot_default)
     dot = storage == torch.bfloat16 and has_bf16_dot(description)
-    default = {**default_blocks(m, n, k, nb, dtype, description), "dot": dot and dot_default(m, n, k, description)}
+    default = default_blocks(m, n, k, nb, dtype, description, dot and dot_default(m, n, k, description))
+    alternative = core_alternative(m, n, k, nb, dtype, description, storage)
+    blocks_of = [default] + ([alternative] if alternative else [])
     cores = max(1, int(description.get("cores") or 1))
     threads = sorted({1, *(t for t in (2, 4, 8, 16, 32, 64) if t <= cores), cores})
     params: dict[str, list[Any]] = {
-        "MC": sorted({*_MC, default["MC"]}), "NC": sorted({*_NC, default["NC"]}),
-        "KC": sorted({*_KC, default["KC"]}), "MR": sorted({mr for mr, _ in shapes}),
+        "MC": sorted({*_MC, *(b["MC"] for b in blocks_of)}), "NC": sorted({*_NC, *(b["NC"] for b in blocks_of)}),
+        "KC": sorted({*_KC, *(b["KC"] for b in blocks_of)}), "MR": sorted({mr for mr, _ in shapes}),
         "NR": sorted({nr for _, nr in shapes}), "threads": threads, "pack": [True, False],
         "pack_b": ["shared", "task"], "order": ["mn", "nm"], "extern": [False, True],
         "dot": [False, True] if dot else [False]}
