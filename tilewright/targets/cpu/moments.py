@@ -1,13 +1,15 @@
-"""Sums of squared deviations from a row mean, recognised so a reduction kernel accumulates them
-against the mean in double precision.
+"""Sums of squared deviations from a row mean, and means written as ``sum / N``, recognised so a
+reduction kernel computes them without the float32 roundings the decomposed graph implies.
 
 Variance, layer norm and RMS-style graphs reach the CPU target decomposed: ``m = sum(a) / N``,
 ``d = a - m``, ``s = d * d`` (or ``d ** 2``), ``sum(s)``. Taken literally, ``m`` is rounded to
 float32 before ``d``, which adds the rounding error squared to the variance: for rows whose mean
 dwarfs their spread (values near 1e5 with unit spread) that swamps it, where eager's ``var``
 (computed in double) does not lose it. The kernel still makes two passes (mean first, then
-deviations: no one-pass sum-of-squares cancellation), but the second pass accumulates
-``((double)a - sum / N)^2``. Other users of ``d`` and ``s`` keep the graph's float values.
+deviations: no one-pass sum-of-squares cancellation); the second accumulates ``t = a - c`` and
+``t^2`` with ``c`` the mean rounded to ``a``'s type and takes ``sum(t^2) - sum(t)^2 / N``, exact for
+any shift (``reduction_vector.py``). Other users of ``d`` and ``s`` keep the graph's float values.
+``m`` itself is computed from the sum's double accumulator (:func:`mean_divisions`).
 """
 from __future__ import annotations
 
@@ -67,4 +69,20 @@ def deviation_sums(nodes: list[Node], reductions: list[Node], level: dict[int, i
         if any(v.type.dtype not in _FLOATS for v in (a, d, r.args[0], r.outputs[0], total.outputs[0])):
             continue
         found[r.outputs[0].id] = (a, total)
+    return found
+
+
+def mean_divisions(nodes: list[Node], reductions: list[Node], count: int) -> dict[int, Node]:
+    """``sum(a) / N`` nodes (``N`` the row length): division output id -> the sum reduction. The kernel
+    divides the sum's double accumulator (one rounding, as ``aten.mean`` does) instead of the sum
+    rounded to float first: for rows whose mean dwarfs their spread that first rounding (half an ulp
+    of the sum, ``N`` times an ulp of the mean) doubled the error of a layer norm's mean."""
+    producers = {n.outputs[0].id: n for n in nodes}
+    found: dict[int, Node] = {}
+    for n in nodes:
+        if packet_name(n.target) != "aten.div" or n in reductions:
+            continue
+        total = _mean_of(n, producers, reductions, count)
+        if total is not None and all(v.type.dtype in _FLOATS for v in (n.outputs[0], total.outputs[0])):
+            found[n.outputs[0].id] = total
     return found

@@ -19,7 +19,7 @@ from ...errors import BuildError
 from ...ir.graph import Node, Value
 from ...ir.registry import lookup, packet_name, reduction_dims
 from ...schedule.space import ScheduleSpace
-from .moments import deviation_sums
+from .moments import deviation_sums, mean_divisions
 from .pointwise import (
     broadcast_strides,
     follows_dims,
@@ -30,6 +30,7 @@ from .pointwise import (
 )
 from .reduction_columns import ColumnReduction
 from .reduction_runs import ReductionRuns, row_views
+from .reduction_vector import VectorAccumulators, VectorPasses
 from .scalar_ops import (
     BODIES,
     CPP_TYPES,
@@ -74,7 +75,7 @@ def reduction_space(rows: int, cores: int) -> ScheduleSpace:
                          default={"threads": cores if rows >= 4 * cores else 1}, version=SPACE_VERSION)
 
 
-class ReductionSource(ColumnReduction, ReductionRuns):
+class ReductionSource(ColumnReduction, ReductionRuns, VectorPasses):
     """The C++ function of one reduction group (``name`` is its C symbol)."""
 
     def __init__(self, name: str, nodes: list[Node], materialize: set[int]) -> None:
@@ -139,8 +140,10 @@ class ReductionSource(ColumnReduction, ReductionRuns):
                     raise BuildError("an element value reads a row value without its kept dims")
             self.level[out.id] = max((self.level[a.id] for a in internal), default=0)
         self.ids = ids
-        #: sums of squared deviations from this kernel's own mean: accumulated against the mean in double
+        #: sums of squared deviations from this kernel's own mean (shifted, corrected: see _deviation_correction)
         self.deviations = deviation_sums(nodes, self.reductions, self.level, self.count)
+        #: ``sum / N`` divisions computed from the sum's double accumulator
+        self.mean_divisions = mean_divisions(nodes, self.reductions, self.count)
         self.inputs, self.outputs = group_io(nodes, ids, materialize)
         self.values = {v.id: v for v in self.inputs + [n.outputs[0] for n in nodes]}
         self.local = {v.id: f"v{k}" for k, v in enumerate(self.inputs + [n.outputs[0] for n in nodes])}
@@ -248,7 +251,9 @@ class ReductionSource(ColumnReduction, ReductionRuns):
                 args.append(literal(a) if cond else f"(({ctype}){literal(a)})")
             else:
                 args.append("None")
-        body = BODIES[name](args, dict(node.kwargs), t)
+        # pow by a small integer is a product (scalar_ops writes it for float and double only): as
+        # float it vectorises (an RMS norm's x.pow(2) kept its pass a scalar loop)
+        body = BODIES[name](args, dict(node.kwargs), "float" if vec and name == "aten.pow" else t)
         divisor = node.args[1] if name == "aten.div" and len(node.args) > 1 else None
         if (isinstance(divisor, Value) and self.space.get(divisor.id) == "row" and self.space[out.id] == "element"
                 and t in ("float", "double", "tw_vf") and node.kwargs.get("rounding_mode") is None):
@@ -350,59 +355,6 @@ class ReductionSource(ColumnReduction, ReductionRuns):
         lines += [str(self._expr(n)) for n in parts["nodes"]]
         return lines + [f"{self._pending[vid]} = {self.local[vid]};" for vid in parts["writes"]]
 
-    def _vector_load(self, v: Value) -> str | None:
-        """A ``tw_vf`` load of ``v`` at element ``e`` (contiguous or broadcast), or None."""
-        if v.type.dtype != torch.float32:
-            return None
-        stride = broadcast_strides(v, self.element_shape)[self._run[-1]]
-        element = f"in{self.inputs.index(v)}[{self._offset(v, self.element_shape, self._element_index())}]"
-        if stride in (0, 1):
-            return f"const tw_vf {self.local[v.id]} = {'tw_vf(' if stride == 0 else 'tw_vf::load(&'}{element});"
-        return None
-
-    def _vector_lines(self, parts: dict[str, Any]) -> list[str] | None:
-        """The pass body on ``tw_vf`` vectors, or None when some operand or op has no vector form."""
-        lines = [self._vector_load(a) for a in parts["loads"]]
-        lines += [f"const tw_vf {self.local[vid]} = tw_vf::load(&{self._cached[vid]});"
-                  if self.values[vid].type.dtype == torch.float32 and self._slot_unit_stride(self._cached[vid]) else None
-                  for vid in parts["reads"]]
-        lines += [self._expr(n, vec=True) for n in parts["nodes"]]
-        lines += [f"{self.local[vid]}.store(&{self._pending[vid]});" if self._slot_unit_stride(self._pending[vid]) else None
-                  for vid in parts["writes"]]
-        return None if any(line is None for line in lines) else [str(line) for line in lines]
-
-    def _vector_accumulation(self, reductions: list[Node]) -> tuple[list[str], list[str], list[str]] | None:
-        """(declarations, per-vector updates, combination into the scalar accumulators) or None."""
-        decl, update, combine = [], [], []
-        for r in reductions:
-            kind = _COMBINES[packet_name(r.target)]
-            if kind not in ("sum", "max", "min") or self._operand_of(r).type.dtype != torch.float32:
-                return None
-            if kind != "sum" and r.outputs[0].type.dtype != torch.float32:
-                return None
-            acc = f"acc{self.local[r.outputs[0].id]}"
-            decl.append(f"tw_v{kind} v{acc};")
-            if r.outputs[0].id in self.deviations:
-                update.append(f"v{acc}.add_squared_deviation({self.local[self._operand_of(r).id]}, {self._mean_code(r)});")
-            else:
-                update.append(f"v{acc}.add({self.local[r.args[0].id]});")
-            combine += ([f"{acc} += v{acc}.total();"] if kind == "sum"
-                        else [f"{acc} = v{acc}.value();", f"nan{acc} |= v{acc}.nan();"])
-        return decl, update, combine
-
-    def _loops(self, scalar: list[str], vector: list[str] | None, clause: str,
-               acc: tuple[list[str], list[str], list[str]] | None) -> list[str]:
-        """The pass as an explicit-SIMD loop over whole vectors and the scalar loop over the rest
-        (the whole pass where the compiler targets no vector ISA or the pass has no vector form)."""
-        if vector is None or acc is None:
-            return self._outer_loop(self._element_loop(scalar, clause))
-        decl, update, combine = acc
-        head = ["{", "int64_t tw_e0 = 0;", "#if TW_VW", *decl,
-                f"for (; tw_e0 + TW_VW <= {self._run_count}; tw_e0 += TW_VW) {{",
-                "  const int64_t e = tw_e0;", f"  const int64_t e{self._run[-1]} = e;"]
-        head += ["  " + line for line in vector + update] + ["}", *combine, "#endif"]
-        return self._outer_loop(head + self._element_loop(scalar, clause, "tw_e0") + ["}"])
-
     def _reduce_lines(self, reductions: list[Node]) -> list[str]:
         body = []
         for r in reductions:
@@ -415,7 +367,7 @@ class ReductionSource(ColumnReduction, ReductionRuns):
                     body.append(f"nan{acc} = nan{acc} | ({x} != {x});")
             elif r.outputs[0].id in self.deviations:
                 a = self.local[self._operand_of(r).id]
-                body.append(f"{acc} += ((double){a} - {self._mean_code(r)}) * ((double){a} - {self._mean_code(r)});")
+                body.append(f"{{ const double tw_t = (double){a} - (double){acc}_c; {acc} += tw_t * tw_t; {acc}_dev += tw_t; }}")
             else:
                 body.append({"sum": f"{acc} += {x};", "or": f"{acc} = {acc} || ({x} != 0);",
                              "and": f"{acc} = {acc} && ({x} != 0);"}[combine])
@@ -428,6 +380,14 @@ class ReductionSource(ColumnReduction, ReductionRuns):
     def _mean_code(self, r: Node) -> str:
         total = self.deviations[r.outputs[0].id][1]
         return f"(acc{self.local[total.outputs[0].id]} / (double){self._count})"
+
+    def _deviation_correction(self, r: Node) -> str:
+        """A deviation sum accumulates ``t = a - c`` and ``t^2`` with ``c`` the mean rounded to ``a``'s type:
+        ``sum((a - mean)^2) = sum(t^2) - sum(t)^2 / N`` for any shift ``c``, so neither the float
+        rounding of ``c`` nor the rounding of the mean pass's sum enters the variance; with ``c`` that
+        close to the mean, ``sum(t)^2 / N`` is tiny against ``sum(t^2)`` (no cancellation)."""
+        acc = f"acc{self.local[r.outputs[0].id]}"
+        return f"{acc} -= {acc}_dev * {acc}_dev / (double){self._count};"
 
     def _reduction_pass(self, reductions: list[Node], later: list[Value]) -> list[str]:
         parts = self._parts([self._operand_of(r) for r in reductions], later)
@@ -442,6 +402,8 @@ class ReductionSource(ColumnReduction, ReductionRuns):
             acc = f"acc{self.local[r.outputs[0].id]}"
             combine = _COMBINES[packet_name(r.target)]
             clauses.append(f"reduction({ {'sum': '+', 'max': 'max', 'min': 'min', 'or': '||', 'and': '&&'}[combine]}:{acc})")
+            if r.outputs[0].id in self.deviations:
+                clauses.append(f"reduction(+:{acc}_dev)")
             if combine in ("max", "min") and r.args[0].type.dtype.is_floating_point:
                 clauses.append(f"reduction(|:nan{acc})")
         return " " + " ".join(clauses)
@@ -460,6 +422,10 @@ class ReductionSource(ColumnReduction, ReductionRuns):
                 "min": f"std::numeric_limits<{t}>::infinity()" if out.type.dtype.is_floating_point
                 else f"std::numeric_limits<{t}>::max()"}[combine]
         lines = [f"{acc_t} acc{self.local[out.id]} = {init};"]
+        if out.id in self.deviations:  # shifted by the mean in the operand's type (see _deviation_correction)
+            shift_t = CPP_TYPES[self._operand_of(r).type.dtype]
+            lines += [f"double acc{self.local[out.id]}_dev = 0;",
+                      f"const {shift_t} acc{self.local[out.id]}_c = ({shift_t})({self._mean_code(r)});"]
         if combine in ("max", "min") and r.args[0].type.dtype.is_floating_point:
             lines.append(f"int nanacc{self.local[out.id]} = 0;")
         return lines
@@ -488,7 +454,7 @@ class ReductionSource(ColumnReduction, ReductionRuns):
                     vector = None
                     break
                 vector.append(f"{self.local[v.id]}.store(&out{self.outputs.index(v)}[{off}]);")
-        return self._loops(self._scalar_lines(parts) + stores, vector, "", ([], [], []))
+        return self._loops(self._scalar_lines(parts) + stores, vector, "", VectorAccumulators())
 
     def _row_body(self) -> list[str]:
         lines: list[str] = []
@@ -501,6 +467,7 @@ class ReductionSource(ColumnReduction, ReductionRuns):
             for r in reds:
                 lines += self._accumulator(r)
             lines += self._reduction_pass(reds, later)
+            lines += [self._deviation_correction(r) for r in reds if r.outputs[0].id in self.deviations]
             self._cached.update(self._pending)
             self._pending.clear()
             lines += [self._finish(r) for r in reds]
@@ -527,7 +494,12 @@ class ReductionSource(ColumnReduction, ReductionRuns):
                 if a.id not in self.ids and a.id not in self._row_loaded:
                     self._row_loaded.add(a.id)
                     lines.append(self._load(a, "row", tuple(out.type.shape)))
-            lines.append(self._expr(n))
+            total = self.mean_divisions.get(out.id)
+            if total is not None:
+                value = f"acc{self.local[total.outputs[0].id]} / (double){self._count}"
+                lines.append(f"const {CPP_TYPES[out.type.dtype]} {self.local[out.id]} = {result_code(out.type.dtype, value)};")
+            else:
+                lines.append(self._expr(n))
             self._mark_done(out.id)
         return lines
 
