@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import tilewright
 from tilewright.schedule.space import InfeasibleConfig
-from tilewright.targets.cpu.gemm_dot import DOT_MIN_K, dot_default, dot_pays
+from tilewright.targets.cpu.gemm_dot import dot_default, dot_pays
 from tilewright.targets.cpu.gemm_micro import gemm_space, has_bf16_dot
 from tilewright.targets.cpu.toolchain import cpu_description
 
@@ -43,7 +43,7 @@ def test_dot_core_matches_float64_for_sampled_configs(m: int, k: int, n: int, ba
     kernel = _kernel(m, k, n, batched)
     space = kernel.space
     assert space.params["dot"] == [False, True]
-    assert space.default_config()["dot"] is False  # small GEMMs keep the FMA core: packing pairs costs more
+    assert space.default_config()["dot"] is dot_pays(cpu_description())  # every size, where the probe says it pays
     tensors = kernel.make_inputs("cpu")
     if batched:
         a, b = tensors[:2]
@@ -82,13 +82,13 @@ def test_dot_is_offered_only_for_bfloat16_on_cpus_that_have_it() -> None:
             bf16.validate({**bf16.default_config(), "pack": False})
 
 
-def test_dot_core_is_the_default_only_for_large_gemms_on_hosts_where_it_pays() -> None:
+def test_dot_core_is_the_default_at_every_size_on_hosts_where_it_pays() -> None:
     desc = cpu_description()
-    assert dot_default(256, 1536, 384, desc) is False  # transformer shapes: measured slower in models
-    assert dot_default(1024, 1024, DOT_MIN_K - 1, desc) is False
-    assert dot_default(1024, 1024, 1024, desc) is dot_pays(desc)
-    space = gemm_space(1024, 1024, 1024, 1, torch.float32, desc, torch.bfloat16)
-    assert space.default_config()["dot"] is (has_bf16_dot(desc) and dot_pays(desc))
+    for m, n, k in ((256, 1536, 384), (1, 768, 768), (1024, 1024, 1024), (37, 45, 131)):
+        assert dot_default(m, n, k, desc) is dot_pays(desc)
+        space = gemm_space(m, n, k, 1, torch.float32, desc, torch.bfloat16)
+        assert space.default_config()["dot"] is (has_bf16_dot(desc) and dot_pays(desc))
+    assert dot_default(256, 256, 256, {**desc, "model": "another CPU"}) is False
 
 
 def test_race_offers_both_bf16_cores_and_extern() -> None:
