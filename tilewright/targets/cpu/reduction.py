@@ -6,7 +6,8 @@ dims kept). OpenMP spreads rows over threads; each row runs one pass over its el
 reduction *level* (softmax: the max first, then the sum of ``exp(x - max)``) and, when the group
 writes element values (softmax's probabilities), a final pass. Element values are recomputed in
 each pass instead of stored (they are cheap pointwise expressions); row values are scalars.
-Sums accumulate in double (integers in int64), so long float32 rows lose no precision.
+Sums accumulate in double (integers in int64; the vector loops add float partials of at most 8 values
+per lane into double lanes, see :mod:`.reduction_vector`), so long float32 rows lose no precision.
 """
 from __future__ import annotations
 
