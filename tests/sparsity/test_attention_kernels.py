@@ -118,14 +118,19 @@ def test_index_shape_mismatch_is_a_clear_error() -> None:
 # ----------------------------------------------------------------------------- Triton (interpreter)
 
 
-@pytest.mark.parametrize("B,H,HKV,M,N,D,causal,offset,dtype", [
-    (1, 4, 2, 37, 53, 40, True, 16, torch.float32),
-    (1, 2, 1, 40, 40, 16, False, 0, torch.bfloat16),
+@pytest.mark.parametrize("B,H,HKV,M,N,D,causal,offset,dtype,block", [
+    (1, 4, 2, 37, 53, 40, True, 16, torch.float32, 16),
+    (1, 2, 1, 40, 40, 16, False, 0, torch.bfloat16, 16),
+    (1, 2, 1, 520, 531, 40, True, 16, torch.float32, 128),
+    (1, 2, 1, 140, 133, 16, False, 0, torch.bfloat16, 64),
 ])
 def test_triton_kernel_equals_masked_reference(B: int, H: int, HKV: int, M: int, N: int, D: int, causal: bool,
-                                               offset: int, dtype: torch.dtype) -> None:
+                                               offset: int, dtype: torch.dtype, block: int) -> None:
+    """Blocks of 64 and 128 run the device's tile cut to the block (bf16: 64 x 64; float32: 64 x 32,
+    so a 128-block query block is split over two programs and each kept key block read in four
+    parts)."""
     q, k, v = _inputs(B, H, HKV, M, N, D, dtype, seed=5)
-    index = vertical_slash(B, H, M, N, 16, [0], [0] if causal else [-1, 0], causal, offset)
+    index = vertical_slash(B, H, M, N, block, [0], [0] if causal else [-1, 0], causal, offset)
     assert index.density() < 1.0
     out, lse = block_sparse_attention(q, k, v, index, None, causal, offset, backend="triton")
     want, want_lse = _judge(q, k, v, index, causal, offset)
@@ -149,3 +154,18 @@ def test_triton_xattention_scores_match_torch(M: int, N: int, block: int, stride
     got = xattention_scores(q, k, block, stride, None, causal, offset, backend="triton")
     want = xattention_scores_reference(q, k, block, stride, None, causal, offset)
     torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype,D", [(torch.float16, 24), (torch.bfloat16, 80)])
+def test_triton_xattention_scores_half_precision(dtype: torch.dtype, D: int) -> None:
+    """Half-precision inputs take the kernel's native dots (bf16 in float32 under the interpreter):
+    judged against the float64 reference of the same rounded inputs. D=80 reads the head dim in
+    two 64-wide slices, the second partly masked."""
+    from tilewright.sparsity.attention import xattention_scores, xattention_scores_reference
+
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(1, 2, 67, D, generator=g).to(dtype)
+    k = torch.randn(1, 1, 75, D, generator=g).to(dtype)
+    got = xattention_scores(q, k, 32, 4, None, True, 8, backend="triton")
+    want = xattention_scores_reference(q.double(), k.double(), 32, 4, None, True, 8).double()
+    torch.testing.assert_close(got.double(), want, atol=2e-3, rtol=2e-3)

@@ -4,7 +4,7 @@ The kernel is the dense flash forward's structure (:mod:`.kernels`: one program 
 batch * head), online softmax in the log2 domain, float32 accumulator, grouped-query heads read
 their kv head without copies) with the key loop replaced by a loop over the kept key blocks of
 the query block's CSR row (``rowptr``/``cols`` of a
-:class:`~tilewright.sparsity.attention.BlockIndex`; BLOCK_M = BLOCK_N = the index's block). The
+:class:`~tilewright.sparsity.attention.BlockIndex`; BLOCK_M and BLOCK_N divide the index's block). The
 causal limit and the end of the keys are applied inside a kept block exactly as in the dense
 kernel. XAttention scores its blocks with the Triton kernel of :mod:`.sparse_estimate`; the
 selection and MInference's estimate use torch ops.
@@ -41,12 +41,14 @@ def bsattn_fwd_kernel(
     sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod,
     H, M, N, D, GROUP, NMB, scale, causal_offset,
     IS_CAUSAL: tl.constexpr, UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
-    BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """Block-sparse flash forward: one program per (query block, batch*head); writes out and lse."""
-    pid_m, pid_bh, b, h, offs_m, offs_d, d_ok = K._block_prologue(H, D, BLOCK, BLOCK_D)
+    """Block-sparse flash forward: one program per (BLOCK_M rows of a query block, batch*head);
+    each kept key block of the row is read BLOCK_N keys at a time (one flat loop, so it
+    pipelines); writes out and lse."""
+    pid_m, pid_bh, b, h, offs_m, offs_d, d_ok = K._block_prologue(H, D, BLOCK_M, BLOCK_D)
     hk = h // GROUP
-    offs_n0 = tl.arange(0, BLOCK)
+    offs_n0 = tl.arange(0, BLOCK_N)
     q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
                 mask=(offs_m[:, None] < M) & d_ok[None, :], other=0.0)
     if UPCAST:
@@ -54,15 +56,16 @@ def bsattn_fwd_kernel(
     K_base = K_ + b * skb + hk * skh
     V_base = V + b * svb + hk * svh
     qk_scale = scale * 1.4426950408889634
-    m_i = tl.full([BLOCK], float("-inf"), tl.float32)
-    l_i = tl.full([BLOCK], 0.0, tl.float32)
-    acc = tl.full([BLOCK, BLOCK_D], 0.0, tl.float32)
-    row = pid_bh * NMB + pid_m
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.full([BLOCK_M], 0.0, tl.float32)
+    acc = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
+    row = pid_bh * NMB + (pid_m * BLOCK_M) // BLOCK
+    NS: tl.constexpr = BLOCK // BLOCK_N
     start = tl.load(ROWPTR + row)
     end = tl.load(ROWPTR + row + 1)
-    for p in range(start, end):
-        kb = tl.load(COLS + p)
-        offs_n = kb * BLOCK + offs_n0
+    for it in range(start * NS, end * NS):
+        kb = tl.load(COLS + it // NS)
+        offs_n = kb * BLOCK + (it % NS) * BLOCK_N + offs_n0
         k_t = tl.load(K_base + offs_n[None, :] * skn + offs_d[:, None] * skd,
                       mask=(offs_n[None, :] < N) & d_ok[:, None], other=0.0)
         if UPCAST:
@@ -85,10 +88,27 @@ def bsattn_fwd_kernel(
     tl.store(LSE + pid_bh * M + offs_m, lse, mask=offs_m < M)
 
 
+def sparse_tile(block: int, head_dim: int, dtype: torch.dtype, smem_bytes: int) -> dict[str, int]:
+    """The block-sparse forward's tile for an index of ``block``-sized blocks: the dense
+    forward's default for this head dim, dtype and device (measured spill-free on sm_90; see
+    :func:`.launch.forward_space`) cut to the block (BLOCK_M and BLOCK_N divide it), its warps
+    cut in proportion (the same registers per thread, at least 2). Before, one BLOCK x BLOCK tile on 4
+    warps spilled on sm_90 (bf16 D=128, block 128: 4100 B; float32 D=40, block 64: 1140 B)."""
+    from . import launch
+
+    name = str(dtype).replace("torch.", "")
+    cfg = launch.forward_space(head_dim, name, smem_bytes).default_config()
+    bm, bn = min(int(cfg["BLOCK_M"]), block), min(int(cfg["BLOCK_N"]), block)
+    warps = max(2, int(cfg["num_warps"]) * bm * bn // (int(cfg["BLOCK_M"]) * int(cfg["BLOCK_N"])))
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": warps, "num_stages": int(cfg["num_stages"])}
+
+
 def triton_block_sparse_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: BlockIndex,
                                 scale: float | None = None, causal: bool = False, causal_offset: int = 0
                                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention over the kept blocks: ``out`` [B, Hq, M, D] (q's dtype) and ``lse`` [B, Hq, M] float32."""
+    from . import launch
+
     B, H, M, D = (int(x) for x in q.shape)
     HKV, N = int(k.shape[1]), int(k.shape[2])
     if H % HKV or k.shape != v.shape or k.shape[0] != B or k.shape[-1] != D:
@@ -103,12 +123,13 @@ def triton_block_sparse_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
         return out, lse.fill_(float("-inf"))
     rowptr = index.rowptr.to(device=q.device, dtype=torch.int32)
     cols = index.cols.to(device=q.device, dtype=torch.int32)
-    grid = (index.nmb, B * H)
+    tile = sparse_tile(index.block, D, q.dtype, launch.device_smem(q.device))
+    grid = (index.nmb * (index.block // tile["BLOCK_M"]), B * H)
     bsattn_fwd_kernel[grid](
         q, k, v, out, lse, rowptr, cols, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         H, M, N, D, H // HKV, index.nmb, scale, int(causal_offset),
         IS_CAUSAL=bool(causal), UPCAST=_upcast(q), DOT_PREC=_dot_precision(q), BLOCK=index.block,
-        BLOCK_D=head_block(D))
+        BLOCK_M=tile["BLOCK_M"], BLOCK_N=tile["BLOCK_N"], BLOCK_D=head_block(D), **launch._launch_opts(tile))
     return out, lse
 
 
