@@ -165,3 +165,44 @@ def test_a_hanging_template_compile_marks_it_broken_and_the_reference_runs(pool_
         assert "compile failed: compile timeout after 4s" in reasons.get(op, ""), reasons
     entries = [e for g in report.graphs for e in g.kernels if e.get("kind") == "template"]
     assert len(entries) == 2 and all("compile timeout" in (e.get("fallback") or "") for e in entries)
+
+
+class _ConvNet(torch.nn.Module):
+    """Two convolutions: a 3x3 stride-1 (input gradient as a forward conv of the flipped weight)
+    and a 3x3 stride-2 (the strided input-gradient kernel)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.b = torch.nn.Conv2d(8, 6, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_conv_gradient_template_compiles_its_kernels_in_the_pool(pool_sees):
+    """The convolution-gradient template's generated kernels (weight gradient, input gradient)
+    are recorded and compiled to sm_90 cubins in the pool; gradients still match float64."""
+    torch.manual_seed(0)
+    model = _ConvNet()
+    x = torch.randn(2, 3, 13, 11, requires_grad=True)
+    out = torch.compile(model, backend="tilewright")(x)
+    out.sum().backward()
+    model64 = _ConvNet().double()
+    model64.load_state_dict(model.state_dict())
+    x64 = x.detach().double().requires_grad_()
+    want = model64(x64)
+    want.sum().backward()
+    torch.testing.assert_close(out.double(), want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-4, atol=1e-4)
+    for p, p64 in zip(model.parameters(), model64.parameters()):
+        torch.testing.assert_close(p.grad.double(), p64.grad, rtol=1e-4, atol=1e-4)
+
+    conv_templates = {k: v for k, v in _templates(pool_sees).items() if "convolution_backward" in k}
+    assert conv_templates, sorted(pool_sees)
+    kernels: set[str] = set()
+    for work, error in conv_templates.values():
+        assert error is None, error
+        assert work.func is compile_pool._compile_template_offline and work.args[1] == 90
+        kernels |= _recorded(work)
+    assert "tw_conv_wgrad" in kernels and "tw_conv_dgrad" in kernels, kernels

@@ -55,10 +55,8 @@ class TemplateCall:
 
     def precompile_launch(self, node: Node) -> Any:
         """What a compile worker launches (or records) to compile this call's kernels before the
-        first call (:class:`~.attention.precompile.TemplateLaunch`); None for the convolution
-        gradient, whose kernels compile on first call."""
-        if self.attention is None:
-            return None
+        first call (:class:`~.attention.precompile.TemplateLaunch`): fused attention's kernels and
+        the convolution gradient's generated kernels (weight gradient, input gradient)."""
         from .attention.precompile import precompile_launch
 
         return precompile_launch(self, node)

@@ -1,7 +1,8 @@
-"""What the compile pool needs to compile an attention template's kernels before its first call.
+"""What the compile pool needs to compile a template's kernels before its first call.
 
 A fused-attention template step (``flash_attention`` forward, its backward's dK/dV and dQ
-kernels, ``block_sparse_attention`` with its estimator) launches hand-written kernels whose
+kernels, ``block_sparse_attention`` with its estimator) launches hand-written kernels, and the
+convolution gradient (``convolution_backward``) kernels generated from source; their
 specialisation (constexprs, config, dtypes, which integers are 1 or divisible by 16, which
 pointers are aligned) is decided by the launcher at run time. :class:`TemplateLaunch` is a
 picklable description of one such call (the call object with its bound config, every tensor
@@ -165,8 +166,34 @@ def _recording(arch: int, smem_bytes: int | None) -> Iterator[list[Any]]:
                 recorder = LaunchRecorder(value, attr, module=module.__name__, fn_name=attr)
                 recorders.append(recorder)
                 patches.append((module, attr, recorder))
+    patches += _conv_recording(recorders, smem_bytes)
     with _patched(patches):
         yield recorders
+
+
+def _conv_recording(recorders: list[Any], smem_bytes: int | None) -> list[tuple[Any, str, Any]]:
+    """Patches under which the convolution-gradient template records its generated kernels: the
+    conv modules' loader hands out recorders (over the real JIT functions), the forward's
+    launcher cache starts empty, and a CUDA tensor's problem sees the target's shared memory."""
+    from ..conv import backward as conv_backward
+    from ..conv import forward as conv_forward
+    from ..conv import problem as conv_problem
+    from ..cross_compile import LaunchRecorder
+
+    load = conv_forward.load_kernel
+
+    def recording_loader(source: str, name: str, interpret: bool | None = None) -> Any:
+        recorders.append(LaunchRecorder(load(source, name, False), name, source=source, fn_name=name))
+        return recorders[-1]
+
+    default_smem = conv_problem._device_smem
+
+    def target_smem(device: torch.device | None = None) -> int:
+        return int(smem_bytes) if device is not None and smem_bytes is not None else default_smem(None)
+
+    return [(conv_forward, "load_kernel", recording_loader), (conv_backward, "load_kernel", recording_loader),
+            (conv_forward, "interpret_mode", lambda: False), (conv_forward, "_launchers", {}),
+            (conv_problem, "_device_smem", target_smem)]
 
 
 def precompile_launch(call: Any, node: Node) -> TemplateLaunch | None:
