@@ -26,8 +26,9 @@ from ...ir.graph import Node, Value
 from ...ir.registry import lookup, packet_name
 from ...schedule.group import Group
 from ...schedule.space import Config
-from .conv_source import CORE, conv_space
-from .gemm_micro import core_source
+from .conv_dot import CONV_DOT_CORE, pack_weight_pairs
+from .conv_source import CORE, conv_default, conv_space
+from .gemm_micro import core_source, has_bf16_dot
 from .kernel import CpuKernel
 from .pointwise import PointwiseSource, broadcast_strides, supported_node
 from .scalar_ops import CPP_TYPES, load_code, result_code, storage_type, store_code
@@ -152,9 +153,12 @@ class ConvSource:
         cg, kg = self.c // self.groups, self.k // self.groups
         self.algo = "depthwise" if self.groups == self.c == self.k and self.groups > 1 else "gemm"
         self.weight_is_input = self.w.producer is None
-        self.space = conv_space(self.algo, kg, self.oh * self.ow, cg * self.r * self.s, self.n * self.groups,
-                                self.compute, self.dtype, self.description, self.weight_is_input)
-        self.source = core_source(self.compute, self.description) + "\n" + CORE + "\n" + self._function()
+        self.problem_args = (kg, self.oh * self.ow, cg * self.r * self.s, self.n * self.groups)
+        self.space = conv_space(self.algo, *self.problem_args, self.compute, self.dtype, self.description,
+                                self.weight_is_input)
+        self.dot = self.algo == "gemm" and self.dtype == torch.bfloat16 and has_bf16_dot(self.description)
+        self.source = (core_source(self.compute, self.description) + "\n" + CORE + "\n" +
+                       (CONV_DOT_CORE + "\n" if self.dot else "") + self._function())
 
     # -- structure -------------------------------------------------------------------------
     def _geometry(self) -> None:
@@ -210,9 +214,10 @@ class ConvSource:
 
     # -- code --------------------------------------------------------------------------------
     def launch_args(self, config: Config, c_ext: int = 0, w_packed: int = 0) -> list[int]:
-        """Scalars after the tensors: blocks, register block, threads, weight mode, extern C, packed W."""
+        """Scalars after the tensors: blocks, register block, threads, weight mode, dot core, extern C, packed W."""
         return [int(config["MC"]), int(config["NC"]), int(config["KC"]), int(config["MR"]), int(config["NR"]),
-                int(config["threads"]), _WMODE[str(config["wpack"])], c_ext, w_packed]
+                int(config["threads"]), _WMODE[str(config["wpack"])], int(bool(config.get("dot", False))), c_ext,
+                w_packed]
 
     def _epilogue_lambda(self, ctype: str) -> list[str]:
         ep = self.epilogue
@@ -239,7 +244,7 @@ class ConvSource:
         stype = storage_type(self.dtype)
         params = [f"const void* p{i}" for i in range(len(self.inputs))]
         params += [f"void* q{i}" for i in range(len(self.outputs))]
-        scalars = ["mc", "nc", "kc", "mr", "nr", "threads", "wmode", "c_ext", "w_packed"]
+        scalars = ["mc", "nc", "kc", "mr", "nr", "threads", "wmode", "dot", "c_ext", "w_packed"]
         params += [f"int64_t {s}" for s in scalars]
         index = {v.id: i for i, v in enumerate(self.inputs)}
         casts = [f"  const {stype}* X = (const {stype}*)p{index[self.x.id]};",
@@ -262,12 +267,16 @@ class ConvSource:
         if self.algo == "depthwise":
             run = f"  tw_conv_depthwise<{stype}, {ctype}>(X, W, g, threads, epi);"
         else:
-            run = (f"  const TwConvBlocks blk{{mc, nc, kc, mr, nr, threads, wmode}};\n"
-                   f"  tw_conv_gemm<{stype}, {ctype}>(X, W, INT64_C({self.ldw}), (const {ctype}*)(intptr_t)w_packed, "
-                   f"g, blk, epi);")
+            run = "  const TwConvBlocks blk{mc, nc, kc, mr, nr, threads, wmode};\n"
+            if self.dot:
+                run += (f"  if (dot) {{\n#if defined(__AVX512BF16__)\n"
+                        f"    tw_conv_gemm_dot(X, W, INT64_C({self.ldw}), (const uint32_t*)(intptr_t)w_packed, g, blk, epi);"
+                        f"\n    return;\n#else\n    std::abort();\n#endif\n  }}\n")
+            run += (f"  tw_conv_gemm<{stype}, {ctype}>(X, W, INT64_C({self.ldw}), (const {ctype}*)(intptr_t)w_packed, "
+                    f"g, blk, epi);")
         return f"""extern "C" void {self.name}({', '.join(params)}) {{
 {body}
-  (void)mc; (void)nc; (void)kc; (void)mr; (void)nr; (void)wmode; (void)w_packed;
+  (void)mc; (void)nc; (void)kc; (void)mr; (void)nr; (void)wmode; (void)dot; (void)w_packed;
   if (c_ext) {{
     tw_conv_epilogue_only<{stype}, {ctype}>((const {stype}*)(intptr_t)c_ext, INT64_C({self.n}), INT64_C({self.k}),
                                           INT64_C({self.oh * self.ow}), threads, epi);
@@ -279,8 +288,11 @@ class ConvSource:
 """
 
     # -- weights -------------------------------------------------------------------------------
-    def pack_weight(self, w: torch.Tensor, mr: int) -> torch.Tensor:
-        """``w`` as ``[G][Kpad/MR][C/G*R*S][MR]`` micro-panels in the compute dtype (zero rows past K/G)."""
+    def pack_weight(self, w: torch.Tensor, mr: int, dot: bool = False) -> torch.Tensor:
+        """``w`` as ``[G][Kpad/MR][C/G*R*S][MR]`` micro-panels in the compute dtype (zero rows past K/G);
+        for the dot core as pair words (:func:`.conv_dot.pack_weight_pairs`)."""
+        if dot:
+            return pack_weight_pairs(w, self.groups, mr)
         kg = self.k // self.groups
         kpad = -(-kg // mr) * mr
         rows = w.reshape(self.groups, kg, -1).to(self.compute)
@@ -299,14 +311,14 @@ class PackedWeight:
         self._key: tuple[Any, ...] | None = None
         self._packed: torch.Tensor | None = None
 
-    def get(self, w: torch.Tensor, mr: int) -> torch.Tensor:
-        """``w`` packed for register blocks of ``mr`` rows (cached while unchanged)."""
+    def get(self, w: torch.Tensor, mr: int, dot: bool = False) -> torch.Tensor:
+        """``w`` packed for register blocks of ``mr`` rows, as pairs for the dot core (cached while unchanged)."""
         try:
-            key = (w.data_ptr(), w._version, tuple(w.shape), tuple(w.stride()), w.dtype, mr)
+            key = (w.data_ptr(), w._version, tuple(w.shape), tuple(w.stride()), w.dtype, mr, dot)
         except RuntimeError:  # an inference tensor: no version counter
-            return self.source.pack_weight(w, mr)
+            return self.source.pack_weight(w, mr, dot)
         if key != self._key or self._packed is None:
-            self._packed, self._key = self.source.pack_weight(w, mr), key
+            self._packed, self._key = self.source.pack_weight(w, mr, dot), key
         return self._packed
 
 
@@ -345,7 +357,7 @@ class ConvKernel(CpuKernel):
         packed = 0
         keep: torch.Tensor | None = None
         if config["wpack"] == "cached" and s.algo == "gemm":
-            keep = self.weights.get(tensors[ids.index(s.w.id)], int(config["MR"]))
+            keep = self.weights.get(tensors[ids.index(s.w.id)], int(config["MR"]), bool(config.get("dot", False)))
             packed = keep.data_ptr()
         self.function(*pointers, *s.launch_args(config, 0, packed))
         del keep
@@ -356,6 +368,19 @@ class ConvKernel(CpuKernel):
         if self.function is None or c["extern"] or (c["wpack"] == "cached" and self.source.algo == "gemm"):
             return None
         return self.function, [int(a) for a in self.source.launch_args(c)]
+
+    def race_candidates(self) -> list[Config]:
+        """What the compile-time race times when no tuning record decides: the default, the other
+        bfloat16 core with its own default blocks (where the CPU has the dot core) and extern
+        (torch.convolution, oneDNN, then the generated epilogue)."""
+        s = self.source
+        default = dict(self.space.default_config(), extern=False)
+        candidates = [default]
+        if len(self.space.params.get("dot", [False])) > 1:
+            other = conv_default(*s.problem_args, s.compute, s.description, str(default["wpack"]), not default["dot"])
+            if self.space.is_feasible(other):
+                candidates.append(other)
+        return [*candidates, dict(default, extern=True)]
 
     def describe_extra(self) -> dict[str, object]:
         """Explain: the algorithm, fused epilogue ops and the problem."""

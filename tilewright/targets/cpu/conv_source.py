@@ -26,9 +26,10 @@ from typing import Any
 import torch
 
 from ...schedule.space import ScheduleSpace
+from .gemm_dot import dot_pays, has_bf16_dot
 from .gemm_micro import default_blocks, micro_shapes, vector_isa
 
-SPACE_VERSION = "1"
+SPACE_VERSION = "2"  # 2: the bfloat16 dot core ("dot")
 #: multiples of every register block's MR (except 14) and NR: most choices fit any register block
 _MC = (48, 96, 192, 384, 768)
 _NC = (96, 192, 384, 768, 1536)
@@ -42,18 +43,19 @@ def _round_up(x: int, m: int) -> int:
 
 
 def conv_default(kg: int, pixels: int, crs: int, tasks_outer: int, dtype: torch.dtype, description: dict[str, Any],
-                 wpack: str) -> dict[str, Any]:
+                 wpack: str, dot: bool = False) -> dict[str, Any]:
     """Default blocks of an implicit-GEMM convolution: ``kg`` output channels per group, ``pixels``
     output pixels, a reduction of ``crs``, ``tasks_outer`` = images x groups.
 
     Register block and ``KC`` as the GEMM's defaults choose them; ``MC`` covers every output
     channel of the group (the im2col slice is gathered once per pixel block) while the ``MC x KC``
     weight block fits half of L2; ``NC`` keeps the packed ``KC x NC`` im2col slice in a quarter of
-    L2; blocks are then split until every thread has work.
+    L2; blocks are then split until every thread has work. ``dot``: the bfloat16 dot core (pairs:
+    2 bytes per value of the reduction, so the GEMM's dot ``KC`` and twice the blocks per cache).
     """
-    base = default_blocks(kg, pixels, crs, tasks_outer, dtype, description)
+    base = default_blocks(kg, pixels, crs, tasks_outer, dtype, description, dot)
     mr, nr, kc = int(base["MR"]), int(base["NR"]), int(base["KC"])
-    elem = 8 if dtype == torch.float64 else 4
+    elem = 8 if dtype == torch.float64 else (2 if dot else 4)
     l2 = int(description.get("l2_bytes") or 1 << 20)
     cores = max(1, int(description.get("cores") or 1))
     threads = cores if 2.0 * kg * pixels * crs * tasks_outer >= _PARALLEL_FLOPS else 1
@@ -69,7 +71,7 @@ def conv_default(kg: int, pixels: int, crs: int, tasks_outer: int, dtype: torch.
         else:
             mc = max(mr, _round_up(mc // 2, mr))
     return {"MC": mc, "NC": nc, "KC": kc, "MR": mr, "NR": nr, "threads": threads, "wpack": wpack,
-            "extern": False}
+            "extern": False, "dot": dot}
 
 
 def conv_space(algo: str, kg: int, pixels: int, crs: int, tasks_outer: int, dtype: torch.dtype,
@@ -81,7 +83,9 @@ def conv_space(algo: str, kg: int, pixels: int, crs: int, tasks_outer: int, dtyp
     inputs, whose version counter tells when they changed; ``strided``: read in place, float32
     and float64 only; ``task``: packed by each task) and ``extern`` (oneDNN via
     torch.convolution, then the generated epilogue: one candidate, raced against the generated
-    default at compile time, never the default). ``depthwise``: ``threads`` and ``extern``.
+    default at compile time, never the default) and ``dot`` (bfloat16 on CPUs with AVX512_BF16: the
+    ``vdpbf16ps`` dot core of :mod:`.conv_dot`, the default where :func:`.gemm_dot.dot_pays`).
+    ``depthwise``: ``threads`` and ``extern``.
     """
     cores = max(1, int(description.get("cores") or 1))
     threads = sorted({1, *(t for t in (2, 4, 8, 16, 32, 64) if t <= cores), cores})
@@ -95,15 +99,19 @@ def conv_space(algo: str, kg: int, pixels: int, crs: int, tasks_outer: int, dtyp
         flops = 2.0 * kg * pixels * crs * tasks_outer
         default: dict[str, Any] = {"MC": 0, "NC": 0, "KC": 0, "MR": 0, "NR": 0,
                                    "threads": cores if flops >= _PARALLEL_FLOPS else 1, "wpack": "strided",
-                                   "extern": False}
+                                   "extern": False, "dot": False}
         params: dict[str, list[Any]] = {"MC": [0], "NC": [0], "KC": [0], "MR": [0], "NR": [0], "threads": threads,
-                                        "wpack": ["strided"], "extern": [False, True]}
+                                        "wpack": ["strided"], "extern": [False, True], "dot": [False]}
         return ScheduleSpace("conv", params, [], default=default, version=SPACE_VERSION)
-    default = conv_default(kg, pixels, crs, tasks_outer, dtype, description, wpack)
-    params = {"MC": sorted({*_MC, default["MC"]}), "NC": sorted({*_NC, default["NC"]}),
-              "KC": sorted({*_KC, default["KC"]}), "MR": sorted({mr for mr, _ in shapes}),
+    dot = storage == torch.bfloat16 and has_bf16_dot(description)
+    default = conv_default(kg, pixels, crs, tasks_outer, dtype, description, wpack, dot and dot_pays(description))
+    # the other bfloat16 core's own default blocks: a race candidate (ConvKernel.race_candidates)
+    blocks_of = [default] + ([conv_default(kg, pixels, crs, tasks_outer, dtype, description, wpack, not default["dot"])]
+                             if dot else [])
+    params = {"MC": sorted({*_MC, *(b["MC"] for b in blocks_of)}), "NC": sorted({*_NC, *(b["NC"] for b in blocks_of)}),
+              "KC": sorted({*_KC, *(b["KC"] for b in blocks_of)}), "MR": sorted({mr for mr, _ in shapes}),
               "NR": sorted({nr for _, nr in shapes}), "threads": threads,
-              "wpack": ["cached", "strided", "task"], "extern": [False, True]}
+              "wpack": ["cached", "strided", "task"], "extern": [False, True], "dot": [False, True] if dot else [False]}
     feasible = set(shapes)
 
     def registers(c: Any) -> str | None:
@@ -128,7 +136,13 @@ def conv_space(algo: str, kg: int, pixels: int, crs: int, tasks_outer: int, dtyp
             return "the extern candidate takes the default values of the other parameters"
         return None
 
-    return ScheduleSpace("conv", params, [registers, blocks, packing, extern], default=default, version=SPACE_VERSION)
+    def pairs(c: Any) -> str | None:
+        if c["dot"] and c["KC"] % 2 and c["KC"] < crs:
+            return "the dot core packs pairs of the reduction: KC must be even (or cover it)"
+        return None
+
+    return ScheduleSpace("conv", params, [registers, blocks, packing, extern, pairs], default=default,
+                         version=SPACE_VERSION)
 
 
 CORE = r"""#ifndef TW_CONV_CORE
@@ -139,6 +153,7 @@ struct TwConvGeom {
   int64_t k, r, s, oh, ow, groups;
   int64_t sh, sw, ph, pw, dh, dw;
 };
+static inline uint16_t tw_to_compute(uint16_t x, uint16_t*) { return x; }  // raw bfloat16 (the dot core's im2col)
 struct TwConvBlocks {
   int64_t mc, nc, kc, mr, nr, threads, wmode;  // wmode: 0 pre-packed weight, 1 strided, 2 packed per task
 };
@@ -146,6 +161,10 @@ struct TwConvBlocks {
 template <class S, class T>
 static inline void tw_conv_copy(const S* __restrict src, T* __restrict dst, int64_t n) {
   int64_t i = 0;
+  if constexpr (std::is_same<S, uint16_t>::value && std::is_same<T, uint16_t>::value) {
+    std::memcpy(dst, src, (size_t)n * sizeof(T));
+    return;
+  }
 #if defined(__AVX512F__) || defined(__AVX2__)
   if constexpr (std::is_same<S, float>::value && std::is_same<T, float>::value) {
     using V = TwVec<float>;
