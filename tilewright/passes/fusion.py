@@ -98,7 +98,7 @@ def fuse(graph: Graph, can_build: BuildCheck, kind_of: KindOf) -> FusionResult:
     """
     part = _initial_partition(graph, can_build, kind_of)
     rejected: set[tuple[int, int]] = set()
-    while _merge_round(part, can_build, rejected):
+    while _merge_round(part, can_build, rejected) or _merge_siblings(part, can_build, rejected):
         pass
     return _ordered_result(part)
 
@@ -176,8 +176,15 @@ def _fusion_kind(p: Group, c: Group) -> str | None:
     if p.kind == "reduction" and c.kind == "pointwise":
         return "reduction" if c.numel() in (p.numel(), p.row_numel()) else None
     if p.kind == "reduction" and c.kind == "reduction":
-        return "reduction" if (p.numel(), p.row_numel()) == (c.numel(), c.row_numel()) else None
+        return "reduction" if (p.numel(), p.row_numel()) == (c.numel(), c.row_numel()) or _complementary(p, c) else None
     return None
+
+
+def _complementary(a: Group, b: Group) -> bool:
+    """Reductions of one element count whose row counts multiply to it: one reduces the rows that
+    the other keeps (a norm's row reduction and its weight/bias gradients' column sums, which the
+    target may fold into the row kernel)."""
+    return a.kind == b.kind == "reduction" and a.numel() == b.numel() and a.row_numel() * b.row_numel() == a.numel()
 
 
 def _saved_bytes(p: Group, c: Group, out_ids: set[int]) -> int:
@@ -235,6 +242,44 @@ def _merge_round(part: _Partition, can_build: BuildCheck, rejected: set[tuple[in
         rejected -= {pair for pair in rejected if {pair[0], pair[1]} & {pid, cid}}
         changed = True
     return changed
+
+
+def _merge_siblings(part: _Partition, can_build: BuildCheck, rejected: set[tuple[int, int]]) -> bool:
+    """Merge one complementary reduction group that shares an input with another group (a bias
+    gradient's column sum of the incoming gradient, which the row kernel reads too) into it, when
+    neither depends on the other; returns whether anything merged. Only for complementary
+    reductions (see :func:`_complementary`): no other groups are fused without a producer edge."""
+    dag = _group_dag(part)
+    readers: dict[int, set[int]] = {}
+    for g in part.groups.values():
+        for n in g.nodes:
+            for v in n.inputs:
+                readers.setdefault(v.id, set()).add(g.id)
+    for cid, c in part.groups.items():
+        if c.kind != "reduction":
+            continue
+        members = {n.id for n in c.nodes}
+        outside = [v for n in c.nodes for v in n.inputs if producer_node(v) is None or producer_node(v).id not in members]
+        if not outside:
+            continue
+        for pid in sorted(set.union(*(readers.get(v.id, set()) for v in outside)) - {cid}):
+            p = part.groups[pid]
+            if (pid, cid) in rejected or not _complementary(p, c):
+                continue
+            if nx.has_path(dag, pid, cid) or nx.has_path(dag, cid, pid):
+                continue
+            nodes = sorted(p.nodes + c.nodes, key=lambda n: part.order[n.id])
+            merged = Group(p.id, "reduction", nodes)
+            if can_build(merged, materialized(nodes, {n.id for n in nodes}, part.out_ids)):
+                rejected.add((pid, cid))
+                continue
+            part.groups[pid] = merged
+            del part.groups[cid]
+            for n in merged.nodes:
+                part.node_group[n.id] = merged
+            rejected -= {pair for pair in rejected if {pair[0], pair[1]} & {pid, cid}}
+            return True
+    return False
 
 
 def _merged_group(part: _Partition, dag: nx.DiGraph, pid: int, cid: int, kind: str,

@@ -30,6 +30,7 @@ from .pointwise import (
     supported_node,
 )
 from .reduction_columns import ColumnReduction
+from .reduction_fold import FoldedColumns, folded_reductions
 from .reduction_runs import ReductionRuns, row_views
 from .reduction_vector import VectorAccumulators, VectorPasses
 from .scalar_ops import (
@@ -76,7 +77,7 @@ def reduction_space(rows: int, cores: int) -> ScheduleSpace:
                          default={"threads": cores if rows >= 4 * cores else 1}, version=SPACE_VERSION)
 
 
-class ReductionSource(ColumnReduction, ReductionRuns, VectorPasses):
+class ReductionSource(ColumnReduction, FoldedColumns, ReductionRuns, VectorPasses):
     """The C++ function of one reduction group (``name`` is its C symbol)."""
 
     def __init__(self, name: str, nodes: list[Node], materialize: set[int]) -> None:
@@ -89,6 +90,9 @@ class ReductionSource(ColumnReduction, ReductionRuns, VectorPasses):
             reason = supported_reduction(n) if n in reductions else supported_node(n)
             if reason:
                 raise BuildError(f"{n.op}: {reason}")
+        #: column sums over the rows, accumulated in the output pass (see :mod:`.reduction_fold`)
+        self.folded = folded_reductions(reductions)
+        reductions = [r for r in reductions if r not in self.folded]
         first = reductions[0].args[0].type
         self.element_shape = tuple(first.shape)
         self.dims = reduction_dims(reductions[0].target, reductions[0].args, reductions[0].kwargs, first.rank)
@@ -121,6 +125,9 @@ class ReductionSource(ColumnReduction, ReductionRuns, VectorPasses):
             for a in internal:
                 if a.id in self.aliases:
                     self._classify_alias(a)
+            if n in self.folded:
+                self._classify_folded(n, internal)
+                continue
             if n in self.reductions:
                 if any(self.space[a.id] != "element" for a in internal):
                     raise BuildError("a reduction reads a row value")
@@ -137,7 +144,8 @@ class ReductionSource(ColumnReduction, ReductionRuns, VectorPasses):
             else:
                 raise BuildError(f"{n.op} produces {shape}, neither the element nor the row shape")
             for a in internal:
-                if self.space[a.id] == "row" and self.space[out.id] == "element" and tuple(a.type.shape) != self.keep_shape:
+                if (self.space[a.id] == "row" and self.space[out.id] == "element"
+                        and tuple(a.type.shape) not in (self.keep_shape, self.element_shape)):  # element: an expand alias
                     raise BuildError("an element value reads a row value without its kept dims")
             self.level[out.id] = max((self.level[a.id] for a in internal), default=0)
         self.ids = ids
@@ -155,7 +163,9 @@ class ReductionSource(ColumnReduction, ReductionRuns, VectorPasses):
         root = self.aliases[a.id]
         if self.space.get(root.id) != "row":
             raise BuildError(f"%{a.name} is a view of an element value computed inside the group")
-        if tuple(a.type.shape) not in (self.keep_shape, self.row_shape) or a.type.numel != self.rows:
+        expanded = (a.producer is not None and packet_name(a.producer.target) == "aten.expand"
+                    and tuple(a.producer.args[0].type.shape) == self.keep_shape and tuple(a.type.shape) == self.element_shape)
+        if not expanded and (tuple(a.type.shape) not in (self.keep_shape, self.row_shape) or a.type.numel != self.rows):
             raise BuildError(f"%{a.name} views row value %{root.name} with another shape")
         self.space[a.id], self.level[a.id] = "row", self.level[root.id]
 
@@ -443,7 +453,7 @@ class ReductionSource(ColumnReduction, ReductionRuns, VectorPasses):
 
     def _output_pass(self, element_outputs: list[Value]) -> list[str]:
         """The final pass that writes the group's element-space outputs."""
-        parts = self._parts(element_outputs, [])
+        parts = self._parts(element_outputs + [r.args[0] for r in self.folded], [])
         offsets = [self._offset(v, self.element_shape, self._element_index()) for v in element_outputs]
         stores = [f"out{self.outputs.index(v)}[{off}] = {store_code(v.type.dtype, self.local[v.id])};"
                   for v, off in zip(element_outputs, offsets)]
@@ -455,6 +465,7 @@ class ReductionSource(ColumnReduction, ReductionRuns, VectorPasses):
                     vector = None
                     break
                 vector.append(f"{self.local[v.id]}.store(&out{self.outputs.index(v)}[{off}]);")
+        self._fold_lines(vector, stores)
         return self._loops(self._scalar_lines(parts) + stores, vector, "", VectorAccumulators())
 
     def _row_body(self) -> list[str]:
@@ -464,7 +475,7 @@ class ReductionSource(ColumnReduction, ReductionRuns, VectorPasses):
         for level in range(1, max_level + 1):
             reds = [r for r in self.reductions if self.level[r.outputs[0].id] == level]
             later = [self._operand_of(r) for r in self.reductions if self.level[r.outputs[0].id] > level]
-            later += element_outputs
+            later += element_outputs + [r.args[0] for r in self.folded]
             for r in reds:
                 lines += self._accumulator(r)
             lines += self._reduction_pass(reds, later)
@@ -473,7 +484,7 @@ class ReductionSource(ColumnReduction, ReductionRuns, VectorPasses):
             self._pending.clear()
             lines += [self._finish(r) for r in reds]
             lines += self._row_nodes()
-        if element_outputs:
+        if element_outputs or self.folded:
             lines += self._output_pass(element_outputs)
         for v in self.outputs:
             if self.space[v.id] == "row":
@@ -529,7 +540,10 @@ class ReductionSource(ColumnReduction, ReductionRuns, VectorPasses):
         body = self._row_body()
         body = self._scratch + body  # scratch buffers are declared at the top of the row
         z = self.sizes
-        rows, chunk = z.size(self.rows, "rows"), z.size(self._chunk(), "chunk")
+        rows = z.size(self.rows, "rows")
+        if self.folded:
+            return self._folded_function(params, casts, split, body, rows)
+        chunk = z.size(self._chunk(), "chunk")
         return f"""extern "C" void {self.name}({', '.join(params + ['int64_t threads', z.param])}) {{
 {chr(10).join(casts)}
 {z.declarations()}

@@ -34,7 +34,7 @@ def row_views(nodes: list[Node]) -> dict[int, Value]:
         for a in n.inputs:
             v, node = a, a.producer
             while node is not None and lookup(node.target).kind == "view" and isinstance(node.args[0], Value):
-                if packet_name(node.target) not in _ORDER_KEEPING_VIEWS:
+                if packet_name(node.target) not in _ORDER_KEEPING_VIEWS and not _expands_row(node):
                     break
                 v = node.args[0]
                 if v.id in ids:
@@ -42,6 +42,16 @@ def row_views(nodes: list[Node]) -> dict[int, Value]:
                     break
                 node = v.producer
     return found
+
+
+def _expands_row(node: Node) -> bool:
+    """An ``expand`` that only broadcasts size-1 dims (an RMS norm's backward reads its row sum back
+    as ``expand(row, element shape)``; the group accepts it where the source has the kept dims'
+    shape, see ``ReductionSource._classify_alias``)."""
+    if packet_name(node.target) != "aten.expand" or not isinstance(node.args[0], Value):
+        return False
+    src, out = tuple(node.args[0].type.shape), tuple(node.outputs[0].type.shape)
+    return len(src) == len(out) and all(s in (1, o) for s, o in zip(src, out))
 
 
 class ReductionRuns:
