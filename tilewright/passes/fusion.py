@@ -264,7 +264,9 @@ def _merge_siblings(part: _Partition, can_build: BuildCheck, rejected: set[tuple
             continue
         for pid in sorted(set.union(*(readers.get(v.id, set()) for v in outside)) - {cid}):
             p = part.groups[pid]
-            if (pid, cid) in rejected or not _complementary(p, c):
+            # square shapes (equal row counts) are left to producer edges: a target that tells row
+            # layouts apart only by their counts would take the two reductions for one layout
+            if (pid, cid) in rejected or not _complementary(p, c) or p.row_numel() == c.row_numel():
                 continue
             if nx.has_path(dag, pid, cid) or nx.has_path(dag, cid, pid):
                 continue
