@@ -91,7 +91,7 @@ class FoldedColumns:
   const int64_t tw_nb = {rows} < 4 * tw_nt ? {rows} : 4 * tw_nt;
   std::vector<double> tw_cdv((size_t)(tw_nb > 0 ? tw_nb : 1) * {nf} * {count}, 0.0);
   double* tw_cd = tw_cdv.data();
-  #pragma omp parallel for num_threads(tw_nt) schedule(dynamic, 1) if(tw_nt > 1)
+  #pragma omp parallel for num_threads(tw_nthreads(threads)) schedule(dynamic, 1) if(tw_nt > 1)
   for (int64_t tw_b = 0; tw_b < tw_nb; ++tw_b) {{
 {nl.join(partial)}
 {nl.join(zero)}
