@@ -233,13 +233,8 @@ def _merge_round(part: _Partition, can_build: BuildCheck, rejected: set[tuple[in
         if merged is None:
             rejected.add((pid, cid))
             continue
-        part.groups[pid] = merged
-        del part.groups[cid]
-        for n in merged.nodes:
-            part.node_group[n.id] = merged
+        _replace(part, pid, cid, merged, rejected)
         dirty |= {pid, cid}
-        # earlier verdicts about the two groups no longer hold for the merged one
-        rejected -= {pair for pair in rejected if {pair[0], pair[1]} & {pid, cid}}
         changed = True
     return changed
 
@@ -275,13 +270,19 @@ def _merge_siblings(part: _Partition, can_build: BuildCheck, rejected: set[tuple
             if can_build(merged, materialized(nodes, {n.id for n in nodes}, part.out_ids)):
                 rejected.add((pid, cid))
                 continue
-            part.groups[pid] = merged
-            del part.groups[cid]
-            for n in merged.nodes:
-                part.node_group[n.id] = merged
-            rejected -= {pair for pair in rejected if {pair[0], pair[1]} & {pid, cid}}
+            _replace(part, pid, cid, merged, rejected)
             return True
     return False
+
+
+def _replace(part: _Partition, pid: int, cid: int, merged: Group, rejected: set[tuple[int, int]]) -> None:
+    """Put ``merged`` in place of groups ``pid`` and ``cid`` (under ``pid``'s id)."""
+    part.groups[pid] = merged
+    del part.groups[cid]
+    for n in merged.nodes:
+        part.node_group[n.id] = merged
+    # earlier verdicts about the two groups no longer hold for the merged one
+    rejected -= {pair for pair in rejected if {pair[0], pair[1]} & {pid, cid}}
 
 
 def _merged_group(part: _Partition, dag: nx.DiGraph, pid: int, cid: int, kind: str,
