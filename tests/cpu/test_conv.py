@@ -276,3 +276,36 @@ def test_small_resnet_training_step(generated: None) -> None:
     assert any(k["kind"] == "conv" for k in report.kernels)
     reasons = [f["reason"] for f in report.fallbacks if "convolution_backward" in f["op"]]
     assert reasons and "not generated" in reasons[0], report.fallbacks
+
+
+class _CountingSource:
+    """Stands in for a ConvSource: 'packs' by cloning, and counts the packs."""
+
+    def __init__(self) -> None:
+        self.packs = 0
+
+    def pack_weight(self, w: torch.Tensor, mr: int, dot: bool = False) -> torch.Tensor:
+        self.packs += 1
+        return w.clone()
+
+
+def test_packed_weight_is_not_served_to_a_new_tensor_at_a_dead_ones_address() -> None:
+    """Two tensor objects with one address, shape and version (views of one buffer share its
+    version counter, as a new tensor allocated where a dead one was has version 0 like it): the
+    second is packed anew. The same object, unchanged, is served from the cache; an in-place
+    update repacks."""
+    from tilewright.targets.cpu.conv import PackedWeight
+
+    source = _CountingSource()
+    cache = PackedWeight(source)  # type: ignore[arg-type]
+    buf = torch.randn(64)
+    a = buf[:54].view(6, 9)
+    assert torch.equal(cache.get(a, 4), a) and source.packs == 1
+    cache.get(a, 4)
+    assert source.packs == 1  # same object, same version: cached
+    buf.numpy()[:54] = 7.0  # new contents written behind the version counter (as by a kernel)
+    b = buf[:54].view(6, 9)
+    assert (b.data_ptr(), b._version) == (a.data_ptr(), a._version)
+    assert torch.equal(cache.get(b, 4), torch.full((6, 9), 7.0)) and source.packs == 2
+    b.mul_(2.0)  # an in-place update moves the version
+    assert torch.equal(cache.get(b, 4), torch.full((6, 9), 14.0)) and source.packs == 3

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -304,11 +305,17 @@ class ConvSource:
 class PackedWeight:
     """A weight packed into micro-panels, repacked only when the weight changed (another tensor, or an
     in-place update: the version counter moved). Inference tensors keep no version counter: they are
-    repacked at every call."""
+    repacked at every call.
+
+    NOTE: the tensor itself is part of the key (a weak reference: the cache keeps no weight alive).
+    Its address and version alone are not: a new tensor may be allocated where a dead one was, with
+    the same version (0) -- e.g. a hoisted weight recomputed after the compile-time race packed the
+    random weights it timed with -- and would have been served the dead tensor's packing."""
 
     def __init__(self, source: ConvSource) -> None:
         self.source = source
         self._key: tuple[Any, ...] | None = None
+        self._ref: weakref.ref[torch.Tensor] | None = None
         self._packed: torch.Tensor | None = None
 
     def get(self, w: torch.Tensor, mr: int, dot: bool = False) -> torch.Tensor:
@@ -317,8 +324,8 @@ class PackedWeight:
             key = (w.data_ptr(), w._version, tuple(w.shape), tuple(w.stride()), w.dtype, mr, dot)
         except RuntimeError:  # an inference tensor: no version counter
             return self.source.pack_weight(w, mr, dot)
-        if key != self._key or self._packed is None:
-            self._packed, self._key = self.source.pack_weight(w, mr, dot), key
+        if key != self._key or self._packed is None or self._ref is None or self._ref() is not w:
+            self._packed, self._key, self._ref = self.source.pack_weight(w, mr, dot), key, weakref.ref(w)
         return self._packed
 
 
