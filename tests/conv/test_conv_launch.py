@@ -57,3 +57,12 @@ def test_packed_weight_is_reused_until_the_weight_changes(monkeypatch: pytest.Mo
         frozen = torch.randn(8, 3, 3, 3)
     cache.get(frozen), cache.get(frozen)  # no version counter: packed at every call
     assert len(packs) == 5
+    # another tensor object at the same address and version (as one allocated where a dead one
+    # was): new contents written behind the counter are packed anew
+    buf = torch.randn(8 * 27)
+    first = buf.view(8, 3, 3, 3)
+    cache.get(first)
+    buf.numpy()[:] = 3.0
+    second = buf.view(8, 3, 3, 3)
+    assert (second.data_ptr(), second._version) == (first.data_ptr(), first._version)
+    assert torch.equal(cache.get(second), torch.full((8, 3, 3, 3), 3.0)) and len(packs) == 7

@@ -10,6 +10,7 @@ written once.
 from __future__ import annotations
 
 import hashlib
+import weakref
 from typing import Any, Callable, Sequence
 
 import torch
@@ -146,11 +147,14 @@ class ConvGroupKernel(Kernel):
 class PackedWeights:
     """A weight in a packed layout, repacked only when the weight changed (another tensor, or an
     in-place update: the tensor's version counter moved). Inference-mode tensors keep no version
-    counter, so they are repacked at every call."""
+    counter, so they are repacked at every call. The tensor itself is part of the key (a weak
+    reference): a new tensor allocated at a dead one's address, with the same version, is packed
+    anew (see the CPU target's ``PackedWeight``)."""
 
     def __init__(self, layout: str) -> None:
         self.layout = layout
         self._key: tuple[Any, ...] | None = None
+        self._ref: weakref.ref[torch.Tensor] | None = None
         self._packed: torch.Tensor | None = None
 
     def get(self, w: torch.Tensor) -> torch.Tensor:
@@ -159,6 +163,6 @@ class PackedWeights:
             key = (w.data_ptr(), w._version, tuple(w.shape), tuple(w.stride()), w.dtype)
         except RuntimeError:  # an inference tensor: no version counter
             return pack_weight(w, self.layout)
-        if key != self._key or self._packed is None:
-            self._packed, self._key = pack_weight(w, self.layout), key
+        if key != self._key or self._packed is None or self._ref is None or self._ref() is not w:
+            self._packed, self._key, self._ref = pack_weight(w, self.layout), key, weakref.ref(w)
         return self._packed
