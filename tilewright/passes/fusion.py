@@ -265,9 +265,8 @@ def _merge_siblings(part: _Partition, can_build: BuildCheck, rejected: set[tuple
                 continue
             if nx.has_path(dag, pid, cid) or nx.has_path(dag, cid, pid):
                 continue
-            nodes = sorted(p.nodes + c.nodes, key=lambda n: part.order[n.id])
-            merged = Group(p.id, "reduction", nodes)
-            if can_build(merged, materialized(nodes, {n.id for n in nodes}, part.out_ids)):
+            merged = _merged_group(part, dag, pid, cid, "reduction", can_build)
+            if merged is None:
                 rejected.add((pid, cid))
                 continue
             _replace(part, pid, cid, merged, rejected)

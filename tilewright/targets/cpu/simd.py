@@ -72,13 +72,6 @@ struct tw_vsum {  // float lanes summed in double
     lo = _mm512_add_pd(lo, _mm512_cvtps_pd(_mm512_castps512_ps256(x.v)));
     hi = _mm512_add_pd(hi, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x.v), 1))));
   }
-  void add_squared_deviation(tw_vf x, double mean) {  // (x - mean)^2 in double
-    const __m512d m = _mm512_set1_pd(mean);
-    const __m512d a = _mm512_sub_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(x.v)), m);
-    const __m512d b = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x.v), 1))), m);
-    lo = _mm512_fmadd_pd(a, a, lo);
-    hi = _mm512_fmadd_pd(b, b, hi);
-  }
   double total() const { return _mm512_reduce_add_pd(_mm512_add_pd(lo, hi)); }
 };
 struct tw_vmax {
@@ -157,13 +150,6 @@ struct tw_vsum {
   void add(tw_vf x) {
     lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(x.v)));
     hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(x.v, 1)));
-  }
-  void add_squared_deviation(tw_vf x, double mean) {
-    const __m256d m = _mm256_set1_pd(mean);
-    const __m256d a = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(x.v)), m);
-    const __m256d b = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(x.v, 1)), m);
-    lo = _mm256_fmadd_pd(a, a, lo);
-    hi = _mm256_fmadd_pd(b, b, hi);
   }
   double total() const {
     double t[4]; _mm256_storeu_pd(t, _mm256_add_pd(lo, hi));

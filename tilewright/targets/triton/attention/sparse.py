@@ -25,6 +25,7 @@ from ....ir.registry import packet_name
 from ...base import TemplateLowering
 from ..jit import triton_jit
 from . import kernels as K
+from . import launch
 from .launch import _dot_precision, _upcast, head_block
 
 if TYPE_CHECKING:
@@ -94,8 +95,6 @@ def sparse_tile(block: int, head_dim: int, dtype: torch.dtype, smem_bytes: int) 
     :func:`.launch.forward_space`) cut to the block (BLOCK_M and BLOCK_N divide it), its warps
     cut in proportion (the same registers per thread, at least 2). Before, one BLOCK x BLOCK tile on 4
     warps spilled on sm_90 (bf16 D=128, block 128: 4100 B; float32 D=40, block 64: 1140 B)."""
-    from . import launch
-
     name = str(dtype).replace("torch.", "")
     cfg = launch.forward_space(head_dim, name, smem_bytes).default_config()
     bm, bn = min(int(cfg["BLOCK_M"]), block), min(int(cfg["BLOCK_N"]), block)
@@ -107,8 +106,6 @@ def triton_block_sparse_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
                                 scale: float | None = None, causal: bool = False, causal_offset: int = 0
                                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention over the kept blocks: ``out`` [B, Hq, M, D] (q's dtype) and ``lse`` [B, Hq, M] float32."""
-    from . import launch
-
     B, H, M, D = (int(x) for x in q.shape)
     HKV, N = int(k.shape[1]), int(k.shape[2])
     if H % HKV or k.shape != v.shape or k.shape[0] != B or k.shape[-1] != D:
