@@ -10,9 +10,11 @@ import torch.nn.functional as F
 
 import tilewright
 from tilewright.schedule.space import InfeasibleConfig
-from tilewright.targets.cpu.gemm_dot import dot_default, dot_pays
+from tilewright.targets.cpu.gemm_dot import dot_pays
 from tilewright.targets.cpu.gemm_micro import gemm_space, has_bf16_dot
 from tilewright.targets.cpu.toolchain import cpu_description
+
+from .helpers import assert_configs_match
 
 needs_bf16_dot = pytest.mark.skipif(not has_bf16_dot(cpu_description()),
                                     reason="this CPU has no AVX512_BF16 (the dot core is not offered here)")
@@ -55,12 +57,8 @@ def test_dot_core_matches_float64_for_sampled_configs(m: int, k: int, n: int, ba
     small_kc = [c for c in dots if c["KC"] < k][:2]  # several K slices: pairs never straddle two
     sample = random.Random(0).sample(dots, min(6, len(dots))) + small_kc + [dict(space.default_config(), dot=True)]
     scale = want.abs().max().item()
-    for config in sample:
-        tensors[-1].fill_(float("nan"))
-        kernel.runner(config)(tensors)
-        got = tensors[-1].double()
-        # the output is rounded to bfloat16 (8 bits): the float accumulation must not add to that
-        torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2 * scale, msg=lambda msg, c=config: f"{c}: {msg}")
+    # the output is rounded to bfloat16 (8 bits): the float accumulation must not add to that
+    assert_configs_match(kernel, sample, tensors, want, rtol=1e-2, atol=1e-2 * scale)
     plain = space.default_config()  # the FMA core gives the same answer
     tensors[-1].fill_(float("nan"))
     kernel.runner(plain)(tensors)
@@ -85,10 +83,9 @@ def test_dot_is_offered_only_for_bfloat16_on_cpus_that_have_it() -> None:
 def test_dot_core_is_the_default_at_every_size_on_hosts_where_it_pays() -> None:
     desc = cpu_description()
     for m, n, k in ((256, 1536, 384), (1, 768, 768), (1024, 1024, 1024), (37, 45, 131)):
-        assert dot_default(m, n, k, desc) is dot_pays(desc)
         space = gemm_space(m, n, k, 1, torch.float32, desc, torch.bfloat16)
         assert space.default_config()["dot"] is (has_bf16_dot(desc) and dot_pays(desc))
-    assert dot_default(256, 256, 256, {**desc, "model": "another CPU"}) is False
+    assert dot_pays({**desc, "model": "another CPU"}) is False
 
 
 def test_race_offers_both_bf16_cores_and_extern() -> None:
@@ -134,8 +131,4 @@ def test_every_race_candidate_matches_float64() -> None:
     x, w, bias = tensors[:3]
     want = F.gelu(x.double() @ (w.double() if w.shape == (611, 77) else w.double().T) + bias.double())
     scale = want.abs().max().item()
-    for config in kernel.race_candidates():
-        tensors[-1].fill_(float("nan"))
-        kernel.runner(config)(tensors)
-        torch.testing.assert_close(tensors[-1].double(), want, rtol=1e-2, atol=1e-2 * scale,
-                                   msg=lambda msg, c=config: f"{c}: {msg}")
+    assert_configs_match(kernel, kernel.race_candidates(), tensors, want, rtol=1e-2, atol=1e-2 * scale)

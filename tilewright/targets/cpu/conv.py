@@ -28,8 +28,8 @@ from ...ir.registry import lookup, packet_name
 from ...schedule.group import Group
 from ...schedule.space import Config
 from .conv_dot import CONV_DOT_CORE, pack_weight_pairs
-from .conv_source import CORE, conv_default, conv_space
-from .gemm_micro import core_source, has_bf16_dot
+from .conv_source import CORE, conv_alternative, conv_space
+from .gemm_micro import core_source
 from .kernel import CpuKernel
 from .pointwise import PointwiseSource, broadcast_strides, supported_node
 from .scalar_ops import CPP_TYPES, load_code, result_code, storage_type, store_code
@@ -157,7 +157,7 @@ class ConvSource:
         self.problem_args = (kg, self.oh * self.ow, cg * self.r * self.s, self.n * self.groups)
         self.space = conv_space(self.algo, *self.problem_args, self.compute, self.dtype, self.description,
                                 self.weight_is_input)
-        self.dot = self.algo == "gemm" and self.dtype == torch.bfloat16 and has_bf16_dot(self.description)
+        self.dot = True in self.space.params["dot"]  # the space offers the bfloat16 dot core
         self.source = (core_source(self.compute, self.description) + "\n" + CORE + "\n" +
                        (CONV_DOT_CORE + "\n" if self.dot else "") + self._function())
 
@@ -376,18 +376,12 @@ class ConvKernel(CpuKernel):
             return None
         return self.function, [int(a) for a in self.source.launch_args(c)]
 
-    def race_candidates(self) -> list[Config]:
-        """What the compile-time race times when no tuning record decides: the default, the other
-        bfloat16 core with its own default blocks (where the CPU has the dot core) and extern
-        (torch.convolution, oneDNN, then the generated epilogue)."""
+    def other_cores(self, default: Config) -> list[Config]:
+        """The other bfloat16 core with its own default blocks, where the CPU has the dot core (raced
+        with the default and extern: torch.convolution, oneDNN, then the generated epilogue)."""
         s = self.source
-        default = dict(self.space.default_config(), extern=False)
-        candidates = [default]
-        if len(self.space.params.get("dot", [False])) > 1:
-            other = conv_default(*s.problem_args, s.compute, s.description, str(default["wpack"]), not default["dot"])
-            if self.space.is_feasible(other):
-                candidates.append(other)
-        return [*candidates, dict(default, extern=True)]
+        other = conv_alternative(*s.problem_args, s.compute, s.dtype, s.description, str(default["wpack"])) if s.dot else None
+        return [other] if other is not None else []
 
     def describe_extra(self) -> dict[str, object]:
         """Explain: the algorithm, fused epilogue ops and the problem."""

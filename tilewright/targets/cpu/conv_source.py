@@ -74,6 +74,15 @@ def conv_default(kg: int, pixels: int, crs: int, tasks_outer: int, dtype: torch.
             "extern": False, "dot": dot}
 
 
+def conv_alternative(kg: int, pixels: int, crs: int, tasks_outer: int, dtype: torch.dtype, storage: torch.dtype,
+                     description: dict[str, Any], wpack: str) -> dict[str, Any] | None:
+    """The default config of the bfloat16 core the space's default does not use (implicit GEMM), or
+    None when the dot core is not offered: a race candidate (:meth:`.conv.ConvKernel.other_cores`)."""
+    if storage != torch.bfloat16 or not has_bf16_dot(description):
+        return None
+    return conv_default(kg, pixels, crs, tasks_outer, dtype, description, wpack, not dot_pays(description))
+
+
 def conv_space(algo: str, kg: int, pixels: int, crs: int, tasks_outer: int, dtype: torch.dtype,
                storage: torch.dtype, description: dict[str, Any], weight_is_input: bool) -> ScheduleSpace:
     """The convolution schedule space.
@@ -105,9 +114,8 @@ def conv_space(algo: str, kg: int, pixels: int, crs: int, tasks_outer: int, dtyp
         return ScheduleSpace("conv", params, [], default=default, version=SPACE_VERSION)
     dot = storage == torch.bfloat16 and has_bf16_dot(description)
     default = conv_default(kg, pixels, crs, tasks_outer, dtype, description, wpack, dot and dot_pays(description))
-    # the other bfloat16 core's own default blocks: a race candidate (ConvKernel.race_candidates)
-    blocks_of = [default] + ([conv_default(kg, pixels, crs, tasks_outer, dtype, description, wpack, not default["dot"])]
-                             if dot else [])
+    alternative = conv_alternative(kg, pixels, crs, tasks_outer, dtype, storage, description, wpack)
+    blocks_of = [default] + ([alternative] if alternative else [])
     params = {"MC": sorted({*_MC, *(b["MC"] for b in blocks_of)}), "NC": sorted({*_NC, *(b["NC"] for b in blocks_of)}),
               "KC": sorted({*_KC, *(b["KC"] for b in blocks_of)}), "MR": sorted({mr for mr, _ in shapes}),
               "NR": sorted({nr for _, nr in shapes}), "threads": threads,

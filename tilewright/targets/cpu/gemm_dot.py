@@ -103,18 +103,6 @@ def dot_pays(description: dict[str, Any]) -> bool:
         return False
 
 
-def dot_default(m: int, n: int, k: int, description: dict[str, Any]) -> bool:
-    """Whether an ``m``x``k`` @ ``k``x``n`` bfloat16 GEMM defaults to the dot core: wherever it pays on
-    this host (:func:`dot_pays`), at every size. With its pairs packed by in-register 4x16 transposes
-    it ran at 0.88-0.96x the speed of oneDNN's bf16 GEMM (torch.mm) at transformer shapes (M 256,
-    K 384/1024, N 128-5000; one and two threads, Zen 4; the FMA core 0.40-0.45x), 1.4-2.2x on small
-    ones (64^3, 8x384x384) and 0.75x at M = 1 (1x768x768; the FMA core 0.23x); before that (strided scalar pair packing) it measured
-    slower than the FMA core inside models at two threads, so it was the default only from K >= 1024
-    and M*N >= 2^19. The compile-time race still times the FMA core and extern against it."""
-    del m, n, k  # the decision no longer depends on the size; kept for the space's call
-    return dot_pays(description)
-
-
 DOT_CORE = r"""#if defined(__AVX512BF16__)
 // The bfloat16 dot core (AVX512_BF16): vdpbf16ps multiplies pairs of bfloat16 and adds both products
 // into float lanes, twice the multiply-adds of an FMA per instruction, with no conversion to float

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from ...schedule.space import ScheduleSpace
-from .gemm_dot import DOT_CORE, dot_default, dot_dispatch, has_bf16_dot
+from .gemm_dot import DOT_CORE, dot_dispatch, dot_pays, has_bf16_dot
 
 __all__ = ["core_alternative", "core_source", "default_blocks", "gemm_space", "has_bf16_dot", "lanes", "micro_shapes", "vector_isa"]
 
@@ -165,11 +165,11 @@ def core_alternative(m: int, n: int, k: int, nb: int, dtype: torch.dtype, descri
                      storage: torch.dtype | None = None) -> dict[str, Any] | None:
     """The default blocks of the bfloat16 core the space's default does not use (the dot core when the
     default is the FMA core and the other way round), or None when the dot core is not offered: a race
-    candidate (:meth:`.matmul.MatmulKernel.race_candidates`), as its best-performing core depends on the
+    candidate (:meth:`.matmul.MatmulKernel.other_cores`), as its best-performing core depends on the
     shape, the threads and the host."""
     if storage != torch.bfloat16 or not has_bf16_dot(description):
         return None
-    return default_blocks(m, n, k, nb, dtype, description, not dot_default(m, n, k, description))
+    return default_blocks(m, n, k, nb, dtype, description, not dot_pays(description))
 
 
 def gemm_space(m: int, n: int, k: int, nb: int, dtype: torch.dtype, description: dict[str, Any],
@@ -183,10 +183,15 @@ def gemm_space(m: int, n: int, k: int, nb: int, dtype: torch.dtype, description:
     """
     isa = vector_isa(description)
     shapes = micro_shapes(isa, dtype)
-    # the dot core is the default for large GEMMs where a throughput probe on this CPU says vdpbf16ps does
-    # more multiply-adds per second than FMAs (AMD Zen 4: 2x; the earlier Xeon: 0.5x; gemm_dot.dot_default)
+    # NOTE: the dot core is the default, at every size, where a throughput probe on this CPU says vdpbf16ps
+    # does more multiply-adds per second than FMAs (AMD Zen 4: 2x; the earlier Xeon: 0.5x; gemm_dot.dot_pays).
+    # With its pairs packed by in-register 4x16 transposes it ran at 0.88-0.96x oneDNN's bf16 GEMM
+    # (torch.mm) at transformer shapes (M 256, K 384/1024, N 128-5000; one and two threads, Zen 4; the FMA
+    # core 0.40-0.45x), 1.4-2.2x on small ones (64^3, 8x384x384) and 0.75x at M = 1 (the FMA core 0.23x);
+    # with the earlier strided scalar pair packing it lost to the FMA core inside models, so it was the
+    # default only from K >= 1024 and M*N >= 2^19. The compile-time race still times the other core and extern.
     dot = storage == torch.bfloat16 and has_bf16_dot(description)
-    default = default_blocks(m, n, k, nb, dtype, description, dot and dot_default(m, n, k, description))
+    default = default_blocks(m, n, k, nb, dtype, description, dot and dot_pays(description))
     alternative = core_alternative(m, n, k, nb, dtype, description, storage)
     blocks_of = [default] + ([alternative] if alternative else [])
     cores = max(1, int(description.get("cores") or 1))

@@ -42,6 +42,18 @@ class CpuKernel(Kernel):
         self.function: Any = None
         self.library: Any = None
 
+    def race_candidates(self) -> list[Config]:
+        """What the compile-time race times when no tuning record decides (GEMMs and convolutions):
+        the generated default, the default blocks of any other core the kernel offers
+        (:meth:`other_cores`) and extern (the vendor library, then the generated epilogue)."""
+        default = dict(self.space.default_config(), extern=False)
+        others = [c for c in self.other_cores(default) if self.space.is_feasible(c)]
+        return [default, *others, dict(default, extern=True)]
+
+    def other_cores(self, default: Config) -> list[Config]:
+        """Configs of the kernel's other compute cores, each with its own default blocks (none here)."""
+        return []
+
     def describe_extra(self) -> dict[str, Any]:
         """Explain: which sizes and strides the code was specialised to and which it takes at run time."""
         sizes = getattr(self.source, "sizes", None)

@@ -14,7 +14,7 @@ result is rounded to bfloat16 as eager's is; float64 runs the same code in doubl
 The schedule space (:func:`~.gemm_micro.gemm_space`) includes an ``extern`` candidate: torch.mm /
 torch.bmm into a scratch tensor, then the same generated epilogue over it (still one kernel from
 the graph's point of view). It runs when a tuning record or the compile-time race
-(:meth:`MatmulKernel.race_candidates`) chose it.
+(:meth:`~.kernel.CpuKernel.race_candidates`) chose it.
 """
 from __future__ import annotations
 
@@ -305,17 +305,14 @@ class MatmulKernel(CpuKernel):
         c = (torch.bmm if s.batched else torch.mm)(a, b).contiguous()
         self.function(*pointers, *s.launch_args(config, c.data_ptr(), s.n))
 
-    def race_candidates(self) -> list[Config]:
-        """What the compile-time race times when no tuning record decides: the default, the other
-        bfloat16 core with its own default blocks (where the CPU has the dot core) and extern
-        (torch.mm/bmm, then the generated epilogue; oneDNN's bfloat16 GEMM where torch uses it).
+    def other_cores(self, default: Config) -> list[Config]:
+        """The other bfloat16 core with its own default blocks, where the CPU has the dot core (raced
+        with the default and extern: torch.mm/bmm, oneDNN's bfloat16 GEMM where torch uses it).
         One-thread LLaMA-GQA bf16 on the Zen 4, each core forced everywhere: FMA 66.6 ms, dot
         43.5 ms, extern 33.5 ms (eager 35-39): which wins differs by shape, threads and host."""
         s = self.source
-        default = dict(self.space.default_config(), extern=False)
         other = core_alternative(s.m, s.n, s.k, s.nb, s.compute, s.description, s.dtype)
-        others = [dict(default, **other)] if other is not None else []
-        return [default, *(c for c in others if self.space.is_feasible(c)), dict(default, extern=True)]
+        return [dict(default, **other)] if other is not None else []
 
     def describe_extra(self) -> dict[str, object]:
         """Explain: the fused epilogue ops and the problem size."""

@@ -114,12 +114,10 @@ class CpuTarget(Target):
         """A GEMM or convolution without a tuned schedule: its generated default against extern
         torch.mm/bmm/convolution (plus the same generated epilogue): the vendor library runs only
         where it measures faster."""
-        if kernel.kind not in ("matmul", "conv") or kernel.config_source in ("database", "tuned") or "extern" not in kernel.config:
+        if (not isinstance(kernel, CpuKernel) or kernel.kind not in ("matmul", "conv")
+                or kernel.config_source in ("database", "tuned") or "extern" not in kernel.config):
             return []
-        if hasattr(kernel, "race_candidates"):  # a GEMM's own list (bfloat16: its other core too)
-            return kernel.race_candidates()
-        default = dict(kernel.space.default_config(), extern=False)
-        return [default, dict(default, extern=True)]
+        return kernel.race_candidates()
 
     def device_info(self, device: Any = None) -> dict[str, Any]:
         """The CPU description tuning records are keyed by (model, ISA flags, compiler)."""
