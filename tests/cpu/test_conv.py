@@ -15,7 +15,7 @@ import tilewright
 from tilewright.schedule.space import InfeasibleConfig
 from tilewright.targets.cpu.target import CpuTarget
 
-from .helpers import run_compiled
+from .helpers import assert_configs_match, run_compiled
 
 pytestmark = pytest.mark.usefixtures("cpu_target")
 
@@ -159,10 +159,7 @@ def test_every_sampled_config_gives_the_same_result(conv_kernel: Any) -> None:
     sample += [c for c in configs if c["extern"]]
     sample += [next(c for c in configs if c["wpack"] == mode and c["threads"] > 1 and c["KC"] < 90)
                for mode in ("cached", "strided", "task")]
-    for config in sample:
-        tensors[-1].fill_(float("nan"))
-        kernel.runner(config)(tensors)
-        torch.testing.assert_close(tensors[-1].double(), want, rtol=1e-4, atol=1e-4, msg=lambda m, c=config: f"{c}: {m}")
+    assert_configs_match(kernel, sample, tensors, want, rtol=1e-4, atol=1e-4)
 
 
 def test_schedule_space(conv_kernel: Any) -> None:

@@ -18,6 +18,8 @@ from tilewright.targets.cpu.gemm_dot import dot_pays
 from tilewright.targets.cpu.gemm_micro import has_bf16_dot
 from tilewright.targets.cpu.toolchain import cpu_description
 
+from .helpers import assert_configs_match
+
 needs_bf16_dot = pytest.mark.skipif(not has_bf16_dot(cpu_description()),
                                     reason="this CPU has no AVX512_BF16 (the dot core is not offered here)")
 
@@ -63,12 +65,8 @@ def test_dot_core_matches_float64_for_sampled_configs(name: str, xs: tuple[int, 
     task = [c for c in dots if c["wpack"] == "task"][:1]
     sample = random.Random(0).sample(dots, min(6, len(dots))) + small_kc + task + [dict(space.default_config(), dot=True)]
     scale = want.abs().max().item()
-    for config in sample:
-        tensors[-1].fill_(float("nan"))
-        kernel.runner(config)(tensors)
-        # the output is rounded to bfloat16 (8 bits): the float accumulation must not add to that
-        torch.testing.assert_close(tensors[-1].double(), want, rtol=1e-2, atol=1e-2 * scale,
-                                   msg=lambda m, c=config: f"{c}: {m}")
+    # the output is rounded to bfloat16 (8 bits): the float accumulation must not add to that
+    assert_configs_match(kernel, sample, tensors, want, rtol=1e-2, atol=1e-2 * scale)
 
 
 def test_pair_packed_weight_layout() -> None:

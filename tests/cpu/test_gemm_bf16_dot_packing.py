@@ -12,6 +12,8 @@ import tilewright
 from tilewright.targets.cpu.gemm_dot import _host_advantage, dot_pays, has_bf16_dot
 from tilewright.targets.cpu.toolchain import cpu_description
 
+from .helpers import assert_configs_match
+
 needs_bf16_dot = pytest.mark.skipif(not has_bf16_dot(cpu_description()),
                                     reason="this CPU has no AVX512_BF16 (the dot core is not offered here)")
 
@@ -65,11 +67,7 @@ def test_dot_core_packing_matches_float64(case: Case) -> None:
                 per_block[(c["MR"], c["NR"])] = c
     configs += list(per_block.values())
     assert {32, 64} <= {nr for _, nr in per_block}
-    for config in configs:
-        tensors[-1].fill_(float("nan"))
-        kernel.runner(config)(tensors)
-        torch.testing.assert_close(tensors[-1].double(), want, rtol=1e-2, atol=1e-2 * scale,
-                                   msg=lambda msg, c=config: f"{c}: {msg}")
+    assert_configs_match(kernel, configs, tensors, want, rtol=1e-2, atol=1e-2 * scale)
 
 
 def test_dot_default_follows_the_probe() -> None:

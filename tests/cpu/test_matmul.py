@@ -13,7 +13,7 @@ import tilewright
 from tilewright.report import collect
 from tilewright.schedule.space import InfeasibleConfig
 
-from .helpers import run_compiled
+from .helpers import assert_configs_match, run_compiled
 
 pytestmark = pytest.mark.usefixtures("cpu_target")
 
@@ -137,10 +137,7 @@ def test_every_sampled_config_gives_the_same_result(linear_kernel: Any) -> None:
     sample = random.Random(0).sample(configs, 10) + [kernel.space.default_config()]
     sample += [c for c in configs if c["extern"]] + [c for c in configs if not c["pack"]][:1]
     sample += [c for c in configs if c["pack_b"] != sample[-3]["pack_b"] and c["threads"] > 1][:2]
-    for config in sample:
-        tensors[-1].fill_(float("nan"))
-        kernel.runner(config)(tensors)
-        torch.testing.assert_close(tensors[-1].double(), want, rtol=1e-4, atol=1e-4, msg=lambda m, c=config: f"{c}: {m}")
+    assert_configs_match(kernel, sample, tensors, want, rtol=1e-4, atol=1e-4)
 
 
 def test_schedule_space_defaults_and_constraints(linear_kernel: Any) -> None:
